@@ -1,0 +1,36 @@
+// Parsing of the human-friendly quantities used in configuration files and options:
+// sizes ("1G", "512KiB", "4096") and durations ("30s", "250ms", "2m", "0").
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+
+namespace vb {
+
+// Either a value or a one-line explanation of what was expected. Setup code turns the
+// explanation into an error that names the file, line and key.
+template <typename T> struct Parsed {
+  std::optional<T> value;
+  std::string error;
+
+  static Parsed ok(T v) { return {std::move(v), {}}; }
+  static Parsed fail(std::string why) { return {std::nullopt, std::move(why)}; }
+  explicit operator bool() const { return value.has_value(); }
+};
+
+// Bytes. Accepts a plain integer or an integer followed by K/M/G/T (also k, KB...) or
+// KiB/MiB/GiB/TiB; all multipliers are powers of 1024 as for every block-device tool.
+// Rejects negative numbers, fractions, empty strings, unknown suffixes and overflow.
+Parsed<std::uint64_t> parse_size(std::string_view text);
+
+// A duration. Accepts an integer with a unit of ms, s, m or h; a bare "0" means zero.
+// A bare non-zero number is rejected: "30" could mean seconds or milliseconds.
+Parsed<std::chrono::milliseconds> parse_duration(std::string_view text);
+
+// "1 GiB", "512 B", "1.5 MiB" for log lines.
+std::string format_size(std::uint64_t bytes);
+
+} // namespace vb

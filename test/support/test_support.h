@@ -1,0 +1,110 @@
+// Helpers for tests that start real servers (nbdkit, tgtd): child processes owned by PID,
+// private temporary directories, readiness polling without fixed sleeps, and skips.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <string>
+#include <sys/types.h>
+#include <vector>
+
+namespace vb::test {
+
+// Printed by a test that cannot run here; ctest's SKIP_REGULAR_EXPRESSION turns it into a skip.
+#define VB_SKIP(reason)                                                                                                \
+  do {                                                                                                                 \
+    ::vb::test::announce_skip(reason);                                                                                 \
+    return;                                                                                                            \
+  } while (0)
+
+void announce_skip(const std::string &reason);
+
+// The full path of an executable found in PATH (or /usr/sbin, /sbin), if any.
+std::optional<std::string> find_program(const std::string &name);
+
+// Polls pred with a short, growing interval until it is true or timeout passes.
+bool wait_until(const std::function<bool()> &pred, std::chrono::milliseconds timeout = std::chrono::seconds(20));
+
+// A directory under $TMPDIR (default /tmp) removed with its contents on destruction.
+class TempDir {
+public:
+  TempDir();
+  ~TempDir();
+  TempDir(const TempDir &) = delete;
+  TempDir &operator=(const TempDir &) = delete;
+  const std::string &path() const { return path_; }
+  std::string file(const std::string &name) const { return path_ + "/" + name; }
+
+private:
+  std::string path_;
+};
+
+// A child process owned by PID: SIGTERM then SIGKILL on stop() or destruction, never
+// signalled by name. It also dies with the test (PR_SET_PDEATHSIG) if the test crashes.
+class ChildProcess {
+public:
+  // stdout and stderr go to log_path (appended) so a failing test can show them.
+  ChildProcess(const std::vector<std::string> &argv, const std::string &log_path);
+  ~ChildProcess();
+  ChildProcess(const ChildProcess &) = delete;
+  ChildProcess &operator=(const ChildProcess &) = delete;
+
+  pid_t pid() const { return pid_; }
+  bool running();
+  // Returns the exit status as from waitpid, or -1 if it had to be killed.
+  int stop(std::chrono::milliseconds grace = std::chrono::seconds(5));
+  const std::string &log_path() const { return log_path_; }
+
+private:
+  pid_t pid_ = -1;
+  int status_ = 0;
+  std::string log_path_;
+};
+
+// Runs a command to completion and returns its exit code (-1 if it did not exit normally).
+// Output goes to log_path if given, else is discarded.
+int run_command(const std::vector<std::string> &argv, const std::string &log_path = {});
+
+std::string read_file(const std::string &path);
+
+// A TCP port on 127.0.0.1 that was free a moment ago.
+std::uint16_t free_tcp_port();
+
+// nbdkit serving one plugin on a private unix socket, e.g. {"memory", "64M"}.
+class NbdkitServer {
+public:
+  NbdkitServer(const TempDir &dir, const std::vector<std::string> &plugin_args,
+               const std::vector<std::string> &extra_options = {});
+  const std::string &socket() const { return socket_; }
+  std::string uri() const { return "nbd+unix:///?socket=" + socket_; }
+  ChildProcess &process() { return *process_; }
+
+private:
+  std::string socket_;
+  std::optional<ChildProcess> process_;
+};
+
+// tgtd on a free 127.0.0.1 port with a private control socket; LUNs backed by files.
+class TgtdServer {
+public:
+  explicit TgtdServer(const TempDir &dir);
+  ~TgtdServer();
+  // Creates target tid 1 (first call) and adds a LUN backed by a new file of the given size.
+  void add_lun(int lun, std::uint64_t size, unsigned block_size = 512);
+  std::string iqn() const { return "iqn.2026-11.org.vduse-bridge.test:disk"; }
+  std::string portal() const { return "127.0.0.1:" + std::to_string(port_); }
+  std::string uri(int lun) const { return "iscsi://" + portal() + "/" + iqn() + "/" + std::to_string(lun); }
+
+private:
+  void tgtadm(const std::vector<std::string> &args);
+
+  const TempDir &dir_;
+  std::uint16_t port_ = 0;
+  int control_ = 0;
+  bool target_created_ = false;
+  std::optional<ChildProcess> process_;
+};
+
+} // namespace vb::test
