@@ -1,0 +1,78 @@
+// The boundary between the virtio-blk engine and the storage backends (memory, nbd, iscsi).
+//
+// Lifecycle: a Backend is created from its configuration, then open() connects it and fixes
+// its Capabilities, which the engine asks for once. For each virtqueue the engine calls
+// open_queue() with that queue's event loop; all I/O of the queue is submitted to that
+// BackendQueue, on that loop's thread only.
+//
+// Completion contract: when submit() returns 0 the request's completion runs exactly once, on
+// the queue's loop thread, possibly before submit() returns (a memory backend completes
+// inline). When submit() returns a negative errno the completion never runs. Errors are errno
+// values: EOPNOTSUPP becomes VIRTIO_BLK_S_UNSUPP, anything else VIRTIO_BLK_S_IOERR.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <sys/uio.h>
+
+namespace vb {
+
+class EventLoop;
+
+struct BackendCapabilities {
+  std::uint64_t size = 0;                  // bytes, a multiple of logical_block_size
+  std::uint32_t logical_block_size = 512;  // 512..4096, power of two
+  std::uint32_t physical_block_size = 512; // >= logical_block_size
+  std::uint32_t optimal_io_size = 0;       // bytes; 0 = not known
+  std::uint32_t max_transfer = 0;          // bytes per read/write; 0 = no limit (the engine splits)
+  std::uint32_t max_discard = 0;           // bytes per discard/zeroes; 0 = no limit
+  bool read_only = false;
+  bool can_flush = false;        // has a volatile cache that FLUSH writes back
+  bool can_fua = false;          // honours Request::fua on writes
+  bool can_discard = false;      // trim/unmap
+  bool can_write_zeroes = false; // efficient zeroing (else the engine does not offer it)
+  bool can_zero_unmap = false;   // write_zeroes with may_unmap may deallocate
+  bool multi_queue_safe = true;  // requests on different queues need no ordering between them
+  std::string identity;          // stable id of the storage (export name, LUN WWN...) for logs and reattach
+};
+
+enum class Op : std::uint8_t { read, write, flush, discard, write_zeroes };
+
+struct Request {
+  Op op = Op::read;
+  std::uint64_t offset = 0; // bytes
+  std::uint64_t length = 0; // bytes; the sum of iov lengths for read/write
+  const iovec *iov = nullptr;
+  int iovcnt = 0;
+  bool fua = false;       // write: durable on completion
+  bool may_unmap = false; // write_zeroes: may deallocate
+};
+
+// Called once per accepted request. ctx is what was passed to submit(); error is 0 or an errno.
+using CompletionFn = void (*)(void *ctx, int error) noexcept;
+
+class BackendQueue {
+public:
+  virtual ~BackendQueue() = default;
+  // Loop thread only. The iovecs must stay valid until completion.
+  virtual int submit(const Request &req, CompletionFn done, void *ctx) noexcept = 0;
+  // Loop thread only: complete everything in flight with ECANCELED, before the queue goes away.
+  virtual void cancel_all() noexcept {}
+};
+
+class Backend {
+public:
+  virtual ~Backend() = default;
+  // Connects (may block: called at start-up, never from a data-path loop). Throws with a
+  // message on failure.
+  virtual void open() = 0;
+  // Valid after open(); constant afterwards.
+  virtual const BackendCapabilities &capabilities() const = 0;
+  // Creates the per-queue context bound to loop (called on that loop's thread).
+  virtual std::unique_ptr<BackendQueue> open_queue(EventLoop &loop, unsigned index) = 0;
+  // A short name for logs: "memory", "nbd", "iscsi".
+  virtual const char *kind() const noexcept = 0;
+};
+
+} // namespace vb
