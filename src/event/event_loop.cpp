@@ -159,6 +159,34 @@ bool Timer::pending() const noexcept { return event_pending(event_, EV_TIMEOUT, 
 
 void Timer::on_timer(int, short, void *arg) noexcept { static_cast<Timer *>(arg)->cb_(); }
 
+Deferred::Deferred(EventLoop &loop, std::function<void()> cb) : cb_(std::move(cb)) {
+  event_ = event_new(loop.base(), -1, 0, &Deferred::on_run, this);
+  if (!event_)
+    fail("event_new(deferred)");
+}
+
+Deferred::~Deferred() { event_free(event_); }
+
+void Deferred::schedule() noexcept {
+  if (scheduled_)
+    return;
+  scheduled_ = true;
+  event_active(event_, EV_TIMEOUT, 0);
+}
+
+void Deferred::cancel() noexcept {
+  if (!scheduled_)
+    return;
+  scheduled_ = false;
+  event_del(event_);
+}
+
+void Deferred::on_run(int, short, void *arg) noexcept {
+  auto *self = static_cast<Deferred *>(arg);
+  self->scheduled_ = false;
+  self->cb_();
+}
+
 SignalWatch::SignalWatch(EventLoop &loop, int signo, std::function<void()> cb) : cb_(std::move(cb)) {
   event_ = evsignal_new(loop.base(), signo, &SignalWatch::on_signal, this);
   if (!event_ || event_add(event_, nullptr) != 0) {

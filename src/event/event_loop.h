@@ -94,6 +94,27 @@ private:
   event *event_ = nullptr;
 };
 
+// Runs a callback once later in the current (or next) loop iteration, after the callbacks that
+// are already active: a way to batch work (one interrupt for many completions). Scheduling
+// twice before it runs still runs it once.
+class Deferred {
+public:
+  Deferred(EventLoop &loop, std::function<void()> cb);
+  ~Deferred();
+  Deferred(const Deferred &) = delete;
+  Deferred &operator=(const Deferred &) = delete;
+
+  void schedule() noexcept;
+  void cancel() noexcept;
+
+private:
+  static void on_run(int fd, short what, void *arg) noexcept;
+
+  std::function<void()> cb_;
+  event *event_ = nullptr;
+  bool scheduled_ = false;
+};
+
 // Delivers a signal as an ordinary loop callback (libevent's self-pipe), so handlers can
 // do anything a callback can. Only one loop per process should watch a given signal.
 class SignalWatch {

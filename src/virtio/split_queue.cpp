@@ -154,13 +154,14 @@ bool SplitQueue::walk(std::uint16_t head, Chain &chain) noexcept {
   unsigned i = head;
   bool in_indirect = false;
   bool seen_write = false;
-  // Counting every descriptor visited bounds the walk, which is also what catches loops.
-  for (unsigned count = 1;; ++count) {
-    if (count > kMaxChainDescriptors) {
+  // Counting every buffer descriptor visited bounds the walk, which is also what catches loops.
+  // The descriptor that points at an indirect table is not a buffer and is not counted.
+  for (unsigned count = 0;;) {
+    const VringDesc d = read_desc(table, i);
+    if (!(d.flags & kDescIndirect) && ++count > kMaxChainDescriptors) {
       last_error_ = ChainError::too_long;
       return false;
     }
-    const VringDesc d = read_desc(table, i);
     if (d.flags & kDescIndirect) {
       if (in_indirect) {
         last_error_ = ChainError::nested_indirect;
@@ -208,8 +209,10 @@ std::uint8_t *SplitQueue::find_status_byte(std::uint16_t head) noexcept {
   unsigned table_len = num_;
   unsigned i = head;
   bool in_indirect = false;
-  for (unsigned count = 1; count <= kMaxChainDescriptors; ++count) {
+  for (unsigned count = 0;;) {
     const VringDesc d = read_desc(table, i);
+    if (!(d.flags & kDescIndirect) && ++count > kMaxChainDescriptors)
+      return nullptr;
     if (d.flags & kDescIndirect) {
       if (in_indirect || (d.flags & kDescNext) || d.len == 0 || d.len % sizeof(VringDesc) != 0 ||
           d.len / sizeof(VringDesc) > kMaxChainDescriptors)
@@ -231,7 +234,6 @@ std::uint8_t *SplitQueue::find_status_byte(std::uint16_t head) noexcept {
     if (i >= table_len)
       return nullptr;
   }
-  return nullptr;
 }
 
 void SplitQueue::push(std::uint16_t head, std::uint32_t written_len) noexcept {

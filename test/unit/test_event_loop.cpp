@@ -4,6 +4,7 @@
 #include <event2/event.h>
 
 #include <atomic>
+#include <string>
 #include <csignal>
 #include <thread>
 #include <unistd.h>
@@ -95,4 +96,25 @@ TEST_CASE("SignalWatch turns a signal into a loop callback") {
   REQUIRE(::raise(SIGUSR1) == 0);
   loop.run();
   CHECK(hits == 1);
+}
+
+TEST_CASE("Deferred runs once per schedule burst, after the current callback") {
+  vb::EventLoop loop;
+  std::vector<std::string> order;
+  vb::Deferred deferred(loop, [&] { order.push_back("deferred"); });
+  loop.post([&] {
+    deferred.schedule();
+    deferred.schedule(); // coalesced
+    order.push_back("callback");
+  });
+  loop.run_once(true);
+  loop.run_once(false);
+  REQUIRE(order.size() == 2);
+  CHECK(order[0] == "callback");
+  CHECK(order[1] == "deferred");
+
+  deferred.schedule();
+  deferred.cancel();
+  loop.run_once(false);
+  CHECK(order.size() == 2);
 }

@@ -313,3 +313,25 @@ TEST_CASE("restart from a saved position: already consumed heads are not popped 
   CHECK(chain->head == second);
   CHECK(q2.pop(*chain) == PopResult::empty);
 }
+
+TEST_CASE("an indirect table of the maximum length is accepted; one more buffer is refused") {
+  Fixture f;
+  const auto a = f.drv.alloc(512);
+  std::vector<Buf> bufs(vb::virtio::kMaxChainDescriptors, Buf{a, 512, false});
+  f.drv.add_indirect(bufs);
+  REQUIRE(f.q.pop(f.chain()) == PopResult::ok);
+  CHECK(f.chain().num_readable == vb::virtio::kMaxChainDescriptors);
+  // Direct descriptor + full indirect table: one buffer too many.
+  Fixture g(512);
+  const auto b = g.drv.alloc(512);
+  const auto t = g.drv.alloc(16ULL * vb::virtio::kMaxChainDescriptors, 16);
+  auto *tab = reinterpret_cast<vb::virtio::VringDesc *>(g.mem.ptr(t));
+  for (unsigned k = 0; k < vb::virtio::kMaxChainDescriptors; ++k)
+    RingDriver::set_desc(&tab[k], b, 512, k + 1 < vb::virtio::kMaxChainDescriptors ? vb::virtio::kDescNext : 0,
+                         static_cast<std::uint16_t>(k + 1));
+  RingDriver::set_desc(g.drv.desc(0), b, 16, vb::virtio::kDescNext, 1);
+  RingDriver::set_desc(g.drv.desc(1), t, 16 * vb::virtio::kMaxChainDescriptors, vb::virtio::kDescIndirect, 0);
+  g.drv.publish(0);
+  REQUIRE(g.q.pop(g.chain()) == PopResult::bad_chain);
+  CHECK(g.q.last_error() == ChainError::too_long);
+}

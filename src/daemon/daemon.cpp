@@ -1,0 +1,122 @@
+#include "daemon/daemon.h"
+
+#include "backend_factory.h"
+#include "common/errors.h"
+#include "common/log.h"
+#include "event/event_loop.h"
+#include "export/block_export.h"
+#include "vduse/vduse_device.h"
+
+#include <cerrno>
+#include <csignal>
+#include <memory>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <vector>
+
+#ifndef PR_SET_IO_FLUSHER
+#define PR_SET_IO_FLUSHER 57
+#endif
+
+namespace vb {
+namespace {
+
+// The daemon serves the disks the kernel may be writing back to free memory: it must not wait
+// on that same writeback (PR_SET_IO_FLUSHER) or be paged out (mlockall), or it can deadlock.
+void harden_process() {
+  if (::prctl(PR_SET_IO_FLUSHER, 1, 0, 0, 0) != 0)
+    VB_LOG_WARN("PR_SET_IO_FLUSHER: %s (memory pressure could stall the disks)", errno_text(errno));
+  // MCL_ONFAULT: lock pages as they are touched, so a large sparse memory disk is not populated.
+  if (::mlockall(MCL_CURRENT | MCL_FUTURE | MCL_ONFAULT) != 0)
+    VB_LOG_WARN("mlockall: %s (the daemon could be paged out under memory pressure)", errno_text(errno));
+  ::signal(SIGPIPE, SIG_IGN); // a dead server's socket must give EPIPE, not kill us
+}
+
+class Daemon {
+public:
+  explicit Daemon(const Config &config) : config_(config) {}
+
+  int run() {
+    SignalWatch term(loop_, SIGTERM, [this] { shutdown("SIGTERM"); });
+    SignalWatch intr(loop_, SIGINT, [this] { shutdown("SIGINT"); });
+    loop_.post([this] { start_all(); });
+    loop_.run();
+    exports_.clear();
+    return status_;
+  }
+
+private:
+  void start_all() {
+    for (const auto &device : config_.devices) {
+      try {
+        auto e = std::make_unique<BlockExport>(loop_, device, make_backend(device));
+        BlockExport *raw = e.get();
+        exports_.push_back(std::move(e));
+        ++starting_;
+        raw->start([this, raw](const std::string &error) {
+          --starting_;
+          if (!error.empty()) {
+            VB_LOG_ERROR("%s: %s", raw->name().c_str(), error.c_str());
+            fail();
+          } else if (starting_ == 0 && !stopping_) {
+            VB_LOG_INFO("serving %zu device(s)", exports_.size());
+          }
+        });
+      } catch (const std::exception &ex) {
+        VB_LOG_ERROR("%s: %s", device.name.c_str(), ex.what());
+        fail();
+        return;
+      }
+    }
+  }
+
+  void fail() {
+    status_ = 1;
+    shutdown(nullptr);
+  }
+
+  void shutdown(const char *why) {
+    if (why)
+      VB_LOG_INFO("%s: detaching and destroying %zu device(s)", why, exports_.size());
+    if (stopping_)
+      return;
+    stopping_ = true;
+    stop_next();
+  }
+
+  // One device at a time: each detach is a synchronous kernel operation on a helper thread.
+  void stop_next() {
+    if (starting_ > 0) {
+      // An attach is still in progress; its completion will come back here.
+      loop_.post([this] { stop_next(); });
+      return;
+    }
+    if (next_stop_ >= exports_.size()) {
+      loop_.stop();
+      return;
+    }
+    exports_[next_stop_++]->stop([this] { stop_next(); });
+  }
+
+  const Config &config_;
+  EventLoop loop_;
+  std::vector<std::unique_ptr<BlockExport>> exports_;
+  std::size_t next_stop_ = 0;
+  int starting_ = 0;
+  bool stopping_ = false;
+  int status_ = 0;
+};
+
+} // namespace
+
+int run_daemon(const Config &config) {
+  if (!vduse::VduseDevice::available()) {
+    VB_LOG_ERROR("/dev/vduse/control is missing: this kernel has no VDUSE (modprobe vduse; needs Linux >= 5.15 "
+                 "built with CONFIG_VDPA_USER)");
+    return 1;
+  }
+  harden_process();
+  return Daemon(config).run();
+}
+
+} // namespace vb

@@ -1,0 +1,12 @@
+// The daemon proper: one export per configured device, served until SIGTERM/SIGINT.
+#pragma once
+
+#include "config/config.h"
+
+namespace vb {
+
+// Runs in the foreground on the calling thread (the control loop). Returns the exit status:
+// 0 after a clean shutdown, 1 if a device could not be set up (the others are torn down).
+int run_daemon(const Config &config);
+
+} // namespace vb

@@ -1,0 +1,56 @@
+#include "daemon/options.h"
+
+#include <stdexcept>
+
+namespace vb {
+
+const char *usage_text() noexcept {
+  return "Usage: vduse-bridge --config FILE [--check] [-v]\n"
+         "       vduse-bridge --help | --version\n"
+         "\n"
+         "Serves remote or in-memory block storage as local virtio-blk disks through VDUSE.\n"
+         "\n"
+         "  -c, --config FILE  the configuration file (see vduse-bridge.yaml(5))\n"
+         "      --check        validate the configuration file and exit\n"
+         "  -v, --verbose      log debug messages\n"
+         "  -h, --help         show this help and exit\n"
+         "  -V, --version      show the version and exit\n"
+         "\n"
+         "SIGTERM or SIGINT detaches and destroys the devices, then exits.\n";
+}
+
+Options parse_options(const std::vector<std::string> &args) {
+  Options o;
+  for (std::size_t i = 0; i < args.size(); ++i) {
+    const std::string &a = args[i];
+    auto value = [&](const std::string &name) -> std::string {
+      const auto eq = a.find('=');
+      if (eq != std::string::npos)
+        return a.substr(eq + 1);
+      if (i + 1 >= args.size())
+        throw std::invalid_argument("option " + name + " needs a value");
+      return args[++i];
+    };
+    if (a == "-c" || a == "--config" || a.rfind("--config=", 0) == 0) {
+      o.config_path = value("--config");
+      if (o.config_path.empty())
+        throw std::invalid_argument("option --config needs a file name");
+    } else if (a == "--check") {
+      o.check_only = true;
+    } else if (a == "-v" || a == "--verbose") {
+      ++o.verbosity;
+    } else if (a == "-h" || a == "--help") {
+      o.help = true;
+    } else if (a == "-V" || a == "--version") {
+      o.version = true;
+    } else {
+      throw std::invalid_argument("unknown " + std::string(a.rfind('-', 0) == 0 ? "option" : "argument") + " '" + a +
+                                  "' (see --help)");
+    }
+  }
+  if (!o.help && !o.version && o.config_path.empty())
+    throw std::invalid_argument("missing --config FILE (see --help)");
+  return o;
+}
+
+} // namespace vb

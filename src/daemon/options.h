@@ -1,0 +1,22 @@
+// Command-line options of vduse-bridge(8).
+#pragma once
+
+#include <string>
+#include <vector>
+
+namespace vb {
+
+struct Options {
+  std::string config_path;
+  bool check_only = false; // --check: validate the configuration and exit
+  bool help = false;
+  bool version = false;
+  int verbosity = 0; // -v: debug logging
+};
+
+// Throws std::invalid_argument with a one-line message naming the bad option.
+Options parse_options(const std::vector<std::string> &args);
+
+const char *usage_text() noexcept;
+
+} // namespace vb

@@ -1,0 +1,248 @@
+#include "export/block_export.h"
+
+#include "common/log.h"
+#include "common/units.h"
+#include "vdpa/vdpa_bus.h"
+#include "virtio/ring.h"
+
+#include <algorithm>
+#include <event2/event.h>
+#include <linux/virtio_config.h>
+#include <linux/virtio_ids.h>
+#include <stdexcept>
+
+namespace vb {
+namespace {
+
+// The driver may use up to seg_max segments of at most a page each per request, but Linux
+// caps requests at max_sectors_kb (1280 KiB by default); 128 KiB per slot covers the usual
+// request sizes without reserving gigabytes for the worst case. Clamped to what VDUSE accepts.
+constexpr std::uint64_t kBouncePerSlot = 128 * 1024;
+constexpr std::uint64_t kBounceMin = 64ULL << 20;
+constexpr std::uint64_t kBounceMax = 1ULL << 30;
+
+} // namespace
+
+BlockExport::BlockExport(EventLoop &control, const DeviceConfig &config, std::unique_ptr<Backend> backend)
+    : control_(control), config_(config), backend_(std::move(backend)) {
+  backend_->open();
+  blk::DeviceSettings settings;
+  settings.queues = config_.queues;
+  settings.queue_size = config_.queue_size;
+  settings.logical_block_size = config_.logical_block_size;
+  settings.read_only = config_.read_only;
+  settings.serial = config_.serial;
+  params_ = blk::make_device_params(backend_->capabilities(), settings);
+}
+
+BlockExport::~BlockExport() {
+  if (background_.joinable())
+    background_.join();
+  queues_.clear();
+}
+
+std::uint64_t BlockExport::bounce_size() const {
+  const std::uint64_t want = std::uint64_t{config_.queues} * config_.queue_size * kBouncePerSlot;
+  return std::clamp(want, kBounceMin, kBounceMax);
+}
+
+void BlockExport::start(std::function<void(const std::string &)> on_ready) {
+  vduse::DeviceSpec spec;
+  spec.name = config_.name;
+  spec.device_id = VIRTIO_ID_BLOCK;
+  spec.features = blk::device_features(params_);
+  spec.num_queues = config_.queues;
+  spec.queue_size_max = static_cast<std::uint16_t>(config_.queue_size);
+  spec.config = blk::config_space(params_);
+  device_ = std::make_unique<vduse::VduseDevice>(spec);
+  iotlb_ = std::make_unique<vduse::IotlbCache>(device_->fd());
+  for (unsigned i = 0; i < config_.queues; ++i)
+    queues_.push_back(std::make_unique<QueueWorker>(config_.name, i, *device_, *iotlb_, *backend_, params_));
+
+  const auto &caps = backend_->capabilities();
+  VB_LOG_INFO("%s: %s virtio-blk device, %s, %s backend (%s), %u queue(s) of %u, %u-byte blocks%s",
+              config_.name.c_str(), device_->reattached() ? "reattached to" : "created",
+              format_size(params_.capacity).c_str(), backend_->kind(), caps.identity.c_str(), config_.queues,
+              config_.queue_size, params_.logical_block_size, params_.read_only ? ", read-only" : "");
+  if (device_->reattached())
+    VB_LOG_WARN("%s: the device existed already (left by an earlier run); serving it again", config_.name.c_str());
+
+  device_watch_ = std::make_unique<IoWatch>(control_, device_->fd(), [this](short) { on_device_readable(); });
+  device_watch_->set_events(EV_READ);
+
+  if (config_.attach == DeviceConfig::Attach::none || (device_->reattached() && vdpa::device_exists(config_.name))) {
+    control_.post([on_ready] { on_ready({}); });
+    return;
+  }
+  try {
+    // Sized before the IOVA domain exists, i.e. before attach; ignored by the kernel afterwards.
+    device_->set_bounce_size(bounce_size());
+  } catch (const std::exception &e) {
+    VB_LOG_WARN("%s: %s (keeping the kernel's default bounce buffer)", config_.name.c_str(), e.what());
+  }
+  const std::string name = config_.name;
+  const auto driver = config_.attach == DeviceConfig::Attach::vhost_vdpa ? vdpa::Driver::vhost_vdpa
+                                                                          : vdpa::Driver::virtio_vdpa;
+  run_in_background(
+      [name, driver]() -> std::string {
+        try {
+          vdpa::add_device(name);
+          vdpa::bind_driver(name, driver);
+          return {};
+        } catch (const std::exception &e) {
+          return e.what();
+        }
+      },
+      [this, on_ready](const std::string &error) {
+        if (error.empty()) {
+          if (auto blk = vdpa::block_device(config_.name))
+            VB_LOG_INFO("%s: attached, host disk /dev/%s", config_.name.c_str(), blk->c_str());
+          else if (auto vhost = vdpa::vhost_device(config_.name))
+            VB_LOG_INFO("%s: attached, /dev/%s for a VMM", config_.name.c_str(), vhost->c_str());
+          else
+            VB_LOG_INFO("%s: attached on the vDPA bus", config_.name.c_str());
+        }
+        on_ready(error);
+      });
+}
+
+void BlockExport::stop(std::function<void()> on_done) {
+  const std::string name = config_.name;
+  const bool detach = device_ && config_.attach != DeviceConfig::Attach::none && vdpa::device_exists(name);
+  run_in_background(
+      [name, detach]() -> std::string {
+        if (!detach)
+          return {};
+        try {
+          vdpa::del_device(name);
+          return {};
+        } catch (const std::exception &e) {
+          return e.what();
+        }
+      },
+      [this, on_done](const std::string &error) {
+        if (!error.empty())
+          VB_LOG_ERROR("%s: %s", config_.name.c_str(), error.c_str());
+        stop_queues();
+        for (auto &q : queues_)
+          if (!q->drain_sync(5000))
+            VB_LOG_WARN("%s: backend requests still in flight at shutdown", config_.name.c_str());
+        device_watch_.reset();
+        queues_.clear();
+        iotlb_.reset();
+        if (device_ && device_->destroy())
+          VB_LOG_INFO("%s: device destroyed", config_.name.c_str());
+        device_.reset();
+        on_done();
+      });
+}
+
+void BlockExport::run_in_background(std::function<std::string()> work,
+                                    std::function<void(const std::string &)> then) {
+  if (background_.joinable())
+    background_.join();
+  background_ = std::thread([this, work = std::move(work), then = std::move(then)]() mutable {
+    std::string error = work();
+    control_.post([this, then = std::move(then), error = std::move(error)] {
+      if (background_.joinable())
+        background_.join();
+      then(error);
+    });
+  });
+}
+
+std::string BlockExport::block_device() const { return vdpa::block_device(config_.name).value_or(""); }
+
+void BlockExport::on_device_readable() noexcept {
+  if (broken_ || !device_)
+    return;
+  bool ok = false;
+  try {
+    ok = device_->handle_messages(*this);
+  } catch (const std::exception &e) {
+    VB_LOG_ERROR("%s: %s", config_.name.c_str(), e.what());
+  }
+  if (!ok) {
+    // The kernel timed out a control message (or the fd failed): the device is unusable until
+    // it is deleted and created again.
+    VB_LOG_ERROR("%s: the VDUSE device is broken; it must be torn down and created again", config_.name.c_str());
+    broken_ = true;
+    device_watch_->set_events(0);
+  }
+}
+
+bool BlockExport::on_set_status(std::uint8_t status) noexcept {
+  if (status == 0) {
+    VB_LOG_DEBUG("%s: reset", config_.name.c_str());
+    stop_queues();
+    iotlb_->reset();
+    status_ = 0;
+    return true;
+  }
+  if ((status & VIRTIO_CONFIG_S_FEATURES_OK) && !(status_ & VIRTIO_CONFIG_S_FEATURES_OK)) {
+    try {
+      const std::uint64_t features = device_->driver_features();
+      if (!(features & (1ULL << virtio::kFeatureVersion1))) {
+        VB_LOG_ERROR("%s: the driver did not accept VIRTIO_F_VERSION_1 (legacy drivers are not supported)",
+                     config_.name.c_str());
+        return false;
+      }
+    } catch (const std::exception &e) {
+      VB_LOG_ERROR("%s: %s", config_.name.c_str(), e.what());
+      return false;
+    }
+  }
+  if ((status & VIRTIO_CONFIG_S_DRIVER_OK) == 0 && queues_running_)
+    stop_queues(); // DRIVER_OK withdrawn without a reset: stop serving
+  return true;
+}
+
+void BlockExport::after_set_status(std::uint8_t status) noexcept {
+  const std::uint8_t old = status_;
+  status_ = status;
+  if ((status & VIRTIO_CONFIG_S_DRIVER_OK) && !(old & VIRTIO_CONFIG_S_DRIVER_OK))
+    start_queues();
+}
+
+void BlockExport::start_queues() noexcept {
+  try {
+    const std::uint64_t features = device_->driver_features();
+    const bool event_idx = (features & (1ULL << virtio::kFeatureEventIdx)) != 0;
+    for (unsigned i = 0; i < queues_.size(); ++i) {
+      const vduse::VqInfo info = device_->vq_info(i);
+      if (!info.ready)
+        continue;
+      virtio::RingLayout layout;
+      layout.desc = info.desc;
+      layout.avail = info.driver;
+      layout.used = info.device;
+      layout.num = static_cast<std::uint16_t>(info.num);
+      if (info.num == 0 || info.num > config_.queue_size) {
+        VB_LOG_ERROR("%s: queue %u has an invalid size %u", config_.name.c_str(), i, info.num);
+        continue;
+      }
+      // A fresh queue starts where the driver's state says (0, or what a VMM restored).
+      queues_[i]->start_sync(layout, info.avail_index, event_idx);
+    }
+    queues_running_ = true;
+    VB_LOG_DEBUG("%s: driver ready, features 0x%llx", config_.name.c_str(), static_cast<unsigned long long>(features));
+  } catch (const std::exception &e) {
+    VB_LOG_ERROR("%s: starting queues: %s", config_.name.c_str(), e.what());
+  }
+}
+
+void BlockExport::stop_queues() noexcept {
+  for (auto &q : queues_)
+    q->stop_sync();
+  queues_running_ = false;
+}
+
+std::uint16_t BlockExport::on_get_vq_state(std::uint32_t index) noexcept {
+  if (index >= queues_.size())
+    return 0;
+  return queues_[index]->next_avail_sync();
+}
+
+void BlockExport::on_update_iotlb(std::uint64_t start, std::uint64_t last) noexcept { iotlb_->invalidate(start, last); }
+
+} // namespace vb

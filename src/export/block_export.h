@@ -1,0 +1,75 @@
+// One configured device: a VDUSE virtio-blk device, its backend and one QueueWorker per
+// virtqueue, plus the vDPA attachment. Answers the device's control messages on the control
+// loop (never waiting for backend I/O) and starts/stops the queues as the driver asks.
+//
+// Threading: everything here runs on the control thread, except the vDPA attach/detach, which
+// run on a short-lived helper thread because the kernel sends us control messages while they
+// are in progress (see vdpa/vdpa_bus.h).
+#pragma once
+
+#include "config/config.h"
+#include "event/event_loop.h"
+#include "export/queue_worker.h"
+#include "vduse/iotlb_cache.h"
+#include "vduse/vduse_device.h"
+#include "vduse-bridge/backend.h"
+#include "virtio_blk/blk_device.h"
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace vb {
+
+class BlockExport final : private vduse::ControlHandler {
+public:
+  // Opens the backend (may block: start-up only) and computes the device parameters.
+  BlockExport(EventLoop &control, const DeviceConfig &config, std::unique_ptr<Backend> backend);
+  ~BlockExport() override;
+  BlockExport(const BlockExport &) = delete;
+  BlockExport &operator=(const BlockExport &) = delete;
+
+  // Creates (or reattaches to) the VDUSE device, starts serving its control channel and, unless
+  // attach is none, attaches it on the vDPA bus in the background. on_ready(error) runs on the
+  // control loop when that is done; error is empty on success. Throws if the device cannot be
+  // created.
+  void start(std::function<void(const std::string &error)> on_ready);
+  // Detaches from the vDPA bus (in the background), stops the queues, destroys the device.
+  // on_done runs on the control loop afterwards.
+  void stop(std::function<void()> on_done);
+
+  const std::string &name() const { return config_.name; }
+  const blk::DeviceParams &params() const { return params_; }
+
+  // The host block device ("vda") when attached with virtio-vdpa, else empty.
+  std::string block_device() const;
+
+private:
+  bool on_set_status(std::uint8_t status) noexcept override;
+  std::uint16_t on_get_vq_state(std::uint32_t index) noexcept override;
+  void on_update_iotlb(std::uint64_t start, std::uint64_t last) noexcept override;
+  void after_set_status(std::uint8_t status) noexcept override;
+
+  void on_device_readable() noexcept;
+  void start_queues() noexcept;
+  void stop_queues() noexcept;
+  void run_in_background(std::function<std::string()> work, std::function<void(const std::string &)> then);
+  std::uint64_t bounce_size() const;
+
+  EventLoop &control_;
+  DeviceConfig config_;
+  std::unique_ptr<Backend> backend_;
+  blk::DeviceParams params_;
+  std::unique_ptr<vduse::VduseDevice> device_;
+  std::unique_ptr<vduse::IotlbCache> iotlb_;
+  std::unique_ptr<IoWatch> device_watch_;
+  std::vector<std::unique_ptr<QueueWorker>> queues_;
+  std::uint8_t status_ = 0;
+  bool queues_running_ = false;
+  bool broken_ = false;
+  std::thread background_;
+};
+
+} // namespace vb

@@ -1,0 +1,260 @@
+#include "export/queue_worker.h"
+
+#include "common/errors.h"
+#include "common/log.h"
+#include "vduse/vduse_device.h"
+
+#include <cerrno>
+#include <chrono>
+#include <event2/event.h>
+#include <future>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+namespace vb {
+
+// Everything one in-flight request needs, preallocated: the mapped chain and the parsed request
+// (whose iovecs the backend reads until completion). Big, so allocated once and recycled.
+struct QueueWorker::Slot {
+  QueueWorker *owner = nullptr;
+  std::uint32_t generation = 0;
+  virtio::Chain chain;
+  blk::ParsedRequest req;
+};
+
+namespace {
+// Chains popped per process() round before yielding to completions and other events.
+constexpr unsigned kPopBudget = 128;
+} // namespace
+
+QueueWorker::QueueWorker(std::string device_name, unsigned index, vduse::VduseDevice &device,
+                         virtio::GuestMemory &memory, Backend &backend, const blk::DeviceParams &params)
+    : name_(std::move(device_name) + "/q" + std::to_string(index)), index_(index), device_(device), memory_(memory),
+      backend_(backend), params_(params), notify_check_(loop_, [this] { notify(); }),
+      reprocess_(loop_, [this] { process(); }) {
+  thread_ = std::thread([this] { loop_.run(); });
+  run_sync([this] { backend_queue_ = backend_.open_queue(loop_, index_); });
+}
+
+QueueWorker::~QueueWorker() {
+  run_sync([this] {
+    if (backend_queue_)
+      backend_queue_->cancel_all();
+    ring_.stop();
+    kick_watch_.reset();
+    if (kick_fd_ >= 0)
+      ::close(kick_fd_);
+    kick_fd_ = -1;
+    backend_queue_.reset();
+  });
+  loop_.stop_from_any_thread();
+  thread_.join();
+}
+
+void QueueWorker::run_sync(const std::function<void()> &fn) {
+  std::promise<void> done;
+  loop_.post([&] {
+    fn();
+    done.set_value();
+  });
+  done.get_future().wait();
+}
+
+bool QueueWorker::start_sync(const virtio::RingLayout &layout, std::uint16_t next_avail, bool event_idx) {
+  bool ok = false;
+  run_sync([&] {
+    if (!ring_.start(memory_, layout, next_avail, event_idx)) {
+      VB_LOG_ERROR("%s: cannot map the ring (desc 0x%llx, avail 0x%llx, used 0x%llx, size %u)", name_.c_str(),
+                   static_cast<unsigned long long>(layout.desc), static_cast<unsigned long long>(layout.avail),
+                   static_cast<unsigned long long>(layout.used), layout.num);
+      return;
+    }
+    broken_ = false;
+    in_flight_.clear();
+    in_flight_.resize(layout.num);
+    if (kick_fd_ < 0) {
+      kick_fd_ = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+      if (kick_fd_ < 0) {
+        VB_LOG_ERROR("%s: eventfd: %s", name_.c_str(), errno_text(errno));
+        ring_.stop();
+        return;
+      }
+      kick_watch_ = std::make_unique<IoWatch>(loop_, kick_fd_, [this](short) { on_kick(); });
+      kick_watch_->set_events(EV_READ);
+    }
+    try {
+      device_.set_kickfd(index_, kick_fd_);
+    } catch (const std::exception &e) {
+      VB_LOG_ERROR("%s: %s", name_.c_str(), e.what());
+      ring_.stop();
+      return;
+    }
+    ok = true;
+    // Buffers made available before our kickfd was installed sent their kick nowhere.
+    process();
+  });
+  return ok;
+}
+
+void QueueWorker::stop_sync() {
+  run_sync([this] {
+    if (ring_.started())
+      stopped_next_avail_ = ring_.next_avail();
+    ring_.stop();
+    ++generation_;
+    // Requests still in the backend keep their slots until they complete; their results are
+    // dropped then (the driver reset the queue and no longer expects them).
+    for (auto &slot : in_flight_)
+      if (slot)
+        slot.release(); // owned by the backend now; on_backend_done returns it to free_slots_
+    in_flight_.clear();
+    notify_check_.cancel();
+    reprocess_.cancel();
+  });
+}
+
+std::uint16_t QueueWorker::next_avail_sync() {
+  std::uint16_t v = 0;
+  run_sync([&] { v = ring_.started() ? ring_.next_avail() : stopped_next_avail_; });
+  return v;
+}
+
+QueueStats QueueWorker::stats_sync() {
+  QueueStats s;
+  run_sync([&] { s = stats_; });
+  return s;
+}
+
+bool QueueWorker::drain_sync(unsigned timeout_ms) {
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+  for (;;) {
+    std::size_t left = 0;
+    run_sync([&] { left = outstanding_; });
+    if (left == 0)
+      return true;
+    if (std::chrono::steady_clock::now() >= deadline)
+      return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+}
+
+void QueueWorker::on_kick() noexcept {
+  std::uint64_t count = 0;
+  [[maybe_unused]] ssize_t rc = ::read(kick_fd_, &count, sizeof count);
+  process();
+}
+
+void QueueWorker::process() noexcept {
+  if (!ring_.started() || broken_)
+    return;
+  unsigned budget = kPopBudget;
+  for (;;) {
+    ring_.disable_notifications();
+    while (budget > 0) {
+      std::unique_ptr<Slot> slot;
+      if (free_slots_.empty()) {
+        slot = std::make_unique<Slot>();
+        slot->owner = this;
+      } else {
+        slot = std::move(free_slots_.back());
+        free_slots_.pop_back();
+      }
+      const virtio::PopResult r = ring_.pop(slot->chain);
+      if (r == virtio::PopResult::empty) {
+        free_slots_.push_back(std::move(slot));
+        break;
+      }
+      if (r == virtio::PopResult::broken) {
+        VB_LOG_ERROR("%s: the driver corrupted the available ring (%s); queue stopped until the device is reset",
+                     name_.c_str(), virtio::to_string(ring_.last_error()));
+        broken_ = true;
+        free_slots_.push_back(std::move(slot));
+        return;
+      }
+      --budget;
+      if (r == virtio::PopResult::bad_chain) {
+        ++stats_.bad_chains;
+        if (stats_.bad_chains <= 10 || stats_.bad_chains % 1000 == 0)
+          VB_LOG_WARN("%s: malformed descriptor chain at head %u: %s (request failed)", name_.c_str(),
+                      slot->chain.head, virtio::to_string(ring_.last_error()));
+        ring_.fail_bad_chain(slot->chain, VIRTIO_BLK_S_IOERR);
+        free_slots_.push_back(std::move(slot));
+        notify_check_.schedule();
+        continue;
+      }
+      handle_chain(std::move(slot));
+    }
+    if (budget == 0) {
+      // More may be waiting: come back after completions and other queues' events ran.
+      reprocess_.schedule();
+      break;
+    }
+    if (!ring_.enable_notifications())
+      break;
+  }
+  notify_check_.schedule();
+}
+
+void QueueWorker::handle_chain(std::unique_ptr<Slot> slot) noexcept {
+  const std::uint16_t head = slot->chain.head;
+  if (in_flight_[head]) {
+    // The driver offered a head that is still ours: answering both would hand it back twice.
+    VB_LOG_ERROR("%s: the driver made head %u available twice; queue stopped until the device is reset",
+                 name_.c_str(), head);
+    broken_ = true;
+    free_slots_.push_back(std::move(slot));
+    return;
+  }
+  ++stats_.requests;
+  blk::parse_request(slot->chain, params_, slot->req);
+  Slot *s = slot.get();
+  s->generation = generation_;
+  in_flight_[head] = std::move(slot);
+  if (!s->req.needs_backend()) {
+    complete(s, 0);
+    return;
+  }
+  ++outstanding_;
+  const int rc = backend_queue_->submit(s->req.backend, &QueueWorker::on_backend_done, s);
+  if (rc != 0) {
+    --outstanding_;
+    complete(s, rc < 0 ? -rc : rc);
+  }
+  // On success the slot may already be completed and recycled (inline completion): not touched.
+}
+
+void QueueWorker::on_backend_done(void *ctx, int error) noexcept {
+  auto *slot = static_cast<Slot *>(ctx);
+  QueueWorker *self = slot->owner;
+  --self->outstanding_;
+  if (slot->generation != self->generation_) {
+    // Completed after a reset: the driver no longer expects it; just recycle the slot.
+    self->free_slots_.push_back(std::unique_ptr<Slot>(slot));
+    return;
+  }
+  self->complete(slot, error);
+}
+
+void QueueWorker::complete(Slot *slot, int error) noexcept {
+  const std::uint32_t len = blk::finish_request(slot->req, error);
+  if (slot->req.action == blk::Action::submit ? error != 0 : slot->req.status != VIRTIO_BLK_S_OK)
+    ++stats_.errors;
+  ring_.push(slot->chain.head, len);
+  notify_check_.schedule();
+  release(slot);
+}
+
+void QueueWorker::release(Slot *slot) noexcept {
+  auto &owned = in_flight_[slot->chain.head];
+  free_slots_.push_back(std::move(owned));
+}
+
+void QueueWorker::notify() noexcept {
+  if (!ring_.started() || !ring_.should_notify())
+    return;
+  ++stats_.interrupts;
+  if (const int err = device_.inject_vq_irq(index_); err != 0)
+    VB_LOG_WARN("%s: VDUSE_VQ_INJECT_IRQ: %s", name_.c_str(), errno_text(err));
+}
+
+} // namespace vb

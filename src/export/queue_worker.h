@@ -1,0 +1,91 @@
+// Serves one virtqueue of a block export on its own thread and event loop: kick -> pop chains
+// -> parse -> submit to the backend -> complete exactly once -> used ring -> interrupt.
+//
+// Threading: the worker thread owns the ring, the request slots and the BackendQueue. The
+// control thread talks to it only through the *_sync methods, which run on the worker thread
+// and wait for it (the worker never blocks, so the wait is short).
+#pragma once
+
+#include "event/event_loop.h"
+#include "vduse-bridge/backend.h"
+#include "virtio/split_queue.h"
+#include "virtio_blk/blk_request.h"
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace vb {
+
+namespace vduse {
+class VduseDevice;
+}
+
+struct QueueStats {
+  std::uint64_t requests = 0;
+  std::uint64_t errors = 0;      // completed with a status other than OK
+  std::uint64_t bad_chains = 0;  // malformed chains failed without parsing
+  std::uint64_t interrupts = 0;
+};
+
+class QueueWorker {
+public:
+  QueueWorker(std::string device_name, unsigned index, vduse::VduseDevice &device, virtio::GuestMemory &memory,
+              Backend &backend, const blk::DeviceParams &params);
+  // Stops the thread; requests still in flight in the backend are cancelled first.
+  ~QueueWorker();
+  QueueWorker(const QueueWorker &) = delete;
+  QueueWorker &operator=(const QueueWorker &) = delete;
+
+  // Control thread. Maps the ring, installs a fresh kickfd and scans the ring once (kicks sent
+  // before the kickfd existed are not lost). Returns false if the ring cannot be mapped.
+  bool start_sync(const virtio::RingLayout &layout, std::uint16_t next_avail, bool event_idx);
+  // Control thread. Stops consuming the ring (device reset): results of requests still in the
+  // backend are dropped when they arrive; nothing is written to the ring any more.
+  void stop_sync();
+  // Control thread. The next available index this queue would consume (GET_VQ_STATE).
+  std::uint16_t next_avail_sync();
+  QueueStats stats_sync();
+  // Control thread. Waits (bounded) until the backend has completed everything in flight.
+  bool drain_sync(unsigned timeout_ms);
+
+private:
+  struct Slot;
+  void run_sync(const std::function<void()> &fn);
+  void on_kick() noexcept;
+  void process() noexcept;
+  void handle_chain(std::unique_ptr<Slot> slot) noexcept;
+  void complete(Slot *slot, int error) noexcept;
+  void release(Slot *slot) noexcept;
+  void notify() noexcept;
+  static void on_backend_done(void *ctx, int error) noexcept;
+
+  std::string name_; // "disk0/q0" for logs
+  unsigned index_;
+  vduse::VduseDevice &device_;
+  virtio::GuestMemory &memory_;
+  Backend &backend_;
+  const blk::DeviceParams &params_;
+
+  EventLoop loop_;
+  std::unique_ptr<BackendQueue> backend_queue_;
+  virtio::SplitQueue ring_;
+  int kick_fd_ = -1;
+  std::unique_ptr<IoWatch> kick_watch_;
+  Deferred notify_check_;
+  Deferred reprocess_;
+  bool broken_ = false;
+  std::uint32_t generation_ = 0; // bumped on every stop: completions of older ones are dropped
+  std::vector<std::unique_ptr<Slot>> in_flight_; // by head, for the current generation
+  std::vector<std::unique_ptr<Slot>> free_slots_;
+  std::size_t outstanding_ = 0; // in the backend, all generations
+  std::uint16_t stopped_next_avail_ = 0;
+  QueueStats stats_;
+  std::thread thread_;
+};
+
+} // namespace vb

@@ -1,0 +1,46 @@
+// vduse-bridge: serves block storage as local virtio-blk disks through VDUSE. See vduse-bridge(8).
+#include "common/log.h"
+#include "config/config.h"
+#include "daemon/daemon.h"
+#include "daemon/options.h"
+
+#include <cstdio>
+#include <exception>
+#include <string>
+#include <vector>
+
+#ifndef VDUSE_BRIDGE_VERSION
+#define VDUSE_BRIDGE_VERSION "unknown"
+#endif
+
+int main(int argc, char **argv) {
+  vb::Options options;
+  try {
+    options = vb::parse_options(std::vector<std::string>(argv + 1, argv + argc));
+  } catch (const std::exception &e) {
+    std::fprintf(stderr, "vduse-bridge: %s\n", e.what());
+    return 2;
+  }
+  if (options.help) {
+    std::fputs(vb::usage_text(), stdout);
+    return 0;
+  }
+  if (options.version) {
+    std::printf("vduse-bridge %s\n", VDUSE_BRIDGE_VERSION);
+    return 0;
+  }
+  if (options.verbosity > 0)
+    vb::set_log_level(vb::LogLevel::debug);
+  try {
+    const vb::Config config = vb::load_config(options.config_path);
+    if (options.check_only) {
+      std::printf("%s: OK, %zu device(s)\n", config.path.c_str(), config.devices.size());
+      return 0;
+    }
+    return vb::run_daemon(config);
+  } catch (const std::exception &e) {
+    // Setup errors: one line, already naming the file/line/key or the device.
+    std::fprintf(stderr, "vduse-bridge: %s\n", e.what());
+    return 1;
+  }
+}

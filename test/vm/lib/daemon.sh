@@ -1,0 +1,94 @@
+# Shared helpers for real-kernel tests of the vduse-bridge daemon (sourced, not run).
+# Provides: fail, skip, wait_for, start_daemon CONFIG, stop_daemon, disk_of NAME, and a cleanup
+# trap that stops the daemon by PID (never by name) and removes the scratch directory.
+set -euo pipefail
+
+fail() {
+  echo "FAIL: $*" >&2
+  [ -z "${daemon_log:-}" ] || { echo "---- daemon log ----" >&2; tail -n 40 "$daemon_log" >&2 || true; }
+  exit 1
+}
+skip() {
+  echo "SKIP: $*"
+  exit 77
+}
+
+[ "${IN_VM:-0}" = 1 ] || [ -c /dev/vduse/control ] || skip "no VDUSE here (run it with test/vm/run-vm)"
+[ -c /dev/vduse/control ] || fail "/dev/vduse/control missing: the vduse module is not loaded"
+BUILD_DIR=${VDUSE_BRIDGE_BUILD_DIR:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)/build}
+DAEMON=$BUILD_DIR/src/vduse-bridge
+[ -x "$DAEMON" ] || fail "no daemon binary at $DAEMON (build first, or set VDUSE_BRIDGE_BUILD_DIR)"
+
+work=$(mktemp -d)
+daemon_pid='' daemon_log=$work/daemon.log
+cleanup() {
+  local rc=$?
+  if [ -n "$daemon_pid" ] && kill -0 "$daemon_pid" 2>/dev/null; then
+    kill -TERM "$daemon_pid" 2>/dev/null || true
+    wait "$daemon_pid" 2>/dev/null || true
+  fi
+  for m in "$work"/mnt*; do [ -d "$m" ] && ! mountpoint -q "$m" || umount "$m" 2>/dev/null || true; done
+  rm -rf "$work"
+  exit "$rc"
+}
+trap cleanup EXIT
+
+# wait_for SECONDS WHAT CMD...: poll until CMD succeeds (TCG is slow: be generous, never sleep fixed).
+wait_for() {
+  local limit=$1 what=$2 deadline
+  shift 2
+  deadline=$((SECONDS + limit))
+  until "$@"; do
+    [ "$SECONDS" -lt "$deadline" ] || fail "timed out after ${limit}s waiting for $what"
+    sleep 0.05
+  done
+}
+
+# disk_of NAME: prints vdX once the virtio-vdpa disk of vDPA device NAME exists.
+disk_of() {
+  local d
+  for d in /sys/bus/vdpa/devices/"$1"/virtio*/block/*; do
+    [ -e "$d" ] && { basename "$d"; return 0; }
+  done
+  return 1
+}
+disk_ready() { local d; d=$(disk_of "$1") && [ -b "/dev/$d" ]; }
+daemon_alive() { kill -0 "$daemon_pid" 2>/dev/null; }
+serving() { grep -q "serving" "$daemon_log" || ! daemon_alive; }
+
+# start_daemon CONFIG [NAME...]: starts the daemon and waits until it serves every device and each
+# NAME's disk node exists.
+start_daemon() {
+  local config=$1 name
+  shift
+  "$DAEMON" --config "$config" >>"$daemon_log" 2>&1 &
+  daemon_pid=$!
+  wait_for 60 "the daemon to serve its devices" serving
+  daemon_alive || fail "the daemon exited during start-up"
+  for name in "$@"; do
+    wait_for 30 "the disk of $name" disk_ready "$name"
+  done
+}
+
+# stop_daemon: SIGTERM, and the exit status must be 0.
+stop_daemon() {
+  local rc=0
+  kill -TERM "$daemon_pid"
+  wait "$daemon_pid" || rc=$?
+  daemon_pid=''
+  [ "$rc" -eq 0 ] || fail "the daemon exited with status $rc after SIGTERM"
+}
+
+# memory_config FILE NAME SIZE [extra device keys as "key: value" lines...]
+memory_config() {
+  local file=$1 name=$2 size=$3 line
+  shift 3
+  {
+    echo "devices:"
+    echo "  - name: $name"
+    echo "    backend:"
+    echo "      type: memory"
+    echo "      size: $size"
+    for line in "$@"; do echo "    $line"; done
+  } >"$file"
+}
