@@ -15,7 +15,7 @@ LogLevel log_level() noexcept;
 
 // Safe from any thread, never throws, never allocates more than one line.
 void log(LogLevel level, const char *fmt, ...) noexcept __attribute__((format(printf, 2, 3)));
-void vlog(LogLevel level, const char *fmt, std::va_list ap) noexcept;
+void vlog(LogLevel level, const char *fmt, std::va_list ap) noexcept __attribute__((format(printf, 2, 0)));
 
 #define VB_LOG_ERROR(...) ::vb::log(::vb::LogLevel::error, __VA_ARGS__)
 #define VB_LOG_WARN(...) ::vb::log(::vb::LogLevel::warning, __VA_ARGS__)

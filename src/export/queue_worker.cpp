@@ -2,7 +2,6 @@
 
 #include "common/errors.h"
 #include "common/log.h"
-#include "vduse/vduse_device.h"
 
 #include <cerrno>
 #include <chrono>
@@ -27,9 +26,9 @@ namespace {
 constexpr unsigned kPopBudget = 128;
 } // namespace
 
-QueueWorker::QueueWorker(std::string device_name, unsigned index, vduse::VduseDevice &device,
+QueueWorker::QueueWorker(std::string device_name, unsigned index, virtio::QueueHost &host,
                          virtio::GuestMemory &memory, Backend &backend, const blk::DeviceParams &params)
-    : name_(std::move(device_name) + "/q" + std::to_string(index)), index_(index), device_(device), memory_(memory),
+    : name_(std::move(device_name) + "/q" + std::to_string(index)), index_(index), host_(host), memory_(memory),
       backend_(backend), params_(params), notify_check_(loop_, [this] { notify(); }),
       reprocess_(loop_, [this] { process(); }) {
   thread_ = std::thread([this] { loop_.run(); });
@@ -83,13 +82,14 @@ bool QueueWorker::start_sync(const virtio::RingLayout &layout, std::uint16_t nex
       kick_watch_->set_events(EV_READ);
     }
     try {
-      device_.set_kickfd(index_, kick_fd_);
+      host_.set_kickfd(index_, kick_fd_);
     } catch (const std::exception &e) {
       VB_LOG_ERROR("%s: %s", name_.c_str(), e.what());
       ring_.stop();
       return;
     }
     ok = true;
+    pushed_ = false;
     // Buffers made available before our kickfd was installed sent their kick nowhere.
     process();
   });
@@ -178,6 +178,7 @@ void QueueWorker::process() noexcept {
           VB_LOG_WARN("%s: malformed descriptor chain at head %u: %s (request failed)", name_.c_str(),
                       slot->chain.head, virtio::to_string(ring_.last_error()));
         ring_.fail_bad_chain(slot->chain, VIRTIO_BLK_S_IOERR);
+        pushed_ = true;
         free_slots_.push_back(std::move(slot));
         notify_check_.schedule();
         continue;
@@ -240,6 +241,7 @@ void QueueWorker::complete(Slot *slot, int error) noexcept {
   if (slot->req.action == blk::Action::submit ? error != 0 : slot->req.status != VIRTIO_BLK_S_OK)
     ++stats_.errors;
   ring_.push(slot->chain.head, len);
+  pushed_ = true;
   notify_check_.schedule();
   release(slot);
 }
@@ -250,10 +252,14 @@ void QueueWorker::release(Slot *slot) noexcept {
 }
 
 void QueueWorker::notify() noexcept {
-  if (!ring_.started() || !ring_.should_notify())
+  // Only after something was published: an interrupt for nothing costs the driver a wasted scan.
+  if (!pushed_ || !ring_.started())
+    return;
+  pushed_ = false;
+  if (!ring_.should_notify())
     return;
   ++stats_.interrupts;
-  if (const int err = device_.inject_vq_irq(index_); err != 0)
+  if (const int err = host_.inject_vq_irq(index_); err != 0)
     VB_LOG_WARN("%s: VDUSE_VQ_INJECT_IRQ: %s", name_.c_str(), errno_text(err));
 }
 

@@ -8,6 +8,7 @@
 
 #include "event/event_loop.h"
 #include "vduse-bridge/backend.h"
+#include "virtio/queue_host.h"
 #include "virtio/split_queue.h"
 #include "virtio_blk/blk_request.h"
 
@@ -21,10 +22,6 @@
 
 namespace vb {
 
-namespace vduse {
-class VduseDevice;
-}
-
 struct QueueStats {
   std::uint64_t requests = 0;
   std::uint64_t errors = 0;      // completed with a status other than OK
@@ -34,7 +31,7 @@ struct QueueStats {
 
 class QueueWorker {
 public:
-  QueueWorker(std::string device_name, unsigned index, vduse::VduseDevice &device, virtio::GuestMemory &memory,
+  QueueWorker(std::string device_name, unsigned index, virtio::QueueHost &host, virtio::GuestMemory &memory,
               Backend &backend, const blk::DeviceParams &params);
   // Stops the thread; requests still in flight in the backend are cancelled first.
   ~QueueWorker();
@@ -66,7 +63,7 @@ private:
 
   std::string name_; // "disk0/q0" for logs
   unsigned index_;
-  vduse::VduseDevice &device_;
+  virtio::QueueHost &host_;
   virtio::GuestMemory &memory_;
   Backend &backend_;
   const blk::DeviceParams &params_;
@@ -79,6 +76,7 @@ private:
   Deferred notify_check_;
   Deferred reprocess_;
   bool broken_ = false;
+  bool pushed_ = false; // used entries published since the last notification decision
   std::uint32_t generation_ = 0; // bumped on every stop: completions of older ones are dropped
   std::vector<std::unique_ptr<Slot>> in_flight_; // by head, for the current generation
   std::vector<std::unique_ptr<Slot>> free_slots_;

@@ -159,7 +159,7 @@ VqInfo VduseDevice::vq_info(std::uint32_t index) const {
   return out;
 }
 
-void VduseDevice::set_kickfd(std::uint32_t index, int fd) {
+void VduseDevice::set_kickfd(unsigned index, int fd) {
   vduse_vq_eventfd e{};
   e.index = index;
   e.fd = fd;
@@ -167,8 +167,9 @@ void VduseDevice::set_kickfd(std::uint32_t index, int fd) {
     fail("VDUSE_VQ_SETUP_KICKFD");
 }
 
-int VduseDevice::inject_vq_irq(std::uint32_t index) const noexcept {
-  return ::ioctl(fd_, VDUSE_VQ_INJECT_IRQ, &index) == 0 ? 0 : errno;
+int VduseDevice::inject_vq_irq(unsigned index) const noexcept {
+  std::uint32_t i = index;
+  return ::ioctl(fd_, VDUSE_VQ_INJECT_IRQ, &i) == 0 ? 0 : errno;
 }
 
 void VduseDevice::set_config(std::uint32_t offset, const void *data, std::uint32_t len) {

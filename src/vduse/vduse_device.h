@@ -5,6 +5,8 @@
 // (inject_vq_irq) are safe from any thread; everything else belongs to the control thread.
 #pragma once
 
+#include "virtio/queue_host.h"
+
 #include <cstdint>
 #include <linux/vduse.h>
 #include <string>
@@ -42,13 +44,13 @@ public:
   virtual void after_set_status(std::uint8_t status) noexcept = 0;
 };
 
-class VduseDevice {
+class VduseDevice final : public virtio::QueueHost {
 public:
   // Creates the device, or attaches to an existing one of that name (EEXIST: a previous run left
   // it, see reattached()). Opens /dev/vduse/NAME and sets up every virtqueue. Throws on failure.
   explicit VduseDevice(const DeviceSpec &spec);
   // Closes the device fd; does not destroy the device (see destroy()).
-  ~VduseDevice();
+  ~VduseDevice() override;
   VduseDevice(const VduseDevice &) = delete;
   VduseDevice &operator=(const VduseDevice &) = delete;
 
@@ -62,9 +64,9 @@ public:
 
   std::uint64_t driver_features() const;
   VqInfo vq_info(std::uint32_t index) const;
-  void set_kickfd(std::uint32_t index, int fd);
+  void set_kickfd(unsigned index, int fd) override;
   // Any thread. Returns 0 or an errno.
-  int inject_vq_irq(std::uint32_t index) const noexcept;
+  int inject_vq_irq(unsigned index) const noexcept override;
   void set_config(std::uint32_t offset, const void *data, std::uint32_t len);
   void inject_config_irq();
 
