@@ -20,7 +20,7 @@ DAEMON=$BUILD_DIR/src/vduse-bridge
 [ -x "$DAEMON" ] || fail "no daemon binary at $DAEMON (build first, or set VDUSE_BRIDGE_BUILD_DIR)"
 
 work=$(mktemp -d)
-daemon_pid='' daemon_log=$work/daemon.log
+daemon_pid='' daemon_log='' daemon_runs=0
 cleanup() {
   local rc=$?
   if [ -n "$daemon_pid" ] && kill -0 "$daemon_pid" 2>/dev/null; then
@@ -54,14 +54,17 @@ disk_of() {
 }
 disk_ready() { local d; d=$(disk_of "$1") && [ -b "/dev/$d" ]; }
 daemon_alive() { kill -0 "$daemon_pid" 2>/dev/null; }
-serving() { grep -q "serving" "$daemon_log" || ! daemon_alive; }
+serving() { grep -q "serving" "$daemon_log" 2>/dev/null || ! daemon_alive; }
 
 # start_daemon CONFIG [NAME...]: starts the daemon and waits until it serves every device and each
 # NAME's disk node exists.
 start_daemon() {
   local config=$1 name
   shift
-  "$DAEMON" --config "$config" >>"$daemon_log" 2>&1 &
+  # A log per run, so that waiting for "serving" never sees an earlier run's line.
+  daemon_runs=$((daemon_runs + 1))
+  daemon_log=$work/daemon.$daemon_runs.log
+  "$DAEMON" --config "$config" >"$daemon_log" 2>&1 &
   daemon_pid=$!
   wait_for 60 "the daemon to serve its devices" serving
   daemon_alive || fail "the daemon exited during start-up"

@@ -1,0 +1,642 @@
+#include "config/config.h"
+
+#include "common/errors.h"
+#include "common/units.h"
+
+#include <algorithm>
+#include <array>
+#include <cctype>
+#include <cerrno>
+#include <charconv>
+#include <fcntl.h>
+#include <optional>
+#include <span>
+#include <string_view>
+#include <unistd.h>
+#include <unordered_map>
+#include <yaml-cpp/yaml.h>
+
+namespace vb {
+
+ConfigError::ConfigError(const std::string &file, int line, int column, const std::string &key,
+                         const std::string &problem)
+    : std::runtime_error(file + (line > 0 ? ":" + std::to_string(line) + ":" + std::to_string(column) : "") + ": " +
+                         (key.empty() ? "" : key + ": ") + problem),
+      line_(line), column_(column), key_(key) {}
+
+namespace {
+
+constexpr std::size_t max_name_bytes = 64;            // well under VDUSE_NAME_MAX and the vDPA netlink limit
+constexpr std::size_t max_serial_bytes = 20;          // VIRTIO_BLK_ID_BYTES, what GET_ID returns
+constexpr unsigned max_queues = 64;                   // one per CPU is plenty; each queue costs a thread's share
+constexpr unsigned max_queue_size = 1024;             // VDUSE's limit on virtqueue size
+constexpr std::uint64_t max_memory_size = 1ULL << 46; // 64 TiB: beyond that a memory disk is a typo
+constexpr std::size_t max_file_bytes = 1 << 20;       // a config file is a few KiB; stop /dev/zero early
+
+// 1-based, as editors count; {0, 0} when yaml-cpp knows no position.
+struct Position {
+  int line = 0;
+  int column = 0;
+};
+
+Position position_of(const YAML::Mark &mark) {
+  if (mark.is_null())
+    return {};
+  return {mark.line + 1, mark.column + 1};
+}
+
+Position position_of(const YAML::Node &node) { return position_of(node.Mark()); }
+
+// One value as written in the file. Step one (shape) records it, step two (values) interprets it.
+struct Value {
+  enum class Kind { missing, null, scalar, sequence, map };
+
+  std::string name; // the key, e.g. "size"
+  std::string key;  // its dotted path, e.g. "devices[0].backend.size"
+  Position at;      // the value; its key when empty; the enclosing map when missing
+  Position key_at;  // the key; the enclosing map when missing
+  Kind kind = Kind::missing;
+  std::string text; // scalars only
+  std::string tag;  // "?" plain, "!" quoted, else an explicit tag such as tag:yaml.org,2002:int
+
+  bool present() const { return kind != Kind::missing; }
+  bool plain() const { return tag == "?"; }
+};
+
+// Text for a one-line message: control and non-ASCII bytes as \xNN, at most limit bytes shown.
+std::string escaped(std::string_view text, std::size_t limit = std::string_view::npos) {
+  static constexpr std::string_view hex = "0123456789abcdef";
+  std::string out;
+  for (std::size_t i = 0; i < text.size() && i < limit; ++i) {
+    const auto c = static_cast<unsigned char>(text[i]);
+    if (c >= 0x20 && c < 0x7f) {
+      out += static_cast<char>(c);
+    } else {
+      out += "\\x";
+      out += hex[c >> 4];
+      out += hex[c & 0xf];
+    }
+  }
+  return out;
+}
+
+// Values longer than this are cut short in messages, which then give their length.
+constexpr std::size_t shown_bytes = 40;
+
+// The dotted path of a key; names from the file are escaped to keep messages on one line.
+std::string join(const std::string &path, std::string_view name) {
+  return path.empty() ? escaped(name) : path + "." + escaped(name);
+}
+
+// 'text' (or "text"), escaped, long text cut short with its length.
+std::string quoted(std::string_view text, char quote) {
+  std::string out = quote + escaped(text, shown_bytes);
+  if (text.size() > shown_bytes)
+    return out + "..." + quote + " (" + std::to_string(text.size()) + " bytes)";
+  return out + quote;
+}
+
+Value missing_value(const std::string &path, std::string_view name, Position enclosing) {
+  Value v;
+  v.name = name;
+  v.key = join(path, name);
+  v.at = enclosing;
+  v.key_at = enclosing;
+  return v;
+}
+
+// key_node is the node the value hangs from, for the position of an empty value (yaml-cpp puts
+// the mark of "key:" with nothing after it on the next token, often the next line).
+Value value_of(const YAML::Node &node, const YAML::Node &key_node, std::string name, std::string key) {
+  Value v;
+  v.name = std::move(name);
+  v.key = std::move(key);
+  v.at = position_of(node);
+  v.key_at = position_of(key_node);
+  switch (node.Type()) {
+  case YAML::NodeType::Scalar:
+    v.kind = Value::Kind::scalar;
+    v.text = node.Scalar();
+    v.tag = node.Tag();
+    break;
+  case YAML::NodeType::Sequence:
+    v.kind = Value::Kind::sequence;
+    break;
+  case YAML::NodeType::Map:
+    v.kind = Value::Kind::map;
+    break;
+  case YAML::NodeType::Null:
+  case YAML::NodeType::Undefined:
+    v.kind = Value::Kind::null;
+    v.at = position_of(key_node);
+    break;
+  }
+  return v;
+}
+
+// What the file has, for "got ...". Quoted (or explicitly tagged) scalars show in double quotes
+// so that "got \"2\"" explains why a number was not accepted.
+std::string describe(const Value &v) {
+  switch (v.kind) {
+  case Value::Kind::missing:
+    return "nothing (the key is missing)";
+  case Value::Kind::null:
+    return "an empty value";
+  case Value::Kind::sequence:
+    return "a sequence";
+  case Value::Kind::map:
+    return "a map";
+  case Value::Kind::scalar:
+    break;
+  }
+  return quoted(v.text, v.plain() ? '\'' : '"');
+}
+
+std::string list(std::span<const std::string_view> names) {
+  std::string out;
+  for (auto name : names)
+    out += (out.empty() ? "" : ", ") + std::string(name);
+  return out;
+}
+
+// Throws the one error of a load. Both steps report through it.
+class Reporter {
+public:
+  explicit Reporter(const std::string &source) : source_(source) {}
+
+  [[noreturn]] void fail(Position at, const std::string &key, const std::string &problem) const {
+    throw ConfigError(source_, at.line, at.column, key, problem);
+  }
+  [[noreturn]] void expected(const Value &v, const std::string &what, const std::string &note = {}) const {
+    fail(v.at, v.key, "expected " + what + ", got " + describe(v) + note);
+  }
+
+private:
+  const std::string &source_;
+};
+
+// ---- Step one: the shape of the document --------------------------------------------------
+
+struct RawBackend {
+  Value self;                 // the backend map itself (missing, or kind map)
+  Value type;                 // backend.type
+  std::vector<Value> options; // every other key, in file order; which are allowed depends on type
+};
+
+struct RawDevice {
+  Position at;
+  std::string key; // devices[N]
+  Value name, queues, queue_size, logical_block_size, read_only, serial, attach;
+  RawBackend backend;
+};
+
+struct DeviceKey {
+  std::string_view name;
+  Value RawDevice::*field;
+};
+
+constexpr std::array<DeviceKey, 7> device_scalar_keys{{
+    {"name", &RawDevice::name},
+    {"queues", &RawDevice::queues},
+    {"queue-size", &RawDevice::queue_size},
+    {"logical-block-size", &RawDevice::logical_block_size},
+    {"read-only", &RawDevice::read_only},
+    {"serial", &RawDevice::serial},
+    {"attach", &RawDevice::attach},
+}};
+
+constexpr std::array<std::string_view, 8> device_keys{
+    "name", "backend", "queues", "queue-size", "logical-block-size", "read-only", "serial", "attach"};
+constexpr std::array<std::string_view, 1> top_keys{"devices"};
+
+// One key: value pair of a map, the key already known to be a scalar seen once.
+struct Entry {
+  std::string name;
+  YAML::Node key;
+  YAML::Node value;
+};
+
+// "queue_size" and "Queue-Size" are near misses of "queue-size".
+std::optional<std::string_view> near_miss(std::string_view name, std::span<const std::string_view> known) {
+  std::string folded(name);
+  for (auto &c : folded)
+    c = c == '_' ? '-' : static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  for (auto k : known)
+    if (folded == k)
+      return k;
+  return std::nullopt;
+}
+
+class ShapeReader {
+public:
+  explicit ShapeReader(const Reporter &report) : report_(report) {}
+
+  std::vector<RawDevice> document(const std::string &text) const {
+    std::vector<YAML::Node> docs;
+    try {
+      docs = YAML::LoadAll(text);
+    } catch (const YAML::Exception &e) {
+      report_.fail(position_of(e.mark), {}, "invalid YAML: " + e.msg);
+    }
+    if (docs.empty() || (docs.size() == 1 && docs[0].IsNull()))
+      report_.fail({1, 1}, {}, "expected a map with the key 'devices', got an empty file");
+    if (docs.size() > 1)
+      report_.fail(position_of(docs[1]), {}, "expected one YAML document, got a second one");
+
+    const YAML::Node &top = docs[0];
+    const Value whole = value_of(top, top, {}, {});
+    if (whole.kind != Value::Kind::map)
+      report_.expected(whole, "a map with the key 'devices'");
+    const std::vector<Entry> top_entries = entries(top, {}, "top-level", top_keys);
+    if (top_entries.empty()) // "devices" is the only key entries() lets through
+      report_.expected(missing_value({}, "devices", position_of(top)), "a sequence of devices");
+    const YAML::Node &sequence = top_entries.front().value;
+    const Value list_value = value_of(sequence, top_entries.front().key, "devices", "devices");
+    if (list_value.kind != Value::Kind::sequence)
+      report_.expected(list_value, "a sequence of devices");
+    if (sequence.size() == 0)
+      report_.fail(list_value.at, "devices", "expected at least one device, got an empty sequence");
+
+    std::vector<RawDevice> out;
+    for (std::size_t i = 0; i < sequence.size(); ++i)
+      out.push_back(device(sequence[i], "devices[" + std::to_string(i) + "]"));
+    return out;
+  }
+
+private:
+  // The entries of a map, each key a scalar seen once and, if known is not empty, one of known.
+  std::vector<Entry> entries(const YAML::Node &map, const std::string &path, std::string_view kind,
+                             std::span<const std::string_view> known) const {
+    std::vector<Entry> out;
+    std::unordered_map<std::string, int> first_line;
+    for (auto it = map.begin(); it != map.end(); ++it) {
+      const YAML::Node key = it->first;
+      if (!key.IsScalar())
+        report_.expected(value_of(key, key, {}, path), "a key name");
+      const std::string &name = key.Scalar();
+      const Position at = position_of(key);
+      if (!known.empty() && std::find(known.begin(), known.end(), name) == known.end()) {
+        std::string hint;
+        if (auto k = near_miss(name, known))
+          hint = " (did you mean '" + std::string(*k) + "'?)";
+        report_.fail(at, join(path, name),
+                     "expected a " + std::string(kind) + " key (" + list(known) + "), got " + quoted(name, '\'') +
+                         hint);
+      }
+      if (auto [seen, inserted] = first_line.emplace(name, at.line); !inserted)
+        report_.fail(at, join(path, name),
+                     "expected each key once in a map, got it again (first on line " + std::to_string(seen->second) +
+                         ")");
+      out.push_back({name, key, it->second});
+    }
+    return out;
+  }
+
+  RawDevice device(const YAML::Node &node, const std::string &path) const {
+    RawDevice raw;
+    raw.key = path;
+    raw.at = position_of(node);
+    const Value self = value_of(node, node, {}, path);
+    if (self.kind != Value::Kind::map)
+      report_.expected(self, "a map of device keys (name, backend, ...)");
+    for (const auto &k : device_scalar_keys)
+      raw.*k.field = missing_value(path, k.name, raw.at);
+    raw.backend.self = missing_value(path, "backend", raw.at);
+    for (const auto &entry : entries(node, path, "device", device_keys)) {
+      if (entry.name == "backend") {
+        raw.backend = backend(entry, path);
+        continue;
+      }
+      for (const auto &k : device_scalar_keys)
+        if (entry.name == k.name)
+          raw.*k.field = value_of(entry.value, entry.key, entry.name, join(path, entry.name));
+    }
+    return raw;
+  }
+
+  RawBackend backend(const Entry &entry, const std::string &device_path) const {
+    const std::string path = join(device_path, "backend");
+    RawBackend raw;
+    raw.self = value_of(entry.value, entry.key, "backend", path);
+    if (raw.self.kind != Value::Kind::map)
+      report_.expected(raw.self, "a map with the key 'type'");
+    raw.type = missing_value(path, "type", raw.self.at);
+    // Which other keys are allowed depends on the type, so step two checks them.
+    for (const auto &option : entries(entry.value, path, "backend", {})) {
+      Value v = value_of(option.value, option.key, option.name, join(path, option.name));
+      if (option.name == "type")
+        raw.type = std::move(v);
+      else
+        raw.options.push_back(std::move(v));
+    }
+    return raw;
+  }
+
+  const Reporter &report_;
+};
+
+// ---- Step two: the values -----------------------------------------------------------------
+
+std::optional<std::uint64_t> decimal(std::string_view s) {
+  std::uint64_t n = 0;
+  if (s.empty() || s.find_first_not_of("0123456789") != std::string_view::npos)
+    return std::nullopt;
+  auto [ptr, ec] = std::from_chars(s.data(), s.data() + s.size(), n, 10);
+  if (ec != std::errc{} || ptr != s.data() + s.size())
+    return std::nullopt;
+  return n;
+}
+
+// Spelled out rather than isalnum(), which depends on the locale.
+bool is_name_char(char c) {
+  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' || c == '-';
+}
+
+bool is_power_of_two(std::uint64_t n) { return n != 0 && (n & (n - 1)) == 0; }
+
+class Validator;
+
+// A backend key: what it must hold and where it goes. apply() also runs, with a missing value,
+// for a required key that is absent, so that it reports what was expected.
+struct BackendOption {
+  std::string_view name;
+  bool required;
+  void (*apply)(const Validator &check, const Value &v, const DeviceConfig &device, BackendConfig &out);
+};
+
+struct BackendKind {
+  std::string_view name;
+  BackendConfig::Type type;
+  bool available; // nbd and iscsi are recognised but arrive in later versions
+  std::span<const BackendOption> options;
+};
+
+class Validator {
+public:
+  explicit Validator(const Reporter &report) : report_(report) {}
+
+  Config config(const std::vector<RawDevice> &raw_devices, const std::string &source) const {
+    Config config;
+    config.path = source;
+    std::unordered_map<std::string, int> first_line;
+    for (const auto &raw : raw_devices) {
+      DeviceConfig device = this->device(raw);
+      if (auto [seen, inserted] = first_line.emplace(device.name, raw.name.at.line); !inserted)
+        report_.expected(raw.name, "a name no other device has",
+                         " (also the name of the device on line " + std::to_string(seen->second) + ")");
+      config.devices.push_back(std::move(device));
+    }
+    return config;
+  }
+
+  const Reporter &report() const { return report_; }
+
+  const std::string &scalar(const Value &v, const std::string &what) const {
+    if (v.kind != Value::Kind::scalar)
+      report_.expected(v, what);
+    return v.text;
+  }
+
+  // A plain decimal integer in [min, max]; quotes are refused so that numbers look like numbers.
+  std::uint64_t integer(const Value &v, std::uint64_t min, std::uint64_t max, const std::string &what) const {
+    const std::string &text = scalar(v, what);
+    if (!v.plain() && v.tag != "tag:yaml.org,2002:int")
+      report_.expected(v, what + " (without quotes)");
+    auto n = decimal(text);
+    if (!n || *n < min || *n > max)
+      report_.expected(v, what);
+    return *n;
+  }
+
+  unsigned count(const Value &v, unsigned min, unsigned max) const {
+    return static_cast<unsigned>(
+        integer(v, min, max, "an integer from " + std::to_string(min) + " to " + std::to_string(max)));
+  }
+
+  unsigned power_of_two(const Value &v, unsigned min, unsigned max) const {
+    const std::string what = "a power of two from " + std::to_string(min) + " to " + std::to_string(max);
+    const auto n = integer(v, min, max, what);
+    if (!is_power_of_two(n))
+      report_.expected(v, what);
+    return static_cast<unsigned>(n);
+  }
+
+  // YAML 1.2 booleans only: yes/no/on/off are YAML 1.1 and too easy to write by accident.
+  bool boolean(const Value &v) const {
+    static constexpr std::string_view what = "true or false";
+    const std::string &text = scalar(v, std::string(what));
+    if (!v.plain() && v.tag != "tag:yaml.org,2002:bool")
+      report_.expected(v, std::string(what) + " (without quotes)");
+    if (text == "true" || text == "True" || text == "TRUE")
+      return true;
+    if (text == "false" || text == "False" || text == "FALSE")
+      return false;
+    report_.expected(v, std::string(what));
+  }
+
+  template <typename E, std::size_t N>
+  E choice(const Value &v, const std::array<std::pair<std::string_view, E>, N> &choices) const {
+    std::string what;
+    for (std::size_t i = 0; i < N; ++i)
+      what += (i == 0 ? "" : i + 1 == N ? " or " : ", ") + std::string(choices[i].first);
+    const std::string &text = scalar(v, what);
+    for (const auto &[spelling, e] : choices)
+      if (text == spelling)
+        return e;
+    report_.expected(v, what);
+  }
+
+private:
+  DeviceConfig device(const RawDevice &raw) const {
+    DeviceConfig d;
+    d.line = raw.at.line;
+    d.name = name(raw.name);
+    if (raw.queues.present())
+      d.queues = count(raw.queues, 1, max_queues);
+    if (raw.queue_size.present())
+      d.queue_size = power_of_two(raw.queue_size, 2, max_queue_size);
+    if (raw.logical_block_size.present())
+      d.logical_block_size = power_of_two(raw.logical_block_size, 512, 4096);
+    if (raw.read_only.present())
+      d.read_only = boolean(raw.read_only);
+    d.serial = raw.serial.present() ? serial(raw.serial) : d.name.substr(0, max_serial_bytes);
+    if (raw.attach.present()) {
+      static constexpr std::array<std::pair<std::string_view, DeviceConfig::Attach>, 3> attaches{{
+          {"virtio-vdpa", DeviceConfig::Attach::virtio_vdpa},
+          {"vhost-vdpa", DeviceConfig::Attach::vhost_vdpa},
+          {"none", DeviceConfig::Attach::none},
+      }};
+      d.attach = choice(raw.attach, attaches);
+    }
+    // Last: backend values may depend on the device's (the memory size on the block size).
+    d.backend = backend(raw.backend, d);
+    return d;
+  }
+
+  std::string name(const Value &v) const {
+    const std::string what = "a name of 1 to " + std::to_string(max_name_bytes) + " letters, digits, '_' or '-'";
+    const std::string &text = scalar(v, what);
+    if (text.empty() || text.size() > max_name_bytes)
+      report_.expected(v, what);
+    for (char c : text)
+      if (!is_name_char(c))
+        report_.expected(v, what);
+    return text;
+  }
+
+  // Printable ASCII so that it shows as is in sysfs (/sys/block/vdX/serial) and in logs.
+  std::string serial(const Value &v) const {
+    const std::string what = "at most " + std::to_string(max_serial_bytes) + " bytes of printable ASCII";
+    const std::string &text = scalar(v, what);
+    if (text.size() > max_serial_bytes)
+      report_.expected(v, what, text.size() > shown_bytes ? "" : " (" + std::to_string(text.size()) + " bytes)");
+    for (unsigned char c : text)
+      if (c < 0x20 || c > 0x7e)
+        report_.expected(v, what);
+    return text;
+  }
+
+  BackendConfig backend(const RawBackend &raw, const DeviceConfig &device) const;
+
+  const Reporter &report_;
+};
+
+void apply_memory_size(const Validator &check, const Value &v, const DeviceConfig &device, BackendConfig &out) {
+  static const std::string what = "a size such as 512, 64K, 1G or 1GiB";
+  const auto parsed = parse_size(check.scalar(v, what));
+  if (!parsed)
+    check.report().fail(v.at, v.key, "expected " + parsed.error);
+  const std::uint64_t size = *parsed.value;
+  if (size == 0)
+    check.report().expected(v, "a size above 0");
+  if (size > max_memory_size)
+    check.report().expected(v, "a size of at most 64 TiB");
+  if (size % device.logical_block_size != 0)
+    check.report().expected(
+        v, "a multiple of the logical block size (" + std::to_string(device.logical_block_size) + " bytes)",
+        " (" + std::to_string(size) + " bytes)");
+  out.memory.size = size;
+}
+
+constexpr std::array<BackendOption, 1> memory_options{{
+    {"size", true, &apply_memory_size},
+}};
+
+constexpr std::array<BackendKind, 3> backend_kinds{{
+    {"memory", BackendConfig::Type::memory, true, memory_options},
+    {"nbd", BackendConfig::Type::nbd, false, {}},
+    {"iscsi", BackendConfig::Type::iscsi, false, {}},
+}};
+
+BackendConfig Validator::backend(const RawBackend &raw, const DeviceConfig &device) const {
+  if (!raw.self.present())
+    report_.expected(raw.self, "a map with the key 'type'");
+
+  std::string all;
+  std::string available;
+  for (const auto &kind : backend_kinds) {
+    all += (all.empty() ? "" : ", ") + std::string(kind.name);
+    if (kind.available)
+      available += (available.empty() ? "" : ", ") + std::string(kind.name);
+  }
+  const std::string what = "a backend type (" + all + ")";
+  const std::string &type = scalar(raw.type, what);
+  const BackendKind *kind = nullptr;
+  for (const auto &k : backend_kinds)
+    if (type == k.name)
+      kind = &k;
+  if (!kind)
+    report_.expected(raw.type, what);
+  if (!kind->available)
+    report_.expected(raw.type, available,
+                     ": backend type '" + std::string(kind->name) + "' is not available in this version");
+
+  BackendConfig out;
+  out.type = kind->type;
+  std::vector<std::string_view> names{"type"};
+  for (const auto &option : kind->options)
+    names.push_back(option.name);
+  for (const auto &v : raw.options) {
+    if (std::find(names.begin(), names.end(), v.name) != names.end())
+      continue;
+    std::string hint;
+    if (auto k = near_miss(v.name, names))
+      hint = " (did you mean '" + std::string(*k) + "'?)";
+    report_.fail(v.key_at, v.key,
+                 "expected a " + std::string(kind->name) + " backend key (" + list(names) + "), got " +
+                     quoted(v.name, '\'') + hint);
+  }
+  for (const auto &option : kind->options) {
+    const Value *given = nullptr;
+    for (const auto &v : raw.options)
+      if (v.name == option.name)
+        given = &v;
+    if (given)
+      option.apply(*this, *given, device, out);
+    else if (option.required)
+      option.apply(*this, missing_value(raw.self.key, option.name, raw.self.at), device, out);
+  }
+  return out;
+}
+
+std::string read_file(const std::string &path) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0)
+    throw ConfigError(path, 0, 0, {}, errno_message("cannot open", errno));
+  std::string text;
+  std::array<char, 16384> buf{};
+  for (;;) {
+    const ssize_t n = ::read(fd, buf.data(), buf.size());
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n < 0) {
+      const int err = errno;
+      ::close(fd);
+      throw ConfigError(path, 0, 0, {}, errno_message("cannot read", err));
+    }
+    if (n == 0)
+      break;
+    text.append(buf.data(), static_cast<std::size_t>(n));
+    if (text.size() > max_file_bytes) {
+      ::close(fd);
+      throw ConfigError(path, 0, 0, {}, "expected a configuration file of at most 1 MiB, got more");
+    }
+  }
+  ::close(fd);
+  return text;
+}
+
+} // namespace
+
+Config parse_config(const std::string &text, const std::string &source_name) {
+  const Reporter report(source_name);
+  return Validator(report).config(ShapeReader(report).document(text), source_name);
+}
+
+Config load_config(const std::string &path) { return parse_config(read_file(path), path); }
+
+const char *to_string(DeviceConfig::Attach attach) noexcept {
+  switch (attach) {
+  case DeviceConfig::Attach::virtio_vdpa:
+    return "virtio-vdpa";
+  case DeviceConfig::Attach::vhost_vdpa:
+    return "vhost-vdpa";
+  case DeviceConfig::Attach::none:
+    return "none";
+  }
+  return "?";
+}
+
+const char *to_string(BackendConfig::Type type) noexcept {
+  switch (type) {
+  case BackendConfig::Type::memory:
+    return "memory";
+  case BackendConfig::Type::nbd:
+    return "nbd";
+  case BackendConfig::Type::iscsi:
+    return "iscsi";
+  }
+  return "?";
+}
+
+} // namespace vb

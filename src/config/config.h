@@ -1,0 +1,77 @@
+// The configuration file (/etc/vduse-bridge/vduse-bridge.yaml, man vduse-bridge.yaml(5)):
+// which virtio-blk devices to create and which backend serves each.
+//
+// Loading is setup code: it may throw, and only ConfigError. The file is parsed in two steps:
+// first its shape (maps, sequences, known keys, each key once), then the value of every key,
+// so that each problem is reported with the file, line, column and dotted key it is about.
+// All functions here are pure apart from load_config() reading the file; any thread may call them.
+#pragma once
+
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace vb {
+
+// A configuration that cannot be used. what() is one line:
+//   FILE:LINE:COLUMN: KEY: expected ..., got ...
+// LINE and COLUMN are 1-based. KEY is a dotted path such as devices[0].backend.size; it is
+// empty (and left out of what()) for problems with the file as a whole, such as a YAML syntax
+// error. line() is 0 (and LINE:COLUMN left out) when no position applies: an unreadable file.
+class ConfigError : public std::runtime_error {
+public:
+  ConfigError(const std::string &file, int line, int column, const std::string &key, const std::string &problem);
+
+  int line() const noexcept { return line_; }
+  int column() const noexcept { return column_; }
+  const std::string &key() const noexcept { return key_; }
+
+private:
+  int line_;
+  int column_;
+  std::string key_;
+};
+
+struct MemoryBackendConfig {
+  std::uint64_t size = 0; // bytes; > 0, a multiple of the device's logical block size
+};
+
+struct BackendConfig {
+  enum class Type { memory, nbd, iscsi };
+  Type type = Type::memory;
+  MemoryBackendConfig memory; // meaningful when type == memory
+  // nbd and iscsi settings are added with those backends.
+};
+
+struct DeviceConfig {
+  enum class Attach { virtio_vdpa, vhost_vdpa, none };
+
+  std::string name; // VDUSE and vDPA device name: [A-Za-z0-9_-], 1..64 bytes
+  BackendConfig backend;
+  unsigned queues = 1;               // 1..64; more than one offers VIRTIO_BLK_F_MQ
+  unsigned queue_size = 256;         // power of two, 2..1024
+  unsigned logical_block_size = 512; // power of two, 512..4096
+  bool read_only = false;
+  std::string serial; // printable ASCII, <= 20 bytes; defaults to name cut to 20 bytes
+  Attach attach = Attach::virtio_vdpa;
+  int line = 0; // where the device starts in the file, for later messages about it
+};
+
+struct Config {
+  std::string path;                  // the file it came from (the source name for parse_config)
+  std::vector<DeviceConfig> devices; // at least one, names unique
+};
+
+// Reads and parses the file. Throws ConfigError naming the file (with the errno text when it
+// cannot be read) or the file, line, column and key of the first problem in it.
+Config load_config(const std::string &path);
+
+// Parses configuration text; source_name stands for the file in messages and Config::path.
+Config parse_config(const std::string &text, const std::string &source_name);
+
+// "virtio-vdpa", "memory": the spellings used in the file, for logs.
+const char *to_string(DeviceConfig::Attach attach) noexcept;
+const char *to_string(BackendConfig::Type type) noexcept;
+
+} // namespace vb

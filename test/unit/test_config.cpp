@@ -1,0 +1,380 @@
+#include "config/config.h"
+
+#include "test_support.h"
+
+#include <doctest/doctest.h>
+#include <fstream>
+#include <string>
+
+using vb::BackendConfig;
+using vb::Config;
+using vb::ConfigError;
+using vb::DeviceConfig;
+using vb::parse_config;
+
+namespace {
+
+// The message of the ConfigError that parsing throws, or a marker that none was thrown.
+std::string error_of(const std::string &yaml, const std::string &source = "test.yaml") {
+  try {
+    parse_config(yaml, source);
+  } catch (const ConfigError &e) {
+    return e.what();
+  }
+  return "(no error thrown)";
+}
+
+void write_file(const std::string &path, const std::string &text) {
+  std::ofstream out(path, std::ios::binary);
+  out << text;
+  REQUIRE(out.good());
+}
+
+// A valid device; bad cases append one line (line 6) or replace a part.
+const std::string head = "devices:\n"           // 1
+                         "  - name: disk0\n"    // 2
+                         "    backend:\n"       // 3
+                         "      type: memory\n" // 4
+                         "      size: 1G\n";    // 5
+
+} // namespace
+
+TEST_CASE("a minimal device gets every default") {
+  const Config c = parse_config("devices:\n"
+                                "  - name: disk0\n"
+                                "    backend: {type: memory, size: 64M}\n",
+                                "min.yaml");
+  CHECK(c.path == "min.yaml");
+  REQUIRE(c.devices.size() == 1);
+  const DeviceConfig &d = c.devices[0];
+  CHECK(d.name == "disk0");
+  CHECK(d.backend.type == BackendConfig::Type::memory);
+  CHECK(d.backend.memory.size == 64ULL << 20);
+  CHECK(d.queues == 1);
+  CHECK(d.queue_size == 256);
+  CHECK(d.logical_block_size == 512);
+  CHECK_FALSE(d.read_only);
+  CHECK(d.serial == "disk0");
+  CHECK(d.attach == DeviceConfig::Attach::virtio_vdpa);
+  CHECK(d.line == 2);
+}
+
+TEST_CASE("a device with every key set") {
+  const Config c = parse_config("# comment\n"
+                                "devices:\n"
+                                "  - name: Big_disk-1\n"
+                                "    backend:\n"
+                                "      type: memory\n"
+                                "      size: 2GiB\n"
+                                "    queues: 8\n"
+                                "    queue-size: 1024\n"
+                                "    logical-block-size: 4096\n"
+                                "    read-only: true\n"
+                                "    serial: \"SN 0001/A\"\n"
+                                "    attach: vhost-vdpa\n",
+                                "full.yaml");
+  REQUIRE(c.devices.size() == 1);
+  const DeviceConfig &d = c.devices[0];
+  CHECK(d.name == "Big_disk-1");
+  CHECK(d.backend.memory.size == 2ULL << 30);
+  CHECK(d.queues == 8);
+  CHECK(d.queue_size == 1024);
+  CHECK(d.logical_block_size == 4096);
+  CHECK(d.read_only);
+  CHECK(d.serial == "SN 0001/A");
+  CHECK(d.attach == DeviceConfig::Attach::vhost_vdpa);
+  CHECK(d.line == 3);
+}
+
+TEST_CASE("several devices keep their order and their own settings") {
+  const Config c = parse_config("devices:\n"
+                                "  - name: a\n"
+                                "    backend: {type: memory, size: 1M}\n"
+                                "    attach: none\n"
+                                "    read-only: FALSE\n"
+                                "  - name: a-very-long-device-name-of-30b\n"
+                                "    backend:\n"
+                                "      type: memory\n"
+                                "      size: 1073741824\n"
+                                "    queue-size: 2\n"
+                                "    logical-block-size: 1024\n"
+                                "  - name: '0123'\n"
+                                "    serial: ''\n"
+                                "    backend: {type: \"memory\", size: \"4K\"}\n"
+                                "    queues: !!int 64\n"
+                                "    read-only: True\n",
+                                "several.yaml");
+  REQUIRE(c.devices.size() == 3);
+  CHECK(c.devices[0].name == "a");
+  CHECK(c.devices[0].attach == DeviceConfig::Attach::none);
+  CHECK_FALSE(c.devices[0].read_only);
+  CHECK(c.devices[0].line == 2);
+  CHECK(c.devices[1].name == "a-very-long-device-name-of-30b");
+  CHECK(c.devices[1].serial == "a-very-long-device-n"); // the name cut to 20 bytes
+  CHECK(c.devices[1].backend.memory.size == 1ULL << 30);
+  CHECK(c.devices[1].queue_size == 2);
+  CHECK(c.devices[1].logical_block_size == 1024);
+  CHECK(c.devices[1].line == 6);
+  CHECK(c.devices[2].name == "0123");
+  CHECK(c.devices[2].serial.empty()); // an explicit empty serial stays empty
+  CHECK(c.devices[2].backend.memory.size == 4096);
+  CHECK(c.devices[2].queues == 64);
+  CHECK(c.devices[2].read_only);
+  CHECK(c.devices[2].line == 12);
+}
+
+TEST_CASE("the example configuration is valid and describes disk0") {
+  const std::string path = VB_SOURCE_DIR "/etc/vduse-bridge/vduse-bridge.yaml";
+  const Config c = vb::load_config(path);
+  CHECK(c.path == path);
+  REQUIRE(c.devices.size() == 1);
+  const DeviceConfig &d = c.devices[0];
+  CHECK(d.name == "disk0");
+  CHECK(d.backend.type == BackendConfig::Type::memory);
+  CHECK(d.backend.memory.size == 1ULL << 30);
+  CHECK(d.attach == DeviceConfig::Attach::virtio_vdpa);
+  CHECK(d.serial == "disk0");
+}
+
+TEST_CASE("the error quoted in the example's comment is the one the parser gives") {
+  std::string text = vb::test::read_file(VB_SOURCE_DIR "/etc/vduse-bridge/vduse-bridge.yaml");
+  const std::string intro = "for instance\n#   ";
+  const auto start = text.find(intro);
+  REQUIRE(start != std::string::npos);
+  const auto end = text.find('\n', start + intro.size());
+  const std::string quoted = text.substr(start + intro.size(), end - start - intro.size());
+  const auto queues = text.find("\n    queues: 1 ");
+  REQUIRE(queues != std::string::npos);
+  text[queues + 13] = '0';
+  CHECK(error_of(text, "vduse-bridge.yaml") == quoted);
+}
+
+TEST_CASE("bad files name the file, line, key and what was expected") {
+  struct Case {
+    std::string what;
+    std::string yaml;
+    int line;
+    const char *key; // "" when the error is about the file as a whole
+    std::string fragment;
+  };
+  const Case cases[] = {
+      // The file as a whole.
+      {"syntax error", "devices: [\n  - name: x\n", 2, "", "invalid YAML: illegal block entry"},
+      {"bad indentation", head + "    queues: 1\n   serial: x\n", 7, "", "invalid YAML: end of sequence not found"},
+      {"tab indentation", head + "\tqueues: 1\n", 6, "", "invalid YAML: illegal tab when looking for indentation"},
+      {"empty file", "", 1, "", "expected a map with the key 'devices', got an empty file"},
+      {"only comments", "# nothing\n\n", 1, "", "got an empty file"},
+      {"two documents", head + "---\n" + head, 7, "", "expected one YAML document, got a second one"},
+      {"top level a sequence", "- name: disk0\n", 1, "", "expected a map with the key 'devices', got a sequence"},
+      {"top level a scalar", "disk0\n", 1, "", "got 'disk0'"},
+      {"unknown top-level key", head + "device:\n", 6, "device", "expected a top-level key (devices), got 'device'"},
+      {"a key that is not a scalar", "[a]: 1\n", 1, "", "expected a key name, got a sequence"},
+      {"devices missing", "{}\n", 1, "devices", "expected a sequence of devices, got nothing (the key is missing)"},
+      {"devices empty", "devices: []\n", 1, "devices", "expected at least one device, got an empty sequence"},
+      {"devices empty value", "devices:\n", 1, "devices", "expected a sequence of devices, got an empty value"},
+      {"devices a scalar", "devices: disk0\n", 1, "devices", "expected a sequence of devices, got 'disk0'"},
+      {"device a scalar", "devices:\n  - disk0\n", 2, "devices[0]", "expected a map of device keys"},
+      {"device empty", head + "  - ~\n", 6, "devices[1]",
+       "expected a map of device keys (name, backend, ...), got an empty value"},
+      // Keys of a device.
+      {"unknown device key", head + "    colour: blue\n", 6, "devices[0].colour",
+       "expected a device key (name, backend, queues, queue-size, logical-block-size, read-only, serial, attach), "
+       "got 'colour'"},
+      {"near miss of a key", head + "    queue_size: 64\n", 6, "devices[0].queue_size",
+       "got 'queue_size' (did you mean 'queue-size'?)"},
+      {"key with a control character", head + "    \"a\\nb\": 1\n", 6, "devices[0].a\\x0ab", "got 'a\\x0ab'"},
+      {"key given twice", head + "    queues: 2\n    queues: 4\n", 7, "devices[0].queues",
+       "expected each key once in a map, got it again (first on line 6)"},
+      {"backend given twice", head + "    backend: {type: memory, size: 1G}\n", 6, "devices[0].backend",
+       "got it again (first on line 3)"},
+      {"name missing", "devices:\n  - backend: {type: memory, size: 1G}\n", 2, "devices[0].name",
+       "expected a name of 1 to 64 letters, digits, '_' or '-', got nothing (the key is missing)"},
+      {"name with a space", "devices:\n  - name: my disk\n    backend: {type: memory, size: 1G}\n", 2,
+       "devices[0].name", "letters, digits, '_' or '-', got 'my disk'"},
+      {"name with a slash", "devices:\n  - name: ../x\n    backend: {type: memory, size: 1G}\n", 2, "devices[0].name",
+       "got '../x'"},
+      {"name empty", "devices:\n  - name: ''\n    backend: {type: memory, size: 1G}\n", 2, "devices[0].name",
+       "got \"\""},
+      {"name too long", "devices:\n  - name: " + std::string(65, 'n') + "\n    backend: {type: memory, size: 1G}\n", 2,
+       "devices[0].name", "(65 bytes)"},
+      {"name a map", "devices:\n  - name: {a: b}\n    backend: {type: memory, size: 1G}\n", 2, "devices[0].name",
+       "got a map"},
+      {"same name twice", head + "  - name: disk0\n    backend: {type: memory, size: 1G}\n", 6, "devices[1].name",
+       "expected a name no other device has, got 'disk0' (also the name of the device on line 2)"},
+      // Numbers.
+      {"queues 0", head + "    queues: 0\n", 6, "devices[0].queues", "expected an integer from 1 to 64, got '0'"},
+      {"queues negative", head + "    queues: -1\n", 6, "devices[0].queues", "from 1 to 64, got '-1'"},
+      {"queues 65", head + "    queues: 65\n", 6, "devices[0].queues", "from 1 to 64, got '65'"},
+      {"queues with junk", head + "    queues: 2x\n", 6, "devices[0].queues", "from 1 to 64, got '2x'"},
+      {"queues a fraction", head + "    queues: 1.5\n", 6, "devices[0].queues", "got '1.5'"},
+      {"queues quoted", head + "    queues: \"2\"\n", 6, "devices[0].queues",
+       "expected an integer from 1 to 64 (without quotes), got \"2\""},
+      {"queues huge", head + "    queues: 99999999999999999999999\n", 6, "devices[0].queues",
+       "got '99999999999999999999999'"},
+      {"queues empty", head + "    queues:\n    serial: x\n", 6, "devices[0].queues", "got an empty value"},
+      {"queue-size 300", head + "    queue-size: 300\n", 6, "devices[0].queue-size",
+       "expected a power of two from 2 to 1024, got '300'"},
+      {"queue-size 0", head + "    queue-size: 0\n", 6, "devices[0].queue-size", "got '0'"},
+      {"queue-size 1", head + "    queue-size: 1\n", 6, "devices[0].queue-size", "got '1'"},
+      {"queue-size 2048", head + "    queue-size: 2048\n", 6, "devices[0].queue-size", "got '2048'"},
+      {"block size 256", head + "    logical-block-size: 256\n", 6, "devices[0].logical-block-size",
+       "expected a power of two from 512 to 4096, got '256'"},
+      {"block size 1000", head + "    logical-block-size: 1000\n", 6, "devices[0].logical-block-size", "got '1000'"},
+      {"block size 8192", head + "    logical-block-size: 8192\n", 6, "devices[0].logical-block-size", "got '8192'"},
+      // Booleans, strings, choices.
+      {"read-only maybe", head + "    read-only: maybe\n", 6, "devices[0].read-only",
+       "expected true or false, got 'maybe'"},
+      {"read-only yes (YAML 1.1)", head + "    read-only: yes\n", 6, "devices[0].read-only", "got 'yes'"},
+      {"read-only quoted", head + "    read-only: 'true'\n", 6, "devices[0].read-only",
+       "expected true or false (without quotes), got \"true\""},
+      {"serial too long", head + "    serial: 123456789012345678901\n", 6, "devices[0].serial",
+       "expected at most 20 bytes of printable ASCII, got '123456789012345678901' (21 bytes)"},
+      {"serial far too long", head + "    serial: " + std::string(60, 's') + "\n", 6, "devices[0].serial",
+       "got '" + std::string(40, 's') + "...' (60 bytes)"},
+      {"serial counts bytes",
+       head + "    serial: \"\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3"
+              "\xa9\xc3\xa9\xc3\xa9\"\n",
+       6, "devices[0].serial", "(22 bytes)"},
+      {"serial not ASCII",
+       head + "    serial: \"d\xc3\xaf"
+              "sk\"\n",
+       6, "devices[0].serial", "printable ASCII, got \"d\\xc3\\xafsk\""},
+      {"serial with a control character", head + "    serial: \"a\\tb\"\n", 6, "devices[0].serial", "got \"a\\x09b\""},
+      {"serial with DEL", head + "    serial: \"a\\x7fb\"\n", 6, "devices[0].serial", "got \"a\\x7fb\""},
+      {"serial a sequence", head + "    serial: [a]\n", 6, "devices[0].serial", "got a sequence"},
+      {"attach misspelt", head + "    attach: vhost\n", 6, "devices[0].attach",
+       "expected virtio-vdpa, vhost-vdpa or none, got 'vhost'"},
+      // The backend.
+      {"backend missing", "devices:\n  - name: disk0\n", 2, "devices[0].backend",
+       "expected a map with the key 'type', got nothing (the key is missing)"},
+      {"backend a scalar", "devices:\n  - name: disk0\n    backend: memory\n", 3, "devices[0].backend",
+       "expected a map with the key 'type', got 'memory'"},
+      {"backend type missing", "devices:\n  - name: disk0\n    backend:\n      size: 1G\n", 4,
+       "devices[0].backend.type", "expected a backend type (memory, nbd, iscsi), got nothing (the key is missing)"},
+      {"backend type unknown", "devices:\n  - name: disk0\n    backend:\n      type: rbd\n", 4,
+       "devices[0].backend.type", "expected a backend type (memory, nbd, iscsi), got 'rbd'"},
+      {"backend nbd not yet", "devices:\n  - name: disk0\n    backend:\n      type: nbd\n", 4,
+       "devices[0].backend.type", "backend type 'nbd' is not available in this version"},
+      {"backend iscsi not yet", "devices:\n  - name: disk0\n    backend:\n      type: iscsi\n", 4,
+       "devices[0].backend.type", "expected memory, got 'iscsi': backend type 'iscsi' is not available"},
+      {"memory size missing", "devices:\n  - name: disk0\n    backend:\n      type: memory\n", 4,
+       "devices[0].backend.size", "expected a size such as 512, 64K, 1G or 1GiB, got nothing (the key is missing)"},
+      {"memory size malformed", "devices:\n  - name: disk0\n    backend:\n      type: memory\n      size: big\n", 5,
+       "devices[0].backend.size", "expected a size such as 512, 64K, 1G or 1GiB, got 'big'"},
+      {"memory size a fraction", "devices:\n  - name: disk0\n    backend:\n      type: memory\n      size: 1.5G\n", 5,
+       "devices[0].backend.size", "expected a size unit of K, M, G, T"},
+      {"memory size unit unknown", "devices:\n  - name: disk0\n    backend:\n      type: memory\n      size: 1P\n", 5,
+       "devices[0].backend.size", "expected a size unit of K, M, G, T (or KiB, MiB, GiB, TiB), got 'P'"},
+      {"memory size zero", "devices:\n  - name: disk0\n    backend:\n      type: memory\n      size: 0\n", 5,
+       "devices[0].backend.size", "expected a size above 0, got '0'"},
+      {"memory size too big", "devices:\n  - name: disk0\n    backend:\n      type: memory\n      size: 65T\n", 5,
+       "devices[0].backend.size", "expected a size of at most 64 TiB, got '65T'"},
+      {"memory size not whole blocks",
+       "devices:\n  - name: disk0\n    logical-block-size: 4096\n    backend:\n      type: memory\n      size: 6K\n", 6,
+       "devices[0].backend.size", "expected a multiple of the logical block size (4096 bytes), got '6K' (6144 bytes)"},
+      {"memory size a sequence", "devices:\n  - name: disk0\n    backend:\n      type: memory\n      size: [1G]\n", 5,
+       "devices[0].backend.size", "got a sequence"},
+      {"key of another backend", head + "      uri: nbd://server/export\n", 6, "devices[0].backend.uri",
+       "expected a memory backend key (type, size), got 'uri'"},
+      {"backend key given twice", head + "      size: 2G\n", 6, "devices[0].backend.size",
+       "got it again (first on line 5)"},
+      {"errors in a later device name it",
+       head + "  - name: disk1\n    backend: {type: memory, size: 1G}\n    queues: 0\n", 8, "devices[1].queues",
+       "got '0'"},
+  };
+  for (const auto &c : cases) {
+    CAPTURE(c.what);
+    const std::string msg = error_of(c.yaml);
+    CAPTURE(msg);
+    const std::string where = "test.yaml:" + std::to_string(c.line) + ":";
+    CHECK(msg.rfind(where, 0) == 0);
+    const std::string key = std::string(c.key).empty() ? std::string() : " " + std::string(c.key) + ": ";
+    if (!key.empty())
+      CHECK(msg.find(key) != std::string::npos);
+    CHECK(msg.find(c.fragment) != std::string::npos);
+    CHECK(msg.find('\n') == std::string::npos);
+  }
+}
+
+TEST_CASE("ConfigError carries the position and key it names") {
+  try {
+    parse_config(head + "    queue-size: 300\n", "x.yaml");
+    FAIL("no error thrown");
+  } catch (const ConfigError &e) {
+    CHECK(e.line() == 6);
+    CHECK(e.column() == 17);
+    CHECK(e.key() == "devices[0].queue-size");
+    CHECK(std::string(e.what()) ==
+          "x.yaml:6:17: devices[0].queue-size: expected a power of two from 2 to 1024, got '300'");
+  }
+}
+
+TEST_CASE("errors point at the key or value they are about") {
+  // Unknown keys at the key; bad values at the value; missing keys at the map that lacks them.
+  CHECK(error_of(head + "      Size: 2G\n") ==
+        "test.yaml:6:7: devices[0].backend.Size: expected a memory backend key (type, size), got 'Size' (did you mean "
+        "'size'?)");
+  CHECK(error_of(head + "    attach: host\n") ==
+        "test.yaml:6:13: devices[0].attach: expected virtio-vdpa, vhost-vdpa or none, got 'host'");
+  CHECK(error_of("devices:\n  - name: x\n    backend: {size: 1G}\n") ==
+        "test.yaml:3:14: devices[0].backend.type: expected a backend type (memory, nbd, iscsi), got nothing (the key "
+        "is missing)");
+  // An empty value has no position of its own: the key's is used.
+  CHECK(error_of(head + "    queues:\n    serial: x\n") ==
+        "test.yaml:6:5: devices[0].queues: expected an integer from 1 to 64, got an empty value");
+}
+
+TEST_CASE("load_config names a file it cannot read") {
+  vb::test::TempDir dir;
+  const std::string missing = dir.file("missing.yaml");
+  try {
+    vb::load_config(missing);
+    FAIL("no error thrown");
+  } catch (const ConfigError &e) {
+    CHECK(std::string(e.what()) == missing + ": cannot open: No such file or directory");
+    CHECK(e.line() == 0);
+  }
+  try {
+    vb::load_config(dir.path());
+    FAIL("no error thrown");
+  } catch (const ConfigError &e) {
+    CHECK(std::string(e.what()) == dir.path() + ": cannot read: Is a directory");
+  }
+}
+
+TEST_CASE("load_config reads a file and names it in errors") {
+  vb::test::TempDir dir;
+  const std::string good = dir.file("good.yaml");
+  write_file(good, head);
+  const Config c = vb::load_config(good);
+  CHECK(c.path == good);
+  REQUIRE(c.devices.size() == 1);
+  CHECK(c.devices[0].backend.memory.size == 1ULL << 30);
+
+  const std::string bad = dir.file("bad.yaml");
+  write_file(bad, head + "    attach: host\n");
+  try {
+    vb::load_config(bad);
+    FAIL("no error thrown");
+  } catch (const ConfigError &e) {
+    CHECK(std::string(e.what()).rfind(bad + ":6:13: devices[0].attach: ", 0) == 0);
+  }
+
+  const std::string huge = dir.file("huge.yaml");
+  write_file(huge, head + std::string(2 << 20, '#'));
+  try {
+    vb::load_config(huge);
+    FAIL("no error thrown");
+  } catch (const ConfigError &e) {
+    CHECK(std::string(e.what()) == huge + ": expected a configuration file of at most 1 MiB, got more");
+  }
+}
+
+TEST_CASE("to_string gives the spellings of the file") {
+  CHECK(std::string(vb::to_string(DeviceConfig::Attach::virtio_vdpa)) == "virtio-vdpa");
+  CHECK(std::string(vb::to_string(DeviceConfig::Attach::vhost_vdpa)) == "vhost-vdpa");
+  CHECK(std::string(vb::to_string(DeviceConfig::Attach::none)) == "none");
+  CHECK(std::string(vb::to_string(BackendConfig::Type::memory)) == "memory");
+  CHECK(std::string(vb::to_string(BackendConfig::Type::nbd)) == "nbd");
+  CHECK(std::string(vb::to_string(BackendConfig::Type::iscsi)) == "iscsi");
+}
