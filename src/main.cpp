@@ -18,11 +18,11 @@ int main(int argc, char **argv) {
   try {
     options = vb::parse_options(std::vector<std::string>(argv + 1, argv + argc));
   } catch (const std::exception &e) {
-    std::fprintf(stderr, "vduse-bridge: %s\n", e.what());
+    (void)std::fprintf(stderr, "vduse-bridge: %s\n", e.what());
     return 2;
   }
   if (options.help) {
-    std::fputs(vb::usage_text(), stdout);
+    (void)std::fputs(vb::usage_text(), stdout);
     return 0;
   }
   if (options.version) {
@@ -40,7 +40,7 @@ int main(int argc, char **argv) {
     return vb::run_daemon(config);
   } catch (const std::exception &e) {
     // Setup errors: one line, already naming the file/line/key or the device.
-    std::fprintf(stderr, "vduse-bridge: %s\n", e.what());
+    (void)std::fprintf(stderr, "vduse-bridge: %s\n", e.what());
     return 1;
   }
 }

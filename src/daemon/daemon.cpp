@@ -29,7 +29,7 @@ void harden_process() {
   // MCL_ONFAULT: lock pages as they are touched, so a large sparse memory disk is not populated.
   if (::mlockall(MCL_CURRENT | MCL_FUTURE | MCL_ONFAULT) != 0)
     VB_LOG_WARN("mlockall: %s (the daemon could be paged out under memory pressure)", errno_text(errno));
-  ::signal(SIGPIPE, SIG_IGN); // a dead server's socket must give EPIPE, not kill us
+  (void)::signal(SIGPIPE, SIG_IGN); // a dead server's socket must give EPIPE, not kill us
 }
 
 class Daemon {

@@ -17,7 +17,7 @@ namespace {
 // The driver may use up to seg_max segments of at most a page each per request, but Linux
 // caps requests at max_sectors_kb (1280 KiB by default); 128 KiB per slot covers the usual
 // request sizes without reserving gigabytes for the worst case. Clamped to what VDUSE accepts.
-constexpr std::uint64_t kBouncePerSlot = 128 * 1024;
+constexpr std::uint64_t kBouncePerSlot = 128ULL * 1024;
 constexpr std::uint64_t kBounceMin = 64ULL << 20;
 constexpr std::uint64_t kBounceMax = 1ULL << 30;
 
@@ -46,7 +46,7 @@ std::uint64_t BlockExport::bounce_size() const {
   return std::clamp(want, kBounceMin, kBounceMax);
 }
 
-void BlockExport::start(std::function<void(const std::string &)> on_ready) {
+void BlockExport::start(const std::function<void(const std::string &)> &on_ready) {
   vduse::DeviceSpec spec;
   spec.name = config_.name;
   spec.device_id = VIRTIO_ID_BLOCK;
@@ -81,8 +81,8 @@ void BlockExport::start(std::function<void(const std::string &)> on_ready) {
     VB_LOG_WARN("%s: %s (keeping the kernel's default bounce buffer)", config_.name.c_str(), e.what());
   }
   const std::string name = config_.name;
-  const auto driver = config_.attach == DeviceConfig::Attach::vhost_vdpa ? vdpa::Driver::vhost_vdpa
-                                                                          : vdpa::Driver::virtio_vdpa;
+  const auto driver =
+      config_.attach == DeviceConfig::Attach::vhost_vdpa ? vdpa::Driver::vhost_vdpa : vdpa::Driver::virtio_vdpa;
   run_in_background(
       [name, driver]() -> std::string {
         try {
@@ -106,7 +106,7 @@ void BlockExport::start(std::function<void(const std::string &)> on_ready) {
       });
 }
 
-void BlockExport::stop(std::function<void()> on_done) {
+void BlockExport::stop(const std::function<void()> &on_done) {
   const std::string name = config_.name;
   const bool detach = device_ && config_.attach != DeviceConfig::Attach::none && vdpa::device_exists(name);
   run_in_background(
@@ -137,8 +137,7 @@ void BlockExport::stop(std::function<void()> on_done) {
       });
 }
 
-void BlockExport::run_in_background(std::function<std::string()> work,
-                                    std::function<void(const std::string &)> then) {
+void BlockExport::run_in_background(std::function<std::string()> work, std::function<void(const std::string &)> then) {
   if (background_.joinable())
     background_.join();
   background_ = std::thread([this, work = std::move(work), then = std::move(then)]() mutable {

@@ -10,9 +10,9 @@
 #include "config/config.h"
 #include "event/event_loop.h"
 #include "export/queue_worker.h"
+#include "vduse-bridge/backend.h"
 #include "vduse/iotlb_cache.h"
 #include "vduse/vduse_device.h"
-#include "vduse-bridge/backend.h"
 #include "virtio_blk/blk_device.h"
 
 #include <functional>
@@ -35,10 +35,10 @@ public:
   // attach is none, attaches it on the vDPA bus in the background. on_ready(error) runs on the
   // control loop when that is done; error is empty on success. Throws if the device cannot be
   // created.
-  void start(std::function<void(const std::string &error)> on_ready);
+  void start(const std::function<void(const std::string &error)> &on_ready);
   // Detaches from the vDPA bus (in the background), stops the queues, destroys the device.
   // on_done runs on the control loop afterwards.
-  void stop(std::function<void()> on_done);
+  void stop(const std::function<void()> &on_done);
 
   const std::string &name() const { return config_.name; }
   const blk::DeviceParams &params() const { return params_; }

@@ -26,8 +26,8 @@ namespace {
 constexpr unsigned kPopBudget = 128;
 } // namespace
 
-QueueWorker::QueueWorker(std::string device_name, unsigned index, virtio::QueueHost &host,
-                         virtio::GuestMemory &memory, Backend &backend, const blk::DeviceParams &params)
+QueueWorker::QueueWorker(std::string device_name, unsigned index, virtio::QueueHost &host, virtio::GuestMemory &memory,
+                         Backend &backend, const blk::DeviceParams &params)
     : name_(std::move(device_name) + "/q" + std::to_string(index)), index_(index), host_(host), memory_(memory),
       backend_(backend), params_(params), notify_check_(loop_, [this] { notify(); }),
       reprocess_(loop_, [this] { process(); }) {
@@ -106,7 +106,7 @@ void QueueWorker::stop_sync() {
     // dropped then (the driver reset the queue and no longer expects them).
     for (auto &slot : in_flight_)
       if (slot)
-        slot.release(); // owned by the backend now; on_backend_done returns it to free_slots_
+        (void)slot.release(); // owned by the backend now; on_backend_done returns it to free_slots_
     in_flight_.clear();
     notify_check_.cancel();
     reprocess_.cancel();
@@ -175,8 +175,8 @@ void QueueWorker::process() noexcept {
       if (r == virtio::PopResult::bad_chain) {
         ++stats_.bad_chains;
         if (stats_.bad_chains <= 10 || stats_.bad_chains % 1000 == 0)
-          VB_LOG_WARN("%s: malformed descriptor chain at head %u: %s (request failed)", name_.c_str(),
-                      slot->chain.head, virtio::to_string(ring_.last_error()));
+          VB_LOG_WARN("%s: malformed descriptor chain at head %u: %s (request failed)", name_.c_str(), slot->chain.head,
+                      virtio::to_string(ring_.last_error()));
         ring_.fail_bad_chain(slot->chain, VIRTIO_BLK_S_IOERR);
         pushed_ = true;
         free_slots_.push_back(std::move(slot));
@@ -200,8 +200,8 @@ void QueueWorker::handle_chain(std::unique_ptr<Slot> slot) noexcept {
   const std::uint16_t head = slot->chain.head;
   if (in_flight_[head]) {
     // The driver offered a head that is still ours: answering both would hand it back twice.
-    VB_LOG_ERROR("%s: the driver made head %u available twice; queue stopped until the device is reset",
-                 name_.c_str(), head);
+    VB_LOG_ERROR("%s: the driver made head %u available twice; queue stopped until the device is reset", name_.c_str(),
+                 head);
     broken_ = true;
     free_slots_.push_back(std::move(slot));
     return;

@@ -24,8 +24,8 @@ namespace vb {
 
 struct QueueStats {
   std::uint64_t requests = 0;
-  std::uint64_t errors = 0;      // completed with a status other than OK
-  std::uint64_t bad_chains = 0;  // malformed chains failed without parsing
+  std::uint64_t errors = 0;     // completed with a status other than OK
+  std::uint64_t bad_chains = 0; // malformed chains failed without parsing
   std::uint64_t interrupts = 0;
 };
 
@@ -76,8 +76,8 @@ private:
   Deferred notify_check_;
   Deferred reprocess_;
   bool broken_ = false;
-  bool pushed_ = false; // used entries published since the last notification decision
-  std::uint32_t generation_ = 0; // bumped on every stop: completions of older ones are dropped
+  bool pushed_ = false;                          // used entries published since the last notification decision
+  std::uint32_t generation_ = 0;                 // bumped on every stop: completions of older ones are dropped
   std::vector<std::unique_ptr<Slot>> in_flight_; // by head, for the current generation
   std::vector<std::unique_ptr<Slot>> free_slots_;
   std::size_t outstanding_ = 0; // in the backend, all generations

@@ -123,9 +123,7 @@ void write_sysfs(const std::string &path, const std::string &value) {
 
 const char *driver_name(Driver d) noexcept { return d == Driver::vhost_vdpa ? "vhost_vdpa" : "virtio_vdpa"; }
 
-void add_device(const std::string &name, const std::string &mgmtdev) {
-  vdpa_command(VDPA_CMD_DEV_NEW, name, &mgmtdev);
-}
+void add_device(const std::string &name, const std::string &mgmtdev) { vdpa_command(VDPA_CMD_DEV_NEW, name, &mgmtdev); }
 
 void del_device(const std::string &name) { vdpa_command(VDPA_CMD_DEV_DEL, name, nullptr); }
 
@@ -157,7 +155,7 @@ void bind_driver(const std::string &name, Driver driver) {
 
 std::optional<std::string> block_device(const std::string &name) {
   std::error_code ec;
-  for (const auto &virtio : fs::directory_iterator(kBus + "/devices/" + name, ec)) {
+  for (const auto &virtio : fs::directory_iterator(fs::path(kBus) / "devices" / name, ec)) {
     if (virtio.path().filename().string().rfind("virtio", 0) != 0)
       continue;
     for (const auto &blk : fs::directory_iterator(virtio.path() / "block", ec))
@@ -168,7 +166,7 @@ std::optional<std::string> block_device(const std::string &name) {
 
 std::optional<std::string> vhost_device(const std::string &name) {
   std::error_code ec;
-  for (const auto &e : fs::directory_iterator(kBus + "/devices/" + name, ec)) {
+  for (const auto &e : fs::directory_iterator(fs::path(kBus) / "devices" / name, ec)) {
     const std::string f = e.path().filename().string();
     if (f.rfind("vhost-vdpa-", 0) == 0)
       return f;

@@ -95,8 +95,8 @@ void *IotlbCache::map_contiguous(std::uint64_t iova, std::uint64_t len, bool wri
 void IotlbCache::retire(const Region &r) noexcept {
   // Swap the pages for private anonymous memory at the same address, atomically: a backend still
   // finishing a request on this buffer reads zeros or writes into scratch instead of faulting.
-  void *p = ::mmap(r.addr, r.length, PROT_READ | PROT_WRITE, MAP_FIXED | MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
-                   -1, 0);
+  void *p =
+      ::mmap(r.addr, r.length, PROT_READ | PROT_WRITE, MAP_FIXED | MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   if (p == MAP_FAILED) {
     ::munmap(r.addr, r.length);
     return;

@@ -23,8 +23,7 @@ public:
   IotlbCache(const IotlbCache &) = delete;
   IotlbCache &operator=(const IotlbCache &) = delete;
 
-  bool map(std::uint64_t iova, std::uint64_t len, bool write, iovec *out, unsigned &n,
-           unsigned cap) noexcept override;
+  bool map(std::uint64_t iova, std::uint64_t len, bool write, iovec *out, unsigned &n, unsigned cap) noexcept override;
   void *map_contiguous(std::uint64_t iova, std::uint64_t len, bool write) noexcept override;
 
   // Drops every cached mapping that overlaps [start, last].

@@ -2,6 +2,7 @@
 // definitions: <linux/virtio_ring.h> has C-only inline code that does not compile as C++.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 
 namespace vb::virtio {
@@ -47,7 +48,7 @@ struct UsedRing {
   std::uint16_t *flags() const { return base; }
   std::uint16_t *idx() const { return base + 1; }
   VringUsedElem *entry(unsigned i) const { return reinterpret_cast<VringUsedElem *>(base + 2) + i; }
-  std::uint16_t *avail_event(unsigned num) const { return base + 2 + 4 * num; }
+  std::uint16_t *avail_event(unsigned num) const { return base + 2 + std::size_t{4} * num; }
   static constexpr std::uint64_t bytes(unsigned num) { return 6ULL + 8ULL * num; }
 };
 

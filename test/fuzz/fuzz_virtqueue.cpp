@@ -54,9 +54,9 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t *data, std::size_t size
 
   vb::virtio::RingLayout layout;
   layout.num = kNum;
-  layout.desc = kBase;                // 256 bytes of descriptors
-  layout.avail = kBase + 16 * kNum;   // then the available ring
-  layout.used = kBase + 1024;         // used ring, device-written
+  layout.desc = kBase;              // 256 bytes of descriptors
+  layout.avail = kBase + 16 * kNum; // then the available ring
+  layout.used = kBase + 1024;       // used ring, device-written
   vb::virtio::SplitQueue q;
   if (!q.start(mem, layout, 0, event_idx))
     std::abort(); // the layout above is always valid

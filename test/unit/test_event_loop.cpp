@@ -4,8 +4,8 @@
 #include <event2/event.h>
 
 #include <atomic>
-#include <string>
 #include <csignal>
+#include <string>
 #include <thread>
 #include <unistd.h>
 #include <vector>

@@ -133,8 +133,12 @@ TEST_CASE("engine: a write then a read through chains split at odd byte position
   for (int i = 0; i < 4096; ++i)
     e.mem.ptr(data)[i] = static_cast<std::uint8_t>(i * 31 + 7);
   const auto st = e.drv.alloc(1);
-  e.drv.add_chain({{h, 5, false}, {h + 5, 11, false}, {data, 1000, false}, {data + 1000, 3000, false},
-                   {data + 4000, 96, false}, {st, 1, true}});
+  e.drv.add_chain({{h, 5, false},
+                   {h + 5, 11, false},
+                   {data, 1000, false},
+                   {data + 1000, 3000, false},
+                   {data + 4000, 96, false},
+                   {st, 1, true}});
   e.kick();
   e.wait_used(1);
   CHECK(e.status(st) == VIRTIO_BLK_S_OK);
@@ -222,7 +226,7 @@ TEST_CASE("engine: hostile chains are failed one by one and the queue keeps serv
   CHECK(stats.bad_chains == 2);
 }
 
-TEST_CASE("engine: out-of-order completions each land once; results after a reset are dropped") {
+TEST_CASE("engine: out-of-order completions each land once, and results after a reset are dropped") {
   HoldingBackend backend;
   Engine e(backend);
   std::vector<std::uint64_t> st;

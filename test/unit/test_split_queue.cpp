@@ -314,7 +314,7 @@ TEST_CASE("restart from a saved position: already consumed heads are not popped 
   CHECK(q2.pop(*chain) == PopResult::empty);
 }
 
-TEST_CASE("an indirect table of the maximum length is accepted; one more buffer is refused") {
+TEST_CASE("an indirect table of the maximum length is accepted but one more buffer is refused") {
   Fixture f;
   const auto a = f.drv.alloc(512);
   std::vector<Buf> bufs(vb::virtio::kMaxChainDescriptors, Buf{a, 512, false});
