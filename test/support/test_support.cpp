@@ -175,14 +175,18 @@ std::uint16_t free_tcp_port() {
 }
 
 NbdkitServer::NbdkitServer(const TempDir &dir, const std::vector<std::string> &plugin_args,
-                           const std::vector<std::string> &extra_options) {
+                           const std::vector<std::string> &extra_options, const std::string &unix_socket) {
   static int counter = 0;
   const std::string tag = "nbdkit" + std::to_string(counter++);
-  socket_ = dir.file(tag + ".sock");
+  socket_ = unix_socket.empty() ? dir.file(tag + ".sock") : unix_socket;
   const std::string pidfile = dir.file(tag + ".pid");
   // -f: stay our child, so the PID we hold is nbdkit's; the pidfile is written only once
   // the socket accepts connections, which is the readiness signal.
-  std::vector<std::string> argv{"nbdkit", "-f", "--exit-with-parent", "-U", socket_, "-P", pidfile};
+  std::vector<std::string> argv{"nbdkit", "-f", "--exit-with-parent", "-P", pidfile};
+  if (socket_ != "none") {
+    argv.push_back("-U");
+    argv.push_back(socket_);
+  }
   argv.insert(argv.end(), extra_options.begin(), extra_options.end());
   argv.insert(argv.end(), plugin_args.begin(), plugin_args.end());
   process_.emplace(argv, dir.file(tag + ".log"));

@@ -75,8 +75,10 @@ std::uint16_t free_tcp_port();
 // nbdkit serving one plugin on a private unix socket, e.g. {"memory", "64M"}.
 class NbdkitServer {
 public:
+  // unix_socket: where to listen; empty = a new socket in dir; "none" = no unix socket (pass
+  // "-i", "127.0.0.1", "-p", PORT in extra_options for TCP).
   NbdkitServer(const TempDir &dir, const std::vector<std::string> &plugin_args,
-               const std::vector<std::string> &extra_options = {});
+               const std::vector<std::string> &extra_options = {}, const std::string &unix_socket = {});
   const std::string &socket() const { return socket_; }
   std::string uri() const { return "nbd+unix:///?socket=" + socket_; }
   ChildProcess &process() { return *process_; }

@@ -1,0 +1,168 @@
+#include "nbd/nbd_backend.h"
+
+#include "common/log.h"
+#include "common/units.h"
+
+#include <algorithm>
+#include <bit>
+#include <cerrno>
+#include <libnbd.h>
+#include <stdexcept>
+
+namespace vb {
+namespace {
+
+// A connection owned by this queue's loop.
+class OwnedQueue final : public BackendQueue {
+public:
+  explicit OwnedQueue(std::unique_ptr<NbdConnection> conn) : conn_(std::move(conn)) {}
+  int submit(const Request &req, CompletionFn done, void *ctx) noexcept override {
+    return conn_->submit(req, done, ctx);
+  }
+  void cancel_all() noexcept override { conn_->cancel_all(); }
+
+private:
+  std::unique_ptr<NbdConnection> conn_;
+};
+
+// A queue without a connection of its own: requests cross to the owner's loop and their
+// completions come back. Costs two wake-ups per request; only used when the server does not
+// allow more connections (no multi-conn) or fewer connections than queues are configured.
+class ForwardingQueue final : public BackendQueue {
+public:
+  ForwardingQueue(EventLoop &origin, NbdConnection &target) : origin_(origin), target_(target) {}
+  int submit(const Request &req, CompletionFn done, void *ctx) noexcept override {
+    auto *f = new (std::nothrow) Forwarded{req, done, ctx, &origin_};
+    if (!f)
+      return -ENOMEM;
+    NbdConnection *target = &target_;
+    try {
+      target_.loop().post([f, target] {
+        const int rc = target->submit(f->req, &Forwarded::on_done, f);
+        if (rc != 0)
+          Forwarded::on_done(f, -rc);
+      });
+    } catch (...) {
+      delete f;
+      return -ENOMEM;
+    }
+    return 0;
+  }
+
+private:
+  struct Forwarded {
+    Request req;
+    CompletionFn done;
+    void *ctx;
+    EventLoop *origin;
+    static void on_done(void *p, int error) noexcept {
+      auto *f = static_cast<Forwarded *>(p);
+      try {
+        f->origin->post([f, error] {
+          f->done(f->ctx, error);
+          delete f;
+        });
+      } catch (...) {
+        VB_LOG_ERROR("nbd: cannot return a completion across threads (out of memory)");
+      }
+    }
+  };
+  EventLoop &origin_;
+  NbdConnection &target_;
+};
+
+std::string redact(const std::string &uri) { return uri; } // passwords are refused, nothing to hide
+
+} // namespace
+
+void check_nbd_uri(const std::string &uri) {
+  const auto scheme_end = uri.find("://");
+  if (scheme_end == std::string::npos)
+    throw std::invalid_argument("'" + uri + "' is not an NBD URI (nbd://host[:port]/export, nbd+unix:///export?socket=PATH, ...)");
+  const auto authority_end = uri.find_first_of("/?#", scheme_end + 3);
+  const std::string authority = uri.substr(scheme_end + 3, authority_end - (scheme_end + 3));
+  const auto at = authority.find('@');
+  if (at != std::string::npos && authority.substr(0, at).find(':') != std::string::npos)
+    throw std::invalid_argument("the URI carries a password; secrets never go in URIs (they end up in logs and "
+                                "process listings): put the TLS PSK in the file named by tls-psk-file");
+  for (const char *param : {"tls-psk-file=", "tls-certificates="})
+    if (uri.find(param) != std::string::npos)
+      throw std::invalid_argument(std::string("the URI names ") + param +
+                                  "...: use the configuration keys tls-psk-file / tls-certificates instead");
+}
+
+NbdBackend::NbdBackend(NbdOptions options) : options_(std::move(options)) {}
+
+NbdBackend::~NbdBackend() {
+  if (first_)
+    nbd_close(first_);
+}
+
+void NbdBackend::open() {
+  check_nbd_uri(options_.uri);
+  nbd_handle *h = make_nbd_handle(options_);
+  if (nbd_connect_uri(h, options_.uri.c_str()) == -1) {
+    std::string msg = std::string("cannot connect to ") + redact(options_.uri) + ": " + nbd_get_error();
+    nbd_close(h);
+    throw std::runtime_error(msg);
+  }
+  first_ = h;
+  const std::int64_t size = nbd_get_size(h);
+  if (size <= 0)
+    throw std::runtime_error("the NBD export is empty or its size is unknown");
+  // NBD_INFO_BLOCK_SIZE: the minimum is the smallest I/O the server accepts (our logical block),
+  // the preferred size is efficient I/O (physical block / optimal I/O), the maximum bounds one
+  // command (larger requests are split).
+  const std::int64_t minimum = std::max<std::int64_t>(nbd_get_block_size(h, LIBNBD_SIZE_MINIMUM), 0);
+  const std::int64_t preferred = std::max<std::int64_t>(nbd_get_block_size(h, LIBNBD_SIZE_PREFERRED), 0);
+  const std::int64_t maximum = std::max<std::int64_t>(nbd_get_block_size(h, LIBNBD_SIZE_MAXIMUM), 0);
+  const std::uint32_t logical = static_cast<std::uint32_t>(std::max<std::int64_t>(minimum, 512));
+  if (logical > 4096 || !std::has_single_bit(logical))
+    throw std::runtime_error("the NBD server requires " + std::to_string(logical) +
+                             "-byte I/O; virtio-blk supports logical blocks of 512..4096 bytes (powers of two)");
+  caps_.size = static_cast<std::uint64_t>(size) / logical * logical;
+  caps_.logical_block_size = logical;
+  std::uint32_t physical = logical;
+  if (preferred > logical && preferred <= (1 << 16) && std::has_single_bit(static_cast<std::uint64_t>(preferred)))
+    physical = static_cast<std::uint32_t>(preferred);
+  caps_.physical_block_size = physical;
+  caps_.optimal_io_size = physical > logical ? physical : 0;
+  caps_.max_transfer = maximum >= logical ? static_cast<std::uint32_t>(std::min<std::int64_t>(maximum, 1LL << 30)) : 0;
+  caps_.read_only = nbd_is_read_only(h) == 1;
+  caps_.can_flush = nbd_can_flush(h) == 1;
+  caps_.can_fua = nbd_can_fua(h) == 1;
+  caps_.can_discard = nbd_can_trim(h) == 1;
+  caps_.can_write_zeroes = nbd_can_zero(h) == 1;
+  caps_.can_zero_unmap = caps_.can_write_zeroes && caps_.can_discard;
+  caps_.identity = "nbd:" + redact(options_.uri);
+  const bool multi_conn = nbd_can_multi_conn(h) == 1;
+  connections_ = multi_conn ? std::max(1u, options_.connections) : 1;
+  owners_.assign(connections_, nullptr);
+  VB_LOG_INFO("nbd: %s: %s, %u-byte blocks, max command %s%s%s%s%s%s, %u connection(s)%s", options_.uri.c_str(),
+              format_size(caps_.size).c_str(), logical,
+              caps_.max_transfer ? format_size(caps_.max_transfer).c_str() : "32 MiB (default)",
+              caps_.read_only ? ", read-only" : "", caps_.can_flush ? ", flush" : "", caps_.can_fua ? ", fua" : "",
+              caps_.can_discard ? ", trim" : "", caps_.can_write_zeroes ? ", zero" : "", connections_,
+              multi_conn ? "" : " (the server does not advertise multi-conn)");
+}
+
+std::unique_ptr<BackendQueue> NbdBackend::open_queue(EventLoop &loop, unsigned index) {
+  std::lock_guard lock(mu_);
+  if (index < connections_) {
+    nbd_handle *h = nullptr;
+    if (index == 0) {
+      h = first_;
+      first_ = nullptr;
+    }
+    // Connections other than the first connect in the background on their own loop.
+    auto conn = std::make_unique<NbdConnection>(loop, options_, caps_, h, "nbd conn " + std::to_string(index));
+    owners_[index] = conn.get();
+    return std::make_unique<OwnedQueue>(std::move(conn));
+  }
+  NbdConnection *target = owners_[index % connections_];
+  if (!target)
+    throw std::runtime_error("nbd: queue " + std::to_string(index) + " opened before its connection's owner");
+  return std::make_unique<ForwardingQueue>(loop, *target);
+}
+
+} // namespace vb

@@ -1,0 +1,47 @@
+// The NBD backend (libnbd): maps virtio-blk requests onto NBD commands, with the export's
+// capabilities deciding what the disk offers, multi-conn when the server allows it, and
+// connections that survive the server going away (see nbd_connection.h).
+#pragma once
+
+#include "nbd/nbd_connection.h"
+#include "vduse-bridge/backend.h"
+
+#include <mutex>
+#include <string>
+#include <vector>
+
+struct nbd_handle;
+
+namespace vb {
+
+// Throws std::invalid_argument explaining why a URI cannot be used: credentials in it, or a
+// secret-bearing query parameter (secrets come from files named in the configuration).
+void check_nbd_uri(const std::string &uri);
+
+class NbdBackend final : public Backend {
+public:
+  explicit NbdBackend(NbdOptions options);
+  ~NbdBackend() override;
+  NbdBackend(const NbdBackend &) = delete;
+  NbdBackend &operator=(const NbdBackend &) = delete;
+
+  // Connects once (blocking) to learn the export: size, block sizes, flags, multi-conn.
+  void open() override;
+  const BackendCapabilities &capabilities() const override { return caps_; }
+  // Queue i < connections owns connection i; further queues forward to connection i % connections
+  // (through the owner's loop), so a server without multi-conn sees exactly one connection.
+  std::unique_ptr<BackendQueue> open_queue(EventLoop &loop, unsigned index) override;
+  const char *kind() const noexcept override { return "nbd"; }
+
+  unsigned connections() const noexcept { return connections_; }
+
+private:
+  NbdOptions options_;
+  BackendCapabilities caps_;
+  unsigned connections_ = 1;
+  nbd_handle *first_ = nullptr; // connected by open(), adopted by queue 0
+  std::mutex mu_;
+  std::vector<NbdConnection *> owners_; // by connection index
+};
+
+} // namespace vb

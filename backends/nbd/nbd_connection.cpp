@@ -1,0 +1,411 @@
+#include "nbd/nbd_connection.h"
+
+#include "common/log.h"
+
+#include <algorithm>
+#include <cerrno>
+#include <event2/event.h>
+#include <libnbd.h>
+#include <pwd.h>
+#include <unistd.h>
+#include <stdexcept>
+
+namespace vb {
+
+struct NbdConnection::Job {
+  NbdConnection *conn = nullptr;
+  Request req;
+  CompletionFn done = nullptr;
+  void *ctx = nullptr;
+  std::uint64_t seq = 0;           // submission order, for resubmission oldest first
+  std::uint64_t generation = 0;    // handle the commands were issued on
+  unsigned parts_left = 0;         // NBD commands still outstanding
+  int error = 0;                   // first error of any part
+  std::size_t index = 0;           // position in in_flight_
+  std::chrono::steady_clock::time_point issued{};
+  std::chrono::steady_clock::time_point submitted{};
+};
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+constexpr auto kMaxBackoff = std::chrono::milliseconds(5000);
+// Largest NBD command when the server states no maximum: what the protocol calls always safe.
+constexpr std::uint64_t kDefaultMaxCommand = 32ULL << 20;
+
+void remove_from(std::vector<NbdConnection::Job *> &v, NbdConnection::Job *op);
+
+} // namespace
+
+nbd_handle *make_nbd_handle(const NbdOptions &options) {
+  nbd_handle *h = nbd_create();
+  if (!h)
+    throw std::runtime_error(std::string("nbd_create: ") + nbd_get_error());
+  auto fail = [h](const char *what) {
+    std::string msg = std::string(what) + ": " + nbd_get_error();
+    nbd_close(h);
+    throw std::runtime_error(msg);
+  };
+  // Block size constraints decide the disk's logical block size and the command size limit.
+  if (nbd_set_request_block_size(h, true) == -1)
+    fail("nbd_set_request_block_size");
+  if (!options.tls_certificates.empty() && nbd_set_tls_certificates(h, options.tls_certificates.c_str()) == -1)
+    fail("tls-certificates");
+  if (!options.tls_psk_file.empty() && nbd_set_tls_psk_file(h, options.tls_psk_file.c_str()) == -1)
+    fail("tls-psk-file");
+  // libnbd's default PSK identity is the login name, which a daemon without a terminal does not
+  // have (getlogin fails); use the effective user's name. A user in the URI (nbds://alice@host/) wins.
+  if (const passwd *pw = ::getpwuid(::geteuid()); pw && nbd_set_tls_username(h, pw->pw_name) == -1)
+    fail("nbd_set_tls_username");
+  return h;
+}
+
+NbdConnection::NbdConnection(EventLoop &loop, const NbdOptions &options, const BackendCapabilities &caps,
+                             nbd_handle *handle, std::string name)
+    : loop_(loop), options_(options), caps_(caps), name_(std::move(name)),
+      reconnect_timer_(loop, [this] { start_connect(); }), tick_(loop, [this] { on_tick(); }) {
+  tick_.arm_periodic(std::chrono::milliseconds(250));
+  if (handle) {
+    h_ = handle;
+    ++generation_;
+    state_ = State::ready;
+    watch_ = std::make_unique<IoWatch>(loop_, nbd_aio_get_fd(h_), [this](short ev) { on_io(ev); });
+    update_events();
+  } else {
+    down_since_ = Clock::now();
+    start_connect();
+  }
+}
+
+NbdConnection::~NbdConnection() {
+  cancel_all();
+  close_handle();
+}
+
+NbdConnection::Job *NbdConnection::new_job() noexcept {
+  if (free_ops_.empty()) {
+    jobs_.push_back(std::make_unique<Job>());
+    jobs_.back()->conn = this;
+    return jobs_.back().get();
+  }
+  Job *op = free_ops_.back();
+  free_ops_.pop_back();
+  return op;
+}
+
+int NbdConnection::submit(const Request &req, CompletionFn done, void *ctx) noexcept {
+  if (req.offset > caps_.size || req.length > caps_.size - req.offset)
+    return -EIO;
+  if (state_ != State::ready && fail_fast_)
+    return -EIO; // the server has been gone for longer than reconnect-timeout
+  Job *op = new_job();
+  op->req = req;
+  op->done = done;
+  op->ctx = ctx;
+  op->seq = ++seq_;
+  op->error = 0;
+  op->submitted = Clock::now();
+  if (state_ == State::ready) {
+    issue(op);
+    update_events();
+  } else {
+    held_.push_back(op);
+  }
+  return 0;
+}
+
+// Issues op as one or more NBD commands on the current handle: one per contiguous piece of
+// memory (zero copy, no allocation), each no larger than the server's maximum.
+void NbdConnection::issue(Job *op) noexcept {
+  op->generation = generation_;
+  op->issued = Clock::now();
+  op->parts_left = 1; // guard: the op cannot finish while parts are still being issued
+  op->index = in_flight_.size();
+  in_flight_.push_back(op);
+  const nbd_completion_callback cb{&NbdConnection::on_command_done, op, nullptr};
+  const Request &r = op->req;
+  const std::uint64_t max_cmd = caps_.max_transfer ? caps_.max_transfer : kDefaultMaxCommand;
+  auto fail_part = [&] {
+    if (op->error == 0)
+      op->error = nbd_get_errno() ? nbd_get_errno() : EIO;
+    VB_LOG_WARN("%s: %s", name_.c_str(), nbd_get_error());
+  };
+
+  switch (r.op) {
+  case Op::read:
+  case Op::write: {
+    std::uint64_t offset = r.offset;
+    std::uint64_t left = r.length;
+    for (int i = 0; i < r.iovcnt && left > 0; ++i) {
+      auto *base = static_cast<char *>(r.iov[i].iov_base);
+      std::uint64_t len = std::min<std::uint64_t>(r.iov[i].iov_len, left);
+      // Merge with following iovecs that continue this one in memory.
+      while (i + 1 < r.iovcnt && base + len == r.iov[i + 1].iov_base && len < left) {
+        len = std::min<std::uint64_t>(len + r.iov[i + 1].iov_len, left);
+        ++i;
+      }
+      for (std::uint64_t done = 0; done < len;) {
+        const std::uint64_t n = std::min(len - done, max_cmd);
+        ++op->parts_left;
+        const std::int64_t cookie =
+            r.op == Op::read ? nbd_aio_pread(h_, base + done, n, offset, cb, 0)
+                             : nbd_aio_pwrite(h_, base + done, n, offset, cb, r.fua ? LIBNBD_CMD_FLAG_FUA : 0);
+        if (cookie == -1) {
+          --op->parts_left;
+          fail_part();
+          break;
+        }
+        done += n;
+        offset += n;
+      }
+      left -= len;
+    }
+    break;
+  }
+  case Op::flush:
+    ++op->parts_left;
+    if (nbd_aio_flush(h_, cb, 0) == -1) {
+      --op->parts_left;
+      fail_part();
+    }
+    break;
+  case Op::discard:
+  case Op::write_zeroes: {
+    // Large ranges split at the server's limit (NBD lengths are 32-bit).
+    const std::uint64_t limit = caps_.max_discard ? caps_.max_discard : (1ULL << 31);
+    for (std::uint64_t done = 0; done < r.length;) {
+      const std::uint64_t n = std::min(r.length - done, limit);
+      ++op->parts_left;
+      const std::int64_t cookie =
+          r.op == Op::discard ? nbd_aio_trim(h_, n, r.offset + done, cb, 0)
+                              : nbd_aio_zero(h_, n, r.offset + done, cb, r.may_unmap ? 0 : LIBNBD_CMD_FLAG_NO_HOLE);
+      if (cookie == -1) {
+        --op->parts_left;
+        fail_part();
+        break;
+      }
+      done += n;
+    }
+    break;
+  }
+  }
+  if (nbd_aio_is_dead(h_) || nbd_aio_is_closed(h_)) {
+    // The connection died under us: the op is still in flight, so it is resubmitted after
+    // reconnecting, whatever part of it was issued.
+    op->error = 0;
+    connection_lost("the connection failed while sending");
+    return;
+  }
+  if (--op->parts_left == 0) {
+    remove_from(in_flight_, op);
+    finish(op, op->error);
+  }
+}
+
+int NbdConnection::on_command_done(void *user_data, int *error) noexcept {
+  auto *op = static_cast<Job *>(user_data);
+  NbdConnection *self = op->conn;
+  // Commands of a handle being torn down are resubmitted on the next one, not completed.
+  if (self->closing_ || op->generation != self->generation_)
+    return 1;
+  if (*error != 0 && op->error == 0)
+    op->error = *error;
+  if (--op->parts_left == 0) {
+    remove_from(self->in_flight_, op);
+    self->finish(op, op->error);
+  }
+  return 1;
+}
+
+void NbdConnection::finish(Job *op, int error) noexcept {
+  const CompletionFn done = op->done;
+  void *ctx = op->ctx;
+  op->done = nullptr;
+  free_ops_.push_back(op);
+  done(ctx, error);
+}
+
+void NbdConnection::update_events() noexcept {
+  if (!h_ || !watch_)
+    return;
+  const unsigned dir = nbd_aio_get_direction(h_);
+  short ev = 0;
+  if (dir & LIBNBD_AIO_DIRECTION_READ)
+    ev |= EV_READ;
+  if (dir & LIBNBD_AIO_DIRECTION_WRITE)
+    ev |= EV_WRITE;
+  watch_->set_events(ev);
+}
+
+void NbdConnection::on_io(short events) noexcept {
+  int rc = 0;
+  if ((events & EV_READ) && rc != -1)
+    rc = nbd_aio_notify_read(h_);
+  if ((events & EV_WRITE) && rc != -1 && h_)
+    rc = nbd_aio_notify_write(h_);
+  if (!h_)
+    return;
+  if (rc == -1 || nbd_aio_is_dead(h_) || nbd_aio_is_closed(h_)) {
+    if (state_ == State::connecting) {
+      VB_LOG_DEBUG("%s: connect failed: %s", name_.c_str(), nbd_get_error());
+      close_handle();
+      state_ = State::down;
+      reconnect_timer_.arm(backoff_);
+      backoff_ = std::min(backoff_ * 2, std::chrono::duration_cast<std::chrono::milliseconds>(kMaxBackoff));
+      return;
+    }
+    connection_lost(nbd_get_error() ? nbd_get_error() : "connection closed");
+    return;
+  }
+  if (state_ == State::connecting && nbd_aio_is_ready(h_)) {
+    on_connected();
+    return;
+  }
+  update_events();
+}
+
+void NbdConnection::start_connect() noexcept {
+  close_handle();
+  state_ = State::connecting;
+  try {
+    h_ = make_nbd_handle(options_);
+  } catch (const std::exception &e) {
+    VB_LOG_ERROR("%s: %s", name_.c_str(), e.what());
+    state_ = State::down;
+    reconnect_timer_.arm(kMaxBackoff);
+    return;
+  }
+  ++generation_;
+  if (nbd_aio_connect_uri(h_, options_.uri.c_str()) == -1) {
+    VB_LOG_DEBUG("%s: connect: %s", name_.c_str(), nbd_get_error());
+    close_handle();
+    state_ = State::down;
+    reconnect_timer_.arm(backoff_);
+    backoff_ = std::min(backoff_ * 2, std::chrono::duration_cast<std::chrono::milliseconds>(kMaxBackoff));
+    return;
+  }
+  watch_ = std::make_unique<IoWatch>(loop_, nbd_aio_get_fd(h_), [this](short ev) { on_io(ev); });
+  if (nbd_aio_is_ready(h_)) {
+    on_connected();
+    return;
+  }
+  update_events();
+}
+
+void NbdConnection::on_connected() noexcept {
+  // The server must be the same export it was: serving another disk's data under this one's
+  // name would corrupt whatever uses it.
+  const std::int64_t size = nbd_get_size(h_);
+  const bool ro = nbd_is_read_only(h_) == 1;
+  if (size != static_cast<std::int64_t>(caps_.size) || (ro && !caps_.read_only)) {
+    VB_LOG_ERROR("%s: the server came back with a different export (size %lld, was %llu%s); refusing it and "
+                 "retrying",
+                 name_.c_str(), static_cast<long long>(size), static_cast<unsigned long long>(caps_.size),
+                 ro && !caps_.read_only ? ", now read-only" : "");
+    close_handle();
+    state_ = State::down;
+    reconnect_timer_.arm(kMaxBackoff);
+    return;
+  }
+  state_ = State::ready;
+  backoff_ = std::chrono::milliseconds(100);
+  if (reconnects_ > 0 || !held_.empty() || fail_fast_) {
+    const double down_s = std::chrono::duration<double>(Clock::now() - down_since_).count();
+    VB_LOG_INFO("%s: reconnected after %.1fs; resubmitting %zu request(s)", name_.c_str(), down_s, held_.size());
+  }
+  fail_fast_ = false;
+  issue_held();
+  update_events();
+}
+
+void NbdConnection::issue_held() noexcept {
+  // Oldest first, as they were submitted.
+  std::vector<Job *> held;
+  held.swap(held_);
+  std::sort(held.begin(), held.end(), [](const Job *a, const Job *b) { return a->seq < b->seq; });
+  for (Job *op : held) {
+    if (state_ != State::ready) {
+      held_.push_back(op);
+      continue;
+    }
+    issue(op);
+  }
+}
+
+void NbdConnection::connection_lost(const char *why) noexcept {
+  VB_LOG_WARN("%s: connection lost (%s); %zu request(s) in flight will be resubmitted, new I/O is held for up to "
+              "%llds",
+              name_.c_str(), why, in_flight_.size(),
+              static_cast<long long>(std::chrono::duration_cast<std::chrono::seconds>(options_.reconnect_timeout).count()));
+  close_handle();
+  for (Job *op : in_flight_)
+    held_.push_back(op);
+  in_flight_.clear();
+  state_ = State::down;
+  down_since_ = Clock::now();
+  ++reconnects_;
+  backoff_ = std::chrono::milliseconds(100);
+  // From the loop, not from here: this may run inside issue_held()'s loop.
+  reconnect_timer_.arm(std::chrono::milliseconds(0));
+}
+
+void NbdConnection::close_handle() noexcept {
+  watch_.reset();
+  if (h_) {
+    closing_ = true;
+    nbd_close(h_); // may run completion callbacks; they see closing_ and do nothing
+    closing_ = false;
+    h_ = nullptr;
+  }
+}
+
+void NbdConnection::on_tick() noexcept {
+  const auto now = Clock::now();
+  if (state_ == State::ready && options_.request_timeout.count() > 0) {
+    for (const Job *op : in_flight_) {
+      if (now - op->issued > options_.request_timeout) {
+        connection_lost("a request got no reply within request-timeout");
+        return;
+      }
+    }
+  }
+  if (state_ != State::ready && !fail_fast_ && now - down_since_ >= options_.reconnect_timeout) {
+    fail_fast_ = true;
+    VB_LOG_ERROR("%s: the server has been unreachable for %llds (reconnect-timeout): failing %zu held request(s) "
+                 "and new I/O with EIO until it is back",
+                 name_.c_str(),
+                 static_cast<long long>(std::chrono::duration_cast<std::chrono::seconds>(options_.reconnect_timeout).count()),
+                 held_.size());
+    std::vector<Job *> held;
+    held.swap(held_);
+    for (Job *op : held)
+      finish(op, EIO);
+  }
+}
+
+void NbdConnection::cancel_all() noexcept {
+  // Close first: replies that arrive during the close must not complete these jobs again.
+  close_handle();
+  state_ = State::down;
+  std::vector<Job *> all;
+  all.swap(held_);
+  all.insert(all.end(), in_flight_.begin(), in_flight_.end());
+  in_flight_.clear();
+  for (Job *op : all)
+    finish(op, ECANCELED);
+}
+
+namespace {
+
+void remove_from(std::vector<NbdConnection::Job *> &v, NbdConnection::Job *op) {
+  const std::size_t i = op->index;
+  if (i < v.size() && v[i] == op) {
+    v[i] = v.back();
+    v[i]->index = i;
+    v.pop_back();
+  }
+}
+
+} // namespace
+
+} // namespace vb

@@ -1,0 +1,95 @@
+// One NBD connection driven by one event loop, which survives the server: requests in flight when
+// the connection dies are resubmitted on the next one, new requests are held while it is down
+// (up to reconnect-timeout, then failed with EIO), and a request with no reply within
+// request-timeout counts the connection as dead.
+//
+// Threading: everything runs on the owning loop's thread.
+#pragma once
+
+#include "event/event_loop.h"
+#include "vduse-bridge/backend.h"
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+struct nbd_handle;
+
+namespace vb {
+
+struct NbdOptions {
+  std::string uri;
+  unsigned connections = 1;
+  std::string tls_certificates; // directory (X.509), for nbds:// URIs
+  std::string tls_psk_file;     // PSK key file, for nbds:// URIs
+  std::chrono::milliseconds reconnect_timeout{60000};
+  std::chrono::milliseconds request_timeout{30000}; // 0 = none
+};
+
+// Creates a handle with the options applied, not yet connected. Throws on failure.
+nbd_handle *make_nbd_handle(const NbdOptions &options);
+
+class NbdConnection {
+public:
+  // Adopts handle if it is connected already (start-up), else connects in the background.
+  // caps are what the export had at start-up: a server that comes back different is refused.
+  NbdConnection(EventLoop &loop, const NbdOptions &options, const BackendCapabilities &caps, nbd_handle *handle,
+                std::string name);
+  ~NbdConnection();
+  NbdConnection(const NbdConnection &) = delete;
+  NbdConnection &operator=(const NbdConnection &) = delete;
+
+  // Loop thread. Never fails synchronously except for an invalid request: held while
+  // disconnected, resubmitted across reconnects, failed with EIO once the server has been
+  // unreachable for longer than reconnect-timeout.
+  int submit(const Request &req, CompletionFn done, void *ctx) noexcept;
+  // Completes everything in flight or held with ECANCELED.
+  void cancel_all() noexcept;
+
+  bool connected() const noexcept { return state_ == State::ready; }
+  EventLoop &loop() const noexcept { return loop_; }
+  std::uint64_t reconnects() const noexcept { return reconnects_; }
+
+  struct Job; // one backend request, possibly several NBD commands
+
+private:
+  enum class State { connecting, ready, down };
+
+  void start_connect() noexcept;
+  void on_connected() noexcept;
+  void connection_lost(const char *why) noexcept;
+  void close_handle() noexcept;
+  void issue(Job *op) noexcept;
+  void issue_held() noexcept;
+  void finish(Job *op, int error) noexcept;
+  void update_events() noexcept;
+  void on_io(short events) noexcept;
+  void on_tick() noexcept;
+  Job *new_job() noexcept;
+  static int on_command_done(void *user_data, int *error) noexcept;
+
+  EventLoop &loop_;
+  NbdOptions options_;
+  BackendCapabilities caps_;
+  std::string name_;
+  nbd_handle *h_ = nullptr;
+  std::unique_ptr<IoWatch> watch_;
+  Timer reconnect_timer_;
+  Timer tick_;
+  State state_ = State::down;
+  bool closing_ = false;
+  std::uint64_t generation_ = 0; // of the handle; commands of older handles are ignored
+  std::chrono::steady_clock::time_point down_since_{};
+  bool fail_fast_ = false;        // down for longer than reconnect-timeout: fail new I/O at once
+  std::chrono::milliseconds backoff_{100};
+  std::uint64_t reconnects_ = 0;
+  std::uint64_t seq_ = 0;
+  std::vector<Job *> in_flight_;  // issued on the current handle
+  std::vector<Job *> held_;       // waiting for a connection, oldest first
+  std::vector<std::unique_ptr<Job>> jobs_;
+  std::vector<Job *> free_ops_;
+};
+
+} // namespace vb

@@ -1,0 +1,338 @@
+// The NBD backend against a real nbdkit: every operation, errors, out-of-order replies, block
+// size constraints, TLS (PSK and X.509), multi-conn, and a server that goes away and comes back.
+#include "event/event_loop.h"
+#include "nbd/nbd_backend.h"
+#include "test_support.h"
+
+#include <doctest/doctest.h>
+
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <algorithm>
+#include <fstream>
+#include <memory>
+#include <numeric>
+#include <thread>
+#include <vector>
+
+using namespace std::chrono_literals;
+using vb::test::NbdkitServer;
+using vb::test::TempDir;
+
+namespace {
+
+struct Result {
+  int calls = 0;
+  int error = -1;
+  static void on_done(void *ctx, int error) noexcept {
+    auto *r = static_cast<Result *>(ctx);
+    ++r->calls;
+    r->error = error;
+  }
+};
+
+// Runs loop until pred holds; fails the test after timeout.
+template <typename Pred> void run_until(vb::EventLoop &loop, Pred pred, std::chrono::milliseconds timeout = 20s) {
+  bool expired = false;
+  vb::Timer deadline(loop, [&] { expired = true; });
+  deadline.arm(timeout);
+  while (!pred() && !expired)
+    loop.run_once(true);
+  REQUIRE_MESSAGE(pred(), "timed out");
+}
+
+int run(vb::EventLoop &loop, vb::BackendQueue &q, const vb::Request &req) {
+  Result r;
+  const int rc = q.submit(req, &Result::on_done, &r);
+  if (rc != 0)
+    return -rc;
+  run_until(loop, [&] { return r.calls > 0; });
+  CHECK(r.calls == 1);
+  return r.error;
+}
+
+vb::NbdOptions options_for(const std::string &uri) {
+  vb::NbdOptions o;
+  o.uri = uri;
+  o.connections = 4;
+  o.reconnect_timeout = 10s;
+  o.request_timeout = 10s;
+  return o;
+}
+
+bool have_nbdkit() { return vb::test::find_program("nbdkit").has_value(); }
+
+} // namespace
+
+TEST_CASE("nbd: read, write with FUA, flush, trim and zero against nbdkit memory") {
+  if (!have_nbdkit())
+    VB_SKIP("nbdkit not installed");
+  TempDir dir;
+  NbdkitServer server(dir, {"memory", "16M"});
+  vb::NbdBackend backend(options_for(server.uri()));
+  backend.open();
+  const auto &caps = backend.capabilities();
+  CHECK(caps.size == 16 << 20);
+  CHECK(caps.logical_block_size == 512);
+  CHECK(caps.can_flush);
+  CHECK(caps.can_fua);
+  CHECK(caps.can_discard);
+  CHECK(caps.can_write_zeroes);
+  CHECK_FALSE(caps.read_only);
+  CHECK(backend.connections() == 4); // nbdkit memory advertises multi-conn
+
+  vb::EventLoop loop;
+  auto q = backend.open_queue(loop, 0);
+  // Scattered buffers: three iovecs, two of them adjacent in memory (merged into one command).
+  std::vector<char> out(12288);
+  for (std::size_t i = 0; i < out.size(); ++i)
+    out[i] = static_cast<char>(i * 13 + 1);
+  std::vector<char> other(4096, 'z');
+  iovec wv[3] = {{out.data(), 4096}, {out.data() + 4096, 4096}, {other.data(), 4096}};
+  vb::Request w{vb::Op::write, 1 << 20, 12288, wv, 3};
+  w.fua = true;
+  CHECK(run(loop, *q, w) == 0);
+
+  std::vector<char> in(12288);
+  iovec rv[1] = {{in.data(), in.size()}};
+  CHECK(run(loop, *q, {vb::Op::read, 1 << 20, 12288, rv, 1}) == 0);
+  CHECK(std::memcmp(in.data(), out.data(), 8192) == 0);
+  CHECK(std::memcmp(in.data() + 8192, other.data(), 4096) == 0);
+
+  CHECK(run(loop, *q, {vb::Op::flush, 0, 0, nullptr, 0}) == 0);
+  vb::Request z{vb::Op::write_zeroes, 1 << 20, 4096, nullptr, 0};
+  z.may_unmap = false;
+  CHECK(run(loop, *q, z) == 0);
+  CHECK(run(loop, *q, {vb::Op::discard, (1 << 20) + 4096, 4096, nullptr, 0}) == 0);
+  CHECK(run(loop, *q, {vb::Op::read, 1 << 20, 12288, rv, 1}) == 0);
+  CHECK(std::all_of(in.begin(), in.begin() + 8192, [](char c) { return c == 0; })); // memory trims to zero
+  CHECK(std::memcmp(in.data() + 8192, other.data(), 4096) == 0);
+
+  // Out of range: refused before anything is sent.
+  CHECK(run(loop, *q, {vb::Op::read, (16 << 20) - 512, 4096, rv, 1}) == EIO);
+}
+
+TEST_CASE("nbd: server errors surface as errors and the connection keeps working") {
+  if (!have_nbdkit())
+    VB_SKIP("nbdkit not installed");
+  TempDir dir;
+  NbdkitServer server(dir, {"memory", "1M", "error-pread=EIO", "error-pread-rate=100%", "error-pwrite=ENOSPC",
+                            "error-pwrite-rate=100%"},
+                      {"--filter=error"});
+  vb::NbdBackend backend(options_for(server.uri()));
+  backend.open();
+  vb::EventLoop loop;
+  auto q = backend.open_queue(loop, 0);
+  std::vector<char> buf(4096);
+  iovec v[1] = {{buf.data(), buf.size()}};
+  CHECK(run(loop, *q, {vb::Op::read, 0, 4096, v, 1}) == EIO);
+  CHECK(run(loop, *q, {vb::Op::write, 0, 4096, v, 1}) == ENOSPC);
+  CHECK(run(loop, *q, {vb::Op::flush, 0, 0, nullptr, 0}) == 0);
+}
+
+TEST_CASE("nbd: out-of-order replies complete the right requests (delay filter)") {
+  if (!have_nbdkit())
+    VB_SKIP("nbdkit not installed");
+  TempDir dir;
+  NbdkitServer server(dir, {"memory", "4M", "delay-write=400ms"}, {"--filter=delay"});
+  vb::NbdBackend backend(options_for(server.uri()));
+  backend.open();
+  vb::EventLoop loop;
+  auto q = backend.open_queue(loop, 0);
+  std::vector<std::vector<char>> bufs(8, std::vector<char>(4096));
+  std::vector<Result> results(8);
+  std::vector<iovec> iov(8);
+  std::vector<int> order;
+  struct Ctx {
+    Result *r;
+    std::vector<int> *order;
+    int id;
+    static void on_done(void *p, int error) noexcept {
+      auto *c = static_cast<Ctx *>(p);
+      Result::on_done(c->r, error);
+      c->order->push_back(c->id);
+    }
+  };
+  std::vector<Ctx> ctx;
+  for (int i = 0; i < 8; ++i)
+    ctx.push_back({&results[static_cast<std::size_t>(i)], &order, i});
+  // Even ids write (slow), odd ids read (fast), all in flight at once.
+  for (int i = 0; i < 8; ++i) {
+    auto &b = bufs[static_cast<std::size_t>(i)];
+    std::memset(b.data(), 'a' + i, b.size());
+    iov[static_cast<std::size_t>(i)] = {b.data(), b.size()};
+    const vb::Request r{i % 2 ? vb::Op::read : vb::Op::write, static_cast<std::uint64_t>(i) * 4096, 4096,
+                        &iov[static_cast<std::size_t>(i)], 1};
+    REQUIRE(q->submit(r, &Ctx::on_done, &ctx[static_cast<std::size_t>(i)]) == 0);
+  }
+  run_until(loop, [&] { return order.size() == 8; });
+  for (auto &r : results) {
+    CHECK(r.calls == 1);
+    CHECK(r.error == 0);
+  }
+  // All reads finished before the first write did.
+  CHECK(order[0] % 2 == 1);
+  CHECK(order[3] % 2 == 1);
+  for (int i = 1; i < 8; i += 2) // reads of never-written blocks return zeros, not a write's data
+    CHECK(bufs[static_cast<std::size_t>(i)][0] == 0);
+}
+
+TEST_CASE("nbd: block size constraints set the logical block size and split large commands") {
+  if (!have_nbdkit())
+    VB_SKIP("nbdkit not installed");
+  TempDir dir;
+  NbdkitServer server(dir,
+                      {"memory", "8M", "blocksize-minimum=4096", "blocksize-preferred=65536",
+                       "blocksize-maximum=262144", "blocksize-error-policy=error"},
+                      {"--filter=blocksize-policy"});
+  vb::NbdBackend backend(options_for(server.uri()));
+  backend.open();
+  const auto &caps = backend.capabilities();
+  CHECK(caps.logical_block_size == 4096);
+  CHECK(caps.physical_block_size == 65536);
+  CHECK(caps.max_transfer == 262144);
+  vb::EventLoop loop;
+  auto q = backend.open_queue(loop, 0);
+  // 1 MiB: four commands of 256 KiB; the server errors on anything larger.
+  std::vector<char> out(1 << 20), in(1 << 20);
+  std::iota(out.begin(), out.end(), 0);
+  iovec wv[1] = {{out.data(), out.size()}}, rv[1] = {{in.data(), in.size()}};
+  CHECK(run(loop, *q, {vb::Op::write, 1 << 20, out.size(), wv, 1}) == 0);
+  CHECK(run(loop, *q, {vb::Op::read, 1 << 20, in.size(), rv, 1}) == 0);
+  CHECK(in == out);
+}
+
+TEST_CASE("nbd: multi-conn is used only when the server advertises it") {
+  if (!have_nbdkit())
+    VB_SKIP("nbdkit not installed");
+  TempDir dir;
+  NbdkitServer server(dir, {"memory", "4M", "multi-conn-mode=disable"}, {"--filter=multi-conn"});
+  vb::NbdBackend backend(options_for(server.uri()));
+  backend.open();
+  CHECK(backend.connections() == 1);
+  // Two queues on two threads share the one connection (the second forwards to the first).
+  vb::EventLoop loop0, loop1;
+  auto q0 = backend.open_queue(loop0, 0);
+  auto q1 = backend.open_queue(loop1, 1);
+  std::thread t0([&] { loop0.run(); });
+  std::vector<char> buf(4096, 'q'), in(4096);
+  iovec wv[1] = {{buf.data(), buf.size()}}, rv[1] = {{in.data(), in.size()}};
+  CHECK(run(loop1, *q1, {vb::Op::write, 8192, 4096, wv, 1}) == 0);
+  CHECK(run(loop1, *q1, {vb::Op::read, 8192, 4096, rv, 1}) == 0);
+  CHECK(in == buf);
+  loop0.stop_from_any_thread();
+  t0.join();
+  q1.reset();
+  q0.reset();
+}
+
+TEST_CASE("nbd: a URI with a password is refused with an explanation") {
+  CHECK_THROWS_WITH_AS(vb::check_nbd_uri("nbd://user:secret@127.0.0.1/export"), doctest::Contains("password"),
+                       std::invalid_argument);
+  CHECK_THROWS_WITH_AS(vb::check_nbd_uri("nbds+unix:///e?socket=/s&tls-psk-file=/k"), doctest::Contains("tls-psk-file"),
+                       std::invalid_argument);
+  CHECK_NOTHROW(vb::check_nbd_uri("nbd://user@127.0.0.1:10809/export"));
+  vb::NbdBackend backend(options_for("nbd://u:p@127.0.0.1:1/x"));
+  CHECK_THROWS_WITH_AS(backend.open(), doctest::Contains("password"), std::invalid_argument);
+}
+
+TEST_CASE("nbd: TLS with a pre-shared key") {
+  if (!have_nbdkit() || !vb::test::find_program("psktool"))
+    VB_SKIP("nbdkit or psktool (gnutls-bin) not installed");
+  TempDir dir;
+  const std::string keys = dir.file("keys.psk");
+  REQUIRE(vb::test::run_command({"psktool", "-u", "vbtest", "-p", keys}) == 0);
+  NbdkitServer server(dir, {"memory", "1M"}, {"--tls=require", "--tls-psk=" + keys});
+  // The PSK identity is the URI's user name.
+  const std::string uri = "nbds+unix://vbtest@/?socket=" + server.socket();
+  auto o = options_for(uri);
+  o.tls_psk_file = keys;
+  vb::NbdBackend backend(o);
+  backend.open();
+  vb::EventLoop loop;
+  auto q = backend.open_queue(loop, 0);
+  std::vector<char> buf(4096, 't');
+  iovec v[1] = {{buf.data(), buf.size()}};
+  CHECK(run(loop, *q, {vb::Op::write, 0, 4096, v, 1}) == 0);
+
+  // Without the key the connection is refused, with libnbd's reason.
+  vb::NbdBackend nokey(options_for(uri));
+  CHECK_THROWS_WITH_AS(nokey.open(), doctest::Contains("cannot connect"), std::runtime_error);
+}
+
+TEST_CASE("nbd: TLS with X.509 certificates made by the test") {
+  if (!have_nbdkit() || !vb::test::find_program("certtool"))
+    VB_SKIP("nbdkit or certtool (gnutls-bin) not installed");
+  TempDir dir;
+  const std::string pki = dir.file("pki");
+  std::filesystem::create_directories(pki);
+  auto write = [&](const std::string &name, const std::string &text) { std::ofstream(pki + "/" + name) << text; };
+  auto certtool = [&](std::vector<std::string> args) {
+    args.insert(args.begin(), "certtool");
+    REQUIRE(vb::test::run_command(args, dir.file("certtool.log")) == 0);
+  };
+  write("ca.info", "cn = vduse-bridge test CA\nca\ncert_signing_key\nexpiration_days = 2\n");
+  write("server.info", "organization = test\ncn = localhost\ndns_name = localhost\nip_address = 127.0.0.1\n"
+                       "tls_www_server\nencryption_key\nsigning_key\nexpiration_days = 2\n");
+  write("client.info", "country = US\nstate = x\nlocality = x\norganization = test\ncn = client\n"
+                       "tls_www_client\nencryption_key\nsigning_key\nexpiration_days = 2\n");
+  certtool({"--generate-privkey", "--outfile", pki + "/ca-key.pem"});
+  certtool({"--generate-self-signed", "--load-privkey", pki + "/ca-key.pem", "--template", pki + "/ca.info",
+            "--outfile", pki + "/ca-cert.pem"});
+  certtool({"--generate-privkey", "--outfile", pki + "/server-key.pem"});
+  certtool({"--generate-certificate", "--load-ca-certificate", pki + "/ca-cert.pem", "--load-ca-privkey",
+            pki + "/ca-key.pem", "--load-privkey", pki + "/server-key.pem", "--template", pki + "/server.info",
+            "--outfile", pki + "/server-cert.pem"});
+  certtool({"--generate-privkey", "--outfile", pki + "/client-key.pem"});
+  certtool({"--generate-certificate", "--load-ca-certificate", pki + "/ca-cert.pem", "--load-ca-privkey",
+            pki + "/ca-key.pem", "--load-privkey", pki + "/client-key.pem", "--template", pki + "/client.info",
+            "--outfile", pki + "/client-cert.pem"});
+  const auto port = vb::test::free_tcp_port();
+  NbdkitServer server(dir, {"memory", "1M"},
+                      {"--tls=require", "--tls-certificates=" + pki, "--tls-verify-peer", "-i", "127.0.0.1", "-p",
+                       std::to_string(port)},
+                      "none");
+  auto o = options_for("nbds://localhost:" + std::to_string(port) + "/");
+  o.tls_certificates = pki;
+  vb::NbdBackend backend(o);
+  backend.open();
+  vb::EventLoop loop;
+  auto q = backend.open_queue(loop, 0);
+  std::vector<char> buf(4096, 'x');
+  iovec v[1] = {{buf.data(), buf.size()}};
+  CHECK(run(loop, *q, {vb::Op::write, 0, 4096, v, 1}) == 0);
+}
+
+TEST_CASE("nbd: a server that dies and comes back: in-flight and held I/O completes, nothing fails") {
+  if (!have_nbdkit())
+    VB_SKIP("nbdkit not installed");
+  TempDir dir;
+  const std::string image = dir.file("disk.img");
+  std::ofstream(image).close();
+  std::filesystem::resize_file(image, 4 << 20);
+  auto server = std::make_unique<NbdkitServer>(dir, std::vector<std::string>{"file", image});
+  const std::string socket = server->socket();
+  auto o = options_for("nbd+unix:///?socket=" + socket);
+  vb::NbdBackend backend(o);
+  backend.open();
+  vb::EventLoop loop;
+  auto q = backend.open_queue(loop, 0);
+  std::vector<char> buf(4096, 'r'), in(4096);
+  iovec wv[1] = {{buf.data(), buf.size()}}, rv[1] = {{in.data(), in.size()}};
+  CHECK(run(loop, *q, {vb::Op::write, 0, 4096, wv, 1}) == 0);
+
+  server.reset(); // SIGTERM: the connection drops
+  // Submitted while the server is down: held, not failed.
+  Result held;
+  REQUIRE(q->submit({vb::Op::read, 0, 4096, rv, 1}, &Result::on_done, &held) == 0);
+  vb::Timer restart(loop, [&] {
+    std::filesystem::remove(socket);
+    server = std::make_unique<NbdkitServer>(dir, std::vector<std::string>{"file", image},
+                                            std::vector<std::string>{}, socket);
+  });
+  restart.arm(1500ms);
+  run_until(loop, [&] { return held.calls > 0; });
+  CHECK(held.error == 0);
+  CHECK(in == buf);
+}
