@@ -32,6 +32,8 @@ constexpr unsigned max_queues = 64;                   // one per CPU is plenty; 
 constexpr unsigned max_queue_size = 1024;             // VDUSE's limit on virtqueue size
 constexpr std::uint64_t max_memory_size = 1ULL << 46; // 64 TiB: beyond that a memory disk is a typo
 constexpr std::size_t max_file_bytes = 1 << 20;       // a config file is a few KiB; stop /dev/zero early
+constexpr unsigned memory_block_size = 512;           // the memory backend's when the device gives none
+constexpr unsigned max_nbd_connections = 16;          // per device; more buys nothing on one server
 
 // 1-based, as editors count; {0, 0} when yaml-cpp knows no position.
 struct Position {
@@ -156,6 +158,14 @@ std::string list(std::span<const std::string_view> names) {
   std::string out;
   for (auto name : names)
     out += (out.empty() ? "" : ", ") + std::string(name);
+  return out;
+}
+
+// "a", "a or b", "a, b or c".
+std::string either(std::span<const std::string_view> names) {
+  std::string out;
+  for (std::size_t i = 0; i < names.size(); ++i)
+    out += (i == 0 ? "" : i + 1 == names.size() ? " or " : ", ") + std::string(names[i]);
   return out;
 }
 
@@ -366,9 +376,12 @@ struct BackendOption {
 
 struct BackendKind {
   std::string_view name;
+  std::string_view article; // "a memory backend key", "an nbd backend key"
   BackendConfig::Type type;
-  bool available; // nbd and iscsi are recognised but arrive in later versions
+  bool available; // iscsi is recognised but arrives in a later version
   std::span<const BackendOption> options;
+  // Checks between keys, after every key has been applied on its own; may be null.
+  void (*check_together)(const Validator &check, const RawBackend &raw, const BackendConfig &out);
 };
 
 class Validator {
@@ -505,16 +518,16 @@ void apply_memory_size(const Validator &check, const Value &v, const DeviceConfi
   static const std::string what = "a size such as 512, 64K, 1G or 1GiB";
   const auto parsed = parse_size(check.scalar(v, what));
   if (!parsed)
-    check.report().fail(v.at, v.key, "expected " + parsed.error);
+    check.report().fail(v.at, v.key, "expected " + escaped(parsed.error));
   const std::uint64_t size = *parsed.value;
   if (size == 0)
     check.report().expected(v, "a size above 0");
   if (size > max_memory_size)
     check.report().expected(v, "a size of at most 64 TiB");
-  if (size % device.logical_block_size != 0)
-    check.report().expected(
-        v, "a multiple of the logical block size (" + std::to_string(device.logical_block_size) + " bytes)",
-        " (" + std::to_string(size) + " bytes)");
+  const unsigned block = device.logical_block_size != 0 ? device.logical_block_size : memory_block_size;
+  if (size % block != 0)
+    check.report().expected(v, "a multiple of the logical block size (" + std::to_string(block) + " bytes)",
+                            " (" + std::to_string(size) + " bytes)");
   out.memory.size = size;
 }
 
@@ -522,10 +535,203 @@ constexpr std::array<BackendOption, 1> memory_options{{
     {"size", true, &apply_memory_size},
 }};
 
+// ---- The nbd backend ----
+
+constexpr std::array<std::string_view, 6> nbd_schemes{"nbd",       "nbds",      "nbd+unix",
+                                                      "nbds+unix", "nbd+vsock", "nbds+vsock"};
+
+bool is_tls_scheme(std::string_view scheme) { return scheme.starts_with("nbds"); }
+bool is_unix_scheme(std::string_view scheme) { return scheme.ends_with("+unix"); }
+
+int hex_digit(char c) {
+  if (c >= '0' && c <= '9')
+    return c - '0';
+  if (c >= 'a' && c <= 'f')
+    return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F')
+    return c - 'A' + 10;
+  return -1;
+}
+
+// %XX decoded, lower-cased: query parameter names as a URI parser might read them.
+std::string folded_name(std::string_view text) {
+  std::string out;
+  for (std::size_t i = 0; i < text.size(); ++i) {
+    char c = text[i];
+    if (c == '%' && i + 2 < text.size() && hex_digit(text[i + 1]) >= 0 && hex_digit(text[i + 2]) >= 0) {
+      c = static_cast<char>(hex_digit(text[i + 1]) * 16 + hex_digit(text[i + 2]));
+      i += 2;
+    }
+    out += static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  }
+  return out;
+}
+
+// The parts of an NBD URI this file cares about; views into the text.
+struct UriParts {
+  std::string_view scheme;    // before "://"
+  std::string_view authority; // [userinfo@]host[:port], up to the path, query or fragment
+  std::string_view query;     // after '?', up to '#'; empty when none
+};
+
+std::optional<UriParts> split_uri(std::string_view text) {
+  const auto sep = text.find("://");
+  if (sep == std::string_view::npos || sep == 0)
+    return std::nullopt;
+  UriParts parts;
+  parts.scheme = text.substr(0, sep);
+  const std::string_view rest = text.substr(sep + 3);
+  parts.authority = rest.substr(0, rest.find_first_of("/?#"));
+  const auto question = rest.find('?');
+  if (question != std::string_view::npos) {
+    const std::string_view after = rest.substr(question + 1);
+    parts.query = after.substr(0, after.find('#'));
+  }
+  return parts;
+}
+
+// The userinfo's password, if the URI has one (nbd://user:secret@host/).
+std::optional<std::string_view> password_of(const UriParts &parts) {
+  const auto at = parts.authority.rfind('@');
+  if (at == std::string_view::npos)
+    return std::nullopt;
+  const std::string_view userinfo = parts.authority.substr(0, at);
+  const auto colon = userinfo.find(':');
+  if (colon == std::string_view::npos)
+    return std::nullopt;
+  return userinfo.substr(colon + 1);
+}
+
+void apply_nbd_uri(const Validator &check, const Value &v, const DeviceConfig & /*device*/, BackendConfig &out) {
+  static const std::string what = "an NBD URI such as nbd://host/export or nbd+unix:///export?socket=/run/nbd.sock";
+  const std::string &text = check.scalar(v, what);
+  const auto parts = split_uri(text);
+  // First, so that no later message shows the secret.
+  if (parts) {
+    if (auto password = password_of(*parts)) {
+      const std::string_view uri = text;
+      const auto start = static_cast<std::size_t>(password->data() - text.data());
+      const std::string hidden =
+          std::string(uri.substr(0, start)) + "***" + std::string(uri.substr(start + password->size()));
+      check.report().fail(v.at, v.key,
+                          "expected a URI without a password, got one in " + quoted(hidden, '\'') +
+                              ": secrets come from files, never from the URI; put the PSK in tls-psk-file and use "
+                              "an nbds URI (the user name may stay: nbds://alice@host/export)");
+    }
+  }
+  for (unsigned char c : text)
+    if (c <= 0x20 || c >= 0x7f)
+      check.report().expected(v, "a URI without spaces, control characters or non-ASCII bytes (percent-encode them)");
+  if (!parts)
+    check.report().expected(v, what);
+  if (std::find(nbd_schemes.begin(), nbd_schemes.end(), parts->scheme) == nbd_schemes.end())
+    check.report().fail(v.at, v.key,
+                        "expected a URI scheme of " + list(nbd_schemes) + ", got " + quoted(parts->scheme, '\'') +
+                            " in " + describe(v));
+  bool socket = false;
+  std::string_view query = parts->query;
+  while (!query.empty()) {
+    const auto amp = query.find('&');
+    const std::string_view param = query.substr(0, amp);
+    query = amp == std::string_view::npos ? std::string_view() : query.substr(amp + 1);
+    const auto eq = param.find('=');
+    const std::string name = folded_name(param.substr(0, eq));
+    if (name == "tls-psk-file" || name == "tls-certificates")
+      check.report().expected(v, "a URI without a " + name + " query parameter",
+                              ": paths and secrets come from the configuration; name the file with the backend key " +
+                                  name + " instead");
+    if (name == "socket" && eq != std::string_view::npos && eq + 1 < param.size())
+      socket = true;
+  }
+  if (is_unix_scheme(parts->scheme) && !socket)
+    check.report().expected(v, "a socket= query parameter naming the server's socket in an " +
+                                   std::string(parts->scheme) + " URI (nbd+unix:///export?socket=/run/nbd.sock)");
+  out.nbd.uri = text;
+}
+
+void apply_nbd_connections(const Validator &check, const Value &v, const DeviceConfig & /*device*/,
+                           BackendConfig &out) {
+  out.nbd.connections = check.count(v, 1, max_nbd_connections);
+}
+
+// Only the form is checked: the file is read when connecting, which reports a missing one.
+std::string absolute_path(const Validator &check, const Value &v) {
+  static const std::string what = "an absolute path (starting with '/')";
+  const std::string &text = check.scalar(v, what);
+  if (text.empty() || text.front() != '/')
+    check.report().expected(v, what);
+  for (unsigned char c : text)
+    if (c < 0x20 || c == 0x7f)
+      check.report().expected(v, "a path without control characters");
+  return text;
+}
+
+void apply_nbd_tls_certificates(const Validator &check, const Value &v, const DeviceConfig & /*device*/,
+                                BackendConfig &out) {
+  out.nbd.tls_certificates = absolute_path(check, v);
+}
+
+void apply_nbd_tls_psk_file(const Validator &check, const Value &v, const DeviceConfig & /*device*/,
+                            BackendConfig &out) {
+  out.nbd.tls_psk_file = absolute_path(check, v);
+}
+
+std::chrono::milliseconds duration(const Validator &check, const Value &v) {
+  const auto parsed = parse_duration(check.scalar(v, "a duration such as 500ms, 30s, 2m or 1h, or 0"));
+  if (!parsed)
+    check.report().fail(v.at, v.key, "expected " + escaped(parsed.error));
+  return *parsed.value;
+}
+
+void apply_nbd_reconnect_timeout(const Validator &check, const Value &v, const DeviceConfig & /*device*/,
+                                 BackendConfig &out) {
+  out.nbd.reconnect_timeout = duration(check, v);
+}
+
+void apply_nbd_request_timeout(const Validator &check, const Value &v, const DeviceConfig & /*device*/,
+                               BackendConfig &out) {
+  out.nbd.request_timeout = duration(check, v);
+}
+
+// uri comes first: the TLS keys are checked against its scheme.
+constexpr std::array<BackendOption, 6> nbd_options{{
+    {"uri", true, &apply_nbd_uri},
+    {"connections", false, &apply_nbd_connections},
+    {"tls-certificates", false, &apply_nbd_tls_certificates},
+    {"tls-psk-file", false, &apply_nbd_tls_psk_file},
+    {"reconnect-timeout", false, &apply_nbd_reconnect_timeout},
+    {"request-timeout", false, &apply_nbd_request_timeout},
+}};
+
+void check_nbd_together(const Validator &check, const RawBackend &raw, const BackendConfig &out) {
+  const Value *uri = nullptr;
+  const Value *first_tls = nullptr;
+  for (const auto &v : raw.options) {
+    if (v.name == "uri")
+      uri = &v;
+    if (v.name != "tls-certificates" && v.name != "tls-psk-file")
+      continue;
+    if (first_tls)
+      check.report().fail(v.key_at, v.key,
+                          "expected tls-certificates or tls-psk-file, not both, got both (" + first_tls->name +
+                              " on line " + std::to_string(first_tls->key_at.line) +
+                              "): certificates and a PSK are two ways to authenticate, pick one");
+    first_tls = &v;
+  }
+  if (first_tls && uri) {
+    const std::string_view scheme = split_uri(out.nbd.uri)->scheme;
+    if (!is_tls_scheme(scheme))
+      check.report().fail(first_tls->key_at, first_tls->key,
+                          "expected a TLS URI scheme (nbds, nbds+unix or nbds+vsock) for this key, got " +
+                              quoted(scheme, '\'') + " in uri (line " + std::to_string(uri->at.line) +
+                              "): without TLS the key would be ignored");
+  }
+}
+
 constexpr std::array<BackendKind, 3> backend_kinds{{
-    {"memory", BackendConfig::Type::memory, true, memory_options},
-    {"nbd", BackendConfig::Type::nbd, false, {}},
-    {"iscsi", BackendConfig::Type::iscsi, false, {}},
+    {"memory", "a", BackendConfig::Type::memory, true, memory_options, nullptr},
+    {"nbd", "an", BackendConfig::Type::nbd, true, nbd_options, &check_nbd_together},
+    {"iscsi", "an", BackendConfig::Type::iscsi, false, {}, nullptr},
 }};
 
 BackendConfig Validator::backend(const RawBackend &raw, const DeviceConfig &device) const {
@@ -533,11 +739,11 @@ BackendConfig Validator::backend(const RawBackend &raw, const DeviceConfig &devi
     report_.expected(raw.self, "a map with the key 'type'");
 
   std::string all;
-  std::string available;
+  std::vector<std::string_view> available;
   for (const auto &kind : backend_kinds) {
     all += (all.empty() ? "" : ", ") + std::string(kind.name);
     if (kind.available)
-      available += (available.empty() ? "" : ", ") + std::string(kind.name);
+      available.push_back(kind.name);
   }
   const std::string what = "a backend type (" + all + ")";
   const std::string &type = scalar(raw.type, what);
@@ -548,7 +754,7 @@ BackendConfig Validator::backend(const RawBackend &raw, const DeviceConfig &devi
   if (!kind)
     report_.expected(raw.type, what);
   if (!kind->available)
-    report_.expected(raw.type, available,
+    report_.expected(raw.type, either(available),
                      ": backend type '" + std::string(kind->name) + "' is not available in this version");
 
   BackendConfig out;
@@ -563,8 +769,8 @@ BackendConfig Validator::backend(const RawBackend &raw, const DeviceConfig &devi
     if (auto k = near_miss(v.name, names))
       hint = " (did you mean '" + std::string(*k) + "'?)";
     report_.fail(v.key_at, v.key,
-                 "expected a " + std::string(kind->name) + " backend key (" + list(names) + "), got " +
-                     quoted(v.name, '\'') + hint);
+                 "expected " + std::string(kind->article) + " " + std::string(kind->name) + " backend key (" +
+                     list(names) + "), got " + quoted(v.name, '\'') + hint);
   }
   for (const auto &option : kind->options) {
     const Value *given = nullptr;
@@ -576,6 +782,8 @@ BackendConfig Validator::backend(const RawBackend &raw, const DeviceConfig &devi
     else if (option.required)
       option.apply(*this, missing_value(raw.self.key, option.name, raw.self.at), device, out);
   }
+  if (kind->check_together)
+    kind->check_together(*this, raw, out);
   return out;
 }
 

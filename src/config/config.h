@@ -7,6 +7,7 @@
 // All functions here are pure apart from load_config() reading the file; any thread may call them.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <stdexcept>
 #include <string>
@@ -34,14 +35,35 @@ private:
 };
 
 struct MemoryBackendConfig {
-  std::uint64_t size = 0; // bytes; > 0, a multiple of the device's logical block size
+  // bytes; > 0, a multiple of the device's logical block size (512 when the device gives none)
+  std::uint64_t size = 0;
+};
+
+// A disk served by an NBD server. The file holds no secrets: TLS keys and certificates are
+// named by path here and read when connecting, and a URI with a password is refused.
+struct NbdBackendConfig {
+  // nbd://host[:port]/export, nbds://..., nbd+unix:///export?socket=PATH, nbds+unix://...,
+  // nbd+vsock://cid[:port]/export, nbds+vsock://...; as written in the file. Never holds a
+  // password, nor the tls-certificates or tls-psk-file query parameters (those are the keys
+  // below); nbd+unix and nbds+unix URIs have a socket= query parameter.
+  std::string uri;
+  unsigned connections = 1; // 1..16; an upper bound, used only if the server offers multi-conn
+  // At most one of the two, and only with an nbds scheme; absolute paths, not checked to exist
+  // (that happens when connecting). Empty when not given.
+  std::string tls_certificates; // a directory of X.509 certificates and keys
+  std::string tls_psk_file;     // a PSK key file (psktool format)
+  // How long I/O is held while the server is unreachable before it fails; 0 = fail at once.
+  std::chrono::milliseconds reconnect_timeout{60000};
+  // A request without a reply by then counts the connection as dead; 0 = no timeout.
+  std::chrono::milliseconds request_timeout{30000};
 };
 
 struct BackendConfig {
   enum class Type { memory, nbd, iscsi };
   Type type = Type::memory;
   MemoryBackendConfig memory; // meaningful when type == memory
-  // nbd and iscsi settings are added with those backends.
+  NbdBackendConfig nbd;       // meaningful when type == nbd
+  // iscsi settings are added with that backend; parsing refuses it for now.
 };
 
 struct DeviceConfig {
@@ -49,9 +71,11 @@ struct DeviceConfig {
 
   std::string name; // VDUSE and vDPA device name: [A-Za-z0-9_-], 1..64 bytes
   BackendConfig backend;
-  unsigned queues = 1;               // 1..64; more than one offers VIRTIO_BLK_F_MQ
-  unsigned queue_size = 256;         // power of two, 2..1024
-  unsigned logical_block_size = 512; // power of two, 512..4096
+  unsigned queues = 1;       // 1..64; more than one offers VIRTIO_BLK_F_MQ
+  unsigned queue_size = 256; // power of two, 2..1024
+  // A power of two, 512..4096, when the file gives one; 0 when it does not, meaning the
+  // backend's own (an NBD server or an iSCSI LUN may require 4096; the memory backend's is 512).
+  unsigned logical_block_size = 0;
   bool read_only = false;
   std::string serial; // printable ASCII, <= 20 bytes; defaults to name cut to 20 bytes
   Attach attach = Attach::virtio_vdpa;

@@ -2,6 +2,7 @@
 
 #include "test_support.h"
 
+#include <chrono>
 #include <doctest/doctest.h>
 #include <fstream>
 #include <string>
@@ -37,6 +38,19 @@ const std::string head = "devices:\n"           // 1
                          "      type: memory\n" // 4
                          "      size: 1G\n";    // 5
 
+// A valid nbd device with the given URI on line 5; bad cases append from line 6.
+std::string nbd_with(const std::string &uri) {
+  return "devices:\n"         // 1
+         "  - name: remote\n" // 2
+         "    backend:\n"     // 3
+         "      type: nbd\n"  // 4
+         "      uri: " +
+         uri + "\n"; // 5
+}
+
+const std::string nbd_head = nbd_with("nbd://server/export");
+const std::string nbds_head = nbd_with("nbds://server/export");
+
 } // namespace
 
 TEST_CASE("a minimal device gets every default") {
@@ -52,7 +66,7 @@ TEST_CASE("a minimal device gets every default") {
   CHECK(d.backend.memory.size == 64ULL << 20);
   CHECK(d.queues == 1);
   CHECK(d.queue_size == 256);
-  CHECK(d.logical_block_size == 512);
+  CHECK(d.logical_block_size == 0); // absent: the backend's (512 for memory)
   CHECK_FALSE(d.read_only);
   CHECK(d.serial == "disk0");
   CHECK(d.attach == DeviceConfig::Attach::virtio_vdpa);
@@ -123,6 +137,99 @@ TEST_CASE("several devices keep their order and their own settings") {
   CHECK(c.devices[2].line == 12);
 }
 
+TEST_CASE("an nbd device with every key set") {
+  const Config c = parse_config("devices:\n"
+                                "  - name: remote0\n"
+                                "    backend:\n"
+                                "      type: nbd\n"
+                                "      uri: nbds://alice@nbd.example.com:10809/vm%20disk\n"
+                                "      connections: 16\n"
+                                "      tls-psk-file: /etc/vduse-bridge/psk.keys\n"
+                                "      reconnect-timeout: 2m\n"
+                                "      request-timeout: \"500ms\"\n"
+                                "    queues: 4\n"
+                                "    logical-block-size: 4096\n",
+                                "nbd.yaml");
+  REQUIRE(c.devices.size() == 1);
+  const DeviceConfig &d = c.devices[0];
+  CHECK(d.name == "remote0");
+  CHECK(d.backend.type == BackendConfig::Type::nbd);
+  CHECK(d.backend.nbd.uri == "nbds://alice@nbd.example.com:10809/vm%20disk"); // as written
+  CHECK(d.backend.nbd.connections == 16);
+  CHECK(d.backend.nbd.tls_certificates.empty());
+  CHECK(d.backend.nbd.tls_psk_file == "/etc/vduse-bridge/psk.keys");
+  CHECK(d.backend.nbd.reconnect_timeout == std::chrono::minutes(2));
+  CHECK(d.backend.nbd.request_timeout == std::chrono::milliseconds(500));
+  CHECK(d.backend.memory.size == 0); // not a memory device
+  CHECK(d.queues == 4);
+  CHECK(d.logical_block_size == 4096);
+}
+
+TEST_CASE("an nbd device gets the nbd defaults and the server's block size") {
+  const Config c = parse_config(nbd_head, "nbd.yaml");
+  REQUIRE(c.devices.size() == 1);
+  const DeviceConfig &d = c.devices[0];
+  CHECK(d.backend.type == BackendConfig::Type::nbd);
+  CHECK(d.backend.nbd.uri == "nbd://server/export");
+  CHECK(d.backend.nbd.connections == 1);
+  CHECK(d.backend.nbd.tls_certificates.empty());
+  CHECK(d.backend.nbd.tls_psk_file.empty());
+  CHECK(d.backend.nbd.reconnect_timeout == std::chrono::seconds(60));
+  CHECK(d.backend.nbd.request_timeout == std::chrono::seconds(30));
+  CHECK(d.logical_block_size == 0);
+  CHECK(d.serial == "remote");
+}
+
+TEST_CASE("every NBD URI form is accepted") {
+  const std::string good[] = {
+      "nbd://server",
+      "nbd://server:10809/export",
+      "nbd://[::1]:10809/export",
+      "nbd://alice@server/export", // a user name without a password is fine
+      "nbds://server/export",
+      "nbd+unix:///export?socket=/run/nbd.sock",
+      "nbd+unix:///?socket=/run/nbd.sock",
+      "nbds+unix://alice@/export?socket=/run/nbd.sock&tls-hostname=server",
+      "nbd+vsock://2:10809/export",
+      "nbds+vsock:///",
+      "'nbd://server/export?socket-x=1'",
+      "\"nbd://server/export\"",
+  };
+  for (const auto &uri : good) {
+    CAPTURE(uri);
+    const std::string msg = error_of(nbd_with(uri));
+    CAPTURE(msg);
+    CHECK(msg == "(no error thrown)");
+  }
+}
+
+TEST_CASE("nbd: TLS keys with an nbds scheme, zero timeouts") {
+  const Config certs = parse_config(nbds_head + "      tls-certificates: /etc/vduse-bridge/pki\n", "t.yaml");
+  CHECK(certs.devices[0].backend.nbd.tls_certificates == "/etc/vduse-bridge/pki");
+  CHECK(certs.devices[0].backend.nbd.tls_psk_file.empty());
+
+  const Config psk = parse_config(
+      nbd_with("nbds+unix:///e?socket=/run/nbd.sock") + "      tls-psk-file: '/etc/vduse-bridge/psk keys'\n", "t.yaml");
+  CHECK(psk.devices[0].backend.nbd.tls_psk_file == "/etc/vduse-bridge/psk keys");
+
+  const Config zero = parse_config(nbd_head + "      reconnect-timeout: 0\n      request-timeout: 0\n", "t.yaml");
+  CHECK(zero.devices[0].backend.nbd.reconnect_timeout == std::chrono::milliseconds(0));
+  CHECK(zero.devices[0].backend.nbd.request_timeout == std::chrono::milliseconds(0));
+}
+
+TEST_CASE("a password in an NBD URI is refused without being shown") {
+  const std::string msg = error_of(nbd_with("nbds://alice:s3cret@server/export"));
+  CHECK(msg ==
+        "test.yaml:5:12: devices[0].backend.uri: expected a URI without a password, got one in "
+        "'nbds://alice:***@server/export': secrets come from files, never from the URI; put the PSK in tls-psk-file "
+        "and use an nbds URI (the user name may stay: nbds://alice@host/export)");
+  CHECK(msg.find("s3cret") == std::string::npos);
+  // Checked before anything that would echo the URI.
+  const std::string spaced = error_of(nbd_with("\"http://u:top secret@h/\""));
+  CHECK(spaced.find("without a password") != std::string::npos);
+  CHECK(spaced.find("secret@") == std::string::npos);
+}
+
 TEST_CASE("the example configuration is valid and describes disk0") {
   const std::string path = VB_SOURCE_DIR "/etc/vduse-bridge/vduse-bridge.yaml";
   const Config c = vb::load_config(path);
@@ -134,6 +241,57 @@ TEST_CASE("the example configuration is valid and describes disk0") {
   CHECK(d.backend.memory.size == 1ULL << 30);
   CHECK(d.attach == DeviceConfig::Attach::virtio_vdpa);
   CHECK(d.serial == "disk0");
+}
+
+TEST_CASE("the example's commented-out nbd device is valid once uncommented") {
+  const std::string text = vb::test::read_file(VB_SOURCE_DIR "/etc/vduse-bridge/vduse-bridge.yaml");
+  const std::string marker = "\n  # - name: remote0\n";
+  auto at = text.find(marker);
+  REQUIRE(at != std::string::npos);
+  // Its lines, from the marker to the first that is not "  # " plus indentation, without the "# ".
+  std::string device;
+  for (++at; at < text.size();) {
+    const auto end = text.find('\n', at);
+    const std::string line = text.substr(at, end - at);
+    if (line.rfind("  # ", 0) != 0 || (line.size() > 4 && line[4] != '-' && line[4] != ' '))
+      break;
+    device += "  " + line.substr(4) + "\n";
+    at = end == std::string::npos ? text.size() : end + 1;
+  }
+  CAPTURE(device);
+  const Config c = parse_config(text + device, "vduse-bridge.yaml");
+  REQUIRE(c.devices.size() == 2);
+  const DeviceConfig &d = c.devices[1];
+  CHECK(d.name == "remote0");
+  CHECK(d.backend.type == BackendConfig::Type::nbd);
+  CHECK(d.backend.nbd.uri == "nbd+unix:///export?socket=/run/nbd.sock");
+  CHECK(d.backend.nbd.connections == 4);
+  CHECK(d.backend.nbd.reconnect_timeout == std::chrono::seconds(60));
+  CHECK(d.backend.nbd.request_timeout == std::chrono::seconds(30));
+  CHECK(d.queues == 4);
+  CHECK(d.logical_block_size == 0);
+}
+
+TEST_CASE("the EXAMPLE of vduse-bridge.yaml(5) is valid") {
+  const std::string man = vb::test::read_file(VB_SOURCE_DIR "/man/vduse-bridge.yaml.5");
+  const auto section = man.find("\n.SH EXAMPLE\n");
+  REQUIRE(section != std::string::npos);
+  const auto start = man.find("\n.nf\n", section);
+  const auto end = man.find("\n.fi\n", section);
+  REQUIRE(start != std::string::npos);
+  REQUIRE(end != std::string::npos);
+  std::string yaml;
+  for (std::size_t i = start + 5; i < end + 1; ++i) // roff's "\-" is a plain '-' here
+    if (!(man[i] == '\\' && i + 1 < end && man[i + 1] == '-'))
+      yaml += man[i];
+  CAPTURE(yaml);
+  const Config c = parse_config(yaml, "vduse-bridge.yaml.5");
+  REQUIRE(c.devices.size() == 4);
+  CHECK(c.devices[2].backend.type == BackendConfig::Type::nbd);
+  CHECK(c.devices[2].backend.nbd.connections == 4);
+  CHECK(c.devices[3].backend.nbd.tls_psk_file == "/etc/vduse-bridge/psk.keys");
+  CHECK(c.devices[3].backend.nbd.reconnect_timeout == std::chrono::minutes(5));
+  CHECK(c.devices[3].logical_block_size == 4096);
 }
 
 TEST_CASE("the error quoted in the example's comment is the one the parser gives") {
@@ -253,10 +411,8 @@ TEST_CASE("bad files name the file, line, key and what was expected") {
        "devices[0].backend.type", "expected a backend type (memory, nbd, iscsi), got nothing (the key is missing)"},
       {"backend type unknown", "devices:\n  - name: disk0\n    backend:\n      type: rbd\n", 4,
        "devices[0].backend.type", "expected a backend type (memory, nbd, iscsi), got 'rbd'"},
-      {"backend nbd not yet", "devices:\n  - name: disk0\n    backend:\n      type: nbd\n", 4,
-       "devices[0].backend.type", "backend type 'nbd' is not available in this version"},
       {"backend iscsi not yet", "devices:\n  - name: disk0\n    backend:\n      type: iscsi\n", 4,
-       "devices[0].backend.type", "expected memory, got 'iscsi': backend type 'iscsi' is not available"},
+       "devices[0].backend.type", "expected memory or nbd, got 'iscsi': backend type 'iscsi' is not available"},
       {"memory size missing", "devices:\n  - name: disk0\n    backend:\n      type: memory\n", 4,
        "devices[0].backend.size", "expected a size such as 512, 64K, 1G or 1GiB, got nothing (the key is missing)"},
       {"memory size malformed", "devices:\n  - name: disk0\n    backend:\n      type: memory\n      size: big\n", 5,
@@ -272,12 +428,98 @@ TEST_CASE("bad files name the file, line, key and what was expected") {
       {"memory size not whole blocks",
        "devices:\n  - name: disk0\n    logical-block-size: 4096\n    backend:\n      type: memory\n      size: 6K\n", 6,
        "devices[0].backend.size", "expected a multiple of the logical block size (4096 bytes), got '6K' (6144 bytes)"},
+      {"memory size not whole default blocks",
+       "devices:\n  - name: disk0\n    backend:\n      type: memory\n      size: 1000\n", 5, "devices[0].backend.size",
+       "expected a multiple of the logical block size (512 bytes), got '1000' (1000 bytes)"},
       {"memory size a sequence", "devices:\n  - name: disk0\n    backend:\n      type: memory\n      size: [1G]\n", 5,
        "devices[0].backend.size", "got a sequence"},
       {"key of another backend", head + "      uri: nbd://server/export\n", 6, "devices[0].backend.uri",
        "expected a memory backend key (type, size), got 'uri'"},
       {"backend key given twice", head + "      size: 2G\n", 6, "devices[0].backend.size",
        "got it again (first on line 5)"},
+      {"nbd key for memory", head + "      connections: 4\n", 6, "devices[0].backend.connections",
+       "expected a memory backend key (type, size), got 'connections'"},
+      // The nbd backend.
+      {"nbd uri missing", "devices:\n  - name: remote\n    backend:\n      type: nbd\n", 4, "devices[0].backend.uri",
+       "expected an NBD URI such as nbd://host/export or nbd+unix:///export?socket=/run/nbd.sock, got nothing (the "
+       "key is missing)"},
+      {"nbd uri empty", nbd_with("''"), 5, "devices[0].backend.uri", "expected an NBD URI such as"},
+      {"nbd uri a sequence", nbd_with("[nbd://server/export]"), 5, "devices[0].backend.uri", "got a sequence"},
+      {"nbd uri without a scheme", nbd_with("server:10809"), 5, "devices[0].backend.uri",
+       "expected an NBD URI such as nbd://host/export or nbd+unix:///export?socket=/run/nbd.sock, got 'server:10809'"},
+      {"nbd uri unknown scheme", nbd_with("http://server/export"), 5, "devices[0].backend.uri",
+       "expected a URI scheme of nbd, nbds, nbd+unix, nbds+unix, nbd+vsock, nbds+vsock, got 'http' in "
+       "'http://server/export'"},
+      {"nbd uri scheme in capitals", nbd_with("NBD://server/export"), 5, "devices[0].backend.uri", "got 'NBD'"},
+      {"nbd uri with a space", nbd_with("\"nbd://server/my export\""), 5, "devices[0].backend.uri",
+       "expected a URI without spaces, control characters or non-ASCII bytes (percent-encode them)"},
+      {"nbd uri with a password", nbd_with("nbd://user:secret@server/"), 5, "devices[0].backend.uri",
+       "expected a URI without a password, got one in 'nbd://user:***@server/': secrets come from files"},
+      {"nbd uri with an empty password", nbd_with("nbd://user:@server/"), 5, "devices[0].backend.uri",
+       "got one in 'nbd://user:***@server/'"},
+      {"nbd+unix without socket", nbd_with("nbd+unix:///export"), 5, "devices[0].backend.uri",
+       "expected a socket= query parameter naming the server's socket in an nbd+unix URI "
+       "(nbd+unix:///export?socket=/run/nbd.sock), got 'nbd+unix:///export'"},
+      {"nbds+unix with an empty socket", nbd_with("nbds+unix:///export?socket="), 5, "devices[0].backend.uri",
+       "expected a socket= query parameter naming the server's socket in an nbds+unix URI"},
+      {"tls-psk-file in the uri", nbd_with("nbds://s/e?tls-psk-file=/etc/psk"), 5, "devices[0].backend.uri",
+       "expected a URI without a tls-psk-file query parameter, got 'nbds://s/e?tls-psk-file=/etc/psk': paths and "
+       "secrets come from the configuration; name the file with the backend key tls-psk-file instead"},
+      {"tls-psk-file percent-encoded in the uri", nbd_with("nbds+unix:///e?socket=/s&TLS%2dPSK%2DFILE=/etc/psk"), 5,
+       "devices[0].backend.uri", "expected a URI without a tls-psk-file query parameter"},
+      {"tls-certificates in the uri", nbd_with("nbds://server/export?tls-certificates=/etc/pki"), 5,
+       "devices[0].backend.uri", "the backend key tls-certificates instead"},
+      {"tls-certificates with plain nbd", nbd_head + "      tls-certificates: /etc/vduse-bridge/pki\n", 6,
+       "devices[0].backend.tls-certificates",
+       "expected a TLS URI scheme (nbds, nbds+unix or nbds+vsock) for this key, got 'nbd' in uri (line 5): without "
+       "TLS the key would be ignored"},
+      {"tls-psk-file with plain nbd+unix",
+       nbd_with("nbd+unix:///e?socket=/run/nbd.sock") + "      tls-psk-file: /etc/vduse-bridge/psk.keys\n", 6,
+       "devices[0].backend.tls-psk-file",
+       "expected a TLS URI scheme (nbds, nbds+unix or nbds+vsock) for this key, "
+       "got 'nbd+unix'"},
+      {"both tls keys",
+       nbds_head + "      tls-certificates: /etc/vduse-bridge/pki\n      tls-psk-file: /etc/vduse-bridge/psk.keys\n", 7,
+       "devices[0].backend.tls-psk-file",
+       "expected tls-certificates or tls-psk-file, not both, got both (tls-certificates on line 6)"},
+      {"both tls keys, psk first",
+       nbds_head + "      tls-psk-file: /etc/vduse-bridge/psk.keys\n      tls-certificates: /etc/vduse-bridge/pki\n", 7,
+       "devices[0].backend.tls-certificates", "not both, got both (tls-psk-file on line 6)"},
+      {"tls-certificates relative", nbds_head + "      tls-certificates: pki\n", 6,
+       "devices[0].backend.tls-certificates", "expected an absolute path (starting with '/'), got 'pki'"},
+      {"tls-psk-file relative", nbds_head + "      tls-psk-file: ./psk.keys\n", 6, "devices[0].backend.tls-psk-file",
+       "expected an absolute path (starting with '/'), got './psk.keys'"},
+      {"tls-psk-file empty", nbds_head + "      tls-psk-file: ''\n", 6, "devices[0].backend.tls-psk-file",
+       "expected an absolute path (starting with '/'), got \"\""},
+      {"tls-psk-file no value", nbds_head + "      tls-psk-file:\n", 6, "devices[0].backend.tls-psk-file",
+       "got an empty value"},
+      {"tls-psk-file with a control character", nbds_head + "      tls-psk-file: \"/etc/a\\tb\"\n", 6,
+       "devices[0].backend.tls-psk-file", "expected a path without control characters, got \"/etc/a\\x09b\""},
+      {"connections 0", nbd_head + "      connections: 0\n", 6, "devices[0].backend.connections",
+       "expected an integer from 1 to 16, got '0'"},
+      {"connections 17", nbd_head + "      connections: 17\n", 6, "devices[0].backend.connections",
+       "expected an integer from 1 to 16, got '17'"},
+      {"connections quoted", nbd_head + "      connections: \"4\"\n", 6, "devices[0].backend.connections",
+       "expected an integer from 1 to 16 (without quotes), got \"4\""},
+      {"reconnect-timeout without a unit", nbd_head + "      reconnect-timeout: 60\n", 6,
+       "devices[0].backend.reconnect-timeout", "expected a duration with a unit (ms, s, m, h), got '60'"},
+      {"reconnect-timeout negative", nbd_head + "      reconnect-timeout: -1s\n", 6,
+       "devices[0].backend.reconnect-timeout", "expected a duration such as 500ms, 30s, 2m or 1h, got '-1s'"},
+      {"request-timeout unknown unit", nbd_head + "      request-timeout: 5d\n", 6,
+       "devices[0].backend.request-timeout", "expected a duration unit of ms, s, m or h, got 'd'"},
+      {"request-timeout a fraction", nbd_head + "      request-timeout: 1.5s\n", 6,
+       "devices[0].backend.request-timeout", "expected a duration unit of ms, s, m or h, got '.5s'"},
+      {"request-timeout a map", nbd_head + "      request-timeout: {s: 30}\n", 6, "devices[0].backend.request-timeout",
+       "expected a duration such as 500ms, 30s, 2m or 1h, or 0, got a map"},
+      {"memory key for nbd", nbd_head + "      size: 1G\n", 6, "devices[0].backend.size",
+       "expected an nbd backend key (type, uri, connections, tls-certificates, tls-psk-file, reconnect-timeout, "
+       "request-timeout), got 'size'"},
+      {"nbd key near miss", nbds_head + "      tls_psk_file: /etc/psk\n", 6, "devices[0].backend.tls_psk_file",
+       "got 'tls_psk_file' (did you mean 'tls-psk-file'?)"},
+      {"nbd uri given twice", nbd_head + "      uri: nbd://other/export\n", 6, "devices[0].backend.uri",
+       "got it again (first on line 5)"},
+      {"nbd block size still checked", nbd_head + "    logical-block-size: 8192\n", 6, "devices[0].logical-block-size",
+       "expected a power of two from 512 to 4096, got '8192'"},
       {"errors in a later device name it",
        head + "  - name: disk1\n    backend: {type: memory, size: 1G}\n    queues: 0\n", 8, "devices[1].queues",
        "got '0'"},
