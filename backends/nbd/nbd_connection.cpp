@@ -208,6 +208,12 @@ int NbdConnection::on_command_done(void *user_data, int *error) noexcept {
   // Commands of a handle being torn down are resubmitted on the next one, not completed.
   if (self->closing_ || op->generation != self->generation_)
     return 1;
+  // When the connection dies libnbd retires every command in flight with ENOTCONN (no server
+  // sends that); ESHUTDOWN is a server going down. Neither is an answer about the data: leave the
+  // job in flight, connection_lost() requeues it.
+  if (*error == ENOTCONN || *error == ESHUTDOWN ||
+      (self->h_ && (nbd_aio_is_dead(self->h_) || nbd_aio_is_closed(self->h_))))
+    return 1;
   if (*error != 0 && op->error == 0)
     op->error = *error;
   if (--op->parts_left == 0) {

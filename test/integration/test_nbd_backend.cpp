@@ -7,6 +7,7 @@
 #include <doctest/doctest.h>
 
 #include <cerrno>
+#include <csignal>
 #include <cstring>
 #include <filesystem>
 #include <algorithm>
@@ -335,4 +336,49 @@ TEST_CASE("nbd: a server that dies and comes back: in-flight and held I/O comple
   run_until(loop, [&] { return held.calls > 0; });
   CHECK(held.error == 0);
   CHECK(in == buf);
+}
+
+TEST_CASE("nbd: requests in flight when the server is killed are resubmitted, not failed") {
+  if (!have_nbdkit())
+    VB_SKIP("nbdkit not installed");
+  TempDir dir;
+  const std::string image = dir.file("disk.img");
+  {
+    std::ofstream f(image);
+    std::vector<char> data(1 << 20, 'k');
+    f.write(data.data(), static_cast<std::streamsize>(data.size()));
+  }
+  // Slow reads keep requests in flight long enough to kill the server under them.
+  auto server = std::make_unique<NbdkitServer>(dir, std::vector<std::string>{"file", image, "delay-read=2"},
+                                               std::vector<std::string>{"--filter=delay"});
+  const std::string socket = server->socket();
+  vb::NbdBackend backend(options_for("nbd+unix:///?socket=" + socket));
+  backend.open();
+  vb::EventLoop loop;
+  auto q = backend.open_queue(loop, 0);
+  std::vector<std::vector<char>> bufs(4, std::vector<char>(4096));
+  std::vector<iovec> iov(4);
+  std::vector<Result> results(4);
+  for (std::size_t i = 0; i < 4; ++i) {
+    iov[i] = {bufs[i].data(), 4096};
+    REQUIRE(q->submit({vb::Op::read, i * 4096, 4096, &iov[i], 1}, &Result::on_done, &results[i]) == 0);
+  }
+  vb::Timer kill(loop, [&] {
+    ::kill(server->process().pid(), SIGKILL);
+    server->process().stop();
+  });
+  kill.arm(300ms);
+  vb::Timer restart(loop, [&] {
+    std::filesystem::remove(socket);
+    server = std::make_unique<NbdkitServer>(dir, std::vector<std::string>{"file", image},
+                                            std::vector<std::string>{}, socket);
+  });
+  restart.arm(1500ms);
+  run_until(loop, [&] { return std::all_of(results.begin(), results.end(), [](auto &r) { return r.calls > 0; }); });
+  for (std::size_t i = 0; i < 4; ++i) {
+    CAPTURE(i);
+    CHECK(results[i].calls == 1);
+    CHECK(results[i].error == 0);
+    CHECK(bufs[i][0] == 'k');
+  }
 }

@@ -1,0 +1,219 @@
+# shellcheck shell=bash disable=SC2034 # its variables are read by the scripts that source it
+# Helpers for real-kernel tests of the NBD backend (sourced after lib/daemon.sh, not run).
+#
+#   source "$(dirname "$0")/../lib/daemon.sh"
+#   source "$(dirname "$0")/../lib/nbd.sh"
+#
+# Provides:
+#   nbd_config FILE NAME URI [LINE...]   a one-device nbd configuration ("backend.KEY: V" lines go
+#                                        under backend:, other "KEY: V" lines on the device)
+#   require_nbd_backend CONFIG           exit 77 when the daemon says the nbd backend is not available
+#   nbd_backend_check CONFIG             the same test, as a status: 0 available, 77 not (reason in
+#                                        $nbd_unavailable); fails on any other --check error
+#   nbdkit_start ID ARGS...              nbdkit ARGS in the background (--exit-with-parent), ready
+#                                        once its -P pid file exists; PID in ${nbdkit_pids[ID]}
+#   nbdkit_start_tcp ID ARGS...          the same on a free 127.0.0.1 port, in ${nbdkit_ports[ID]}
+#   nbdkit_kill ID [SIGNAL]              signal (default TERM) nbdkit ID by PID and reap it
+#   nbd_unix_uri SOCK, nbd_tcp_uri PORT  URIs in libnbd's syntax
+#   nbd_server_read URI OFFSET LENGTH OUT  read a range straight from the server (nbdcopy, no kernel)
+#   knbd_attach SOCK                     connect a free /dev/nbdN to SOCK with nbd-client; sets knbd_dev
+#   knbd_detach DEV                      nbd-client -d
+#   on_cleanup FUNCTION                  run FUNCTION at exit, before the daemon and servers stop
+#   stop_daemon_bounded SECONDS          SIGTERM the daemon, SIGKILL it after SECONDS
+#
+# daemon.sh's EXIT trap (cleanup) is kept: the trap set here runs the on_cleanup hooks (last
+# registered first), unmounts $work/mnt*, detaches kernel NBD devices, stops the daemon while its
+# servers still run (a detach flushes through the backend), stops every nbdkit, then calls cleanup,
+# which removes $work and exits with the script's status.
+if [ -z "${work:-}" ] || ! declare -F cleanup >/dev/null; then
+  echo "FAIL: source lib/daemon.sh before lib/nbd.sh" >&2
+  exit 1
+fi
+command -v nbdkit >/dev/null || skip "nbdkit not installed"
+
+declare -A nbdkit_pids=() nbdkit_ports=()
+knbd_devs=() nbd_cleanup_hooks=() nbd_unavailable=''
+
+on_cleanup() { nbd_cleanup_hooks+=("$1"); }
+
+alive() { [ -n "$1" ] && kill -0 "$1" 2>/dev/null; }
+
+# wait_gone PID SECONDS: polls until PID has exited; status 1 if it is still there after SECONDS.
+wait_gone() {
+  local deadline=$((SECONDS + $2))
+  while alive "$1"; do
+    [ "$SECONDS" -lt "$deadline" ] || return 1
+    sleep 0.1
+  done
+}
+
+# stop_daemon_bounded SECONDS: SIGTERM, then SIGKILL if it has not exited after SECONDS (a detach
+# can wait for I/O held while the server is away). No status check: for clean-up paths.
+stop_daemon_bounded() {
+  alive "$daemon_pid" || return 0
+  kill -TERM "$daemon_pid" 2>/dev/null || true
+  if ! wait_gone "$daemon_pid" "$1"; then
+    echo "warning: the daemon (pid $daemon_pid) did not exit ${1}s after SIGTERM; killing it" >&2
+    kill -KILL "$daemon_pid" 2>/dev/null || true
+  fi
+  wait "$daemon_pid" 2>/dev/null || true
+  daemon_pid=''
+}
+
+nbd_status() { return "$1"; }
+# shellcheck disable=SC2317 # run from the EXIT trap
+nbd_cleanup() {
+  local rc=$? i m id
+  set +e # every step is best effort; cleanup (daemon.sh) still has to run
+  for ((i = ${#nbd_cleanup_hooks[@]} - 1; i >= 0; i--)); do "${nbd_cleanup_hooks[$i]}" || true; done
+  for m in "$work"/mnt*; do
+    if [ -d "$m" ] && mountpoint -q "$m"; then umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true; fi
+  done
+  for m in "${knbd_devs[@]}"; do knbd_detach "$m" || true; done
+  stop_daemon_bounded 120 || true
+  for id in "${!nbdkit_pids[@]}"; do nbdkit_kill "$id" TERM || true; done
+  nbd_status "$rc"
+  cleanup
+}
+trap nbd_cleanup EXIT
+
+nbd_unix_uri() { printf 'nbd+unix:///?socket=%s' "$1"; }
+nbd_tcp_uri() { printf 'nbd://127.0.0.1:%s/' "$1"; }
+
+# nbd_config FILE NAME URI [LINE...]: LINE is "backend.KEY: VALUE" for the backend map or
+# "KEY: VALUE" for the device, e.g. "backend.reconnect-timeout: 60s" "queues: 2".
+nbd_config() {
+  local file=$1 name=$2 uri=$3 line
+  shift 3
+  {
+    echo "devices:"
+    echo "  - name: $name"
+    echo "    backend:"
+    echo "      type: nbd"
+    echo "      uri: \"$uri\""
+    for line in "$@"; do
+      case $line in backend.*) echo "      ${line#backend.}" ;; esac
+    done
+    for line in "$@"; do
+      case $line in backend.*) ;; *) echo "    $line" ;; esac
+    done
+  } >"$file"
+}
+
+# nbd_backend_check CONFIG: 0 if --check accepts CONFIG; 77 with the daemon's words in
+# $nbd_unavailable if it says the backend type is not available; any other rejection fails.
+nbd_backend_check() {
+  local out rc=0
+  out=$("$DAEMON" --config "$1" --check 2>&1) || rc=$?
+  [ "$rc" -ne 0 ] || return 0
+  out=${out//$'\n'/ }
+  case $out in
+  *"not available"*)
+    # The daemon's words without the file:line:column and key that precede them.
+    [[ $out != *"backend type "* ]] || out="backend type ${out##*backend type }"
+    nbd_unavailable="the nbd backend is not available in this build of vduse-bridge (--check: $out)"
+    return 77
+    ;;
+  esac
+  fail "vduse-bridge --check rejected $1 (exit $rc): $out"
+}
+
+# require_nbd_backend CONFIG: skips the script (exit 77) if the nbd backend is not built yet.
+require_nbd_backend() {
+  local rc=0
+  nbd_backend_check "$1" || rc=$?
+  [ "$rc" -eq 0 ] || skip "$nbd_unavailable"
+}
+
+nbdkit_ready_or_dead() { [ -s "$work/nbdkit-$1.pid" ] || ! alive "${nbdkit_pids[$1]}"; }
+
+# nbdkit_spawn ID ARGS...: status 1 (and no PID recorded) if nbdkit exits before it is ready.
+nbdkit_spawn() {
+  local id=$1 pidfile=$work/nbdkit-$1.pid pid
+  shift
+  rm -f "$pidfile"
+  echo "---- nbdkit $* ----" >>"$work/nbdkit-$id.log"
+  nbdkit --exit-with-parent -P "$pidfile" "$@" >>"$work/nbdkit-$id.log" 2>&1 &
+  pid=$!
+  nbdkit_pids[$id]=$pid
+  # nbdkit writes its pid file once it listens.
+  wait_for 60 "nbdkit ($id) to write its pid file" nbdkit_ready_or_dead "$id"
+  if ! alive "$pid"; then
+    wait "$pid" 2>/dev/null || true
+    unset "nbdkit_pids[$id]"
+    return 1
+  fi
+  [ "$(cat "$pidfile")" = "$pid" ] || fail "nbdkit ($id) pid file says $(cat "$pidfile"), expected $pid"
+}
+
+nbdkit_start() {
+  local id=$1
+  nbdkit_spawn "$@" || fail "nbdkit ($id) exited during start-up: $(tail -n 5 "$work/nbdkit-$id.log")"
+}
+
+# nbdkit_start_tcp ID ARGS...: picks a port nobody listens on (ss), tries the next one if the bind
+# still fails (lost a race), records it in ${nbdkit_ports[ID]}.
+nbdkit_start_tcp() {
+  local id=$1 port try
+  shift
+  for try in $(seq 1 20); do
+    port=$((20000 + (RANDOM * 32768 + RANDOM) % 40000))
+    [ -z "$(ss -Hltn "sport = :$port" 2>/dev/null)" ] || continue
+    if nbdkit_spawn "$id" -i 127.0.0.1 -p "$port" "$@"; then
+      nbdkit_ports[$id]=$port
+      return 0
+    fi
+    echo "note: nbdkit ($id) could not start on port $port (try $try): $(tail -n 1 "$work/nbdkit-$id.log")"
+  done
+  fail "nbdkit ($id) did not start on any of 20 ports: $(tail -n 5 "$work/nbdkit-$id.log")"
+}
+
+# nbdkit_kill ID [SIGNAL]: signals nbdkit ID by PID and reaps it.
+nbdkit_kill() {
+  local id=$1 sig=${2:-TERM} pid=${nbdkit_pids[$1]:-}
+  [ -n "$pid" ] || return 0
+  # The group's stderr also takes bash's "Killed" job notice: the signal is intended.
+  {
+    kill "-$sig" "$pid" || true
+    wait_gone "$pid" 30 || kill -KILL "$pid" || true
+    wait "$pid" || true
+  } 2>/dev/null
+  unset "nbdkit_pids[$id]"
+}
+
+# nbd_server_read URI OFFSET LENGTH OUT: the range as the server has it, read by nbdcopy through
+# an nbdkit nbd-plugin client with the offset filter (no kernel, no vduse-bridge in the path).
+nbd_server_read() {
+  nbdcopy -- [ nbdkit --exit-with-parent --filter=offset nbd uri="$1" offset="$2" range="$3" ] "$4"
+}
+
+# knbd_attach SOCK: connects the first free /dev/nbdN to the unix socket SOCK with nbd-client
+# (netlink) and waits for its size; sets knbd_dev. Status 1 with a reason in $knbd_error on failure.
+knbd_dev='' knbd_error=''
+knbd_size() { [ "$(cat "/sys/block/$1/size" 2>/dev/null || echo 0)" -gt 0 ]; }
+knbd_attach() {
+  local sock=$1 d n out
+  knbd_dev='' knbd_error=''
+  command -v nbd-client >/dev/null || { knbd_error="nbd-client not installed (Debian: nbd-client)" && return 1; }
+  [ -e /sys/module/nbd ] || { knbd_error="the nbd kernel module is not loaded" && return 1; }
+  for d in /sys/block/nbd*; do
+    [ -e "$d" ] || continue
+    n=${d##*/}
+    if [ -e "$d/pid" ] || knbd_size "$n"; then continue; fi
+    if ! out=$(nbd-client -unix "$sock" "/dev/$n" 2>&1); then
+      knbd_error="nbd-client -unix $sock /dev/$n failed: ${out//$'\n'/ }"
+      return 1
+    fi
+    knbd_devs+=("/dev/$n")
+    wait_for 30 "/dev/$n to get its size" knbd_size "$n"
+    knbd_dev=/dev/$n
+    return 0
+  done
+  knbd_error="no free /dev/nbdN"
+  return 1
+}
+knbd_detach() {
+  local dev=$1 i
+  nbd-client -d "$dev" >/dev/null 2>&1 || return 1
+  for i in "${!knbd_devs[@]}"; do [ "${knbd_devs[$i]}" != "$dev" ] || unset "knbd_devs[$i]"; done
+}
