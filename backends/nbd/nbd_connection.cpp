@@ -3,6 +3,7 @@
 #include "common/log.h"
 
 #include <algorithm>
+#include <cstring>
 #include <cerrno>
 #include <event2/event.h>
 #include <libnbd.h>
@@ -24,6 +25,9 @@ struct NbdConnection::Job {
   std::size_t index = 0;           // position in in_flight_
   std::chrono::steady_clock::time_point issued{};
   std::chrono::steady_clock::time_point submitted{};
+  // A contiguous copy of a scattered read/write (one NBD command instead of one per piece).
+  char *bounce = nullptr;
+  unsigned bounce_class = 0;
 };
 
 namespace {
@@ -35,7 +39,49 @@ constexpr std::uint64_t kDefaultMaxCommand = 32ULL << 20;
 
 void remove_from(std::vector<NbdConnection::Job *> &v, NbdConnection::Job *op);
 
+// Scattered requests with more pieces than this are copied into one buffer: a round trip per
+// 4 KiB page costs far more than a memcpy (128 KiB sequential I/O was 4x slower without it).
+constexpr unsigned kMaxPiecesWithoutCopy = 2;
+constexpr unsigned kMinBounceShift = 16; // 64 KiB
+constexpr unsigned kMaxBounceShift = 25; // 32 MiB; larger requests are sent piece by piece
+constexpr std::size_t kBouncesKeptPerClass = 64;
+
+unsigned count_pieces(const Request &r) {
+  unsigned pieces = 0;
+  for (int i = 0; i < r.iovcnt; ++i)
+    if (i == 0 || static_cast<const char *>(r.iov[i - 1].iov_base) + r.iov[i - 1].iov_len != r.iov[i].iov_base)
+      ++pieces;
+  return pieces;
+}
+
 } // namespace
+
+char *NbdConnection::take_bounce(std::uint64_t length, unsigned &size_class) noexcept {
+  unsigned shift = kMinBounceShift;
+  while (shift <= kMaxBounceShift && (1ULL << shift) < length)
+    ++shift;
+  if (shift > kMaxBounceShift)
+    return nullptr;
+  size_class = shift - kMinBounceShift;
+  auto &pool = bounce_pool_[size_class];
+  if (!pool.empty()) {
+    char *b = pool.back().release();
+    pool.pop_back();
+    return b;
+  }
+  return new (std::nothrow) char[1ULL << shift]; // warm-up only: buffers are recycled
+}
+
+void NbdConnection::give_bounce(Job *job) noexcept {
+  if (!job->bounce)
+    return;
+  auto &pool = bounce_pool_[job->bounce_class];
+  if (pool.size() < kBouncesKeptPerClass)
+    pool.emplace_back(job->bounce);
+  else
+    delete[] job->bounce;
+  job->bounce = nullptr;
+}
 
 nbd_handle *make_nbd_handle(const NbdOptions &options) {
   nbd_handle *h = nbd_create();
@@ -134,6 +180,34 @@ void NbdConnection::issue(Job *op) noexcept {
   switch (r.op) {
   case Op::read:
   case Op::write: {
+    if (!op->bounce && r.iovcnt > 1 && count_pieces(r) > kMaxPiecesWithoutCopy) {
+      op->bounce = take_bounce(r.length, op->bounce_class);
+      if (op->bounce && r.op == Op::write) {
+        std::uint64_t pos = 0;
+        for (int i = 0; i < r.iovcnt && pos < r.length; ++i) {
+          const std::uint64_t n = std::min<std::uint64_t>(r.iov[i].iov_len, r.length - pos);
+          std::memcpy(op->bounce + pos, r.iov[i].iov_base, n);
+          pos += n;
+        }
+      }
+    }
+    if (op->bounce) {
+      for (std::uint64_t done = 0; done < r.length;) {
+        const std::uint64_t n = std::min(r.length - done, max_cmd);
+        ++op->parts_left;
+        const std::int64_t cookie =
+            r.op == Op::read ? nbd_aio_pread(h_, op->bounce + done, n, r.offset + done, cb, 0)
+                             : nbd_aio_pwrite(h_, op->bounce + done, n, r.offset + done, cb,
+                                              r.fua ? LIBNBD_CMD_FLAG_FUA : 0);
+        if (cookie == -1) {
+          --op->parts_left;
+          fail_part();
+          break;
+        }
+        done += n;
+      }
+      break;
+    }
     std::uint64_t offset = r.offset;
     std::uint64_t left = r.length;
     for (int i = 0; i < r.iovcnt && left > 0; ++i) {
@@ -224,6 +298,17 @@ int NbdConnection::on_command_done(void *user_data, int *error) noexcept {
 }
 
 void NbdConnection::finish(Job *op, int error) noexcept {
+  if (op->bounce) {
+    if (error == 0 && op->req.op == Op::read) {
+      std::uint64_t pos = 0;
+      for (int i = 0; i < op->req.iovcnt && pos < op->req.length; ++i) {
+        const std::uint64_t n = std::min<std::uint64_t>(op->req.iov[i].iov_len, op->req.length - pos);
+        std::memcpy(op->req.iov[i].iov_base, op->bounce + pos, n);
+        pos += n;
+      }
+    }
+    give_bounce(op);
+  }
   const CompletionFn done = op->done;
   void *ctx = op->ctx;
   op->done = nullptr;

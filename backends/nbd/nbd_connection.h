@@ -68,6 +68,8 @@ private:
   void on_io(short events) noexcept;
   void on_tick() noexcept;
   Job *new_job() noexcept;
+  char *take_bounce(std::uint64_t length, unsigned &size_class) noexcept;
+  void give_bounce(Job *job) noexcept;
   static int on_command_done(void *user_data, int *error) noexcept;
 
   EventLoop &loop_;
@@ -90,6 +92,7 @@ private:
   std::vector<Job *> held_;       // waiting for a connection, oldest first
   std::vector<std::unique_ptr<Job>> jobs_;
   std::vector<Job *> free_ops_;
+  std::vector<std::unique_ptr<char[]>> bounce_pool_[10]; // 64 KiB .. 32 MiB, by power of two
 };
 
 } // namespace vb
