@@ -22,6 +22,7 @@ std::unique_ptr<Backend> make_backend(const DeviceConfig &device) {
     o.tls_psk_file = c.tls_psk_file;
     o.reconnect_timeout = c.reconnect_timeout;
     o.request_timeout = c.request_timeout;
+    o.structured_replies = c.structured_replies;
     return std::make_unique<NbdBackend>(std::move(o));
   }
   case BackendConfig::Type::iscsi:

@@ -78,7 +78,8 @@ std::string redact(const std::string &uri) { return uri; } // passwords are refu
 void check_nbd_uri(const std::string &uri) {
   const auto scheme_end = uri.find("://");
   if (scheme_end == std::string::npos)
-    throw std::invalid_argument("'" + uri + "' is not an NBD URI (nbd://host[:port]/export, nbd+unix:///export?socket=PATH, ...)");
+    throw std::invalid_argument("'" + uri +
+                                "' is not an NBD URI (nbd://host[:port]/export, nbd+unix:///export?socket=PATH, ...)");
   const auto authority_end = uri.find_first_of("/?#", scheme_end + 3);
   const std::string authority = uri.substr(scheme_end + 3, authority_end - (scheme_end + 3));
   const auto at = authority.find('@');

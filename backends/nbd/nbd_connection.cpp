@@ -3,13 +3,13 @@
 #include "common/log.h"
 
 #include <algorithm>
-#include <cstring>
 #include <cerrno>
+#include <cstring>
 #include <event2/event.h>
 #include <libnbd.h>
 #include <pwd.h>
-#include <unistd.h>
 #include <stdexcept>
+#include <unistd.h>
 
 namespace vb {
 
@@ -18,11 +18,11 @@ struct NbdConnection::Job {
   Request req;
   CompletionFn done = nullptr;
   void *ctx = nullptr;
-  std::uint64_t seq = 0;           // submission order, for resubmission oldest first
-  std::uint64_t generation = 0;    // handle the commands were issued on
-  unsigned parts_left = 0;         // NBD commands still outstanding
-  int error = 0;                   // first error of any part
-  std::size_t index = 0;           // position in in_flight_
+  std::uint64_t seq = 0;        // submission order, for resubmission oldest first
+  std::uint64_t generation = 0; // handle the commands were issued on
+  unsigned parts_left = 0;      // NBD commands still outstanding
+  int error = 0;                // first error of any part
+  std::size_t index = 0;        // position in in_flight_
   std::chrono::steady_clock::time_point issued{};
   std::chrono::steady_clock::time_point submitted{};
   // A contiguous copy of a scattered read/write (one NBD command instead of one per piece).
@@ -95,6 +95,8 @@ nbd_handle *make_nbd_handle(const NbdOptions &options) {
   // Block size constraints decide the disk's logical block size and the command size limit.
   if (nbd_set_request_block_size(h, true) == -1)
     fail("nbd_set_request_block_size");
+  if (nbd_set_request_structured_replies(h, options.structured_replies) == -1)
+    fail("nbd_set_request_structured_replies");
   if (!options.tls_certificates.empty() && nbd_set_tls_certificates(h, options.tls_certificates.c_str()) == -1)
     fail("tls-certificates");
   if (!options.tls_psk_file.empty() && nbd_set_tls_psk_file(h, options.tls_psk_file.c_str()) == -1)
@@ -195,10 +197,9 @@ void NbdConnection::issue(Job *op) noexcept {
       for (std::uint64_t done = 0; done < r.length;) {
         const std::uint64_t n = std::min(r.length - done, max_cmd);
         ++op->parts_left;
-        const std::int64_t cookie =
-            r.op == Op::read ? nbd_aio_pread(h_, op->bounce + done, n, r.offset + done, cb, 0)
-                             : nbd_aio_pwrite(h_, op->bounce + done, n, r.offset + done, cb,
-                                              r.fua ? LIBNBD_CMD_FLAG_FUA : 0);
+        const std::int64_t cookie = r.op == Op::read ? nbd_aio_pread(h_, op->bounce + done, n, r.offset + done, cb, 0)
+                                                     : nbd_aio_pwrite(h_, op->bounce + done, n, r.offset + done, cb,
+                                                                      r.fua ? LIBNBD_CMD_FLAG_FUA : 0);
         if (cookie == -1) {
           --op->parts_left;
           fail_part();
@@ -424,10 +425,11 @@ void NbdConnection::issue_held() noexcept {
 }
 
 void NbdConnection::connection_lost(const char *why) noexcept {
-  VB_LOG_WARN("%s: connection lost (%s); %zu request(s) in flight will be resubmitted, new I/O is held for up to "
-              "%llds",
-              name_.c_str(), why, in_flight_.size(),
-              static_cast<long long>(std::chrono::duration_cast<std::chrono::seconds>(options_.reconnect_timeout).count()));
+  VB_LOG_WARN(
+      "%s: connection lost (%s); %zu request(s) in flight will be resubmitted, new I/O is held for up to "
+      "%llds",
+      name_.c_str(), why, in_flight_.size(),
+      static_cast<long long>(std::chrono::duration_cast<std::chrono::seconds>(options_.reconnect_timeout).count()));
   close_handle();
   for (Job *op : in_flight_)
     held_.push_back(op);
@@ -462,11 +464,12 @@ void NbdConnection::on_tick() noexcept {
   }
   if (state_ != State::ready && !fail_fast_ && now - down_since_ >= options_.reconnect_timeout) {
     fail_fast_ = true;
-    VB_LOG_ERROR("%s: the server has been unreachable for %llds (reconnect-timeout): failing %zu held request(s) "
-                 "and new I/O with EIO until it is back",
-                 name_.c_str(),
-                 static_cast<long long>(std::chrono::duration_cast<std::chrono::seconds>(options_.reconnect_timeout).count()),
-                 held_.size());
+    VB_LOG_ERROR(
+        "%s: the server has been unreachable for %llds (reconnect-timeout): failing %zu held request(s) "
+        "and new I/O with EIO until it is back",
+        name_.c_str(),
+        static_cast<long long>(std::chrono::duration_cast<std::chrono::seconds>(options_.reconnect_timeout).count()),
+        held_.size());
     std::vector<Job *> held;
     held.swap(held_);
     for (Job *op : held)

@@ -26,6 +26,7 @@ struct NbdOptions {
   std::string tls_psk_file;     // PSK key file, for nbds:// URIs
   std::chrono::milliseconds reconnect_timeout{60000};
   std::chrono::milliseconds request_timeout{30000}; // 0 = none
+  bool structured_replies = false;                  // simple replies need half the receive calls
 };
 
 // Creates a handle with the options applied, not yet connected. Throws on failure.
@@ -84,12 +85,12 @@ private:
   bool closing_ = false;
   std::uint64_t generation_ = 0; // of the handle; commands of older handles are ignored
   std::chrono::steady_clock::time_point down_since_{};
-  bool fail_fast_ = false;        // down for longer than reconnect-timeout: fail new I/O at once
+  bool fail_fast_ = false; // down for longer than reconnect-timeout: fail new I/O at once
   std::chrono::milliseconds backoff_{100};
   std::uint64_t reconnects_ = 0;
   std::uint64_t seq_ = 0;
-  std::vector<Job *> in_flight_;  // issued on the current handle
-  std::vector<Job *> held_;       // waiting for a connection, oldest first
+  std::vector<Job *> in_flight_; // issued on the current handle
+  std::vector<Job *> held_;      // waiting for a connection, oldest first
   std::vector<std::unique_ptr<Job>> jobs_;
   std::vector<Job *> free_ops_;
   std::vector<std::unique_ptr<char[]>> bounce_pool_[10]; // 64 KiB .. 32 MiB, by power of two

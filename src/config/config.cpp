@@ -693,14 +693,20 @@ void apply_nbd_request_timeout(const Validator &check, const Value &v, const Dev
   out.nbd.request_timeout = duration(check, v);
 }
 
+void apply_nbd_structured_replies(const Validator &check, const Value &v, const DeviceConfig & /*device*/,
+                                  BackendConfig &out) {
+  out.nbd.structured_replies = check.boolean(v);
+}
+
 // uri comes first: the TLS keys are checked against its scheme.
-constexpr std::array<BackendOption, 6> nbd_options{{
+constexpr std::array<BackendOption, 7> nbd_options{{
     {"uri", true, &apply_nbd_uri},
     {"connections", false, &apply_nbd_connections},
     {"tls-certificates", false, &apply_nbd_tls_certificates},
     {"tls-psk-file", false, &apply_nbd_tls_psk_file},
     {"reconnect-timeout", false, &apply_nbd_reconnect_timeout},
     {"request-timeout", false, &apply_nbd_request_timeout},
+    {"structured-replies", false, &apply_nbd_structured_replies},
 }};
 
 void check_nbd_together(const Validator &check, const RawBackend &raw, const BackendConfig &out) {

@@ -513,7 +513,7 @@ TEST_CASE("bad files name the file, line, key and what was expected") {
        "expected a duration such as 500ms, 30s, 2m or 1h, or 0, got a map"},
       {"memory key for nbd", nbd_head + "      size: 1G\n", 6, "devices[0].backend.size",
        "expected an nbd backend key (type, uri, connections, tls-certificates, tls-psk-file, reconnect-timeout, "
-       "request-timeout), got 'size'"},
+       "request-timeout, structured-replies), got 'size'"},
       {"nbd key near miss", nbds_head + "      tls_psk_file: /etc/psk\n", 6, "devices[0].backend.tls_psk_file",
        "got 'tls_psk_file' (did you mean 'tls-psk-file'?)"},
       {"nbd uri given twice", nbd_head + "      uri: nbd://other/export\n", 6, "devices[0].backend.uri",
@@ -619,4 +619,13 @@ TEST_CASE("to_string gives the spellings of the file") {
   CHECK(std::string(vb::to_string(BackendConfig::Type::memory)) == "memory");
   CHECK(std::string(vb::to_string(BackendConfig::Type::nbd)) == "nbd");
   CHECK(std::string(vb::to_string(BackendConfig::Type::iscsi)) == "iscsi");
+}
+
+TEST_CASE("nbd structured-replies: off by default, a boolean when given") {
+  const std::string base = "devices:\n  - name: d\n    backend:\n      type: nbd\n      uri: nbd://127.0.0.1/\n";
+  CHECK_FALSE(vb::parse_config(base, "t.yaml").devices[0].backend.nbd.structured_replies);
+  CHECK(
+      vb::parse_config(base + "      structured-replies: true\n", "t.yaml").devices[0].backend.nbd.structured_replies);
+  CHECK_THROWS_WITH_AS(vb::parse_config(base + "      structured-replies: maybe\n", "t.yaml"),
+                       doctest::Contains("t.yaml:6:27: devices[0].backend.structured-replies:"), vb::ConfigError);
 }
