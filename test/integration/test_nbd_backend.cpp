@@ -6,11 +6,11 @@
 
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <csignal>
 #include <cstring>
 #include <filesystem>
-#include <algorithm>
 #include <fstream>
 #include <memory>
 #include <numeric>
@@ -118,9 +118,10 @@ TEST_CASE("nbd: server errors surface as errors and the connection keeps working
   if (!have_nbdkit())
     VB_SKIP("nbdkit not installed");
   TempDir dir;
-  NbdkitServer server(dir, {"memory", "1M", "error-pread=EIO", "error-pread-rate=100%", "error-pwrite=ENOSPC",
-                            "error-pwrite-rate=100%"},
-                      {"--filter=error"});
+  NbdkitServer server(
+      dir,
+      {"memory", "1M", "error-pread=EIO", "error-pread-rate=100%", "error-pwrite=ENOSPC", "error-pwrite-rate=100%"},
+      {"--filter=error"});
   vb::NbdBackend backend(options_for(server.uri()));
   backend.open();
   vb::EventLoop loop;
@@ -329,8 +330,8 @@ TEST_CASE("nbd: a server that dies and comes back: in-flight and held I/O comple
   REQUIRE(q->submit({vb::Op::read, 0, 4096, rv, 1}, &Result::on_done, &held) == 0);
   vb::Timer restart(loop, [&] {
     std::filesystem::remove(socket);
-    server = std::make_unique<NbdkitServer>(dir, std::vector<std::string>{"file", image},
-                                            std::vector<std::string>{}, socket);
+    server = std::make_unique<NbdkitServer>(dir, std::vector<std::string>{"file", image}, std::vector<std::string>{},
+                                            socket);
   });
   restart.arm(1500ms);
   run_until(loop, [&] { return held.calls > 0; });
@@ -370,8 +371,8 @@ TEST_CASE("nbd: requests in flight when the server is killed are resubmitted, no
   kill.arm(300ms);
   vb::Timer restart(loop, [&] {
     std::filesystem::remove(socket);
-    server = std::make_unique<NbdkitServer>(dir, std::vector<std::string>{"file", image},
-                                            std::vector<std::string>{}, socket);
+    server = std::make_unique<NbdkitServer>(dir, std::vector<std::string>{"file", image}, std::vector<std::string>{},
+                                            socket);
   });
   restart.arm(1500ms);
   run_until(loop, [&] { return std::all_of(results.begin(), results.end(), [](auto &r) { return r.calls > 0; }); });
