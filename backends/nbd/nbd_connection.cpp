@@ -103,7 +103,10 @@ nbd_handle *make_nbd_handle(const NbdOptions &options) {
     fail("tls-psk-file");
   // libnbd's default PSK identity is the login name, which a daemon without a terminal does not
   // have (getlogin fails); use the effective user's name. A user in the URI (nbds://alice@host/) wins.
-  if (const passwd *pw = ::getpwuid(::geteuid()); pw && nbd_set_tls_username(h, pw->pw_name) == -1)
+  passwd pwd{};
+  passwd *pw = nullptr;
+  char buf[1024];
+  if (::getpwuid_r(::geteuid(), &pwd, buf, sizeof buf, &pw) == 0 && pw && nbd_set_tls_username(h, pw->pw_name) == -1)
     fail("nbd_set_tls_username");
   return h;
 }
