@@ -54,6 +54,19 @@ unsigned count_pieces(const Request &r) {
   return pieces;
 }
 
+// Copies a request's scattered data into buf (to_buffer) or back out of it.
+void copy_between(const Request &r, char *buf, bool to_buffer) noexcept {
+  std::uint64_t pos = 0;
+  for (int i = 0; i < r.iovcnt && pos < r.length; ++i) {
+    const std::uint64_t n = std::min<std::uint64_t>(r.iov[i].iov_len, r.length - pos);
+    if (to_buffer)
+      std::memcpy(buf + pos, r.iov[i].iov_base, n);
+    else
+      std::memcpy(r.iov[i].iov_base, buf + pos, n);
+    pos += n;
+  }
+}
+
 } // namespace
 
 char *NbdConnection::take_bounce(std::uint64_t length, unsigned &size_class) noexcept {
@@ -167,51 +180,67 @@ int NbdConnection::submit(const Request &req, CompletionFn done, void *ctx) noex
 
 // Issues op as one or more NBD commands on the current handle: one per contiguous piece of
 // memory (zero copy, no allocation), each no larger than the server's maximum.
+// Issues [offset, offset + length) of op as commands of at most max bytes; buf is the data for
+// reads and writes. Returns false after the first command that could not be issued.
+bool NbdConnection::issue_range(Job *op, char *buf, std::uint64_t offset, std::uint64_t length,
+                                std::uint64_t max) noexcept {
+  const nbd_completion_callback cb{&NbdConnection::on_command_done, op, nullptr};
+  const Request &r = op->req;
+  for (std::uint64_t done = 0; done < length;) {
+    const std::uint64_t n = std::min(length - done, max);
+    std::int64_t cookie = -1;
+    ++op->parts_left;
+    switch (r.op) {
+    case Op::read:
+      cookie = nbd_aio_pread(h_, buf + done, n, offset + done, cb, 0);
+      break;
+    case Op::write:
+      cookie = nbd_aio_pwrite(h_, buf + done, n, offset + done, cb, r.fua ? LIBNBD_CMD_FLAG_FUA : 0);
+      break;
+    case Op::flush:
+      cookie = nbd_aio_flush(h_, cb, 0);
+      break;
+    case Op::discard:
+      cookie = nbd_aio_trim(h_, n, offset + done, cb, 0);
+      break;
+    case Op::write_zeroes:
+      cookie = nbd_aio_zero(h_, n, offset + done, cb, r.may_unmap ? 0 : LIBNBD_CMD_FLAG_NO_HOLE);
+      break;
+    }
+    if (cookie == -1) {
+      --op->parts_left;
+      if (op->error == 0)
+        op->error = nbd_get_errno() ? nbd_get_errno() : EIO;
+      VB_LOG_WARN("%s: %s", name_.c_str(), nbd_get_error());
+      return false;
+    }
+    done += n;
+  }
+  return true;
+}
+
 void NbdConnection::issue(Job *op) noexcept {
   op->generation = generation_;
   op->issued = Clock::now();
   op->parts_left = 1; // guard: the op cannot finish while parts are still being issued
   op->index = in_flight_.size();
   in_flight_.push_back(op);
-  const nbd_completion_callback cb{&NbdConnection::on_command_done, op, nullptr};
   const Request &r = op->req;
   const std::uint64_t max_cmd = caps_.max_transfer ? caps_.max_transfer : kDefaultMaxCommand;
-  auto fail_part = [&] {
-    if (op->error == 0)
-      op->error = nbd_get_errno() ? nbd_get_errno() : EIO;
-    VB_LOG_WARN("%s: %s", name_.c_str(), nbd_get_error());
-  };
 
   switch (r.op) {
   case Op::read:
   case Op::write: {
     if (!op->bounce && r.iovcnt > 1 && count_pieces(r) > kMaxPiecesWithoutCopy) {
       op->bounce = take_bounce(r.length, op->bounce_class);
-      if (op->bounce && r.op == Op::write) {
-        std::uint64_t pos = 0;
-        for (int i = 0; i < r.iovcnt && pos < r.length; ++i) {
-          const std::uint64_t n = std::min<std::uint64_t>(r.iov[i].iov_len, r.length - pos);
-          std::memcpy(op->bounce + pos, r.iov[i].iov_base, n);
-          pos += n;
-        }
-      }
+      if (op->bounce && r.op == Op::write)
+        copy_between(r, op->bounce, true);
     }
     if (op->bounce) {
-      for (std::uint64_t done = 0; done < r.length;) {
-        const std::uint64_t n = std::min(r.length - done, max_cmd);
-        ++op->parts_left;
-        const std::int64_t cookie = r.op == Op::read ? nbd_aio_pread(h_, op->bounce + done, n, r.offset + done, cb, 0)
-                                                     : nbd_aio_pwrite(h_, op->bounce + done, n, r.offset + done, cb,
-                                                                      r.fua ? LIBNBD_CMD_FLAG_FUA : 0);
-        if (cookie == -1) {
-          --op->parts_left;
-          fail_part();
-          break;
-        }
-        done += n;
-      }
+      issue_range(op, op->bounce, r.offset, r.length, max_cmd);
       break;
     }
+    // Zero copy: one command (or more, at the server's maximum) per contiguous piece of memory.
     std::uint64_t offset = r.offset;
     std::uint64_t left = r.length;
     for (int i = 0; i < r.iovcnt && left > 0; ++i) {
@@ -222,50 +251,21 @@ void NbdConnection::issue(Job *op) noexcept {
         len = std::min<std::uint64_t>(len + r.iov[i + 1].iov_len, left);
         ++i;
       }
-      for (std::uint64_t done = 0; done < len;) {
-        const std::uint64_t n = std::min(len - done, max_cmd);
-        ++op->parts_left;
-        const std::int64_t cookie =
-            r.op == Op::read ? nbd_aio_pread(h_, base + done, n, offset, cb, 0)
-                             : nbd_aio_pwrite(h_, base + done, n, offset, cb, r.fua ? LIBNBD_CMD_FLAG_FUA : 0);
-        if (cookie == -1) {
-          --op->parts_left;
-          fail_part();
-          break;
-        }
-        done += n;
-        offset += n;
-      }
+      if (!issue_range(op, base, offset, len, max_cmd))
+        break;
+      offset += len;
       left -= len;
     }
     break;
   }
   case Op::flush:
-    ++op->parts_left;
-    if (nbd_aio_flush(h_, cb, 0) == -1) {
-      --op->parts_left;
-      fail_part();
-    }
+    issue_range(op, nullptr, 0, 1, 1); // one command; the range only counts it
     break;
   case Op::discard:
-  case Op::write_zeroes: {
+  case Op::write_zeroes:
     // Large ranges split at the server's limit (NBD lengths are 32-bit).
-    const std::uint64_t limit = caps_.max_discard ? caps_.max_discard : (1ULL << 31);
-    for (std::uint64_t done = 0; done < r.length;) {
-      const std::uint64_t n = std::min(r.length - done, limit);
-      ++op->parts_left;
-      const std::int64_t cookie =
-          r.op == Op::discard ? nbd_aio_trim(h_, n, r.offset + done, cb, 0)
-                              : nbd_aio_zero(h_, n, r.offset + done, cb, r.may_unmap ? 0 : LIBNBD_CMD_FLAG_NO_HOLE);
-      if (cookie == -1) {
-        --op->parts_left;
-        fail_part();
-        break;
-      }
-      done += n;
-    }
+    issue_range(op, nullptr, r.offset, r.length, caps_.max_discard ? caps_.max_discard : (1ULL << 31));
     break;
-  }
   }
   if (nbd_aio_is_dead(h_) || nbd_aio_is_closed(h_)) {
     // The connection died under us: the op is still in flight, so it is resubmitted after
@@ -303,14 +303,8 @@ int NbdConnection::on_command_done(void *user_data, int *error) noexcept {
 
 void NbdConnection::finish(Job *op, int error) noexcept {
   if (op->bounce) {
-    if (error == 0 && op->req.op == Op::read) {
-      std::uint64_t pos = 0;
-      for (int i = 0; i < op->req.iovcnt && pos < op->req.length; ++i) {
-        const std::uint64_t n = std::min<std::uint64_t>(op->req.iov[i].iov_len, op->req.length - pos);
-        std::memcpy(op->req.iov[i].iov_base, op->bounce + pos, n);
-        pos += n;
-      }
-    }
+    if (error == 0 && op->req.op == Op::read)
+      copy_between(op->req, op->bounce, false);
     give_bounce(op);
   }
   const CompletionFn done = op->done;
@@ -342,11 +336,7 @@ void NbdConnection::on_io(short events) noexcept {
     return;
   if (rc == -1 || nbd_aio_is_dead(h_) || nbd_aio_is_closed(h_)) {
     if (state_ == State::connecting) {
-      VB_LOG_DEBUG("%s: connect failed: %s", name_.c_str(), nbd_get_error());
-      close_handle();
-      state_ = State::down;
-      reconnect_timer_.arm(backoff_);
-      backoff_ = std::min(backoff_ * 2, std::chrono::duration_cast<std::chrono::milliseconds>(kMaxBackoff));
+      retry_connect_later("connect failed");
       return;
     }
     connection_lost(nbd_get_error() ? nbd_get_error() : "connection closed");
@@ -357,6 +347,15 @@ void NbdConnection::on_io(short events) noexcept {
     return;
   }
   update_events();
+}
+
+// Gives up on the current attempt and tries again after the backoff, which doubles up to 5 s.
+void NbdConnection::retry_connect_later(const char *what) noexcept {
+  VB_LOG_DEBUG("%s: %s: %s", name_.c_str(), what, nbd_get_error());
+  close_handle();
+  state_ = State::down;
+  reconnect_timer_.arm(backoff_);
+  backoff_ = std::min(backoff_ * 2, std::chrono::duration_cast<std::chrono::milliseconds>(kMaxBackoff));
 }
 
 void NbdConnection::start_connect() noexcept {
@@ -372,11 +371,7 @@ void NbdConnection::start_connect() noexcept {
   }
   ++generation_;
   if (nbd_aio_connect_uri(h_, options_.uri.c_str()) == -1) {
-    VB_LOG_DEBUG("%s: connect: %s", name_.c_str(), nbd_get_error());
-    close_handle();
-    state_ = State::down;
-    reconnect_timer_.arm(backoff_);
-    backoff_ = std::min(backoff_ * 2, std::chrono::duration_cast<std::chrono::milliseconds>(kMaxBackoff));
+    retry_connect_later("connect");
     return;
   }
   watch_ = std::make_unique<IoWatch>(loop_, nbd_aio_get_fd(h_), [this](short ev) { on_io(ev); });

@@ -63,6 +63,8 @@ private:
   void connection_lost(const char *why) noexcept;
   void close_handle() noexcept;
   void issue(Job *op) noexcept;
+  bool issue_range(Job *op, char *buf, std::uint64_t offset, std::uint64_t length, std::uint64_t max) noexcept;
+  void retry_connect_later(const char *what) noexcept;
   void issue_held() noexcept;
   void finish(Job *op, int error) noexcept;
   void update_events() noexcept;
