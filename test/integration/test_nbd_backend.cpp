@@ -23,15 +23,7 @@ using vb::test::TempDir;
 
 namespace {
 
-struct Result {
-  int calls = 0;
-  int error = -1;
-  static void on_done(void *ctx, int error) noexcept {
-    auto *r = static_cast<Result *>(ctx);
-    ++r->calls;
-    r->error = error;
-  }
-};
+using vb::test::Result;
 
 // Runs loop until pred holds; fails the test after timeout.
 template <typename Pred> void run_until(vb::EventLoop &loop, Pred pred, std::chrono::milliseconds timeout = 20s) {

@@ -21,6 +21,17 @@ namespace vb::test {
 
 void announce_skip(const std::string &reason);
 
+// Records a backend completion (vb::CompletionFn with ctx = the Result): how often, and the error.
+struct Result {
+  int calls = 0;
+  int error = -1;
+  static void on_done(void *ctx, int error) noexcept {
+    auto *r = static_cast<Result *>(ctx);
+    ++r->calls;
+    r->error = error;
+  }
+};
+
 // The full path of an executable found in PATH (or /usr/sbin, /sbin), if any.
 std::optional<std::string> find_program(const std::string &name);
 

@@ -1,6 +1,8 @@
 #include "event/event_loop.h"
 #include "memory/memory_backend.h"
 
+#include "test_support.h"
+
 #include <doctest/doctest.h>
 
 #include <algorithm>
@@ -10,15 +12,7 @@
 
 namespace {
 
-struct Result {
-  int calls = 0;
-  int error = -1;
-  static void on_done(void *ctx, int error) noexcept {
-    auto *r = static_cast<Result *>(ctx);
-    ++r->calls;
-    r->error = error;
-  }
-};
+using vb::test::Result;
 
 int run(vb::BackendQueue &q, const vb::Request &req) {
   Result r;

@@ -29,19 +29,7 @@ verify_over() {
   [ "$nq" -eq 2 ] || fail "$what: $disk has $nq hardware queues, expected 2"
   echo "ok: $what: $disk, $size bytes, 2 queues"
 
-  for rw in randwrite randrw; do
-    for bs in 4k 64k; do
-      fio --eta=never --name="verify-$rw-$bs" --filename="$disk" --direct=1 --ioengine=libaio --iodepth=32 \
-        --numjobs=2 --offset_increment=64M --size=48M --rw="$rw" --bs="$bs" \
-        --verify=crc32c --verify_fatal=1 --do_verify=1 --group_reporting --output-format=terse \
-        --terse-version=3 --output="$work/fio-$rw-$bs.txt" 2>"$work/fio-$rw-$bs.err" ||
-        { cat "$work/fio-$rw-$bs.err" "$work/fio-$rw-$bs.txt"; fail "$what: fio $rw $bs failed"; }
-      # Terse v3 field 5 is the job's error code.
-      errors=$(awk -F';' '$1 == 3 {print $5}' "$work/fio-$rw-$bs.txt")
-      [ "$errors" = 0 ] || { cat "$work/fio-$rw-$bs.txt"; fail "$what: fio $rw $bs reported error '$errors'"; }
-      echo "ok: $what: fio $rw bs=$bs iodepth=32 numjobs=2 verify=crc32c"
-    done
-  done
+  fio_verify_matrix "$disk" "$what"
 
   # Past fio's ranges (0-48M, 64M-112M): what the disk wrote is what the server has.
   head -c 1M /dev/urandom >"$work/pattern"
