@@ -92,11 +92,63 @@ void check_nbd_uri(const std::string &uri) {
                                   "...: use the configuration keys tls-psk-file / tls-certificates instead");
 }
 
-NbdBackend::NbdBackend(NbdOptions options) : options_(std::move(options)) {}
+NbdBackend::NbdBackend(NbdOptions options)
+    : options_(std::move(options)), size_([this](std::uint64_t size) { report_resize(size); }) {}
 
 NbdBackend::~NbdBackend() {
+  {
+    std::lock_guard lock(poll_mu_);
+    stopping_ = true;
+  }
+  poll_cv_.notify_all();
+  if (poller_.joinable())
+    poller_.join();
   if (first_)
     nbd_close(first_);
+}
+
+void NbdBackend::poll_size_loop() {
+  std::unique_lock lock(poll_mu_);
+  while (!poll_cv_.wait_for(lock, options_.resize_poll_interval, [this] { return stopping_.load(); })) {
+    lock.unlock();
+    const std::int64_t size = probe_size();
+    if (size > 0)
+      size_.observe(static_cast<std::uint64_t>(size));
+    lock.lock();
+  }
+}
+
+// Connects a throw-away handle just long enough to read the export's size; -1 if that fails
+// (the data connections deal with an unreachable server, the poller keeps quiet about it).
+std::int64_t NbdBackend::probe_size() noexcept {
+  constexpr auto kProbeTimeout = std::chrono::seconds(10);
+  nbd_handle *h = nullptr;
+  try {
+    h = make_nbd_handle(options_);
+  } catch (const std::exception &e) {
+    VB_LOG_DEBUG("nbd: size poll: %s", e.what());
+    return -1;
+  }
+  const auto deadline = std::chrono::steady_clock::now() + kProbeTimeout;
+  std::int64_t size = -1;
+  if (nbd_aio_connect_uri(h, options_.uri.c_str()) != -1) {
+    while (nbd_aio_is_connecting(h) && !stopping_ && std::chrono::steady_clock::now() < deadline)
+      if (nbd_poll(h, 200) == -1)
+        break;
+    if (nbd_aio_is_ready(h)) {
+      if (export_mismatch(h, caps_, options_.uri).empty())
+        size = nbd_get_size(h);
+      // A polite NBD_CMD_DISC, so the server does not log an abrupt disconnect.
+      if (nbd_aio_disconnect(h, 0) != -1)
+        for (int i = 0; i < 10 && !nbd_aio_is_closed(h) && !nbd_aio_is_dead(h); ++i)
+          if (nbd_poll(h, 100) == -1)
+            break;
+    }
+  }
+  if (size < 0)
+    VB_LOG_DEBUG("nbd: size poll failed: %s", nbd_get_error() ? nbd_get_error() : "timed out");
+  nbd_close(h);
+  return size;
 }
 
 void NbdBackend::open() {
@@ -135,7 +187,8 @@ void NbdBackend::open() {
   caps_.can_discard = nbd_can_trim(h) == 1;
   caps_.can_write_zeroes = nbd_can_zero(h) == 1;
   caps_.can_zero_unmap = caps_.can_write_zeroes && caps_.can_discard;
-  caps_.identity = "nbd:" + redact(options_.uri);
+  caps_.identity = export_identity(options_.uri, h);
+  size_.init(caps_.size, logical);
   const bool multi_conn = nbd_can_multi_conn(h) == 1;
   connections_ = multi_conn ? std::max(1u, options_.connections) : 1;
   owners_.assign(connections_, nullptr);
@@ -145,6 +198,8 @@ void NbdBackend::open() {
               caps_.read_only ? ", read-only" : "", caps_.can_flush ? ", flush" : "", caps_.can_fua ? ", fua" : "",
               caps_.can_discard ? ", trim" : "", caps_.can_write_zeroes ? ", zero" : "", connections_,
               multi_conn ? "" : " (the server does not advertise multi-conn)");
+  if (options_.resize_poll_interval.count() > 0)
+    poller_ = std::thread([this] { poll_size_loop(); });
 }
 
 std::unique_ptr<BackendQueue> NbdBackend::open_queue(EventLoop &loop, unsigned index) {
@@ -156,7 +211,7 @@ std::unique_ptr<BackendQueue> NbdBackend::open_queue(EventLoop &loop, unsigned i
       first_ = nullptr;
     }
     // Connections other than the first connect in the background on their own loop.
-    auto conn = std::make_unique<NbdConnection>(loop, options_, caps_, h, "nbd conn " + std::to_string(index));
+    auto conn = std::make_unique<NbdConnection>(loop, options_, caps_, size_, h, "nbd conn " + std::to_string(index));
     owners_[index] = conn.get();
     return std::make_unique<OwnedQueue>(std::move(conn));
   }

@@ -6,8 +6,11 @@
 #include "nbd/nbd_connection.h"
 #include "vduse-bridge/backend.h"
 
+#include <atomic>
+#include <condition_variable>
 #include <mutex>
 #include <string>
+#include <thread>
 #include <vector>
 
 struct nbd_handle;
@@ -34,10 +37,22 @@ public:
   const char *kind() const noexcept override { return "nbd"; }
 
   unsigned connections() const noexcept { return connections_; }
+  // The export's size now (it changes on resize), in bytes.
+  std::uint64_t current_size() const noexcept { return size_.get(); }
 
 private:
+  void poll_size_loop();
+  std::int64_t probe_size() noexcept;
+
   NbdOptions options_;
   BackendCapabilities caps_;
+  NbdExportSize size_;
+  // The size poller: a thread of its own because it uses a blocking handle and is idle
+  // almost always; stopped (and joined) by the destructor.
+  std::thread poller_;
+  std::mutex poll_mu_;
+  std::condition_variable poll_cv_;
+  std::atomic<bool> stopping_{false};
   unsigned connections_ = 1;
   nbd_handle *first_ = nullptr; // connected by open(), adopted by queue 0
   std::mutex mu_;

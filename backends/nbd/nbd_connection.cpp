@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <event2/event.h>
 #include <libnbd.h>
@@ -108,6 +109,9 @@ nbd_handle *make_nbd_handle(const NbdOptions &options) {
   // Block size constraints decide the disk's logical block size and the command size limit.
   if (nbd_set_request_block_size(h, true) == -1)
     fail("nbd_set_request_block_size");
+  // NBD_INFO_NAME and NBD_INFO_DESCRIPTION: part of what identifies the export across reconnects.
+  if (nbd_set_full_info(h, true) == -1)
+    fail("nbd_set_full_info");
   if (nbd_set_request_structured_replies(h, options.structured_replies) == -1)
     fail("nbd_set_request_structured_replies");
   if (!options.tls_certificates.empty() && nbd_set_tls_certificates(h, options.tls_certificates.c_str()) == -1)
@@ -124,15 +128,59 @@ nbd_handle *make_nbd_handle(const NbdOptions &options) {
   return h;
 }
 
+void NbdExportSize::observe(std::uint64_t server_size) noexcept {
+  const std::uint64_t size = server_size / block_ * block_;
+  if (size_.exchange(size, std::memory_order_relaxed) != size && on_change_)
+    on_change_(size);
+}
+
+std::string export_identity(const std::string &uri, nbd_handle *h) {
+  std::string id = "nbd:" + uri + " (";
+  if (char *name = nbd_get_canonical_export_name(h)) {
+    id = name;
+    std::free(name);
+  }
+  id += '|';
+  if (char *description = nbd_get_export_description(h)) {
+    id += description;
+    std::free(description);
+  }
+  return id + ')';
+}
+
+std::string export_mismatch(nbd_handle *h, const BackendCapabilities &caps, const std::string &uri) {
+  if (nbd_is_read_only(h) == 1 && !caps.read_only)
+    return "it is read-only now";
+  const struct {
+    bool had;
+    int (*now)(nbd_handle *);
+    const char *what;
+  } flags[] = {{caps.can_flush, nbd_can_flush, "flush"},
+               {caps.can_fua, nbd_can_fua, "FUA"},
+               {caps.can_discard, nbd_can_trim, "trim"},
+               {caps.can_write_zeroes, nbd_can_zero, "write zeroes"}};
+  for (const auto &f : flags)
+    if (f.had && f.now(h) != 1)
+      return std::string("it no longer supports ") + f.what;
+  const std::int64_t minimum = nbd_get_block_size(h, LIBNBD_SIZE_MINIMUM);
+  if (minimum > static_cast<std::int64_t>(caps.logical_block_size))
+    return "it now requires " + std::to_string(minimum) + "-byte blocks";
+  const std::string id = export_identity(uri, h);
+  if (id != caps.identity)
+    return "it is now " + id + ", was " + caps.identity;
+  return {};
+}
+
 NbdConnection::NbdConnection(EventLoop &loop, const NbdOptions &options, const BackendCapabilities &caps,
-                             nbd_handle *handle, std::string name)
-    : loop_(loop), options_(options), caps_(caps), name_(std::move(name)),
+                             NbdExportSize &size, nbd_handle *handle, std::string name)
+    : loop_(loop), options_(options), caps_(caps), size_(size), name_(std::move(name)),
       reconnect_timer_(loop, [this] { start_connect(); }), tick_(loop, [this] { on_tick(); }) {
   tick_.arm_periodic(std::chrono::milliseconds(250));
   if (handle) {
     h_ = handle;
     ++generation_;
     state_ = State::ready;
+    handle_size_ = static_cast<std::uint64_t>(std::max<std::int64_t>(nbd_get_size(h_), 0));
     watch_ = std::make_unique<IoWatch>(loop_, nbd_aio_get_fd(h_), [this](short ev) { on_io(ev); });
     update_events();
   } else {
@@ -158,7 +206,8 @@ NbdConnection::Job *NbdConnection::new_job() noexcept {
 }
 
 int NbdConnection::submit(const Request &req, CompletionFn done, void *ctx) noexcept {
-  if (req.offset > caps_.size || req.length > caps_.size - req.offset)
+  const std::uint64_t size = size_.get();
+  if (req.offset > size || req.length > size - req.offset)
     return -EIO;
   if (state_ != State::ready && fail_fast_)
     return -EIO; // the server has been gone for longer than reconnect-timeout
@@ -169,6 +218,8 @@ int NbdConnection::submit(const Request &req, CompletionFn done, void *ctx) noex
   op->seq = ++seq_;
   op->error = 0;
   op->submitted = Clock::now();
+  if (state_ == State::ready && req.offset + req.length > handle_size_)
+    start_refresh();
   if (state_ == State::ready) {
     issue(op);
     update_events();
@@ -274,10 +325,26 @@ void NbdConnection::issue(Job *op) noexcept {
     connection_lost("the connection failed while sending");
     return;
   }
-  if (--op->parts_left == 0) {
-    remove_from(in_flight_, op);
-    finish(op, op->error);
-  }
+  if (--op->parts_left == 0)
+    retire(op);
+}
+
+// The last command of op is done: it leaves the in-flight set and completes.
+void NbdConnection::retire(Job *op) noexcept {
+  remove_from(in_flight_, op);
+  finish(op, op->error);
+  if (state_ == State::refreshing && in_flight_.empty())
+    reconnect_timer_.arm(std::chrono::milliseconds(0));
+}
+
+void NbdConnection::start_refresh() noexcept {
+  VB_LOG_INFO("%s: the export grew past the size this connection negotiated; reconnecting once %zu request(s) in "
+              "flight are done",
+              name_.c_str(), in_flight_.size());
+  state_ = State::refreshing;
+  down_since_ = Clock::now();
+  if (in_flight_.empty())
+    reconnect_timer_.arm(std::chrono::milliseconds(0));
 }
 
 int NbdConnection::on_command_done(void *user_data, int *error) noexcept {
@@ -294,10 +361,8 @@ int NbdConnection::on_command_done(void *user_data, int *error) noexcept {
     return 1;
   if (*error != 0 && op->error == 0)
     op->error = *error;
-  if (--op->parts_left == 0) {
-    remove_from(self->in_flight_, op);
-    self->finish(op, op->error);
-  }
+  if (--op->parts_left == 0)
+    self->retire(op);
   return 1;
 }
 
@@ -384,19 +449,19 @@ void NbdConnection::start_connect() noexcept {
 
 void NbdConnection::on_connected() noexcept {
   // The server must be the same export it was: serving another disk's data under this one's
-  // name would corrupt whatever uses it.
+  // name would corrupt whatever uses it. Only the size may change (a resize).
   const std::int64_t size = nbd_get_size(h_);
-  const bool ro = nbd_is_read_only(h_) == 1;
-  if (size != static_cast<std::int64_t>(caps_.size) || (ro && !caps_.read_only)) {
-    VB_LOG_ERROR("%s: the server came back with a different export (size %lld, was %llu%s); refusing it and "
-                 "retrying",
-                 name_.c_str(), static_cast<long long>(size), static_cast<unsigned long long>(caps_.size),
-                 ro && !caps_.read_only ? ", now read-only" : "");
+  std::string mismatch = size <= 0 ? std::string("its size is unknown or 0") : export_mismatch(h_, caps_, options_.uri);
+  if (!mismatch.empty()) {
+    VB_LOG_ERROR("%s: the server came back as a different export (%s); refusing it and retrying", name_.c_str(),
+                 mismatch.c_str());
     close_handle();
     state_ = State::down;
     reconnect_timer_.arm(kMaxBackoff);
     return;
   }
+  size_.observe(static_cast<std::uint64_t>(size));
+  handle_size_ = static_cast<std::uint64_t>(size);
   state_ = State::ready;
   backoff_ = std::chrono::milliseconds(100);
   if (reconnects_ > 0 || !held_.empty() || fail_fast_) {
@@ -452,7 +517,7 @@ void NbdConnection::close_handle() noexcept {
 
 void NbdConnection::on_tick() noexcept {
   const auto now = Clock::now();
-  if (state_ == State::ready && options_.request_timeout.count() > 0) {
+  if ((state_ == State::ready || state_ == State::refreshing) && options_.request_timeout.count() > 0) {
     for (const Job *op : in_flight_) {
       if (now - op->issued > options_.request_timeout) {
         connection_lost("a request got no reply within request-timeout");

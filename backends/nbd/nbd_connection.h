@@ -9,8 +9,10 @@
 #include "event/event_loop.h"
 #include "vduse-bridge/backend.h"
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -27,17 +29,50 @@ struct NbdOptions {
   std::chrono::milliseconds reconnect_timeout{60000};
   std::chrono::milliseconds request_timeout{30000}; // 0 = none
   bool structured_replies = false;                  // simple replies need half the receive calls
+  // How often a short extra connection asks the server for the export's size, so a resize
+  // reaches the disk without waiting for a reconnect; 0 = only on reconnect.
+  std::chrono::milliseconds resize_poll_interval{30000};
+};
+
+// What the connections of one export share: its current size, which changes when a reconnect
+// or a poll finds the export resized, and whom to tell. Any thread.
+class NbdExportSize {
+public:
+  explicit NbdExportSize(std::function<void(std::uint64_t)> on_change) : on_change_(std::move(on_change)) {}
+  // Start-up, before any connection exists.
+  void init(std::uint64_t size, std::uint32_t block) noexcept {
+    block_ = block;
+    size_.store(size, std::memory_order_relaxed);
+  }
+  std::uint64_t get() const noexcept { return size_.load(std::memory_order_relaxed); }
+  // Records the size a server reported (rounded down to whole blocks) and reports a change once.
+  void observe(std::uint64_t server_size) noexcept;
+
+private:
+  std::atomic<std::uint64_t> size_{0};
+  std::uint32_t block_ = 512;
+  std::function<void(std::uint64_t)> on_change_;
 };
 
 // Creates a handle with the options applied, not yet connected. Throws on failure.
 nbd_handle *make_nbd_handle(const NbdOptions &options);
 
+// Why a connected handle is not the export that caps (and identity) describe, or empty if it
+// is. Size is not compared: a different size is a resize.
+std::string export_mismatch(nbd_handle *h, const BackendCapabilities &caps, const std::string &uri);
+
+// BackendCapabilities::identity of an export: "nbd:URI (name|description)" with the canonical
+// name and description the server reports (either may be empty).
+std::string export_identity(const std::string &uri, nbd_handle *h);
+
 class NbdConnection {
 public:
   // Adopts handle if it is connected already (start-up), else connects in the background.
-  // caps are what the export had at start-up: a server that comes back different is refused.
-  NbdConnection(EventLoop &loop, const NbdOptions &options, const BackendCapabilities &caps, nbd_handle *handle,
-                std::string name);
+  // caps are what the export had at start-up: a server that comes back as another export
+  // (read-only now, fewer capabilities, larger minimum block, another name or description) is
+  // refused; one that comes back with another size is a resize, reported through size.
+  NbdConnection(EventLoop &loop, const NbdOptions &options, const BackendCapabilities &caps, NbdExportSize &size,
+                nbd_handle *handle, std::string name);
   ~NbdConnection();
   NbdConnection(const NbdConnection &) = delete;
   NbdConnection &operator=(const NbdConnection &) = delete;
@@ -56,7 +91,9 @@ public:
   struct Job; // one backend request, possibly several NBD commands
 
 private:
-  enum class State { connecting, ready, down };
+  // refreshing: the export grew past what this handle negotiated; in-flight commands drain,
+  // new ones are held, then the connection is replaced to use the new size.
+  enum class State { connecting, ready, refreshing, down };
 
   void start_connect() noexcept;
   void on_connected() noexcept;
@@ -66,6 +103,8 @@ private:
   bool issue_range(Job *op, char *buf, std::uint64_t offset, std::uint64_t length, std::uint64_t max) noexcept;
   void retry_connect_later(const char *what) noexcept;
   void issue_held() noexcept;
+  void start_refresh() noexcept;
+  void retire(Job *op) noexcept;
   void finish(Job *op, int error) noexcept;
   void update_events() noexcept;
   void on_io(short events) noexcept;
@@ -78,8 +117,10 @@ private:
   EventLoop &loop_;
   NbdOptions options_;
   BackendCapabilities caps_;
+  NbdExportSize &size_;
   std::string name_;
   nbd_handle *h_ = nullptr;
+  std::uint64_t handle_size_ = 0; // the export size h_ negotiated: commands past it are refused
   std::unique_ptr<IoWatch> watch_;
   Timer reconnect_timer_;
   Timer tick_;

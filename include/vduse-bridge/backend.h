@@ -12,7 +12,9 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <sys/uio.h>
 
@@ -73,6 +75,28 @@ public:
   virtual std::unique_ptr<BackendQueue> open_queue(EventLoop &loop, unsigned index) = 0;
   // A short name for logs: "memory", "nbd", "iscsi".
   virtual const char *kind() const noexcept = 0;
+
+  // Resize: a backend that learns the storage's size changed (an NBD export seen bigger after a
+  // reconnect or when polled, an iSCSI capacity-changed unit attention) reports the new size in
+  // bytes, rounded down to whole logical blocks. The engine installs the handler after open(),
+  // and removes it (nullptr) before the backend goes away. Any thread; the handler runs on the
+  // reporting thread and must not block.
+  using ResizeHandler = std::function<void(std::uint64_t size)>;
+  void set_resize_handler(ResizeHandler handler) {
+    std::lock_guard lock(resize_mu_);
+    resize_handler_ = std::move(handler);
+  }
+
+protected:
+  void report_resize(std::uint64_t size) {
+    std::lock_guard lock(resize_mu_);
+    if (resize_handler_)
+      resize_handler_(size);
+  }
+
+private:
+  std::mutex resize_mu_;
+  ResizeHandler resize_handler_;
 };
 
 } // namespace vb

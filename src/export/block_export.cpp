@@ -36,6 +36,8 @@ BlockExport::BlockExport(EventLoop &control, const DeviceConfig &config, std::un
 }
 
 BlockExport::~BlockExport() {
+  backend_->set_resize_handler(nullptr);
+  alive_.reset();
   if (background_.joinable())
     background_.join();
   queues_.clear();
@@ -68,6 +70,12 @@ void BlockExport::start(const std::function<void(const std::string &)> &on_ready
     VB_LOG_WARN("%s: the device existed already (left by an earlier run); serving it again", config_.name.c_str());
 
   device_watch_ = std::make_unique<IoWatch>(control_, device_->fd(), [this](short) { on_device_readable(); });
+  backend_->set_resize_handler([this, alive = std::weak_ptr<bool>(alive_)](std::uint64_t size) {
+    control_.post([this, alive, size] {
+      if (alive.lock())
+        on_backend_resized(size);
+    });
+  });
   device_watch_->set_events(EV_READ);
 
   if (config_.attach == DeviceConfig::Attach::none || (device_->reattached() && vdpa::device_exists(config_.name))) {
@@ -167,6 +175,28 @@ void BlockExport::on_device_readable() noexcept {
     VB_LOG_ERROR("%s: the VDUSE device is broken; it must be torn down and created again", config_.name.c_str());
     broken_ = true;
     device_watch_->set_events(0);
+  }
+}
+
+// The backend's storage changed size: new requests are checked against the new capacity, then
+// the driver learns it from the config space (VDUSE_DEV_SET_CONFIG + config interrupt), so it
+// never sees a capacity the queues would refuse when the disk grows.
+void BlockExport::on_backend_resized(std::uint64_t size) noexcept {
+  const std::uint64_t capacity = size / params_.logical_block_size * params_.logical_block_size;
+  if (capacity == params_.capacity || !device_)
+    return;
+  VB_LOG_WARN("%s: the %s backend's size changed from %s to %s; resizing the disk", config_.name.c_str(),
+              backend_->kind(), format_size(params_.capacity).c_str(), format_size(capacity).c_str());
+  params_.capacity = capacity;
+  try {
+    for (auto &q : queues_)
+      q->set_capacity(capacity);
+    const auto le = blk::capacity_le(capacity);
+    device_->set_config(blk::kCapacityOffset, le.data(), static_cast<std::uint32_t>(le.size()));
+    if (status_ & VIRTIO_CONFIG_S_DRIVER_OK)
+      device_->inject_config_irq();
+  } catch (const std::exception &e) {
+    VB_LOG_ERROR("%s: resize: %s", config_.name.c_str(), e.what());
   }
 }
 

@@ -53,6 +53,7 @@ private:
   void after_set_status(std::uint8_t status) noexcept override;
 
   void on_device_readable() noexcept;
+  void on_backend_resized(std::uint64_t size) noexcept;
   void start_queues() noexcept;
   void stop_queues() noexcept;
   void run_in_background(std::function<std::string()> work, std::function<void(const std::string &)> then);
@@ -70,6 +71,9 @@ private:
   bool queues_running_ = false;
   bool broken_ = false;
   std::thread background_;
+  // Work posted to the control loop from other threads holds a weak reference to this, so it
+  // does nothing once the export is gone.
+  std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
 };
 
 } // namespace vb

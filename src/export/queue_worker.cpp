@@ -50,6 +50,10 @@ QueueWorker::~QueueWorker() {
   thread_.join();
 }
 
+void QueueWorker::set_capacity(std::uint64_t bytes) {
+  loop_.post([this, bytes] { params_.capacity = bytes; });
+}
+
 void QueueWorker::run_sync(const std::function<void()> &fn) {
   std::promise<void> done;
   loop_.post([&] {

@@ -47,6 +47,8 @@ public:
   // Control thread. The next available index this queue would consume (GET_VQ_STATE).
   std::uint16_t next_avail_sync();
   QueueStats stats_sync();
+  // Any thread. Requests past the new end fail from now on (resize); the ring is not touched.
+  void set_capacity(std::uint64_t bytes);
   // Control thread. Waits (bounded) until the backend has completed everything in flight.
   bool drain_sync(unsigned timeout_ms);
 
@@ -66,7 +68,7 @@ private:
   virtio::QueueHost &host_;
   virtio::GuestMemory &memory_;
   Backend &backend_;
-  const blk::DeviceParams &params_;
+  blk::DeviceParams params_; // this thread's copy: only capacity changes, through set_capacity()
 
   EventLoop loop_;
   std::unique_ptr<BackendQueue> backend_queue_;

@@ -7,6 +7,7 @@
 #include <doctest/doctest.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <csignal>
 #include <cstring>
@@ -407,4 +408,86 @@ TEST_CASE("nbd: a request scattered over many buffers goes through a bounce copy
   CHECK(run(loop, *q, {vb::Op::read, 1 << 20, flat.size(), fv, 1}) == 0);
   for (std::size_t i = 0; i < 32; ++i)
     CHECK(std::memcmp(flat.data() + i * 4096, out.data() + i * 8192, 4096) == 0);
+}
+
+TEST_CASE("nbd: a grown or shrunk export is found by the size poll and reported") {
+  if (!have_nbdkit())
+    VB_SKIP("nbdkit not installed");
+  TempDir dir;
+  const std::string image = dir.file("disk.img");
+  std::ofstream(image).close();
+  std::filesystem::resize_file(image, 4 << 20);
+  NbdkitServer server(dir, {"file", image});
+  auto o = options_for(server.uri());
+  o.resize_poll_interval = 100ms;
+  vb::NbdBackend backend(o);
+  backend.open();
+  std::atomic<std::uint64_t> reported{0};
+  std::atomic<int> reports{0};
+  backend.set_resize_handler([&](std::uint64_t size) {
+    reported = size;
+    ++reports;
+  });
+  vb::EventLoop loop;
+  auto q = backend.open_queue(loop, 0);
+  std::vector<char> buf(4096, 'g');
+  iovec v[1] = {{buf.data(), buf.size()}};
+  // Past the end: refused before the resize.
+  CHECK(run(loop, *q, {vb::Op::write, 6 << 20, 4096, v, 1}) == EIO);
+
+  std::filesystem::resize_file(image, (8 << 20) + 100); // not a whole block: rounded down
+  REQUIRE(vb::test::wait_until([&] { return reported == 8u << 20; }));
+  CHECK(backend.current_size() == 8u << 20);
+  CHECK(run(loop, *q, {vb::Op::write, 6 << 20, 4096, v, 1}) == 0);
+
+  std::filesystem::resize_file(image, 2 << 20);
+  REQUIRE(vb::test::wait_until([&] { return reported == 2u << 20; }));
+  CHECK(reports == 2); // once per change, not once per poll
+  CHECK(run(loop, *q, {vb::Op::write, 3 << 20, 4096, v, 1}) == EIO);
+}
+
+TEST_CASE("nbd: a server back with another size is a resize, back as another export is refused") {
+  if (!have_nbdkit())
+    VB_SKIP("nbdkit not installed");
+  TempDir dir;
+  const std::string image = dir.file("disk.img");
+  std::ofstream(image).close();
+  std::filesystem::resize_file(image, 4 << 20);
+  auto server = std::make_unique<NbdkitServer>(dir, std::vector<std::string>{"file", image});
+  const std::string socket = server->socket();
+  auto o = options_for("nbd+unix:///?socket=" + socket);
+  o.resize_poll_interval = 0ms; // only the reconnect may notice
+  vb::NbdBackend backend(o);
+  backend.open();
+  std::atomic<std::uint64_t> reported{0};
+  backend.set_resize_handler([&](std::uint64_t size) { reported = size; });
+  vb::EventLoop loop;
+  auto q = backend.open_queue(loop, 0);
+  std::vector<char> buf(4096, 'w');
+  iovec v[1] = {{buf.data(), buf.size()}};
+  CHECK(run(loop, *q, {vb::Op::write, 0, 4096, v, 1}) == 0);
+
+  // Back read-only: not the export we were writing to. The write is held, not sent.
+  server.reset();
+  std::filesystem::remove(socket);
+  server = std::make_unique<NbdkitServer>(dir, std::vector<std::string>{"file", image},
+                                          std::vector<std::string>{"--readonly"}, socket);
+  Result held;
+  REQUIRE(q->submit({vb::Op::write, 4096, 4096, v, 1}, &Result::on_done, &held) == 0);
+  bool waited = false;
+  vb::Timer wait(loop, [&] { waited = true; });
+  wait.arm(2500ms);
+  run_until(loop, [&] { return waited || held.calls > 0; });
+  CHECK(held.calls == 0);
+
+  // Back writable and bigger: accepted, the held write completes, the resize is reported.
+  server.reset();
+  std::filesystem::remove(socket);
+  std::filesystem::resize_file(image, 6 << 20);
+  server =
+      std::make_unique<NbdkitServer>(dir, std::vector<std::string>{"file", image}, std::vector<std::string>{}, socket);
+  run_until(loop, [&] { return held.calls > 0; });
+  CHECK(held.error == 0);
+  CHECK(reported == 6u << 20);
+  CHECK(backend.current_size() == 6u << 20);
 }
