@@ -1,5 +1,6 @@
 #include "backend_factory.h"
 
+#include "iscsi/iscsi_backend.h"
 #include "memory/memory_backend.h"
 #include "nbd/nbd_backend.h"
 
@@ -25,8 +26,30 @@ std::unique_ptr<Backend> make_backend(const DeviceConfig &device) {
     o.structured_replies = c.structured_replies;
     return std::make_unique<NbdBackend>(std::move(o));
   }
-  case BackendConfig::Type::iscsi:
-    break;
+  case BackendConfig::Type::iscsi: {
+    const IscsiBackendConfig &c = device.backend.iscsi;
+    IscsiOptions o;
+    o.uri = c.uri;
+    o.initiator_name = c.initiator_name;
+    o.chap_username = c.chap.username;
+    o.chap_password_file = c.chap.password_file;
+    o.target_username = c.chap.target_username;
+    o.target_password_file = c.chap.target_password_file;
+    switch (c.header_digest) {
+    case IscsiBackendConfig::HeaderDigest::none:
+      o.header_digest = IscsiOptions::HeaderDigest::none;
+      break;
+    case IscsiBackendConfig::HeaderDigest::crc32c:
+      o.header_digest = IscsiOptions::HeaderDigest::crc32c;
+      break;
+    case IscsiBackendConfig::HeaderDigest::prefer_crc32c:
+      o.header_digest = IscsiOptions::HeaderDigest::prefer_crc32c;
+      break;
+    }
+    o.reconnect_timeout = c.reconnect_timeout;
+    o.request_timeout = c.request_timeout;
+    return std::make_unique<IscsiBackend>(std::move(o));
+  }
   }
   throw std::runtime_error(std::string("backend type '") + to_string(device.backend.type) +
                            "' is not available in this version");

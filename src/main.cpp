@@ -3,6 +3,7 @@
 #include "config/config.h"
 #include "daemon/daemon.h"
 #include "daemon/options.h"
+#include "iscsi/iscsi_discovery.h"
 
 #include <cstdio>
 #include <exception>
@@ -31,6 +32,19 @@ int main(int argc, char **argv) {
   }
   if (options.verbosity > 0)
     vb::set_log_level(vb::LogLevel::debug);
+  if (!options.discover.empty()) {
+    try {
+      // The default initiator name, no CHAP: what a portal shows to anyone.
+      const auto targets = vb::discover_iscsi(options.discover, vb::IscsiOptions{});
+      if (targets.empty())
+        std::printf("%s: no targets\n", options.discover.c_str());
+      (void)std::fputs(vb::format_discovery(targets).c_str(), stdout);
+      return 0;
+    } catch (const std::exception &e) {
+      (void)std::fprintf(stderr, "vduse-bridge: %s\n", e.what());
+      return 1;
+    }
+  }
   try {
     const vb::Config config = vb::load_config(options.config_path);
     if (options.check_only) {

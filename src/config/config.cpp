@@ -60,6 +60,8 @@ struct Value {
   Kind kind = Kind::missing;
   std::string text; // scalars only
   std::string tag;  // "?" plain, "!" quoted, else an explicit tag such as tag:yaml.org,2002:int
+  // The entries of a map nested in a backend (iscsi's chap), in file order; empty otherwise.
+  std::vector<Value> children;
 
   bool present() const { return kind != Kind::missing; }
   bool plain() const { return tag == "?"; }
@@ -334,6 +336,9 @@ private:
     // Which other keys are allowed depends on the type, so step two checks them.
     for (const auto &option : entries(entry.value, path, "backend", {})) {
       Value v = value_of(option.value, option.key, option.name, join(path, option.name));
+      if (v.kind == Value::Kind::map)
+        for (const auto &child : entries(option.value, v.key, "", {}))
+          v.children.push_back(value_of(child.value, child.key, child.name, join(v.key, child.name)));
       if (option.name == "type")
         raw.type = std::move(v);
       else
@@ -378,7 +383,7 @@ struct BackendKind {
   std::string_view name;
   std::string_view article; // "a memory backend key", "an nbd backend key"
   BackendConfig::Type type;
-  bool available; // iscsi is recognised but arrives in a later version
+  bool available; // false: recognised, but refused as not available in this version
   std::span<const BackendOption> options;
   // Checks between keys, after every key has been applied on its own; may be null.
   void (*check_together)(const Validator &check, const RawBackend &raw, const BackendConfig &out);
@@ -734,10 +739,183 @@ void check_nbd_together(const Validator &check, const RawBackend &raw, const Bac
   }
 }
 
+// ---- The iscsi backend ----
+
+constexpr std::uint64_t max_iscsi_lun = 16383;    // SAM flat space addressing
+constexpr std::size_t max_iscsi_name_bytes = 223; // RFC 3720, 3.2.6.1
+constexpr std::size_t max_chap_name_bytes = 255;  // what libiscsi keeps
+constexpr std::string_view iscsi_uri_example = "iscsi://host[:port]/iqn.2026-11.org.example:disk0/1";
+
+void apply_iscsi_uri(const Validator &check, const Value &v, const DeviceConfig & /*device*/, BackendConfig &out) {
+  const std::string what = "an iSCSI URI such as " + std::string(iscsi_uri_example);
+  const std::string &text = check.scalar(v, what);
+  const auto parts = split_uri(text);
+  // First, so that no later message shows the secret (libiscsi reads user%password@ there).
+  if (parts) {
+    if (const auto at = parts->authority.rfind('@'); at != std::string_view::npos) {
+      const std::string hidden = std::string(parts->scheme) + "://***@" +
+                                 std::string(std::string_view(text).substr(parts->scheme.size() + 3 + at + 1));
+      check.report().fail(v.at, v.key,
+                          "expected a URI without user information, got one in " + quoted(hidden, '\'') +
+                              ": secrets come from files, never from the URI; name the CHAP user with chap.username "
+                              "and its password with chap.password-file");
+    }
+  }
+  for (unsigned char c : text)
+    if (c <= 0x20 || c >= 0x7f)
+      check.report().expected(v, "a URI without spaces, control characters or non-ASCII bytes (percent-encode them)");
+  if (!parts)
+    check.report().expected(v, what);
+  if (parts->scheme != "iscsi")
+    check.report().fail(v.at, v.key,
+                        "expected a URI scheme of iscsi, got " + quoted(parts->scheme, '\'') + " in " + describe(v));
+  if (text.find_first_of("?#") != std::string::npos)
+    check.report().expected(v, "a URI without a query or fragment",
+                            ": digests and CHAP are set with the backend keys header-digest and chap");
+  // host[:port], the host possibly an IPv6 address in brackets.
+  std::string_view host = parts->authority;
+  std::string_view port;
+  if (host.starts_with('[')) {
+    const auto close = host.find(']');
+    if (close == std::string_view::npos || close == 1)
+      check.report().expected(v, "an IPv6 address in brackets such as [::1] as the URI's host");
+    const std::string_view after = host.substr(close + 1);
+    if (!after.empty() && !after.starts_with(':'))
+      check.report().expected(v, what);
+    port = after.empty() ? after : after.substr(1);
+    host = host.substr(0, close + 1);
+  } else if (const auto colon = host.rfind(':'); colon != std::string_view::npos) {
+    port = host.substr(colon + 1);
+    host = host.substr(0, colon);
+    if (port.empty())
+      check.report().expected(v, "a port number after ':' in the URI's host");
+  }
+  if (host.empty())
+    check.report().expected(v, "a host in the URI (" + std::string(iscsi_uri_example) + ")");
+  if (!port.empty()) {
+    const auto n = decimal(port);
+    if (!n || *n == 0 || *n > 65535)
+      check.report().fail(
+          v.at, v.key, "expected a port from 1 to 65535 in the URI, got " + quoted(port, '\'') + " in " + describe(v));
+  }
+  // /target-name/lun
+  const std::string_view path = std::string_view(text).substr(parts->scheme.size() + 3 + parts->authority.size());
+  const auto slash = path.rfind('/');
+  if (path.size() < 2 || slash == 0 || slash == std::string_view::npos)
+    check.report().expected(v, what, " (the target name and the LUN follow the host)");
+  const std::string_view target = path.substr(1, slash - 1);
+  const std::string_view lun = path.substr(slash + 1);
+  if (target.empty())
+    check.report().expected(v, what, " (the target name and the LUN follow the host)");
+  if (target.find('/') != std::string_view::npos)
+    check.report().expected(v, what, " (a target name has no '/')");
+  const auto n = decimal(lun);
+  if (!n || *n > max_iscsi_lun)
+    check.report().fail(v.at, v.key,
+                        "expected a LUN from 0 to " + std::to_string(max_iscsi_lun) + " at the end of the URI, got " +
+                            quoted(lun, '\'') + " in " + describe(v));
+  out.iscsi.uri = text;
+}
+
+void apply_iscsi_initiator_name(const Validator &check, const Value &v, const DeviceConfig & /*device*/,
+                                BackendConfig &out) {
+  const std::string what = "an iSCSI name starting with iqn., eui. or naa. such as iqn.2026-11.org.example:host1 "
+                           "(at most " +
+                           std::to_string(max_iscsi_name_bytes) + " letters, digits, '.', '-' and ':')";
+  const std::string &text = check.scalar(v, what);
+  if (text.size() > max_iscsi_name_bytes ||
+      !(text.starts_with("iqn.") || text.starts_with("eui.") || text.starts_with("naa.")) || text.size() < 5)
+    check.report().expected(v, what);
+  for (char c : text)
+    if (!is_name_char(c) && c != '.' && c != ':')
+      check.report().expected(v, what);
+  if (text.find('_') != std::string::npos)
+    check.report().expected(v, what);
+  out.iscsi.initiator_name = text;
+}
+
+std::string chap_user(const Validator &check, const Value &v, const std::string &note = {}) {
+  const std::string what =
+      "a CHAP user name of 1 to " + std::to_string(max_chap_name_bytes) + " bytes of printable ASCII without spaces";
+  if (!v.present())
+    check.report().expected(v, what, note);
+  const std::string &text = check.scalar(v, what);
+  if (text.empty() || text.size() > max_chap_name_bytes)
+    check.report().expected(v, what);
+  for (unsigned char c : text)
+    if (c <= 0x20 || c >= 0x7f)
+      check.report().expected(v, what);
+  return text;
+}
+
+constexpr std::array<std::string_view, 4> chap_keys{"username", "password-file", "target-username",
+                                                    "target-password-file"};
+
+void apply_iscsi_chap(const Validator &check, const Value &v, const DeviceConfig & /*device*/, BackendConfig &out) {
+  if (v.kind != Value::Kind::map)
+    check.report().expected(v, "a map with the keys username and password-file (and target-username and "
+                               "target-password-file for mutual CHAP)");
+  std::array<const Value *, chap_keys.size()> given{};
+  for (const auto &child : v.children) {
+    const auto known = std::find(chap_keys.begin(), chap_keys.end(), child.name);
+    if (known == chap_keys.end()) {
+      std::string hint;
+      if (auto k = near_miss(child.name, chap_keys))
+        hint = " (did you mean '" + std::string(*k) + "'?)";
+      check.report().fail(child.key_at, child.key,
+                          "expected a chap key (" + list(chap_keys) + "), got " + quoted(child.name, '\'') + hint);
+    }
+    given[static_cast<std::size_t>(known - chap_keys.begin())] = &child;
+  }
+  auto value = [&](std::size_t i) { return given[i] ? *given[i] : missing_value(v.key, chap_keys[i], v.at); };
+  static const std::string path_what = "an absolute path (starting with '/')";
+  out.iscsi.chap.username = chap_user(check, value(0));
+  if (!given[1])
+    check.report().expected(value(1), path_what, " (the file holding the CHAP password)");
+  out.iscsi.chap.password_file = absolute_path(check, *given[1]);
+  if (!given[2] && !given[3])
+    return;
+  static const std::string mutual = " (mutual CHAP needs both target-username and target-password-file)";
+  out.iscsi.chap.target_username = chap_user(check, value(2), mutual);
+  if (!given[3])
+    check.report().expected(value(3), path_what, mutual);
+  out.iscsi.chap.target_password_file = absolute_path(check, *given[3]);
+}
+
+void apply_iscsi_header_digest(const Validator &check, const Value &v, const DeviceConfig & /*device*/,
+                               BackendConfig &out) {
+  using D = IscsiBackendConfig::HeaderDigest;
+  static constexpr std::array<std::pair<std::string_view, D>, 3> digests{{
+      {"none", D::none},
+      {"crc32c", D::crc32c},
+      {"prefer-crc32c", D::prefer_crc32c},
+  }};
+  out.iscsi.header_digest = check.choice(v, digests);
+}
+
+void apply_iscsi_reconnect_timeout(const Validator &check, const Value &v, const DeviceConfig & /*device*/,
+                                   BackendConfig &out) {
+  out.iscsi.reconnect_timeout = duration(check, v);
+}
+
+void apply_iscsi_request_timeout(const Validator &check, const Value &v, const DeviceConfig & /*device*/,
+                                 BackendConfig &out) {
+  out.iscsi.request_timeout = duration(check, v);
+}
+
+constexpr std::array<BackendOption, 6> iscsi_options{{
+    {"uri", true, &apply_iscsi_uri},
+    {"initiator-name", false, &apply_iscsi_initiator_name},
+    {"chap", false, &apply_iscsi_chap},
+    {"header-digest", false, &apply_iscsi_header_digest},
+    {"reconnect-timeout", false, &apply_iscsi_reconnect_timeout},
+    {"request-timeout", false, &apply_iscsi_request_timeout},
+}};
+
 constexpr std::array<BackendKind, 3> backend_kinds{{
     {"memory", "a", BackendConfig::Type::memory, true, memory_options, nullptr},
     {"nbd", "an", BackendConfig::Type::nbd, true, nbd_options, &check_nbd_together},
-    {"iscsi", "an", BackendConfig::Type::iscsi, false, {}, nullptr},
+    {"iscsi", "an", BackendConfig::Type::iscsi, true, iscsi_options, nullptr},
 }};
 
 BackendConfig Validator::backend(const RawBackend &raw, const DeviceConfig &device) const {

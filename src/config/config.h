@@ -62,12 +62,40 @@ struct NbdBackendConfig {
   bool structured_replies = false;
 };
 
+// CHAP for an iSCSI login: the names are here, the passwords in files read when connecting.
+struct IscsiChapConfig {
+  std::string username;      // empty when the backend has no chap map (no CHAP)
+  std::string password_file; // absolute path; given whenever username is
+  // Mutual CHAP (the target proves itself too): both or neither; only with the two above.
+  std::string target_username;
+  std::string target_password_file;
+};
+
+// A LUN of an iSCSI target (libiscsi). Like nbd, the file holds no secrets: a URI with user
+// information is refused, and CHAP passwords come from the files named in chap.
+struct IscsiBackendConfig {
+  enum class HeaderDigest { none, crc32c, prefer_crc32c };
+
+  // iscsi://host[:port]/target-name/lun as written: no user information, query or fragment; the
+  // host may be an IPv6 address in brackets; the LUN is 0..16383.
+  std::string uri;
+  // The initiator's iSCSI name (iqn., eui. or naa.); empty when not given, meaning one derived
+  // from the host name when connecting.
+  std::string initiator_name;
+  IscsiChapConfig chap;
+  HeaderDigest header_digest = HeaderDigest::none; // prefer-crc32c: crc32c if the target agrees
+  // How long I/O is held while the target is unreachable before it fails; 0 = fail at once.
+  std::chrono::milliseconds reconnect_timeout{60000};
+  // A command without a response by then counts the session as dead; 0 = no timeout.
+  std::chrono::milliseconds request_timeout{30000};
+};
+
 struct BackendConfig {
   enum class Type { memory, nbd, iscsi };
   Type type = Type::memory;
   MemoryBackendConfig memory; // meaningful when type == memory
   NbdBackendConfig nbd;       // meaningful when type == nbd
-  // iscsi settings are added with that backend; parsing refuses it for now.
+  IscsiBackendConfig iscsi;   // meaningful when type == iscsi
 };
 
 struct DeviceConfig {

@@ -6,12 +6,14 @@ namespace vb {
 
 const char *usage_text() noexcept {
   return "Usage: vduse-bridge --config FILE [--check] [-v]\n"
+         "       vduse-bridge --discover iscsi://HOST[:PORT]\n"
          "       vduse-bridge --help | --version\n"
          "\n"
          "Serves remote or in-memory block storage as local virtio-blk disks through VDUSE.\n"
          "\n"
          "  -c, --config FILE  the configuration file (see vduse-bridge.yaml(5))\n"
          "      --check        validate the configuration file and exit\n"
+         "      --discover URI list the targets and LUNs of an iSCSI portal and exit\n"
          "  -v, --verbose      log debug messages\n"
          "  -h, --help         show this help and exit\n"
          "  -V, --version      show the version and exit\n"
@@ -35,6 +37,10 @@ Options parse_options(const std::vector<std::string> &args) {
       o.config_path = value("--config");
       if (o.config_path.empty())
         throw std::invalid_argument("option --config needs a file name");
+    } else if (a == "--discover" || a.rfind("--discover=", 0) == 0) {
+      o.discover = value("--discover");
+      if (o.discover.empty())
+        throw std::invalid_argument("option --discover needs an iSCSI portal URI (iscsi://host[:port])");
     } else if (a == "--check") {
       o.check_only = true;
     } else if (a == "-v" || a == "--verbose") {
@@ -48,7 +54,7 @@ Options parse_options(const std::vector<std::string> &args) {
                                   "' (see --help)");
     }
   }
-  if (!o.help && !o.version && o.config_path.empty())
+  if (!o.help && !o.version && o.discover.empty() && o.config_path.empty())
     throw std::invalid_argument("missing --config FILE (see --help)");
   return o;
 }

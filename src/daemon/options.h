@@ -9,6 +9,7 @@ namespace vb {
 struct Options {
   std::string config_path;
   bool check_only = false; // --check: validate the configuration and exit
+  std::string discover;    // --discover URI: list an iSCSI portal's targets and LUNs and exit
   bool help = false;
   bool version = false;
   int verbosity = 0; // -v: debug logging

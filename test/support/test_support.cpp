@@ -194,7 +194,7 @@ NbdkitServer::NbdkitServer(const TempDir &dir, const std::vector<std::string> &p
     fail("nbdkit did not start: " + read_file(process_->log_path()));
 }
 
-TgtdServer::TgtdServer(const TempDir &dir) : dir_(dir) {
+TgtdServer::TgtdServer(const TempDir &dir) : dir_(dir), log_(dir.file("tgtd.log")) {
   // The control "port" only names tgtd's unix socket /var/run/tgtd/socket.N; pick an unused N.
   for (control_ = 1000 + (::getpid() % 30000);; ++control_) {
     struct stat st {};
@@ -202,29 +202,44 @@ TgtdServer::TgtdServer(const TempDir &dir) : dir_(dir) {
       break;
   }
   port_ = free_tcp_port();
-  process_.emplace(
-      std::vector<std::string>{"tgtd", "-f", "-C", std::to_string(control_), "--iscsi", "portal=" + portal()},
-      dir.file("tgtd.log"));
+  start();
+}
+
+void TgtdServer::start() {
+  const std::string c = std::to_string(control_);
+  const std::string sock = "/var/run/tgtd/socket." + c;
+  ::unlink(sock.c_str());
+  ::unlink((sock + ".lock").c_str());
+  process_.reset();
+  // Only the loopback portal: never a port on another interface.
+  process_.emplace(std::vector<std::string>{"tgtd", "-f", "-C", c, "--iscsi", "portal=" + portal()}, log_);
   // Ready when its management socket answers.
   const bool ready = wait_until([&] {
-    return !process_->running() ||
-           run_command({"tgtadm", "-C", std::to_string(control_), "--mode", "sys", "--op", "show"}) == 0;
+    return !process_->running() || run_command({"tgtadm", "-C", c, "--mode", "sys", "--op", "show"}) == 0;
   });
   if (!ready || !process_->running())
     fail("tgtd did not start: " + read_file(process_->log_path()));
+  if (target_created_) {
+    target_created_ = false;
+    create_target();
+  }
 }
 
 TgtdServer::~TgtdServer() {
   if (!process_)
     return;
+  if (paused_)
+    resume();
   // tgtd ignores SIGTERM by design and refuses to exit while targets exist: delete them,
   // ask it to shut down, and fall back to signals by PID.
   const std::string c = std::to_string(control_);
-  if (target_created_)
-    run_command({"tgtadm", "-C", c, "--lld", "iscsi", "--mode", "target", "--op", "delete", "--force", "--tid", "1"});
-  run_command({"tgtadm", "-C", c, "--mode", "sys", "--op", "delete"});
-  if (!wait_until([&] { return !process_->running(); }, std::chrono::seconds(5)))
-    process_->stop(std::chrono::milliseconds(100));
+  if (process_->running()) {
+    if (target_created_)
+      run_command({"tgtadm", "-C", c, "--lld", "iscsi", "--mode", "target", "--op", "delete", "--force", "--tid", "1"});
+    run_command({"tgtadm", "-C", c, "--mode", "sys", "--op", "delete"});
+    if (!wait_until([&] { return !process_->running(); }, std::chrono::seconds(5)))
+      process_->stop(std::chrono::milliseconds(100));
+  }
   const std::string sock = "/var/run/tgtd/socket." + c;
   ::unlink(sock.c_str());
   ::unlink((sock + ".lock").c_str());
@@ -238,17 +253,79 @@ void TgtdServer::tgtadm(const std::vector<std::string> &args) {
     fail("tgtadm failed: " + read_file(log));
 }
 
-void TgtdServer::add_lun(int lun, std::uint64_t size, unsigned block_size) {
-  if (!target_created_) {
-    tgtadm({"--mode", "target", "--op", "new", "--tid", "1", "--targetname", iqn()});
-    tgtadm({"--mode", "target", "--op", "bind", "--tid", "1", "--initiator-address", "ALL"});
-    target_created_ = true;
+void TgtdServer::add_lun_to_target(const Lun &l) {
+  tgtadm({"--mode", "logicalunit", "--op", "new", "--tid", "1", "--lun", std::to_string(l.lun), "--backing-store",
+          backing_file(l.lun), "--blocksize", std::to_string(l.block_size)});
+  if (!l.params.empty())
+    tgtadm({"--mode", "logicalunit", "--op", "update", "--tid", "1", "--lun", std::to_string(l.lun), "--params",
+            l.params});
+}
+
+void TgtdServer::create_target() {
+  if (target_created_)
+    return;
+  tgtadm({"--mode", "target", "--op", "new", "--tid", "1", "--targetname", iqn()});
+  tgtadm({"--mode", "target", "--op", "bind", "--tid", "1", "--initiator-address", "ALL"});
+  target_created_ = true;
+  for (const Lun &l : luns_)
+    add_lun_to_target(l);
+  for (const Account &a : accounts_) {
+    tgtadm({"--mode", "account", "--op", "new", "--user", a.user, "--password", a.password});
+    std::vector<std::string> bind{"--mode", "account", "--op", "bind", "--tid", "1", "--user", a.user};
+    if (a.outgoing)
+      bind.emplace_back("--outgoing");
+    tgtadm(bind);
   }
-  const std::string backing = dir_.file("lun" + std::to_string(lun) + ".img");
+}
+
+void TgtdServer::delete_target() {
+  if (!target_created_)
+    return;
+  tgtadm({"--mode", "target", "--op", "delete", "--force", "--tid", "1"});
+  for (const Account &a : accounts_)
+    tgtadm({"--mode", "account", "--op", "delete", "--user", a.user});
+  target_created_ = false;
+}
+
+void TgtdServer::add_lun(int lun, std::uint64_t size, unsigned block_size, const std::string &params) {
+  create_target();
+  const std::string backing = backing_file(lun);
   { std::ofstream f(backing); }
   std::filesystem::resize_file(backing, size);
-  tgtadm({"--mode", "logicalunit", "--op", "new", "--tid", "1", "--lun", std::to_string(lun), "--backing-store",
-          backing, "--blocksize", std::to_string(block_size)});
+  luns_.push_back({lun, block_size, params});
+  add_lun_to_target(luns_.back());
 }
+
+void TgtdServer::add_account(const std::string &user, const std::string &password, bool outgoing) {
+  create_target();
+  accounts_.push_back({user, password, outgoing});
+  tgtadm({"--mode", "account", "--op", "new", "--user", user, "--password", password});
+  std::vector<std::string> bind{"--mode", "account", "--op", "bind", "--tid", "1", "--user", user};
+  if (outgoing)
+    bind.emplace_back("--outgoing");
+  tgtadm(bind);
+}
+
+void TgtdServer::kill() {
+  if (!process_ || !process_->running())
+    return;
+  if (paused_)
+    resume();
+  ::kill(process_->pid(), SIGKILL);
+  process_->stop(std::chrono::milliseconds(2000));
+}
+
+void TgtdServer::pause() {
+  if (process_ && process_->running() && ::kill(process_->pid(), SIGSTOP) == 0)
+    paused_ = true;
+}
+
+void TgtdServer::resume() {
+  if (process_ && process_->running())
+    ::kill(process_->pid(), SIGCONT);
+  paused_ = false;
+}
+
+void TgtdServer::resize_lun(int lun, std::uint64_t size) { std::filesystem::resize_file(backing_file(lun), size); }
 
 } // namespace vb::test

@@ -99,24 +99,59 @@ private:
   std::optional<ChildProcess> process_;
 };
 
-// tgtd on a free 127.0.0.1 port with a private control socket; LUNs backed by files.
+// tgtd on a free 127.0.0.1 port with a private control socket; LUNs backed by files. The
+// target and its LUNs are remembered, so that the target can be deleted and made again, or tgtd
+// killed and started again on the same port, with the same backing files.
 class TgtdServer {
 public:
   explicit TgtdServer(const TempDir &dir);
   ~TgtdServer();
   // Creates target tid 1 (first call) and adds a LUN backed by a new file of the given size.
-  void add_lun(int lun, std::uint64_t size, unsigned block_size = 512);
+  // params are tgtadm --params for the LUN, e.g. "thin_provisioning=1" (UNMAP, WRITE SAME
+  // with UNMAP) or "readonly=1".
+  void add_lun(int lun, std::uint64_t size, unsigned block_size = 512, const std::string &params = {});
+  // A CHAP account bound to the target: incoming (the initiator proves itself) or outgoing (the
+  // target proves itself, for mutual CHAP).
+  void add_account(const std::string &user, const std::string &password, bool outgoing = false);
+  // Deletes the target (its sessions are dropped) / makes it again as it was.
+  void delete_target();
+  void create_target();
+  // SIGKILL, as a crash: connections drop without a logout. start() brings tgtd back on the same
+  // port with the same target, LUNs and accounts.
+  void kill();
+  void start();
+  // SIGSTOP / SIGCONT: a target that stops answering without closing anything.
+  void pause();
+  void resume();
+  // Resizes a LUN's backing file; takes effect when the target is made again.
+  void resize_lun(int lun, std::uint64_t size);
+  std::string backing_file(int lun) const { return dir_.file("lun" + std::to_string(lun) + ".img"); }
   std::string iqn() const { return "iqn.2026-11.org.vduse-bridge.test:disk"; }
   std::string portal() const { return "127.0.0.1:" + std::to_string(port_); }
   std::string uri(int lun) const { return "iscsi://" + portal() + "/" + iqn() + "/" + std::to_string(lun); }
+  const std::string &log_path() const { return log_; }
 
 private:
+  struct Lun {
+    int lun;
+    unsigned block_size;
+    std::string params;
+  };
+  struct Account {
+    std::string user, password;
+    bool outgoing;
+  };
   void tgtadm(const std::vector<std::string> &args);
+  void add_lun_to_target(const Lun &l);
 
   const TempDir &dir_;
   std::uint16_t port_ = 0;
   int control_ = 0;
   bool target_created_ = false;
+  bool paused_ = false;
+  std::string log_;
+  std::vector<Lun> luns_;
+  std::vector<Account> accounts_;
   std::optional<ChildProcess> process_;
 };
 

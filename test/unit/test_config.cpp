@@ -286,7 +286,10 @@ TEST_CASE("the EXAMPLE of vduse-bridge.yaml(5) is valid") {
       yaml += man[i];
   CAPTURE(yaml);
   const Config c = parse_config(yaml, "vduse-bridge.yaml.5");
-  REQUIRE(c.devices.size() == 4);
+  REQUIRE(c.devices.size() == 5);
+  CHECK(c.devices[4].backend.type == BackendConfig::Type::iscsi);
+  CHECK(c.devices[4].backend.iscsi.chap.password_file == "/etc/vduse-bridge/chap.secret");
+  CHECK(c.devices[4].queues == 4);
   CHECK(c.devices[2].backend.type == BackendConfig::Type::nbd);
   CHECK(c.devices[2].backend.nbd.connections == 4);
   CHECK(c.devices[3].backend.nbd.tls_psk_file == "/etc/vduse-bridge/psk.keys");
@@ -411,8 +414,9 @@ TEST_CASE("bad files name the file, line, key and what was expected") {
        "devices[0].backend.type", "expected a backend type (memory, nbd, iscsi), got nothing (the key is missing)"},
       {"backend type unknown", "devices:\n  - name: disk0\n    backend:\n      type: rbd\n", 4,
        "devices[0].backend.type", "expected a backend type (memory, nbd, iscsi), got 'rbd'"},
-      {"backend iscsi not yet", "devices:\n  - name: disk0\n    backend:\n      type: iscsi\n", 4,
-       "devices[0].backend.type", "expected memory or nbd, got 'iscsi': backend type 'iscsi' is not available"},
+      {"iscsi uri missing", "devices:\n  - name: disk0\n    backend:\n      type: iscsi\n", 4, "devices[0].backend.uri",
+       "expected an iSCSI URI such as iscsi://host[:port]/iqn.2026-11.org.example:disk0/1, got nothing (the key is "
+       "missing)"},
       {"memory size missing", "devices:\n  - name: disk0\n    backend:\n      type: memory\n", 4,
        "devices[0].backend.size", "expected a size such as 512, 64K, 1G or 1GiB, got nothing (the key is missing)"},
       {"memory size malformed", "devices:\n  - name: disk0\n    backend:\n      type: memory\n      size: big\n", 5,
@@ -628,4 +632,190 @@ TEST_CASE("nbd structured-replies: off by default, a boolean when given") {
       vb::parse_config(base + "      structured-replies: true\n", "t.yaml").devices[0].backend.nbd.structured_replies);
   CHECK_THROWS_WITH_AS(vb::parse_config(base + "      structured-replies: maybe\n", "t.yaml"),
                        doctest::Contains("t.yaml:6:27: devices[0].backend.structured-replies:"), vb::ConfigError);
+}
+
+namespace {
+
+// A valid iscsi device with the given URI on line 5; bad cases append from line 6.
+std::string iscsi_with(const std::string &uri) {
+  return "devices:\n"          // 1
+         "  - name: lun1\n"    // 2
+         "    backend:\n"      // 3
+         "      type: iscsi\n" // 4
+         "      uri: " +
+         uri + "\n"; // 5
+}
+
+const std::string iscsi_head = iscsi_with("iscsi://192.0.2.1/iqn.2026-11.org.example:disk0/1");
+
+} // namespace
+
+TEST_CASE("an iscsi device with every key set") {
+  const Config c = parse_config("devices:\n"
+                                "  - name: lun1\n"
+                                "    backend:\n"
+                                "      type: iscsi\n"
+                                "      uri: iscsi://[2001:db8::1]:3261/iqn.2026-11.org.example%3Adisk0/7\n"
+                                "      initiator-name: iqn.2026-11.org.example:host1\n"
+                                "      chap:\n"
+                                "        username: user\n"
+                                "        password-file: /etc/vduse-bridge/chap.secret\n"
+                                "        target-username: target\n"
+                                "        target-password-file: /etc/vduse-bridge/target.secret\n"
+                                "      header-digest: prefer-crc32c\n"
+                                "      reconnect-timeout: 5m\n"
+                                "      request-timeout: 10s\n",
+                                "iscsi.yaml");
+  REQUIRE(c.devices.size() == 1);
+  const auto &i = c.devices[0].backend.iscsi;
+  CHECK(c.devices[0].backend.type == BackendConfig::Type::iscsi);
+  CHECK(i.uri == "iscsi://[2001:db8::1]:3261/iqn.2026-11.org.example%3Adisk0/7"); // as written
+  CHECK(i.initiator_name == "iqn.2026-11.org.example:host1");
+  CHECK(i.chap.username == "user");
+  CHECK(i.chap.password_file == "/etc/vduse-bridge/chap.secret");
+  CHECK(i.chap.target_username == "target");
+  CHECK(i.chap.target_password_file == "/etc/vduse-bridge/target.secret");
+  CHECK(i.header_digest == vb::IscsiBackendConfig::HeaderDigest::prefer_crc32c);
+  CHECK(i.reconnect_timeout == std::chrono::minutes(5));
+  CHECK(i.request_timeout == std::chrono::seconds(10));
+  CHECK(c.devices[0].logical_block_size == 0); // the LUN's
+}
+
+TEST_CASE("an iscsi device gets the iscsi defaults") {
+  const Config c = parse_config(iscsi_head, "iscsi.yaml");
+  const auto &i = c.devices[0].backend.iscsi;
+  CHECK(i.uri == "iscsi://192.0.2.1/iqn.2026-11.org.example:disk0/1");
+  CHECK(i.initiator_name.empty()); // derived from the host name when connecting
+  CHECK(i.chap.username.empty());
+  CHECK(i.chap.password_file.empty());
+  CHECK(i.chap.target_username.empty());
+  CHECK(i.header_digest == vb::IscsiBackendConfig::HeaderDigest::none);
+  CHECK(i.reconnect_timeout == std::chrono::seconds(60));
+  CHECK(i.request_timeout == std::chrono::seconds(30));
+  // One-way CHAP, other digests, zero timeouts.
+  const Config chap = parse_config(iscsi_head + "      chap: {username: u, password-file: /s}\n"
+                                                "      header-digest: crc32c\n"
+                                                "      reconnect-timeout: 0\n"
+                                                "      request-timeout: 0\n",
+                                   "iscsi.yaml");
+  const auto &j = chap.devices[0].backend.iscsi;
+  CHECK(j.chap.username == "u");
+  CHECK(j.chap.password_file == "/s");
+  CHECK(j.chap.target_username.empty());
+  CHECK(j.header_digest == vb::IscsiBackendConfig::HeaderDigest::crc32c);
+  CHECK(j.reconnect_timeout.count() == 0);
+  CHECK(j.request_timeout.count() == 0);
+  for (const char *uri : {"iscsi://host/t/0", "iscsi://host:3260/iqn.x:y/16383", "iscsi://[::1]/t/1",
+                          "iscsi://[::1]:860/t/1", "'iscsi://h/iqn.2026-11.org.example%3Adisk/2'"}) {
+    CAPTURE(uri);
+    CHECK(error_of(iscsi_with(uri)) == "(no error thrown)");
+  }
+}
+
+TEST_CASE("iscsi: a URI with credentials is refused without showing them") {
+  CHECK(error_of(iscsi_with("iscsi://alice%s3cret@192.0.2.1/iqn.x:d/1")) ==
+        "test.yaml:5:12: devices[0].backend.uri: expected a URI without user information, got one in "
+        "'iscsi://***@192.0.2.1/iqn.x:d/1': secrets come from files, never from the URI; "
+        "name the CHAP user with chap.username and its password with chap.password-file");
+  CHECK(error_of(iscsi_with("iscsi://alice%s3cret@192.0.2.1/iqn.2026-11.org.example:disk0/1")).find("s3cret") ==
+        std::string::npos);
+  CHECK(error_of(iscsi_with("iscsi://alice@host/t/1")).find("got one in 'iscsi://***@host/t/1'") != std::string::npos);
+}
+
+TEST_CASE("bad iscsi keys name the file, line, key and what was expected") {
+  struct Case {
+    std::string what;
+    std::string yaml;
+    int line;
+    const char *key;
+    std::string fragment;
+  };
+  const Case cases[] = {
+      {"uri a sequence", iscsi_with("[iscsi://h/t/1]"), 5, "devices[0].backend.uri", "got a sequence"},
+      {"uri of another scheme", iscsi_with("nbd://h/t/1"), 5, "devices[0].backend.uri",
+       "expected a URI scheme of iscsi, got 'nbd' in 'nbd://h/t/1'"},
+      {"uri iser", iscsi_with("iser://h/t/1"), 5, "devices[0].backend.uri", "got 'iser'"},
+      {"uri without a lun", iscsi_with("iscsi://h/iqn.x:y"), 5, "devices[0].backend.uri",
+       "(the target name and the LUN follow the host)"},
+      {"uri without a target", iscsi_with("iscsi://h//1"), 5, "devices[0].backend.uri",
+       "(the target name and the LUN follow the host)"},
+      {"uri without a path", iscsi_with("iscsi://h"), 5, "devices[0].backend.uri", "the LUN follow the host"},
+      {"uri lun too big", iscsi_with("iscsi://h/t/16384"), 5, "devices[0].backend.uri",
+       "expected a LUN from 0 to 16383 at the end of the URI, got '16384' in 'iscsi://h/t/16384'"},
+      {"uri lun not a number", iscsi_with("iscsi://h/t/one"), 5, "devices[0].backend.uri", "got 'one'"},
+      {"uri target with a slash", iscsi_with("iscsi://h/a/b/1"), 5, "devices[0].backend.uri",
+       "(a target name has no '/')"},
+      {"uri without a host", iscsi_with("iscsi:///t/1"), 5, "devices[0].backend.uri", "expected a host in the URI"},
+      {"uri port 0", iscsi_with("iscsi://h:0/t/1"), 5, "devices[0].backend.uri",
+       "expected a port from 1 to 65535 in the URI, got '0'"},
+      {"uri port too big", iscsi_with("iscsi://h:65536/t/1"), 5, "devices[0].backend.uri", "got '65536'"},
+      {"uri port empty", iscsi_with("iscsi://h:/t/1"), 5, "devices[0].backend.uri", "a port number after ':'"},
+      {"uri bad ipv6", iscsi_with("iscsi://[::1/t/1"), 5, "devices[0].backend.uri", "an IPv6 address in brackets"},
+      {"uri with a query", iscsi_with("iscsi://h/t/1?header_digest=crc32c"), 5, "devices[0].backend.uri",
+       "expected a URI without a query or fragment, got 'iscsi://h/t/1?header_digest=crc32c': digests and CHAP are "
+       "set with the backend keys header-digest and chap"},
+      {"uri with a space", iscsi_with("\"iscsi://h/my disk/1\""), 5, "devices[0].backend.uri",
+       "expected a URI without spaces"},
+      {"initiator-name not an iSCSI name", iscsi_head + "      initiator-name: host1\n", 6,
+       "devices[0].backend.initiator-name",
+       "expected an iSCSI name starting with iqn., eui. or naa. such as iqn.2026-11.org.example:host1 (at most 223 "
+       "letters, digits, '.', '-' and ':'), got 'host1'"},
+      {"initiator-name with a space", iscsi_head + "      initiator-name: \"iqn.x y\"\n", 6,
+       "devices[0].backend.initiator-name", "got \"iqn.x y\""},
+      {"initiator-name with an underscore", iscsi_head + "      initiator-name: iqn.a_b\n", 6,
+       "devices[0].backend.initiator-name", "got 'iqn.a_b'"},
+      {"initiator-name too long", iscsi_head + "      initiator-name: iqn." + std::string(220, 'a') + "\n", 6,
+       "devices[0].backend.initiator-name", "(224 bytes)"},
+      {"chap a scalar", iscsi_head + "      chap: user\n", 6, "devices[0].backend.chap",
+       "expected a map with the keys username and password-file (and target-username and target-password-file for "
+       "mutual CHAP), got 'user'"},
+      {"chap password inline", iscsi_head + "      chap:\n        username: u\n        password: s3cret\n", 8,
+       "devices[0].backend.chap.password",
+       "expected a chap key (username, password-file, target-username, target-password-file), got 'password'"},
+      {"chap key near miss", iscsi_head + "      chap:\n        username: u\n        password_file: /s\n", 8,
+       "devices[0].backend.chap.password_file", "(did you mean 'password-file'?)"},
+      {"chap username missing", iscsi_head + "      chap:\n        password-file: /s\n", 7,
+       "devices[0].backend.chap.username",
+       "expected a CHAP user name of 1 to 255 bytes of printable ASCII without spaces, got nothing (the key is "
+       "missing)"},
+      {"chap password-file missing", iscsi_head + "      chap:\n        username: u\n", 7,
+       "devices[0].backend.chap.password-file",
+       "expected an absolute path (starting with '/'), got nothing (the key is missing) (the file holding the CHAP "
+       "password)"},
+      {"chap password-file relative", iscsi_head + "      chap: {username: u, password-file: chap.secret}\n", 6,
+       "devices[0].backend.chap.password-file", "expected an absolute path (starting with '/'), got 'chap.secret'"},
+      {"chap username with a space", iscsi_head + "      chap: {username: \"a b\", password-file: /s}\n", 6,
+       "devices[0].backend.chap.username", "got \"a b\""},
+      {"chap key twice", iscsi_head + "      chap:\n        username: u\n        username: v\n", 8,
+       "devices[0].backend.chap.username", "expected each key once in a map, got it again (first on line 7)"},
+      {"mutual chap without a password file",
+       iscsi_head + "      chap: {username: u, password-file: /s, target-username: t}\n", 6,
+       "devices[0].backend.chap.target-password-file",
+       "got nothing (the key is missing) (mutual CHAP needs both target-username and target-password-file)"},
+      {"mutual chap without a user name",
+       iscsi_head + "      chap: {username: u, password-file: /s, target-password-file: /t}\n", 6,
+       "devices[0].backend.chap.target-username", "(mutual CHAP needs both target-username and target-password-file)"},
+      {"header-digest unknown", iscsi_head + "      header-digest: md5\n", 6, "devices[0].backend.header-digest",
+       "expected none, crc32c or prefer-crc32c, got 'md5'"},
+      {"reconnect-timeout without unit", iscsi_head + "      reconnect-timeout: 60\n", 6,
+       "devices[0].backend.reconnect-timeout", "expected a duration with a unit (ms, s, m, h), got '60'"},
+      {"request-timeout a map", iscsi_head + "      request-timeout: {s: 1}\n", 6, "devices[0].backend.request-timeout",
+       "got a map"},
+      {"nbd key for iscsi", iscsi_head + "      connections: 4\n", 6, "devices[0].backend.connections",
+       "expected an iscsi backend key (type, uri, initiator-name, chap, header-digest, reconnect-timeout, "
+       "request-timeout), got 'connections'"},
+      {"iscsi key near miss", iscsi_head + "      header_digest: none\n", 6, "devices[0].backend.header_digest",
+       "(did you mean 'header-digest'?)"},
+      {"chap for nbd", nbd_head + "      chap: {username: u, password-file: /s}\n", 6, "devices[0].backend.chap",
+       "expected an nbd backend key"},
+  };
+  for (const auto &c : cases) {
+    CAPTURE(c.what);
+    const std::string msg = error_of(c.yaml);
+    CAPTURE(msg);
+    CHECK(msg.rfind("test.yaml:" + std::to_string(c.line) + ":", 0) == 0);
+    CHECK(msg.find(" " + std::string(c.key) + ": ") != std::string::npos);
+    CHECK(msg.find(c.fragment) != std::string::npos);
+    CHECK(msg.find('\n') == std::string::npos);
+  }
 }

@@ -1,0 +1,62 @@
+#include "iscsi/iscsi_backend.h"
+
+#include "common/log.h"
+#include "common/units.h"
+#include "iscsi/iscsi_session.h"
+
+#include <iscsi/iscsi.h>
+#include <stdexcept>
+
+namespace vb {
+
+IscsiBackend::IscsiBackend(IscsiOptions options) : target_(std::make_shared<IscsiTarget>()) {
+  target_->options = std::move(options);
+}
+
+IscsiBackend::~IscsiBackend() {
+  if (first_)
+    iscsi_destroy_context(first_);
+}
+
+void IscsiBackend::open() {
+  IscsiTarget &t = *target_;
+  t.uri = parse_iscsi_uri(t.options.uri);
+  t.name = describe_lun(t.uri);
+  iscsi_context *ctx = make_iscsi_context(t.options, t.uri);
+  try {
+    t.lun = login_and_probe(ctx, t.uri, t.options);
+    derive_capabilities(t);
+  } catch (...) {
+    iscsi_destroy_context(ctx);
+    throw;
+  }
+  first_ = ctx;
+  const BackendCapabilities &c = t.caps;
+  VB_LOG_INFO("iscsi: %s (%s): %s, %u-byte blocks (%u physical), max command %s%s%s%s%s%s", t.name.c_str(),
+              c.identity.c_str(), format_size(c.size).c_str(), c.logical_block_size, c.physical_block_size,
+              format_size(t.max_rw_bytes).c_str(), c.read_only ? ", read-only" : "", c.can_flush ? ", flush" : "",
+              c.can_fua ? ", fua" : "", c.can_discard ? ", unmap" : "",
+              c.can_write_zeroes ? (c.can_zero_unmap ? ", write same (unmap)" : ", write same") : "");
+}
+
+std::unique_ptr<BackendQueue> IscsiBackend::open_queue(EventLoop &loop, unsigned index) {
+  if (target_->caps.size == 0)
+    throw std::logic_error("iscsi: open_queue() before open()");
+  iscsi_context *ctx = nullptr;
+  {
+    std::lock_guard lock(mu_);
+    if (index == 0) {
+      ctx = first_;
+      first_ = nullptr;
+    }
+  }
+  try {
+    return std::make_unique<IscsiSession>(loop, target_, ctx, target_->name + " q" + std::to_string(index));
+  } catch (...) {
+    if (ctx)
+      iscsi_destroy_context(ctx);
+    throw;
+  }
+}
+
+} // namespace vb

@@ -1,0 +1,839 @@
+#include "iscsi/iscsi_session.h"
+
+#include "common/log.h"
+
+#include <algorithm>
+#include <cerrno>
+#include <event2/event.h>
+#include <iscsi/iscsi.h>
+#include <iscsi/scsi-lowlevel.h>
+#include <poll.h>
+
+namespace vb {
+
+struct IscsiSession::Part {
+  enum class State { pending, issued, waiting, done };
+  Job *job = nullptr;
+  State state = State::pending;
+  scsi_task *task = nullptr; // while issued
+  std::uint64_t lba = 0;
+  std::uint32_t blocks = 0;
+  std::size_t iov_first = 0; // reads and writes: this command's slice of Job::iov
+  int iov_count = 0;
+  unsigned attempts = 0;        // retries so far (UNIT ATTENTION, BUSY, ...)
+  std::uint64_t generation = 0; // the context it was issued on
+  std::chrono::steady_clock::time_point issued_at{};
+  std::chrono::steady_clock::time_point retry_at{};
+};
+
+struct IscsiSession::Job {
+  IscsiSession *session = nullptr;
+  Request req;
+  CompletionFn done = nullptr;
+  void *ctx = nullptr;
+  std::uint64_t seq = 0; // submission order, for resubmission oldest first
+  int error = 0;         // the first error of any part
+  unsigned parts_left = 0;
+  std::size_t index = 0;       // position in in_flight_
+  std::vector<scsi_iovec> iov; // the request's buffers, cut at command boundaries
+  std::vector<Part> parts;     // fixed while the job is in flight: libiscsi holds pointers to them
+};
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+constexpr auto kTick = std::chrono::milliseconds(250);
+constexpr auto kMaxBackoff = std::chrono::milliseconds(5000);
+constexpr unsigned kMaxUnitAttentionRetries = 8;
+constexpr unsigned kMaxDelayedRetries = 40; // BUSY & co: 10 ms doubling to 1 s, about 30 s in all
+constexpr auto kMaxRetryDelay = std::chrono::milliseconds(1000);
+
+const char *op_name(Op op) noexcept {
+  switch (op) {
+  case Op::read:
+    return "READ(16)";
+  case Op::write:
+    return "WRITE(16)";
+  case Op::flush:
+    return "SYNCHRONIZE CACHE(16)";
+  case Op::discard:
+    return "UNMAP";
+  case Op::write_zeroes:
+    return "WRITE SAME(16)";
+  }
+  return "?";
+}
+
+long long seconds(std::chrono::milliseconds d) {
+  return static_cast<long long>(std::chrono::duration_cast<std::chrono::seconds>(d).count());
+}
+
+void remove_from(std::vector<IscsiSession::Job *> &v, IscsiSession::Job *job, std::size_t IscsiSession::Job::*index) {
+  const std::size_t i = job->*index;
+  if (i < v.size() && v[i] == job) {
+    v[i] = v.back();
+    v[i]->*index = i;
+    v.pop_back();
+  }
+}
+
+} // namespace
+
+IscsiSession::IscsiSession(EventLoop &loop, std::shared_ptr<const IscsiTarget> target, iscsi_context *ctx,
+                           std::string name)
+    : loop_(loop), target_(std::move(target)), name_(std::move(name)),
+      reconnect_timer_(loop, [this] { start_connect(); }), failure_timer_(loop, [this] { handle_failure(); }),
+      retry_timer_(loop, [this] { on_retry_timer(); }), tick_(loop, [this] { on_tick(); }),
+      zeros_(target_->caps.logical_block_size, 0) {
+  tick_.arm_periodic(kTick);
+  in_flight_.reserve(256); // a queue's depth: no allocation on the data path once warm
+  held_.reserve(256);
+  if (ctx) {
+    ctx_ = ctx;
+    ++generation_;
+    state_ = State::ready;
+    update_events();
+  } else {
+    down_since_ = Clock::now();
+    start_connect();
+  }
+}
+
+IscsiSession::~IscsiSession() { cancel_all(); }
+
+IscsiSession::Job *IscsiSession::new_job() noexcept {
+  try {
+    if (free_jobs_.empty()) {
+      jobs_.push_back(std::make_unique<Job>());
+      jobs_.back()->session = this;
+      return jobs_.back().get();
+    }
+  } catch (...) {
+    return nullptr;
+  }
+  Job *job = free_jobs_.back();
+  free_jobs_.pop_back();
+  return job;
+}
+
+int IscsiSession::submit(const Request &req, CompletionFn done, void *ctx) noexcept {
+  const BackendCapabilities &caps = target_->caps;
+  if (cancelled_)
+    return -ECANCELED;
+  if (req.offset > caps.size || req.length > caps.size - req.offset)
+    return -EIO;
+  if (req.offset % caps.logical_block_size != 0 || req.length % caps.logical_block_size != 0)
+    return -EINVAL;
+  if (state_ != State::ready && fail_fast_)
+    return -EIO; // the target has been gone for longer than reconnect-timeout
+  if (req.length == 0 && req.op != Op::flush) {
+    done(ctx, 0); // nothing to do; a WRITE SAME of 0 blocks would mean "to the end"
+    return 0;
+  }
+  Job *job = new_job();
+  if (!job)
+    return -ENOMEM;
+  job->req = req;
+  job->done = done;
+  job->ctx = ctx;
+  job->seq = ++seq_;
+  job->error = 0;
+  if (const int rc = plan(job); rc != 0) {
+    free_jobs_.push_back(job);
+    return rc;
+  }
+  if (state_ == State::ready) {
+    issue(job);
+    if (!in_service_)
+      update_events();
+  } else {
+    try {
+      held_.push_back(job);
+    } catch (...) {
+      free_jobs_.push_back(job);
+      return -ENOMEM;
+    }
+  }
+  return 0;
+}
+
+// Cuts the job into commands no larger than the LUN accepts, each read or write with its own
+// slice of the request's buffers (libiscsi reads and writes them in place, no copy).
+int IscsiSession::plan(Job *job) noexcept {
+  const Request &r = job->req;
+  const std::uint32_t bs = target_->caps.logical_block_size;
+  try {
+    job->parts.clear();
+    job->iov.clear();
+    auto split = [&](std::uint64_t max_blocks) {
+      for (std::uint64_t lba = r.offset / bs, left = r.length / bs; left > 0;) {
+        const std::uint64_t n = std::min(left, max_blocks);
+        Part p;
+        p.lba = lba;
+        p.blocks = static_cast<std::uint32_t>(n);
+        job->parts.push_back(p);
+        lba += n;
+        left -= n;
+      }
+    };
+    switch (r.op) {
+    case Op::flush:
+      job->parts.emplace_back(); // the whole LUN: LBA 0, 0 blocks
+      break;
+    case Op::discard:
+      if (target_->max_unmap_blocks == 0)
+        return -EOPNOTSUPP;
+      split(target_->max_unmap_blocks);
+      break;
+    case Op::write_zeroes:
+      split(target_->max_zero_blocks);
+      break;
+    case Op::read:
+    case Op::write: {
+      int i = 0;
+      std::size_t used = 0; // of r.iov[i]
+      for (std::uint64_t pos = 0; pos < r.length;) {
+        const std::uint64_t n = std::min(r.length - pos, target_->max_rw_bytes);
+        Part p;
+        p.lba = (r.offset + pos) / bs;
+        p.blocks = static_cast<std::uint32_t>(n / bs);
+        p.iov_first = job->iov.size();
+        for (std::uint64_t need = n; need > 0;) {
+          if (i >= r.iovcnt)
+            return -EINVAL; // fewer bytes in the buffers than the request's length
+          const std::size_t take = std::min<std::uint64_t>(r.iov[i].iov_len - used, need);
+          if (take > 0)
+            job->iov.push_back({static_cast<char *>(r.iov[i].iov_base) + used, take});
+          used += take;
+          need -= take;
+          if (used == r.iov[i].iov_len) {
+            ++i;
+            used = 0;
+          }
+        }
+        p.iov_count = static_cast<int>(job->iov.size() - p.iov_first);
+        job->parts.push_back(p);
+        pos += n;
+      }
+      break;
+    }
+    }
+  } catch (...) {
+    return -ENOMEM;
+  }
+  for (Part &p : job->parts)
+    p.job = job;
+  job->parts_left = static_cast<unsigned>(job->parts.size());
+  return 0;
+}
+
+void IscsiSession::issue(Job *job) noexcept {
+  job->index = in_flight_.size();
+  in_flight_.push_back(job);
+  for (Part &p : job->parts)
+    if (p.state == Part::State::pending)
+      issue_part(&p);
+}
+
+void IscsiSession::issue_part(Part *part) noexcept {
+  if (!ctx_ || state_ != State::ready || failure_)
+    return; // stays pending; issued again on the next session
+  const Request &r = part->job->req;
+  const int lun = target_->uri.lun;
+  const std::uint32_t bs = target_->caps.logical_block_size;
+  const std::uint32_t bytes = part->blocks * bs;
+  scsi_iovec *iov = part->iov_count > 0 ? &part->job->iov[part->iov_first] : nullptr;
+  scsi_task *task = nullptr;
+  switch (r.op) {
+  case Op::read:
+    task = iscsi_read16_iov_task(ctx_, lun, part->lba, bytes, static_cast<int>(bs), 0, 0, 0, 0, 0, &on_task_done, part,
+                                 iov, part->iov_count);
+    break;
+  case Op::write:
+    task = iscsi_write16_iov_task(ctx_, lun, part->lba, nullptr, bytes, static_cast<int>(bs), 0, 0, r.fua ? 1 : 0, 0, 0,
+                                  &on_task_done, part, iov, part->iov_count);
+    break;
+  case Op::flush:
+    task = iscsi_synchronizecache16_task(ctx_, lun, 0, 0, 0, 0, &on_task_done, part);
+    break;
+  case Op::discard: {
+    unmap_list range{part->lba, part->blocks}; // copied into the command's data
+    task = iscsi_unmap_task(ctx_, lun, 0, 0, &range, 1, &on_task_done, part);
+    break;
+  }
+  case Op::write_zeroes: {
+    const bool unmap = r.may_unmap && target_->caps.can_zero_unmap;
+    task = iscsi_writesame16_task(ctx_, lun, part->lba, zeros_.data(), bs, part->blocks, 0, unmap ? 1 : 0, 0, 0,
+                                  &on_task_done, part);
+    break;
+  }
+  }
+  if (!task) {
+    fail(std::string("cannot queue ") + op_name(r.op) + ": " + iscsi_error(ctx_));
+    return;
+  }
+  part->task = task;
+  part->state = Part::State::issued;
+  part->generation = generation_;
+  part->issued_at = Clock::now();
+}
+
+void IscsiSession::on_task_done(iscsi_context * /*iscsi*/, int status, void *command_data,
+                                void *private_data) noexcept {
+  auto *part = static_cast<Part *>(private_data);
+  auto *task = static_cast<scsi_task *>(command_data);
+  IscsiSession *self = part->job->session;
+  scsi_sense sense{};
+  bool short_transfer = false;
+  if (task) {
+    sense = task->sense;
+    short_transfer = status == SCSI_STATUS_GOOD && task->residual_status == SCSI_RESIDUAL_UNDERFLOW &&
+                     task->residual > 0 && (part->job->req.op == Op::read || part->job->req.op == Op::write);
+    scsi_free_scsi_task(task);
+  }
+  if (part->task == task)
+    part->task = nullptr;
+  // A context being torn down cancels its commands: they are issued again on the next one.
+  if (self->closing_ || part->generation != self->generation_ || part->state != Part::State::issued)
+    return;
+  self->on_part_result(part, status, sense, short_transfer);
+}
+
+void IscsiSession::on_part_result(Part *part, int status, const scsi_sense &sense, bool short_transfer) noexcept {
+  switch (status) {
+  case SCSI_STATUS_GOOD:
+  case SCSI_STATUS_CONDITION_MET:
+    if (short_transfer) {
+      report(part, "short transfer", "the target transferred less than asked; failing the request");
+      complete_part(part, EIO);
+      return;
+    }
+    complete_part(part, 0);
+    return;
+  case SCSI_STATUS_CHECK_CONDITION:
+    on_check_condition(part, sense);
+    return;
+  case SCSI_STATUS_BUSY:
+  case SCSI_STATUS_TASK_SET_FULL:
+  case SCSI_STATUS_TASK_ABORTED:
+    retry_later(part, describe_status(status));
+    return;
+  case SCSI_STATUS_RESERVATION_CONFLICT:
+    report(part, "reservation conflict", "RESERVATION CONFLICT: another initiator holds a reservation on the LUN");
+    complete_part(part, EBUSY);
+    return;
+  case SCSI_STATUS_CANCELLED:
+  case SCSI_STATUS_ERROR:
+  case SCSI_STATUS_TIMEOUT:
+    // Not an answer about the data: the session is gone. The part stays with its job and is
+    // issued again once a new session is up.
+    part->state = Part::State::pending;
+    // libiscsi cancels the commands of a connection that closed or failed; its error text is
+    // only current for the other two.
+    fail(status == SCSI_STATUS_CANCELLED
+             ? std::string("the connection closed or failed")
+             : std::string("the session failed (") + describe_status(status) + ": " + iscsi_error(ctx_) + ")");
+    return;
+  default:
+    report(part, "status " + std::to_string(status), std::string("unexpected SCSI status ") + describe_status(status));
+    complete_part(part, EIO);
+    return;
+  }
+}
+
+void IscsiSession::on_check_condition(Part *part, const scsi_sense &sense) noexcept {
+  const std::string kind = describe_sense(sense);
+  const Op op = part->job->req.op;
+  switch (sense.key) {
+  case SCSI_SENSE_UNIT_ATTENTION:
+    // Something changed on the target (a reset, a new session, mode parameters): the command
+    // was not executed and may be sent again.
+    if (sense.ascq == SCSI_SENSE_ASCQ_CAPACITY_DATA_HAS_CHANGED)
+      report(part, kind,
+             kind + ": the LUN's capacity changed; the disk keeps the size it had at start-up (resizing is not "
+                    "supported yet)");
+    else
+      report(part, kind, kind + ": retrying the command");
+    if (part->attempts++ < kMaxUnitAttentionRetries) {
+      ++retries_;
+      part->state = Part::State::pending;
+      issue_part(part);
+      return;
+    }
+    complete_part(part, EIO);
+    return;
+  case SCSI_SENSE_NOT_READY:
+    if ((sense.ascq >> 8) == 0x04 && sense.ascq != 0x0402 && sense.ascq != 0x0403) { // becoming ready, busy...
+      retry_later(part, kind);
+      return;
+    }
+    report(part, kind, kind + ": failing the request");
+    complete_part(part, EIO);
+    return;
+  case SCSI_SENSE_COMMAND_ABORTED:
+    retry_later(part, kind);
+    return;
+  case SCSI_SENSE_DATA_PROTECTION:
+    report(part, kind, kind + ": the LUN is write-protected");
+    complete_part(part, EROFS);
+    return;
+  case SCSI_SENSE_ILLEGAL_REQUEST:
+    if ((op == Op::discard || op == Op::write_zeroes || op == Op::flush) &&
+        (sense.ascq == SCSI_SENSE_ASCQ_INVALID_OPERATION_CODE || sense.ascq == SCSI_SENSE_ASCQ_INVALID_FIELD_IN_CDB ||
+         sense.ascq == SCSI_SENSE_ASCQ_INVALID_FIELD_IN_PARAMETER_LIST)) {
+      report(part, kind, kind + ": the target does not support it after all; the request is unsupported");
+      complete_part(part, EOPNOTSUPP);
+      return;
+    }
+    report(part, kind, kind + ": failing the request");
+    complete_part(part, EIO);
+    return;
+  case SCSI_SENSE_RECOVERED_ERROR:
+  case SCSI_SENSE_NO_SENSE:
+    complete_part(part, 0); // the command succeeded
+    return;
+  default: // MEDIUM ERROR, HARDWARE ERROR, MISCOMPARE...
+    report(part, kind, kind + ": failing the request with EIO");
+    complete_part(part, EIO);
+    return;
+  }
+}
+
+void IscsiSession::report(const Part *part, const std::string &kind, const std::string &what) noexcept {
+  try {
+    const char *op = op_name(part->job->req.op);
+    if (target_->first_report(std::string(op) + " " + kind))
+      VB_LOG_WARN("%s: %s at block %llu: %s (reported once per kind)", name_.c_str(), op,
+                  static_cast<unsigned long long>(part->lba), what.c_str());
+    else
+      VB_LOG_DEBUG("%s: %s at block %llu: %s", name_.c_str(), op, static_cast<unsigned long long>(part->lba),
+                   what.c_str());
+  } catch (...) {
+    VB_LOG_WARN("%s: a command failed (out of memory while reporting it)", name_.c_str());
+  }
+}
+
+void IscsiSession::retry_later(Part *part, const std::string &why) noexcept {
+  if (part->attempts >= kMaxDelayedRetries) {
+    report(part, why + " retries",
+           why + ": still failing after " + std::to_string(part->attempts) + " retries; failing the request");
+    complete_part(part, EIO);
+    return;
+  }
+  VB_LOG_DEBUG("%s: %s at block %llu: %s; retrying later", name_.c_str(), op_name(part->job->req.op),
+               static_cast<unsigned long long>(part->lba), why.c_str());
+  const auto delay = std::min(std::chrono::milliseconds(10) * (1 << std::min(part->attempts, 7u)), kMaxRetryDelay);
+  ++part->attempts;
+  ++retries_;
+  part->state = Part::State::waiting;
+  part->retry_at = Clock::now() + delay;
+  if (!retry_timer_.pending() || part->retry_at < retry_due_) {
+    retry_due_ = part->retry_at;
+    retry_timer_.arm(delay);
+  }
+}
+
+void IscsiSession::on_retry_timer() noexcept {
+  const auto now = Clock::now();
+  auto next = Clock::time_point::max();
+  for (std::size_t i = 0; i < in_flight_.size(); ++i) {
+    for (Part &p : in_flight_[i]->parts) {
+      if (p.state != Part::State::waiting)
+        continue;
+      if (p.retry_at <= now) {
+        p.state = Part::State::pending;
+        issue_part(&p);
+      } else {
+        next = std::min(next, p.retry_at);
+      }
+    }
+  }
+  if (next != Clock::time_point::max()) {
+    retry_due_ = next;
+    retry_timer_.arm(std::chrono::ceil<std::chrono::milliseconds>(next - now));
+  }
+  update_events();
+}
+
+void IscsiSession::complete_part(Part *part, int error) noexcept {
+  part->state = Part::State::done;
+  Job *job = part->job;
+  if (error != 0 && job->error == 0)
+    job->error = error;
+  if (--job->parts_left == 0) {
+    remove_from(in_flight_, job, &Job::index);
+    finish(job, job->error);
+  }
+}
+
+void IscsiSession::finish(Job *job, int error) noexcept {
+  const CompletionFn done = job->done;
+  void *ctx = job->ctx;
+  job->done = nullptr;
+  free_jobs_.push_back(job);
+  done(ctx, error);
+}
+
+void IscsiSession::start_connect() noexcept {
+  if (cancelled_)
+    return;
+  close_context();
+  state_ = State::connecting;
+  attempt_started_ = Clock::now();
+  try {
+    ctx_ = make_iscsi_context(target_->options, target_->uri);
+  } catch (const std::exception &e) {
+    // A password file that cannot be read now may be fixed while we wait.
+    retry_connect_later(e.what(), kMaxBackoff);
+    return;
+  }
+  ++generation_;
+  tcp_connected_ = false;
+  if (iscsi_connect_async(ctx_, target_->uri.portal.c_str(), &on_tcp_connected, this) != 0) {
+    retry_connect_later(std::string("cannot connect: ") + iscsi_error(ctx_), backoff_);
+    return;
+  }
+  update_events();
+}
+
+void IscsiSession::on_tcp_connected(iscsi_context * /*iscsi*/, int status, void * /*command_data*/,
+                                    void *private_data) noexcept {
+  auto *self = static_cast<IscsiSession *>(private_data);
+  // libiscsi may call this again when the connection closes: the loss is noticed elsewhere.
+  if (self->closing_ || self->state_ != State::connecting || self->tcp_connected_)
+    return;
+  if (status != SCSI_STATUS_GOOD) {
+    self->fail("cannot connect: " + iscsi_error(self->ctx_));
+    return;
+  }
+  self->tcp_connected_ = true;
+  if (iscsi_login_async(self->ctx_, &on_logged_in, self) != 0)
+    self->fail("cannot log in: " + iscsi_error(self->ctx_));
+}
+
+void IscsiSession::on_logged_in(iscsi_context * /*iscsi*/, int status, void * /*command_data*/,
+                                void *private_data) noexcept {
+  auto *self = static_cast<IscsiSession *>(private_data);
+  if (self->closing_ || self->state_ != State::connecting)
+    return;
+  const char *moved = iscsi_get_target_address(self->ctx_);
+  if (status == SCSI_STATUS_REDIRECT && moved && *moved) {
+    // The target moved to another portal: log in there (this time).
+    VB_LOG_INFO("%s: the target redirects to %s", self->name_.c_str(), moved);
+    const std::string portal = moved;
+    iscsi_disconnect(self->ctx_);
+    self->tcp_connected_ = false;
+    if (iscsi_connect_async(self->ctx_, portal.c_str(), &on_tcp_connected, self) != 0)
+      self->fail("cannot connect to " + portal + ": " + iscsi_error(self->ctx_));
+    return;
+  }
+  if (status != SCSI_STATUS_GOOD) {
+    self->fail("cannot log in: " + iscsi_error(self->ctx_));
+    return;
+  }
+  self->start_probe();
+}
+
+// The target must still be the LUN this disk was: serving another LUN's data under this one's
+// name would corrupt whatever uses it.
+void IscsiSession::start_probe() noexcept {
+  state_ = State::probing;
+  probed_ = LunInfo{};
+  probe_ok_ = {};
+  probes_left_ = 0;
+  probe_attentions_ = 0;
+  for (std::size_t i = 0; i < probe_tasks_.size(); ++i)
+    if (!issue_probe(i))
+      return;
+}
+
+bool IscsiSession::issue_probe(std::size_t which) noexcept {
+  const int lun = target_->uri.lun;
+  scsi_task *task = nullptr;
+  switch (which) {
+  case 0:
+    task = iscsi_readcapacity16_task(ctx_, lun, &on_probed, this);
+    break;
+  case 1:
+    task = iscsi_inquiry_task(ctx_, lun, 1, SCSI_INQUIRY_PAGECODE_DEVICE_IDENTIFICATION, 255, &on_probed, this);
+    break;
+  default:
+    task = iscsi_modesense6_task(ctx_, lun, 1, SCSI_MODESENSE_PC_CURRENT, SCSI_MODEPAGE_RETURN_ALL_PAGES, 0, 255,
+                                 &on_probed, this);
+    break;
+  }
+  if (!task) {
+    fail("cannot check the LUN: " + iscsi_error(ctx_));
+    return false;
+  }
+  probe_tasks_[which] = task;
+  ++probes_left_;
+  return true;
+}
+
+void IscsiSession::on_probed(iscsi_context * /*iscsi*/, int status, void *command_data, void *private_data) noexcept {
+  auto *self = static_cast<IscsiSession *>(private_data);
+  auto *task = static_cast<scsi_task *>(command_data);
+  std::size_t which = self->probe_tasks_.size();
+  for (std::size_t i = 0; i < self->probe_tasks_.size(); ++i)
+    if (task && self->probe_tasks_[i] == task)
+      which = i;
+  const bool current = task && !self->closing_ && self->state_ == State::probing && which < self->probe_tasks_.size();
+  bool attention = false;
+  if (current) {
+    self->probe_tasks_[which] = nullptr;
+    --self->probes_left_;
+    // A new session usually starts with a UNIT ATTENTION (power on, reset): ask again.
+    attention = status == SCSI_STATUS_CHECK_CONDITION && task->sense.key == SCSI_SENSE_UNIT_ATTENTION &&
+                self->probe_attentions_++ < 10;
+    if (!attention) {
+      bool ok = false;
+      switch (which) {
+      case 0:
+        ok = parse_read_capacity16(task, self->probed_);
+        break;
+      case 1:
+        ok = parse_device_identification(task, self->probed_);
+        break;
+      default:
+        ok = parse_mode_sense(task, self->probed_);
+        break;
+      }
+      self->probe_ok_[which] = ok;
+    }
+  }
+  if (task)
+    scsi_free_scsi_task(task);
+  if (!current)
+    return;
+  if (status == SCSI_STATUS_CANCELLED || status == SCSI_STATUS_ERROR || status == SCSI_STATUS_TIMEOUT) {
+    self->fail("the session failed while checking the LUN");
+    return;
+  }
+  if (attention) {
+    self->issue_probe(which);
+    return;
+  }
+  if (self->probes_left_ == 0)
+    self->check_probe();
+}
+
+void IscsiSession::check_probe() noexcept {
+  const LunInfo &was = target_->lun;
+  const LunInfo &now = probed_;
+  std::string why;
+  try {
+    if (!probe_ok_[0])
+      why = "READ CAPACITY(16) failed";
+    else if (now.blocks != was.blocks || now.block_size != was.block_size)
+      why = "it now has " + std::to_string(now.blocks) + " blocks of " + std::to_string(now.block_size) +
+            " bytes, it had " + std::to_string(was.blocks) + " of " + std::to_string(was.block_size);
+    else if (probe_ok_[1] ? now.identity != was.identity : !was.identity.empty())
+      why = "its identity (VPD page 0x83) is now '" + (now.wwn.empty() ? now.identity : now.wwn) + "', it was '" +
+            (was.wwn.empty() ? was.identity : was.wwn) + "'";
+    else if (probe_ok_[2] && now.write_protected && !was.write_protected)
+      why = "it is now write-protected";
+  } catch (...) {
+    why = "out of memory while checking it";
+  }
+  if (!why.empty()) {
+    fail("the target came back with a different LUN (" + why + "); refusing it", true);
+    return;
+  }
+  become_ready();
+}
+
+void IscsiSession::become_ready() noexcept {
+  state_ = State::ready;
+  backoff_ = std::chrono::milliseconds(100);
+  last_logged_failure_.clear();
+  if (reconnects_ > 0 || !held_.empty() || fail_fast_) {
+    const double down_s = std::chrono::duration<double>(Clock::now() - down_since_).count();
+    VB_LOG_INFO("%s: logged in again after %.1fs; resubmitting %zu request(s)", name_.c_str(), down_s, held_.size());
+  }
+  fail_fast_ = false;
+  issue_held();
+}
+
+void IscsiSession::issue_held() noexcept {
+  std::vector<Job *> held;
+  held.swap(held_);
+  std::sort(held.begin(), held.end(), [](const Job *a, const Job *b) { return a->seq < b->seq; });
+  for (std::size_t i = 0; i < held.size(); ++i) {
+    if (state_ != State::ready || failure_) {
+      held_.insert(held_.end(), held.begin() + static_cast<std::ptrdiff_t>(i), held.end());
+      return;
+    }
+    issue(held[i]);
+  }
+}
+
+// Called wherever a failure is noticed; acted on once iscsi_service() has returned (the context
+// cannot be destroyed under it) or, outside it, from the loop.
+void IscsiSession::fail(std::string why, bool refused) noexcept {
+  if (failure_)
+    return;
+  failure_ = Failure{std::move(why), refused};
+  if (!in_service_)
+    failure_timer_.arm(std::chrono::milliseconds(0));
+}
+
+void IscsiSession::handle_failure() noexcept {
+  failure_timer_.cancel();
+  if (!failure_)
+    return;
+  const Failure f = std::move(*failure_);
+  failure_.reset();
+  if (state_ == State::ready)
+    connection_lost(f.why);
+  else
+    retry_connect_later(f.why, f.refused ? kMaxBackoff : backoff_);
+}
+
+void IscsiSession::connection_lost(const std::string &why) noexcept {
+  VB_LOG_WARN("%s: session lost (%s); %zu request(s) in flight will be resubmitted, new I/O is held for up to %llds",
+              name_.c_str(), why.c_str(), in_flight_.size(), seconds(target_->options.reconnect_timeout));
+  close_context();
+  for (Job *job : in_flight_) {
+    for (Part &p : job->parts)
+      if (p.state != Part::State::done)
+        p.state = Part::State::pending;
+    held_.push_back(job);
+  }
+  in_flight_.clear();
+  retry_timer_.cancel();
+  state_ = State::down;
+  down_since_ = Clock::now();
+  ++reconnects_;
+  backoff_ = std::chrono::milliseconds(100);
+  reconnect_timer_.arm(std::chrono::milliseconds(0));
+}
+
+void IscsiSession::retry_connect_later(const std::string &why, std::chrono::milliseconds delay) noexcept {
+  if (why != last_logged_failure_) {
+    VB_LOG_WARN("%s: %s; retrying (every %llds at most)", name_.c_str(), why.c_str(),
+                seconds(std::chrono::duration_cast<std::chrono::milliseconds>(kMaxBackoff)));
+    last_logged_failure_ = why;
+  } else {
+    VB_LOG_DEBUG("%s: %s", name_.c_str(), why.c_str());
+  }
+  close_context();
+  state_ = State::down;
+  if (!cancelled_)
+    reconnect_timer_.arm(delay);
+  backoff_ = std::min(backoff_ * 2, std::chrono::duration_cast<std::chrono::milliseconds>(kMaxBackoff));
+}
+
+void IscsiSession::close_context() noexcept {
+  watch_.reset();
+  watch_fd_ = -1;
+  if (ctx_) {
+    closing_ = true;
+    iscsi_destroy_context(ctx_); // cancels its commands; their callbacks see closing_
+    closing_ = false;
+    ctx_ = nullptr;
+  }
+  probe_tasks_ = {};
+  probes_left_ = 0;
+}
+
+void IscsiSession::service(int revents) noexcept {
+  if (!ctx_)
+    return;
+  in_service_ = true;
+  const int rc = iscsi_service(ctx_, revents);
+  in_service_ = false;
+  if (rc < 0 && !failure_)
+    fail((state_ == State::ready ? "connection lost: " : "cannot log in: ") + iscsi_error(ctx_));
+  if (failure_) {
+    handle_failure();
+    return;
+  }
+  update_events();
+}
+
+void IscsiSession::update_events() noexcept {
+  if (!ctx_)
+    return;
+  // libiscsi may change sockets during a login (a redirect to another portal).
+  const int fd = iscsi_get_fd(ctx_);
+  if (fd != watch_fd_ || !watch_) {
+    watch_.reset();
+    watch_fd_ = fd;
+    if (fd < 0)
+      return;
+    try {
+      watch_ = std::make_unique<IoWatch>(loop_, fd, [this](short ev) {
+        int revents = 0;
+        if (ev & EV_READ)
+          revents |= POLLIN;
+        if (ev & EV_WRITE)
+          revents |= POLLOUT;
+        service(revents);
+      });
+    } catch (const std::exception &e) {
+      fail(std::string("cannot watch the socket: ") + e.what());
+      return;
+    }
+  }
+  const int which = iscsi_which_events(ctx_);
+  short ev = 0;
+  if (which & POLLIN)
+    ev |= EV_READ;
+  if (which & POLLOUT)
+    ev |= EV_WRITE;
+  try {
+    watch_->set_events(ev);
+  } catch (const std::exception &e) {
+    fail(std::string("cannot watch the socket: ") + e.what());
+  }
+}
+
+void IscsiSession::on_tick() noexcept {
+  // libiscsi does its own timekeeping (timeouts of its PDUs) only when serviced.
+  service(0);
+  const auto now = Clock::now();
+  const auto &options = target_->options;
+  if (state_ == State::ready && options.request_timeout.count() > 0) {
+    for (const Job *job : in_flight_)
+      for (const Part &p : job->parts)
+        if (p.state == Part::State::issued && now - p.issued_at > options.request_timeout) {
+          fail("a command got no response within request-timeout (" + std::to_string(seconds(options.request_timeout)) +
+               "s)");
+          handle_failure();
+          return;
+        }
+  }
+  if ((state_ == State::connecting || state_ == State::probing) && now - attempt_started_ > target_->login_timeout)
+    retry_connect_later("the login got no answer within " + std::to_string(seconds(target_->login_timeout)) + "s",
+                        backoff_);
+  if (state_ != State::ready && !fail_fast_ && !cancelled_ && now - down_since_ >= options.reconnect_timeout) {
+    fail_fast_ = true;
+    VB_LOG_ERROR("%s: the target has been unreachable for %llds (reconnect-timeout): failing %zu held request(s) "
+                 "and new I/O with EIO until it is back",
+                 name_.c_str(), seconds(options.reconnect_timeout), held_.size());
+    std::vector<Job *> held;
+    held.swap(held_);
+    for (Job *job : held)
+      finish(job, EIO);
+  }
+}
+
+void IscsiSession::cancel_all() noexcept {
+  cancelled_ = true;
+  // Destroy first: responses that arrive meanwhile must not complete these jobs again.
+  close_context();
+  state_ = State::down;
+  reconnect_timer_.cancel();
+  failure_timer_.cancel();
+  retry_timer_.cancel();
+  failure_.reset();
+  std::vector<Job *> all;
+  all.swap(held_);
+  all.insert(all.end(), in_flight_.begin(), in_flight_.end());
+  in_flight_.clear();
+  for (Job *job : all)
+    finish(job, ECANCELED);
+}
+
+} // namespace vb

@@ -1,0 +1,141 @@
+// One iSCSI session to the device's LUN, driven by one queue's event loop (libiscsi's
+// iscsi_get_fd / iscsi_which_events / iscsi_service, no threads of its own). It survives the
+// target: when the session is lost, commands in flight are sent again on the next session and new
+// requests are held (up to reconnect-timeout, then failed with EIO); a LUN that comes back with
+// another identity, size or block size is refused. A command with no response within
+// request-timeout counts the session as lost.
+//
+// Requests become SCSI commands: READ(16)/WRITE(16) straight from and into the request's buffers
+// (split at the LUN's transfer limit), SYNCHRONIZE CACHE(16), UNMAP and WRITE SAME(16). UNIT
+// ATTENTION is retried at once (bounded), BUSY / TASK SET FULL / NOT READY later with a growing
+// delay (bounded); sense data is logged once per kind for the device.
+//
+// Threading: everything runs on the owning loop's thread, including construction.
+#pragma once
+
+#include "event/event_loop.h"
+#include "iscsi/iscsi_target.h"
+#include "vduse-bridge/backend.h"
+
+#include <array>
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+struct iscsi_context;
+struct scsi_task;
+struct scsi_sense;
+
+namespace vb {
+
+class IscsiSession final : public BackendQueue {
+public:
+  // Adopts ctx if given (logged in already, by IscsiBackend::open()), else logs in in the
+  // background. target outlives the session.
+  IscsiSession(EventLoop &loop, std::shared_ptr<const IscsiTarget> target, iscsi_context *ctx, std::string name);
+  ~IscsiSession() override;
+  IscsiSession(const IscsiSession &) = delete;
+  IscsiSession &operator=(const IscsiSession &) = delete;
+
+  // Loop thread. Fails synchronously only for a request out of range or not in whole blocks
+  // (and with EIO once the target has been unreachable for longer than reconnect-timeout).
+  int submit(const Request &req, CompletionFn done, void *ctx) noexcept override;
+  // Completes everything in flight or held with ECANCELED and stops reconnecting.
+  void cancel_all() noexcept override;
+
+  bool connected() const noexcept { return state_ == State::ready; }
+  std::uint64_t reconnects() const noexcept { return reconnects_; }
+  // Commands sent again after UNIT ATTENTION, BUSY, TASK SET FULL, NOT READY...
+  std::uint64_t retries() const noexcept { return retries_; }
+
+  struct Job;  // one backend request
+  struct Part; // one SCSI command of a job
+
+private:
+  enum class State { down, connecting, probing, ready };
+  using Clock = std::chrono::steady_clock;
+
+  // Part results.
+  static void on_task_done(iscsi_context *iscsi, int status, void *command_data, void *private_data) noexcept;
+  void on_part_result(Part *part, int status, const scsi_sense &sense, bool short_transfer) noexcept;
+  void on_check_condition(Part *part, const scsi_sense &sense) noexcept;
+  void complete_part(Part *part, int error) noexcept;
+  void retry_later(Part *part, const std::string &why) noexcept;
+  void finish(Job *job, int error) noexcept;
+  void report(const Part *part, const std::string &kind, const std::string &what) noexcept;
+
+  // Issuing.
+  int plan(Job *job) noexcept;
+  void issue(Job *job) noexcept;
+  void issue_part(Part *part) noexcept;
+  void issue_held() noexcept;
+  void on_retry_timer() noexcept;
+  Job *new_job() noexcept;
+
+  // The session.
+  void start_connect() noexcept;
+  // Connect, log in, check the LUN: each step is a callback of the one before. (Not
+  // iscsi_full_connect_async(): libiscsi leaks its state when a login is abandoned.)
+  static void on_tcp_connected(iscsi_context *iscsi, int status, void *command_data, void *private_data) noexcept;
+  static void on_logged_in(iscsi_context *iscsi, int status, void *command_data, void *private_data) noexcept;
+  void start_probe() noexcept;
+  bool issue_probe(std::size_t which) noexcept;
+  static void on_probed(iscsi_context *iscsi, int status, void *command_data, void *private_data) noexcept;
+  void check_probe() noexcept;
+  void become_ready() noexcept;
+  void fail(std::string why, bool refused = false) noexcept;
+  void handle_failure() noexcept;
+  void connection_lost(const std::string &why) noexcept;
+  void retry_connect_later(const std::string &why, std::chrono::milliseconds delay) noexcept;
+  void close_context() noexcept;
+  void service(int revents) noexcept;
+  void update_events() noexcept;
+  void on_tick() noexcept;
+
+  EventLoop &loop_;
+  std::shared_ptr<const IscsiTarget> target_;
+  std::string name_;
+  iscsi_context *ctx_ = nullptr;
+  std::unique_ptr<IoWatch> watch_;
+  int watch_fd_ = -1;
+  Timer reconnect_timer_;
+  Timer failure_timer_; // handles a failure noticed outside iscsi_service()
+  Timer retry_timer_;
+  Clock::time_point retry_due_{}; // when retry_timer_ fires, if pending
+  Timer tick_;
+  State state_ = State::down;
+  bool closing_ = false;    // destroying a context: its callbacks are ignored
+  bool in_service_ = false; // inside iscsi_service(): the context must not be destroyed
+  bool cancelled_ = false;  // cancel_all(): no more reconnecting
+  struct Failure {
+    std::string why;
+    bool refused = false; // the LUN came back different: retry slowly
+  };
+  std::optional<Failure> failure_;
+  std::uint64_t generation_ = 0; // of the context; results of older ones are ignored
+  Clock::time_point down_since_{};
+  Clock::time_point attempt_started_{};
+  bool fail_fast_ = false; // down for longer than reconnect-timeout: fail new I/O at once
+  std::chrono::milliseconds backoff_{100};
+  std::string last_logged_failure_; // connect failures are logged once per reason per outage
+  std::uint64_t reconnects_ = 0;
+  std::uint64_t retries_ = 0;
+  std::uint64_t seq_ = 0;
+  // The checks of a LUN after each login: READ CAPACITY(16), VPD 0x83, MODE SENSE(6).
+  std::array<scsi_task *, 3> probe_tasks_{};
+  std::array<bool, 3> probe_ok_{};
+  unsigned probes_left_ = 0;
+  unsigned probe_attentions_ = 0; // UNIT ATTENTIONs answered to the checks (one per new session)
+  bool tcp_connected_ = false;
+  LunInfo probed_;
+  std::vector<unsigned char> zeros_; // one logical block of zeros, the WRITE SAME data
+  std::vector<Job *> in_flight_;     // issued on the current session
+  std::vector<Job *> held_;          // waiting for a session, resubmitted oldest first
+  std::vector<std::unique_ptr<Job>> jobs_;
+  std::vector<Job *> free_jobs_;
+};
+
+} // namespace vb

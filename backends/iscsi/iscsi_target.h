@@ -1,0 +1,132 @@
+// What the iSCSI backend's sessions share: where the LUN is and how to log in to it (URI,
+// initiator name, CHAP from files, digests), what the LUN reported when the device was opened
+// (which a LUN that comes back after a reconnection must match), and the helpers that read it.
+//
+// Threading: everything here is setup code (may throw, may block) except IscsiTarget, which is
+// read-only once open() has filled it, apart from first_report() (any thread).
+#pragma once
+
+#include "vduse-bridge/backend.h"
+
+#include <chrono>
+#include <cstdint>
+#include <mutex>
+#include <set>
+#include <string>
+
+struct iscsi_context;
+struct scsi_task;
+struct scsi_sense;
+
+namespace vb {
+
+struct IscsiOptions {
+  enum class HeaderDigest { none, crc32c, prefer_crc32c };
+
+  std::string uri;                  // iscsi://host[:port]/target-name/lun, no user information
+  std::string initiator_name;       // empty: default_initiator_name()
+  std::string chap_username;        // empty: no CHAP
+  std::string chap_password_file;   // read at every login
+  std::string target_username;      // mutual CHAP, with target_password_file
+  std::string target_password_file; // read at every login
+  HeaderDigest header_digest = HeaderDigest::none;
+  std::chrono::milliseconds reconnect_timeout{60000};
+  std::chrono::milliseconds request_timeout{30000}; // 0 = none
+  // Reads and writes larger than this are sent as several commands; 0 = the LUN's limit (VPD
+  // Block Limits) or 32 MiB. Not a configuration key: tests lower it to exercise splitting.
+  std::uint32_t max_command_bytes = 0;
+};
+
+struct IscsiUri {
+  std::string portal; // host:port as libiscsi takes it (an IPv6 host in brackets)
+  std::string target; // the target's iSCSI name, percent-decoded
+  int lun = 0;
+};
+
+// iscsi://host[:port]/target-name/lun. Throws std::invalid_argument saying what is wrong; user
+// information (libiscsi's user%password@) is refused: CHAP secrets come from files.
+IscsiUri parse_iscsi_uri(const std::string &uri);
+// iscsi://host[:port][/], for discovery: returns the portal (host:port). Throws like parse_iscsi_uri.
+std::string parse_iscsi_portal_uri(const std::string &uri);
+
+// iqn.2026-11.org.vduse-bridge:HOSTNAME, the host name lower-cased and cut to what an iSCSI
+// name allows.
+std::string default_initiator_name();
+
+// The secret held in path: one line; one trailing newline is removed. Throws
+// std::runtime_error naming the file and key (e.g. "chap.password-file") when the file cannot
+// be read, is empty, holds more than one line or more than 255 bytes.
+std::string read_secret_file(const std::string &path, const std::string &key);
+
+// A new context ready to log in to uri (a discovery session when uri.target is empty): initiator
+// name, header digest, and CHAP with the passwords read from their files now. Its session does
+// not reconnect by itself; the caller reconnects. Throws std::runtime_error.
+iscsi_context *make_iscsi_context(const IscsiOptions &options, const IscsiUri &uri);
+
+// libiscsi's last error on ctx, without its trailing newline or full stop (and in words for a
+// connection that was refused, closed or reset).
+std::string iscsi_error(iscsi_context *ctx);
+// "iscsi://127.0.0.1:3260/iqn...:disk0/1" (never holds a secret).
+std::string describe_lun(const IscsiUri &uri);
+// "MEDIUM ERROR, 0x1100 (...)": sense key and additional sense code for logs.
+std::string describe_sense(const scsi_sense &sense);
+// libiscsi's text for a SCSI status (GOOD, CHECK CONDITION, BUSY, ...).
+const char *describe_status(int status) noexcept;
+
+// What a LUN says about itself.
+struct LunInfo {
+  std::uint64_t blocks = 0;
+  std::uint32_t block_size = 0;
+  unsigned physical_exponent = 0;            // log2 of logical blocks per physical block
+  std::string identity;                      // the logical unit's VPD 0x83 designators; empty if none
+  std::string wwn;                           // the preferred one (NAA, EUI-64, name string) for logs
+  bool write_protected = false;              // MODE SENSE: WP
+  bool dpofua = false;                       // MODE SENSE: DPOFUA, the FUA bit is honoured
+  bool write_cache = true;                   // caching mode page WCE; true when unknown (flush is then offered)
+  bool block_limits = false;                 // VPD 0xB0 was read
+  std::uint32_t max_transfer_blocks = 0;     // 0 = not stated
+  std::uint32_t optimal_transfer_blocks = 0; // 0 = not stated
+  std::uint32_t max_unmap_blocks = 0;        // per UNMAP; 0 = UNMAP not supported
+  std::uint64_t max_write_same_blocks = 0;   // per WRITE SAME; 0 = not stated
+  bool lbpu = false;                         // VPD 0xB2: UNMAP
+  bool lbpws = false;                        // VPD 0xB2: WRITE SAME(16) with UNMAP
+};
+
+// Each reads one completed task into info; false when the task failed or its data is not
+// understood (info is then unchanged).
+bool parse_read_capacity16(scsi_task *task, LunInfo &info);
+bool parse_device_identification(scsi_task *task, LunInfo &info);
+bool parse_mode_sense(scsi_task *task, LunInfo &info);
+bool parse_block_limits(scsi_task *task, LunInfo &info);
+bool parse_provisioning(scsi_task *task, LunInfo &info);
+
+// Logs ctx in to uri's LUN and reads everything LunInfo holds. Blocking: setup only. Throws
+// std::runtime_error with libiscsi's reason (and a hint for authentication failures).
+LunInfo login_and_probe(iscsi_context *ctx, const IscsiUri &uri, const IscsiOptions &options);
+
+// Everything the sessions of one device share; immutable after IscsiBackend::open().
+struct IscsiTarget {
+  IscsiOptions options;
+  IscsiUri uri;
+  std::string name; // describe_lun(uri), for logs
+  LunInfo lun;
+  BackendCapabilities caps;
+  std::uint64_t max_rw_bytes = 0;     // per READ/WRITE(16)
+  std::uint64_t max_unmap_blocks = 0; // per UNMAP descriptor
+  std::uint64_t max_zero_blocks = 0;  // per WRITE SAME(16)
+  std::chrono::milliseconds login_timeout{30000};
+
+  // True the first time kind is reported for this device: sense data is logged once per kind,
+  // not once per request. Any thread.
+  bool first_report(const std::string &kind) const;
+
+private:
+  mutable std::mutex mu_;
+  mutable std::set<std::string> reported_;
+};
+
+// Fills caps and the per-command limits of target from target.lun and target.options. Throws
+// std::runtime_error if the LUN cannot be a virtio-blk disk (block size, empty).
+void derive_capabilities(IscsiTarget &target);
+
+} // namespace vb

@@ -1,0 +1,731 @@
+// The iSCSI backend against a real tgtd on a private loopback port: every operation on 512- and
+// 4096-byte LUNs with the data read back, capabilities from the VPD pages, CHAP (one-way and
+// mutual), read-only LUNs, commands split at the transfer limit, many requests in flight, a
+// target that goes away (held I/O, EIO after reconnect-timeout, recovery), a LUN that comes back
+// different, a target that stops answering (request-timeout), several queues, and discovery.
+#include "common/log.h"
+#include "event/event_loop.h"
+#include "iscsi/iscsi_backend.h"
+#include "iscsi/iscsi_discovery.h"
+#include "iscsi/iscsi_session.h"
+#include "test_support.h"
+
+#include <doctest/doctest.h>
+#include <iscsi/iscsi.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <memory>
+#include <numeric>
+#include <thread>
+#include <vector>
+
+using namespace std::chrono_literals;
+using vb::test::Result;
+using vb::test::TempDir;
+using vb::test::TgtdServer;
+
+namespace {
+
+// VB_TEST_DEBUG=1 shows the backend's and libiscsi's debug messages.
+const bool debug_logging = [] {
+  if (std::getenv("VB_TEST_DEBUG"))
+    vb::set_log_level(vb::LogLevel::debug);
+  return true;
+}();
+
+bool have_tgtd() { return vb::test::find_program("tgtd") && vb::test::find_program("tgtadm"); }
+constexpr const char *kNoTgtd = "tgtd/tgtadm not installed (package tgt; scripts/install-deps installs it)";
+
+// Runs loop until pred holds; fails the test after timeout.
+template <typename Pred> void run_until(vb::EventLoop &loop, Pred pred, std::chrono::milliseconds timeout = 30s) {
+  bool expired = false;
+  vb::Timer deadline(loop, [&] { expired = true; });
+  deadline.arm(timeout);
+  while (!pred() && !expired)
+    loop.run_once(true);
+  REQUIRE_MESSAGE(pred(), "timed out");
+}
+
+void run_for(vb::EventLoop &loop, std::chrono::milliseconds duration) {
+  bool expired = false;
+  vb::Timer deadline(loop, [&] { expired = true; });
+  deadline.arm(duration);
+  while (!expired)
+    loop.run_once(true);
+}
+
+int run(vb::EventLoop &loop, vb::BackendQueue &q, const vb::Request &req) {
+  Result r;
+  const int rc = q.submit(req, &Result::on_done, &r);
+  if (rc != 0)
+    return -rc;
+  run_until(loop, [&] { return r.calls > 0; });
+  CHECK(r.calls == 1);
+  return r.error;
+}
+
+vb::Request rw(vb::Op op, std::uint64_t offset, std::vector<char> &buf, iovec &iov) {
+  iov = {buf.data(), buf.size()};
+  return {op, offset, buf.size(), &iov, 1};
+}
+
+vb::IscsiOptions options_for(const std::string &uri) {
+  vb::IscsiOptions o;
+  o.uri = uri;
+  o.initiator_name = "iqn.2026-11.org.vduse-bridge.test:initiator";
+  o.reconnect_timeout = 20s;
+  o.request_timeout = 10s;
+  return o;
+}
+
+std::vector<char> pattern(std::size_t size, unsigned seed) {
+  std::vector<char> v(size);
+  for (std::size_t i = 0; i < size; ++i)
+    v[i] = static_cast<char>((i * 131 + seed * 7 + i / 4096) & 0xff);
+  return v;
+}
+
+// The backing file's bytes: what tgtd stored, not what it answers.
+std::vector<char> stored(const std::string &file, std::uint64_t offset, std::size_t length) {
+  std::ifstream in(file, std::ios::binary);
+  in.seekg(static_cast<std::streamoff>(offset));
+  std::vector<char> out(length);
+  in.read(out.data(), static_cast<std::streamsize>(length));
+  REQUIRE(in.good());
+  return out;
+}
+
+bool all_zero(const std::vector<char> &v) {
+  return std::all_of(v.begin(), v.end(), [](char c) { return c == 0; });
+}
+
+// The message of what f throws.
+template <typename F> std::string error_of(F &&f) {
+  try {
+    f();
+  } catch (const std::exception &e) {
+    return e.what();
+  }
+  return "(no error thrown)";
+}
+
+bool contains(const std::string &text, const std::string &part) { return text.find(part) != std::string::npos; }
+
+void write_file(const std::string &path, const std::string &text) {
+  std::ofstream out(path, std::ios::binary);
+  out << text;
+  REQUIRE(out.good());
+}
+
+// Every operation on a thin-provisioned LUN with the given block size, each checked by reading
+// back through the backend and, for writes, in the backing file.
+void every_operation(unsigned block_size) {
+  TempDir dir;
+  TgtdServer tgt(dir);
+  tgt.add_lun(1, 16 << 20, block_size, "thin_provisioning=1");
+  vb::IscsiBackend backend(options_for(tgt.uri(1)));
+  backend.open();
+  const auto &caps = backend.capabilities();
+  CHECK(caps.size == 16 << 20);
+  CHECK(caps.logical_block_size == block_size);
+  CHECK(caps.physical_block_size >= block_size);
+  CHECK_FALSE(caps.read_only);
+  CHECK(caps.can_flush); // tgtd reports a write cache (WCE)
+  CHECK(caps.can_fua);   // and DPOFUA
+  CHECK(caps.can_discard);
+  CHECK(caps.can_write_zeroes);
+  CHECK(caps.can_zero_unmap);
+  CHECK(caps.multi_queue_safe);
+  CHECK(caps.identity.rfind("naa.", 0) == 0);
+  CHECK_FALSE(backend.lun().identity.empty());
+
+  vb::EventLoop loop;
+  auto q = backend.open_queue(loop, 0);
+  const std::uint64_t base = 1 << 20;
+  // Scattered buffers, one of them not a whole block, written with FUA.
+  std::vector<char> out = pattern(12 * block_size, block_size);
+  iovec wv[3] = {{out.data(), block_size + 512},
+                 {out.data() + block_size + 512, 3 * block_size - 512},
+                 {out.data() + 4 * block_size, 8 * block_size}};
+  vb::Request w{vb::Op::write, base, out.size(), wv, 3};
+  w.fua = true;
+  CHECK(run(loop, *q, w) == 0);
+  CHECK(stored(tgt.backing_file(1), base, out.size()) == out);
+  std::vector<char> in(out.size());
+  iovec rv{};
+  CHECK(run(loop, *q, rw(vb::Op::read, base, in, rv)) == 0);
+  CHECK(in == out);
+
+  // A plain write, then flush.
+  std::vector<char> more = pattern(4 * block_size, 99);
+  iovec mv{};
+  CHECK(run(loop, *q, rw(vb::Op::write, base + 16 * block_size, more, mv)) == 0);
+  CHECK(run(loop, *q, {vb::Op::flush, 0, 0, nullptr, 0}) == 0);
+  CHECK(stored(tgt.backing_file(1), base + 16 * block_size, more.size()) == more);
+
+  // Write zeroes without and with unmap, on parts of what was written.
+  vb::Request z{vb::Op::write_zeroes, base, 2 * block_size, nullptr, 0};
+  z.may_unmap = false;
+  CHECK(run(loop, *q, z) == 0);
+  vb::Request zu{vb::Op::write_zeroes, base + 2 * block_size, 2 * block_size, nullptr, 0};
+  zu.may_unmap = true;
+  CHECK(run(loop, *q, zu) == 0);
+  CHECK(run(loop, *q, rw(vb::Op::read, base, in, rv)) == 0);
+  CHECK(all_zero(std::vector<char>(in.begin(), in.begin() + 4 * block_size)));
+  CHECK(std::equal(in.begin() + 4 * block_size, in.end(), out.begin() + 4 * block_size));
+
+  // Discard: tgtd punches a hole (LBPRZ: unmapped blocks read as zeros).
+  CHECK(run(loop, *q, {vb::Op::discard, base + 4 * block_size, 4 * block_size, nullptr, 0}) == 0);
+  CHECK(run(loop, *q, rw(vb::Op::read, base, in, rv)) == 0);
+  CHECK(all_zero(std::vector<char>(in.begin(), in.begin() + 8 * block_size)));
+  CHECK(std::equal(in.begin() + 8 * block_size, in.end(), out.begin() + 8 * block_size));
+  CHECK(all_zero(stored(tgt.backing_file(1), base, 8 * block_size)));
+
+  // Refused before anything is sent: out of range, not whole blocks.
+  std::vector<char> one(block_size);
+  iovec ov{};
+  CHECK(run(loop, *q, rw(vb::Op::read, (16 << 20) - block_size / 2, one, ov)) == EIO);
+  CHECK(run(loop, *q, rw(vb::Op::read, (16 << 20), one, ov)) == EIO);
+  if (block_size > 512)
+    CHECK(run(loop, *q, rw(vb::Op::read, 512, one, ov)) == EINVAL);
+  // The last block and the first are reachable.
+  CHECK(run(loop, *q, rw(vb::Op::write, (16 << 20) - block_size, one, ov)) == 0);
+  CHECK(run(loop, *q, rw(vb::Op::read, 0, one, ov)) == 0);
+}
+
+} // namespace
+
+TEST_CASE("iscsi: every operation on a 512-byte LUN, data read back") {
+  if (!have_tgtd())
+    VB_SKIP(kNoTgtd);
+  every_operation(512);
+}
+
+TEST_CASE("iscsi: every operation on a 4096-byte LUN, data read back") {
+  if (!have_tgtd())
+    VB_SKIP(kNoTgtd);
+  every_operation(4096);
+}
+
+TEST_CASE("iscsi: a LUN without thin provisioning offers neither discard nor write-zeroes") {
+  if (!have_tgtd())
+    VB_SKIP(kNoTgtd);
+  TempDir dir;
+  TgtdServer tgt(dir);
+  tgt.add_lun(1, 8 << 20);
+  vb::IscsiBackend backend(options_for(tgt.uri(1)));
+  backend.open();
+  const auto &caps = backend.capabilities();
+  CHECK(caps.size == 8 << 20);
+  CHECK(caps.logical_block_size == 512);
+  CHECK(caps.physical_block_size == 4096); // tgtd: LOGICAL BLOCKS PER PHYSICAL BLOCK EXPONENT 3
+  CHECK_FALSE(caps.can_discard);
+  CHECK_FALSE(caps.can_write_zeroes);
+  CHECK(caps.can_flush);
+}
+
+TEST_CASE("iscsi: a read-only LUN is reported read-only and refuses writes") {
+  if (!have_tgtd())
+    VB_SKIP(kNoTgtd);
+  TempDir dir;
+  TgtdServer tgt(dir);
+  tgt.add_lun(1, 4 << 20, 512, "readonly=1");
+  vb::IscsiBackend backend(options_for(tgt.uri(1)));
+  backend.open();
+  CHECK(backend.capabilities().read_only);
+  vb::EventLoop loop;
+  auto q = backend.open_queue(loop, 0);
+  std::vector<char> buf(4096, 'w');
+  iovec v{};
+  CHECK(run(loop, *q, rw(vb::Op::read, 0, buf, v)) == 0);
+  CHECK(all_zero(buf));
+  std::fill(buf.begin(), buf.end(), 'w');
+  CHECK(run(loop, *q, rw(vb::Op::write, 0, buf, v)) == EROFS); // DATA PROTECT from the target
+  CHECK(all_zero(stored(tgt.backing_file(1), 0, 4096)));
+}
+
+TEST_CASE("iscsi: CHAP one-way and mutual, and a wrong password or file fails with a clear message") {
+  if (!have_tgtd())
+    VB_SKIP(kNoTgtd);
+  TempDir dir;
+  TgtdServer tgt(dir);
+  tgt.add_lun(1, 4 << 20);
+  tgt.add_account("vbuser", "initiator-secret1");
+  tgt.add_account("vbtarget", "target-secret-22", true);
+  const std::string good = dir.file("chap.secret");
+  write_file(good, "initiator-secret1\n"); // one trailing newline is not part of the password
+  const std::string target_secret = dir.file("target.secret");
+  write_file(target_secret, "target-secret-22");
+
+  // Without CHAP the target refuses the login.
+  vb::IscsiBackend none(options_for(tgt.uri(1)));
+  const std::string refused = error_of([&] { none.open(); });
+  CAPTURE(refused);
+  CHECK(contains(refused, "cannot log in to " + tgt.uri(1)));
+  CHECK(contains(refused, "set chap.username and chap.password-file"));
+
+  auto o = options_for(tgt.uri(1));
+  o.chap_username = "vbuser";
+  o.chap_password_file = good;
+  {
+    vb::IscsiBackend backend(o);
+    backend.open();
+    vb::EventLoop loop;
+    auto q = backend.open_queue(loop, 0);
+    std::vector<char> buf = pattern(4096, 5), in(4096);
+    iovec wv{}, rv{};
+    CHECK(run(loop, *q, rw(vb::Op::write, 8192, buf, wv)) == 0);
+    CHECK(run(loop, *q, rw(vb::Op::read, 8192, in, rv)) == 0);
+    CHECK(in == buf);
+    // Another queue logs in on its own, with the password read again.
+    auto q1 = backend.open_queue(loop, 1);
+    CHECK(run(loop, *q1, rw(vb::Op::read, 8192, in, rv)) == 0);
+    CHECK(in == buf);
+  }
+  {
+    auto m = o;
+    m.target_username = "vbtarget";
+    m.target_password_file = target_secret;
+    vb::IscsiBackend mutual(m);
+    CHECK_NOTHROW(mutual.open());
+    m.target_password_file = good; // the target does not know this one: it cannot prove itself
+    vb::IscsiBackend impostor(m);
+    CHECK_THROWS_AS(impostor.open(), std::runtime_error);
+  }
+
+  const std::string wrong = dir.file("wrong.secret");
+  write_file(wrong, "not-the-password\n");
+  auto w = o;
+  w.chap_password_file = wrong;
+  vb::IscsiBackend bad(w);
+  try {
+    bad.open();
+    FAIL("no error thrown");
+  } catch (const std::runtime_error &e) {
+    const std::string msg = e.what();
+    CAPTURE(msg);
+    CHECK(msg.find("cannot log in to " + tgt.uri(1)) != std::string::npos);
+    CHECK(msg.find("chap.password-file") != std::string::npos);
+    CHECK(msg.find("not-the-password") == std::string::npos); // secrets never in messages
+  }
+
+  w.chap_password_file = dir.file("missing.secret");
+  vb::IscsiBackend missing(w);
+  CHECK(error_of([&] { missing.open(); }) ==
+        "cannot open the chap.password-file file " + dir.file("missing.secret") + ": No such file or directory");
+  const std::string empty = dir.file("empty.secret");
+  write_file(empty, "\n");
+  w.chap_password_file = empty;
+  vb::IscsiBackend blank(w);
+  CHECK(contains(error_of([&] { blank.open(); }), "the chap.password-file file " + empty + " is empty"));
+}
+
+TEST_CASE("iscsi: URIs with credentials or without a LUN are refused with an explanation") {
+  CHECK_THROWS_WITH_AS(vb::parse_iscsi_uri("iscsi://user%secret@127.0.0.1/iqn.x:y/1"),
+                       doctest::Contains("user information"), std::invalid_argument);
+  CHECK_THROWS_WITH_AS(vb::parse_iscsi_uri("iscsi://127.0.0.1/iqn.x:y"), doctest::Contains("target-name/lun"),
+                       std::invalid_argument);
+  CHECK_THROWS_AS(vb::parse_iscsi_uri("iscsi://127.0.0.1/iqn.x:y/1?header_digest=crc32c"), std::invalid_argument);
+  CHECK_THROWS_AS(vb::parse_iscsi_uri("nbd://127.0.0.1/x"), std::invalid_argument);
+  const auto u = vb::parse_iscsi_uri("iscsi://[::1]/iqn.2026-11.org.example%3Adisk0/7");
+  CHECK(u.portal == "[::1]:3260");
+  CHECK(u.target == "iqn.2026-11.org.example:disk0");
+  CHECK(u.lun == 7);
+  CHECK(vb::parse_iscsi_uri("iscsi://host:3261/t/0").portal == "host:3261");
+  CHECK(vb::default_initiator_name().rfind("iqn.2026-11.org.vduse-bridge:", 0) == 0);
+  vb::IscsiBackend backend(options_for("iscsi://u%p@127.0.0.1:1/iqn.x:y/1"));
+  CHECK_THROWS_WITH_AS(backend.open(), doctest::Contains("user information"), std::invalid_argument);
+}
+
+TEST_CASE("iscsi: a UNIT ATTENTION (a LUN reset by another initiator) is retried and the request succeeds") {
+  if (!have_tgtd())
+    VB_SKIP(kNoTgtd);
+  TempDir dir;
+  TgtdServer tgt(dir);
+  tgt.add_lun(1, 4 << 20);
+  vb::IscsiBackend backend(options_for(tgt.uri(1)));
+  backend.open();
+  vb::EventLoop loop;
+  auto q = backend.open_queue(loop, 0);
+  auto *session = dynamic_cast<vb::IscsiSession *>(q.get());
+  REQUIRE(session);
+  std::vector<char> buf = pattern(8192, 12), in(8192);
+  iovec wv{}, rv{};
+  CHECK(run(loop, *q, rw(vb::Op::write, 4096, buf, wv)) == 0);
+  CHECK(session->retries() == 0);
+  {
+    // Another initiator resets the LUN: tgtd reports it to every other session.
+    auto o = options_for(tgt.uri(1));
+    o.initiator_name = "iqn.2026-11.org.vduse-bridge.test:other";
+    const auto uri = vb::parse_iscsi_uri(o.uri);
+    iscsi_context *other = vb::make_iscsi_context(o, uri);
+    REQUIRE(iscsi_full_connect_sync(other, uri.portal.c_str(), uri.lun) == 0);
+    CHECK(iscsi_task_mgmt_lun_reset_sync(other, static_cast<std::uint32_t>(uri.lun)) == 0);
+    iscsi_logout_sync(other);
+    iscsi_destroy_context(other);
+  }
+  CHECK(run(loop, *q, rw(vb::Op::read, 4096, in, rv)) == 0);
+  CHECK(in == buf);
+  CHECK(session->retries() >= 1);
+  CHECK(session->reconnects() == 0);
+}
+
+TEST_CASE("iscsi: header digests (crc32c) are negotiated and used") {
+  if (!have_tgtd())
+    VB_SKIP(kNoTgtd);
+  TempDir dir;
+  TgtdServer tgt(dir);
+  tgt.add_lun(1, 4 << 20);
+  auto o = options_for(tgt.uri(1));
+  o.header_digest = vb::IscsiOptions::HeaderDigest::crc32c;
+  vb::IscsiBackend backend(o);
+  backend.open();
+  vb::EventLoop loop;
+  auto q = backend.open_queue(loop, 0);
+  std::vector<char> buf = pattern(64 * 1024, 3), in(64 * 1024);
+  iovec wv{}, rv{};
+  CHECK(run(loop, *q, rw(vb::Op::write, 0, buf, wv)) == 0);
+  CHECK(run(loop, *q, rw(vb::Op::read, 0, in, rv)) == 0);
+  CHECK(in == buf);
+}
+
+TEST_CASE("iscsi: requests above the transfer limit are split, scattered buffers cut at the boundaries") {
+  if (!have_tgtd())
+    VB_SKIP(kNoTgtd);
+  TempDir dir;
+  TgtdServer tgt(dir);
+  tgt.add_lun(1, 8 << 20);
+  auto o = options_for(tgt.uri(1));
+  o.max_command_bytes = 64 * 1024;
+  vb::IscsiBackend backend(o);
+  backend.open();
+  CHECK(backend.capabilities().max_transfer == 64 * 1024);
+  vb::EventLoop loop;
+  auto q = backend.open_queue(loop, 0);
+  // 1 MiB in 5 pieces of odd sizes (multiples of 512), none aligned to 64 KiB.
+  std::vector<char> out = pattern(1 << 20, 11);
+  const std::size_t cuts[] = {0, 3 * 512, 100 * 1024, 300 * 1024 + 512, 700 * 1024, 1 << 20};
+  std::vector<iovec> wv;
+  for (std::size_t i = 0; i + 1 < std::size(cuts); ++i)
+    wv.push_back({out.data() + cuts[i], cuts[i + 1] - cuts[i]});
+  CHECK(run(loop, *q, {vb::Op::write, 2 << 20, out.size(), wv.data(), static_cast<int>(wv.size())}) == 0);
+  CHECK(stored(tgt.backing_file(1), 2 << 20, out.size()) == out);
+  // Read back in 4 KiB pieces spread over a larger buffer.
+  std::vector<char> in(2 << 20, 'x');
+  std::vector<iovec> rv;
+  for (std::size_t i = 0; i < 256; ++i)
+    rv.push_back({in.data() + i * 8192, 4096});
+  CHECK(run(loop, *q, {vb::Op::read, 2 << 20, out.size(), rv.data(), static_cast<int>(rv.size())}) == 0);
+  for (std::size_t i = 0; i < 256; ++i) {
+    CAPTURE(i);
+    REQUIRE(std::memcmp(in.data() + i * 8192, out.data() + i * 4096, 4096) == 0);
+    REQUIRE(in[i * 8192 + 4096] == 'x'); // the gaps are untouched
+  }
+}
+
+TEST_CASE("iscsi: many requests in flight at once complete once each, with the right data") {
+  if (!have_tgtd())
+    VB_SKIP(kNoTgtd);
+  TempDir dir;
+  TgtdServer tgt(dir);
+  tgt.add_lun(1, 32 << 20);
+  vb::IscsiBackend backend(options_for(tgt.uri(1)));
+  backend.open();
+  vb::EventLoop loop;
+  auto q = backend.open_queue(loop, 0);
+  constexpr int kRequests = 128;
+  struct Ctx {
+    Result r;
+    std::vector<int> *order;
+    int id;
+    static void on_done(void *p, int error) noexcept {
+      auto *c = static_cast<Ctx *>(p);
+      Result::on_done(&c->r, error);
+      c->order->push_back(c->id);
+    }
+  };
+  std::vector<int> order;
+  std::vector<Ctx> ctx(kRequests);
+  std::vector<std::vector<char>> data(kRequests);
+  std::vector<iovec> iov(kRequests);
+  auto size_of = [](int i) { return static_cast<std::size_t>(4096 * (1 + (i * 7) % 32)); }; // 4..128 KiB
+  auto offset_of = [](int i) { return static_cast<std::uint64_t>(i) * (256 * 1024); };
+  // All writes at once, then all reads at once, mixed with writes of a second area.
+  for (int i = 0; i < kRequests; ++i) {
+    ctx[i] = {{}, &order, i};
+    data[i] = pattern(size_of(i), static_cast<unsigned>(i));
+    iov[i] = {data[i].data(), data[i].size()};
+    REQUIRE(q->submit({vb::Op::write, offset_of(i), data[i].size(), &iov[i], 1}, &Ctx::on_done, &ctx[i]) == 0);
+  }
+  run_until(loop, [&] { return order.size() == kRequests; });
+  for (auto &c : ctx) {
+    CHECK(c.r.calls == 1);
+    CHECK(c.r.error == 0);
+  }
+  order.clear();
+  std::vector<std::vector<char>> back(kRequests);
+  std::vector<iovec> biov(kRequests);
+  std::vector<Ctx> bctx(kRequests);
+  for (int i = 0; i < kRequests; ++i) {
+    back[i].assign(size_of(i), 0);
+    biov[i] = {back[i].data(), back[i].size()};
+    bctx[i] = {{}, &order, i};
+    ctx[i] = {{}, &order, 1000 + i};
+    REQUIRE(q->submit({vb::Op::read, offset_of(i), back[i].size(), &biov[i], 1}, &Ctx::on_done, &bctx[i]) == 0);
+    // A write elsewhere (the last 128 KiB of each 256 KiB slot) between every two reads.
+    REQUIRE(q->submit({vb::Op::write, offset_of(i) + 128 * 1024, 4096, &iov[0], 1}, &Ctx::on_done, &ctx[i]) == 0);
+  }
+  run_until(loop, [&] { return order.size() == 2 * kRequests; });
+  for (int i = 0; i < kRequests; ++i) {
+    CAPTURE(i);
+    CHECK(bctx[i].r.calls == 1);
+    CHECK(bctx[i].r.error == 0);
+    CHECK(ctx[i].r.calls == 1);
+    CHECK(back[i] == data[i]);
+  }
+  std::vector<int> sorted = order;
+  std::sort(sorted.begin(), sorted.end());
+  CHECK(std::adjacent_find(sorted.begin(), sorted.end()) == sorted.end()); // nothing completed twice
+  // Submission order was read 0, write 0, read 1, write 1...: how far the target reordered them.
+  std::vector<int> submitted;
+  for (int id : order)
+    submitted.push_back(id < 1000 ? 2 * id : 2 * (id - 1000) + 1);
+  MESSAGE("completed out of submission order: ", !std::is_sorted(submitted.begin(), submitted.end()));
+}
+
+TEST_CASE("iscsi: a deleted target: I/O is held, fails with EIO after reconnect-timeout, works when it is back") {
+  if (!have_tgtd())
+    VB_SKIP(kNoTgtd);
+  TempDir dir;
+  TgtdServer tgt(dir);
+  tgt.add_lun(1, 4 << 20);
+  auto o = options_for(tgt.uri(1));
+  o.reconnect_timeout = 3s;
+  vb::IscsiBackend backend(o);
+  backend.open();
+  vb::EventLoop loop;
+  auto q = backend.open_queue(loop, 0);
+  std::vector<char> buf = pattern(4096, 8), in(4096);
+  iovec wv{}, rv{};
+  CHECK(run(loop, *q, rw(vb::Op::write, 0, buf, wv)) == 0);
+
+  tgt.delete_target();
+  const auto t0 = std::chrono::steady_clock::now();
+  Result held;
+  REQUIRE(q->submit(rw(vb::Op::read, 0, in, rv), &Result::on_done, &held) == 0);
+  run_until(loop, [&] { return held.calls > 0; });
+  const auto waited = std::chrono::steady_clock::now() - t0;
+  CHECK(held.error == EIO);
+  CHECK(waited >= 2500ms); // held, not failed at once
+  CHECK(waited < 10s);
+  // Past reconnect-timeout new I/O fails at once, until the target is back.
+  CHECK(q->submit(rw(vb::Op::read, 0, in, rv), &Result::on_done, &held) == -EIO);
+
+  tgt.create_target();
+  // New I/O fails at once until a session is up again (within the 5 s backoff), then works.
+  bool recovered = false;
+  for (int attempt = 0; attempt < 100 && !recovered; ++attempt) {
+    Result back;
+    if (q->submit(rw(vb::Op::read, 0, in, rv), &Result::on_done, &back) == 0) {
+      run_until(loop, [&] { return back.calls > 0; });
+      recovered = back.error == 0;
+    }
+    if (!recovered)
+      run_for(loop, 100ms);
+  }
+  CHECK(recovered);
+  CHECK(in == buf);
+}
+
+TEST_CASE("iscsi: tgtd killed with requests in flight that complete once it is back within reconnect-timeout") {
+  if (!have_tgtd())
+    VB_SKIP(kNoTgtd);
+  TempDir dir;
+  TgtdServer tgt(dir);
+  tgt.add_lun(1, 16 << 20);
+  vb::IscsiBackend backend(options_for(tgt.uri(1)));
+  backend.open();
+  vb::EventLoop loop;
+  auto q = backend.open_queue(loop, 0);
+  std::vector<char> first = pattern(1 << 20, 21);
+  iovec fv{};
+  CHECK(run(loop, *q, rw(vb::Op::write, 0, first, fv)) == 0);
+
+  // Large requests submitted, then tgtd killed before the loop runs: they are in flight (queued
+  // or on the wire) when the session dies.
+  constexpr int kRequests = 16;
+  std::vector<std::vector<char>> bufs(kRequests);
+  std::vector<iovec> iov(kRequests);
+  std::vector<Result> results(kRequests);
+  for (int i = 0; i < kRequests; ++i) {
+    const bool write = i % 2 == 1;
+    bufs[i] = write ? pattern(1 << 20, 100 + i) : std::vector<char>(1 << 20);
+    iov[i] = {bufs[i].data(), bufs[i].size()};
+    const std::uint64_t offset = write ? static_cast<std::uint64_t>(i) << 20 : 0;
+    REQUIRE(q->submit({write ? vb::Op::write : vb::Op::read, offset, bufs[i].size(), &iov[i], 1}, &Result::on_done,
+                      &results[i]) == 0);
+  }
+  loop.run_once(false); // some of it reaches the socket
+  tgt.kill();
+  // Submitted while it is down: held.
+  std::vector<char> late(8192);
+  iovec lv{};
+  Result held;
+  REQUIRE(q->submit(rw(vb::Op::read, 0, late, lv), &Result::on_done, &held) == 0);
+  vb::Timer restart(loop, [&] { tgt.start(); });
+  restart.arm(1500ms);
+  run_until(loop, [&] {
+    return held.calls > 0 && std::all_of(results.begin(), results.end(), [](const Result &r) { return r.calls > 0; });
+  });
+  CHECK(held.error == 0);
+  CHECK(std::equal(late.begin(), late.end(), first.begin()));
+  for (int i = 0; i < kRequests; ++i) {
+    CAPTURE(i);
+    CHECK(results[i].calls == 1);
+    CHECK(results[i].error == 0);
+    if (i % 2 == 0)
+      CHECK(bufs[i] == first);
+    else
+      CHECK(stored(tgt.backing_file(1), static_cast<std::uint64_t>(i) << 20, 1 << 20) == bufs[i]);
+  }
+}
+
+TEST_CASE("iscsi: a LUN that comes back with another size is refused and held I/O then fails with EIO") {
+  if (!have_tgtd())
+    VB_SKIP(kNoTgtd);
+  TempDir dir;
+  TgtdServer tgt(dir);
+  tgt.add_lun(1, 4 << 20);
+  auto o = options_for(tgt.uri(1));
+  o.reconnect_timeout = 4s;
+  vb::IscsiBackend backend(o);
+  backend.open();
+  vb::EventLoop loop;
+  auto q = backend.open_queue(loop, 0);
+  std::vector<char> in(4096);
+  iovec rv{};
+  CHECK(run(loop, *q, rw(vb::Op::read, 0, in, rv)) == 0);
+
+  tgt.delete_target();
+  tgt.resize_lun(1, 8 << 20);
+  tgt.create_target(); // the same name and LUN number, a different disk
+  Result held;
+  REQUIRE(q->submit(rw(vb::Op::read, 0, in, rv), &Result::on_done, &held) == 0);
+  run_until(loop, [&] { return held.calls > 0; });
+  CHECK(held.error == EIO);
+}
+
+TEST_CASE("iscsi: a target that stops answering: request-timeout replaces the session, the request completes") {
+  if (!have_tgtd())
+    VB_SKIP(kNoTgtd);
+  TempDir dir;
+  TgtdServer tgt(dir);
+  tgt.add_lun(1, 4 << 20);
+  auto o = options_for(tgt.uri(1));
+  o.request_timeout = 1s;
+  vb::IscsiBackend backend(o);
+  backend.open();
+  vb::EventLoop loop;
+  auto q = backend.open_queue(loop, 0);
+  std::vector<char> buf = pattern(65536, 4), in(65536);
+  iovec wv{}, rv{};
+  CHECK(run(loop, *q, rw(vb::Op::write, 0, buf, wv)) == 0);
+
+  tgt.pause();
+  Result r;
+  REQUIRE(q->submit(rw(vb::Op::read, 0, in, rv), &Result::on_done, &r) == 0);
+  vb::Timer resume(loop, [&] { tgt.resume(); });
+  resume.arm(3s); // after the request timed out and a new login started
+  run_until(loop, [&] { return r.calls > 0; });
+  CHECK(r.error == 0);
+  CHECK(in == buf);
+}
+
+TEST_CASE("iscsi: two queues on two threads, each with its own session") {
+  if (!have_tgtd())
+    VB_SKIP(kNoTgtd);
+  TempDir dir;
+  TgtdServer tgt(dir);
+  tgt.add_lun(1, 4 << 20);
+  vb::IscsiBackend backend(options_for(tgt.uri(1)));
+  backend.open();
+  vb::EventLoop loop0, loop1;
+  auto q0 = backend.open_queue(loop0, 0);
+  std::unique_ptr<vb::BackendQueue> q1;
+  std::vector<char> buf = pattern(8192, 6), in(8192);
+  int rc = -1;
+  std::thread t1([&] {
+    q1 = backend.open_queue(loop1, 1); // logs in in the background on its own loop
+    iovec wv{};
+    Result r;
+    if (q1->submit(rw(vb::Op::write, 8192, buf, wv), &Result::on_done, &r) == 0) {
+      bool expired = false;
+      vb::Timer deadline(loop1, [&] { expired = true; });
+      deadline.arm(20s);
+      while (r.calls == 0 && !expired)
+        loop1.run_once(true);
+      rc = r.calls == 1 ? r.error : -2;
+    }
+    q1.reset();
+  });
+  t1.join();
+  CHECK(rc == 0);
+  iovec rv{};
+  CHECK(run(loop0, *q0, rw(vb::Op::read, 8192, in, rv)) == 0);
+  CHECK(in == buf);
+}
+
+TEST_CASE("iscsi: cancel_all completes held requests with ECANCELED") {
+  if (!have_tgtd())
+    VB_SKIP(kNoTgtd);
+  TempDir dir;
+  TgtdServer tgt(dir);
+  tgt.add_lun(1, 4 << 20);
+  vb::IscsiBackend backend(options_for(tgt.uri(1)));
+  backend.open();
+  vb::EventLoop loop;
+  auto q = backend.open_queue(loop, 0);
+  tgt.delete_target();
+  std::vector<char> in(4096);
+  iovec rv{};
+  Result r;
+  REQUIRE(q->submit(rw(vb::Op::read, 0, in, rv), &Result::on_done, &r) == 0);
+  vb::Timer cancel(loop, [&] { q->cancel_all(); });
+  cancel.arm(500ms);
+  run_until(loop, [&] { return r.calls > 0; });
+  CHECK(r.calls == 1);
+  CHECK(r.error == ECANCELED);
+}
+
+TEST_CASE("iscsi: discovery lists the targets of a portal and their LUNs") {
+  if (!have_tgtd())
+    VB_SKIP(kNoTgtd);
+  TempDir dir;
+  TgtdServer tgt(dir);
+  tgt.add_lun(1, 8 << 20);
+  tgt.add_lun(2, 4 << 20, 4096);
+  auto o = options_for({});
+  const auto targets = vb::discover_iscsi("iscsi://" + tgt.portal(), o);
+  REQUIRE(targets.size() == 1);
+  const auto &t = targets[0];
+  CHECK(t.name == tgt.iqn());
+  CHECK(t.error.empty());
+  REQUIRE(t.luns.size() == 3); // tgtd's LUN 0 is its controller
+  CHECK(t.luns[0].lun == 0);
+  CHECK_FALSE(t.luns[0].disk);
+  CHECK(t.luns[1].lun == 1);
+  CHECK(t.luns[1].disk);
+  CHECK(t.luns[1].size == 8 << 20);
+  CHECK(t.luns[1].uri == tgt.uri(1));
+  CHECK(t.luns[2].block_size == 4096);
+  const std::string text = vb::format_discovery(targets);
+  CAPTURE(text);
+  CHECK(text.find(tgt.uri(1) + "  disk, 8 MiB, 512-byte blocks\n") != std::string::npos);
+  CHECK(text.find(tgt.uri(0) + "  ") != std::string::npos);
+  CHECK_THROWS_AS(vb::discover_iscsi("iscsi://127.0.0.1:" + std::to_string(vb::test::free_tcp_port()), o),
+                  std::runtime_error);
+}
