@@ -24,6 +24,7 @@ std::unique_ptr<Backend> make_backend(const DeviceConfig &device) {
     o.reconnect_timeout = c.reconnect_timeout;
     o.request_timeout = c.request_timeout;
     o.structured_replies = c.structured_replies;
+    o.resize_poll_interval = c.resize_poll_interval;
     return std::make_unique<NbdBackend>(std::move(o));
   }
   case BackendConfig::Type::iscsi: {

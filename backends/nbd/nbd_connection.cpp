@@ -109,6 +109,11 @@ nbd_handle *make_nbd_handle(const NbdOptions &options) {
   // Block size constraints decide the disk's logical block size and the command size limit.
   if (nbd_set_request_block_size(h, true) == -1)
     fail("nbd_set_request_block_size");
+  // libnbd zeroes every read buffer before the read by default (a memset of the whole request
+  // per read); the buffers are the driver's own memory, and a failed read completes with IOERR,
+  // so nothing is gained by it.
+  if (nbd_set_pread_initialize(h, false) == -1)
+    fail("nbd_set_pread_initialize");
   // NBD_INFO_NAME and NBD_INFO_DESCRIPTION: part of what identifies the export across reconnects.
   if (nbd_set_full_info(h, true) == -1)
     fail("nbd_set_full_info");

@@ -198,7 +198,7 @@ struct RawBackend {
 struct RawDevice {
   Position at;
   std::string key; // devices[N]
-  Value name, queues, queue_size, logical_block_size, read_only, serial, attach;
+  Value name, queues, queue_size, logical_block_size, read_only, serial, attach, control_timeout;
   RawBackend backend;
 };
 
@@ -207,7 +207,7 @@ struct DeviceKey {
   Value RawDevice::*field;
 };
 
-constexpr std::array<DeviceKey, 7> device_scalar_keys{{
+constexpr std::array<DeviceKey, 8> device_scalar_keys{{
     {"name", &RawDevice::name},
     {"queues", &RawDevice::queues},
     {"queue-size", &RawDevice::queue_size},
@@ -215,10 +215,11 @@ constexpr std::array<DeviceKey, 7> device_scalar_keys{{
     {"read-only", &RawDevice::read_only},
     {"serial", &RawDevice::serial},
     {"attach", &RawDevice::attach},
+    {"control-timeout", &RawDevice::control_timeout},
 }};
 
-constexpr std::array<std::string_view, 8> device_keys{
-    "name", "backend", "queues", "queue-size", "logical-block-size", "read-only", "serial", "attach"};
+constexpr std::array<std::string_view, 9> device_keys{
+    "name", "backend", "queues", "queue-size", "logical-block-size", "read-only", "serial", "attach", "control-timeout"};
 constexpr std::array<std::string_view, 1> top_keys{"devices"};
 
 // One key: value pair of a map, the key already known to be a scalar seen once.
@@ -486,6 +487,15 @@ private:
       }};
       d.attach = choice(raw.attach, attaches);
     }
+    if (raw.control_timeout.present()) {
+      const auto parsed =
+          parse_duration(scalar(raw.control_timeout, "a duration such as 30s or 5m, or 0 (wait forever)"));
+      if (!parsed)
+        report_.fail(raw.control_timeout.at, raw.control_timeout.key, "expected " + escaped(parsed.error));
+      d.control_timeout = std::chrono::duration_cast<std::chrono::seconds>(*parsed.value);
+      if (parsed.value->count() > 0 && d.control_timeout.count() == 0)
+        report_.expected(raw.control_timeout, "whole seconds (the kernel counts msg_timeout in seconds), or 0");
+    }
     // Last: backend values may depend on the device's (the memory size on the block size).
     d.backend = backend(raw.backend, d);
     return d;
@@ -698,13 +708,18 @@ void apply_nbd_request_timeout(const Validator &check, const Value &v, const Dev
   out.nbd.request_timeout = duration(check, v);
 }
 
+void apply_nbd_resize_poll_interval(const Validator &check, const Value &v, const DeviceConfig & /*device*/,
+                                    BackendConfig &out) {
+  out.nbd.resize_poll_interval = duration(check, v);
+}
+
 void apply_nbd_structured_replies(const Validator &check, const Value &v, const DeviceConfig & /*device*/,
                                   BackendConfig &out) {
   out.nbd.structured_replies = check.boolean(v);
 }
 
 // uri comes first: the TLS keys are checked against its scheme.
-constexpr std::array<BackendOption, 7> nbd_options{{
+constexpr std::array<BackendOption, 8> nbd_options{{
     {"uri", true, &apply_nbd_uri},
     {"connections", false, &apply_nbd_connections},
     {"tls-certificates", false, &apply_nbd_tls_certificates},
@@ -712,6 +727,7 @@ constexpr std::array<BackendOption, 7> nbd_options{{
     {"reconnect-timeout", false, &apply_nbd_reconnect_timeout},
     {"request-timeout", false, &apply_nbd_request_timeout},
     {"structured-replies", false, &apply_nbd_structured_replies},
+    {"resize-poll-interval", false, &apply_nbd_resize_poll_interval},
 }};
 
 void check_nbd_together(const Validator &check, const RawBackend &raw, const BackendConfig &out) {

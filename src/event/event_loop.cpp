@@ -116,7 +116,7 @@ IoWatch::IoWatch(EventLoop &loop, int fd, Callback cb) : loop_(loop), fd_(fd), c
 IoWatch::~IoWatch() { event_free(event_); } // event_free also deletes a pending event
 
 void IoWatch::set_events(short events) {
-  events = static_cast<short>(events & (EV_READ | EV_WRITE));
+  events = static_cast<short>(events & (EV_READ | EV_WRITE | EV_ET));
   if (events == events_)
     return;
   event_del(event_);

@@ -58,7 +58,8 @@ public:
   IoWatch(const IoWatch &) = delete;
   IoWatch &operator=(const IoWatch &) = delete;
 
-  // Watch for EV_READ and/or EV_WRITE; 0 disables. Cheap when the set does not change.
+  // Watch for EV_READ and/or EV_WRITE, with EV_ET for edge-triggered; 0 disables. Cheap when
+  // the set does not change.
   void set_events(short events);
   short events() const noexcept { return events_; }
 

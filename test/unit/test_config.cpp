@@ -339,7 +339,7 @@ TEST_CASE("bad files name the file, line, key and what was expected") {
        "expected a map of device keys (name, backend, ...), got an empty value"},
       // Keys of a device.
       {"unknown device key", head + "    colour: blue\n", 6, "devices[0].colour",
-       "expected a device key (name, backend, queues, queue-size, logical-block-size, read-only, serial, attach), "
+       "expected a device key (name, backend, queues, queue-size, logical-block-size, read-only, serial, attach, control-timeout), "
        "got 'colour'"},
       {"near miss of a key", head + "    queue_size: 64\n", 6, "devices[0].queue_size",
        "got 'queue_size' (did you mean 'queue-size'?)"},
@@ -517,7 +517,7 @@ TEST_CASE("bad files name the file, line, key and what was expected") {
        "expected a duration such as 500ms, 30s, 2m or 1h, or 0, got a map"},
       {"memory key for nbd", nbd_head + "      size: 1G\n", 6, "devices[0].backend.size",
        "expected an nbd backend key (type, uri, connections, tls-certificates, tls-psk-file, reconnect-timeout, "
-       "request-timeout, structured-replies), got 'size'"},
+       "request-timeout, structured-replies, resize-poll-interval), got 'size'"},
       {"nbd key near miss", nbds_head + "      tls_psk_file: /etc/psk\n", 6, "devices[0].backend.tls_psk_file",
        "got 'tls_psk_file' (did you mean 'tls-psk-file'?)"},
       {"nbd uri given twice", nbd_head + "      uri: nbd://other/export\n", 6, "devices[0].backend.uri",
@@ -818,4 +818,29 @@ TEST_CASE("bad iscsi keys name the file, line, key and what was expected") {
     CHECK(msg.find(c.fragment) != std::string::npos);
     CHECK(msg.find('\n') == std::string::npos);
   }
+}
+
+TEST_CASE("nbd resize-poll-interval: 30s by default, 0 turns it off") {
+  const std::string base = "devices:\n  - name: d\n    backend:\n      type: nbd\n      uri: nbd://127.0.0.1/\n";
+  CHECK(vb::parse_config(base, "t.yaml").devices[0].backend.nbd.resize_poll_interval == std::chrono::seconds(30));
+  CHECK(vb::parse_config(base + "      resize-poll-interval: 0\n", "t.yaml")
+            .devices[0]
+            .backend.nbd.resize_poll_interval.count() == 0);
+  CHECK(vb::parse_config(base + "      resize-poll-interval: 5s\n", "t.yaml")
+            .devices[0]
+            .backend.nbd.resize_poll_interval == std::chrono::seconds(5));
+  CHECK_THROWS_WITH_AS(vb::parse_config(base + "      resize-poll-interval: often\n", "t.yaml"),
+                       doctest::Contains("t.yaml:6:29: devices[0].backend.resize-poll-interval:"), vb::ConfigError);
+}
+
+TEST_CASE("control-timeout: 0 (forever) by default, whole seconds when given") {
+  const std::string base = "devices:\n  - name: d\n    backend:\n      type: memory\n      size: 1M\n";
+  CHECK(vb::parse_config(base, "t.yaml").devices[0].control_timeout.count() == 0);
+  CHECK(vb::parse_config(base + "    control-timeout: 2m\n", "t.yaml").devices[0].control_timeout ==
+        std::chrono::minutes(2));
+  CHECK_THROWS_WITH_AS(vb::parse_config(base + "    control-timeout: 500ms\n", "t.yaml"),
+                       doctest::Contains("t.yaml:6:22: devices[0].control-timeout: expected whole seconds"),
+                       vb::ConfigError);
+  CHECK_THROWS_WITH_AS(vb::parse_config(base + "    control-timeout: soon\n", "t.yaml"),
+                       doctest::Contains("t.yaml:6:22: devices[0].control-timeout:"), vb::ConfigError);
 }
