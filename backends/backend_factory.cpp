@@ -12,8 +12,10 @@ std::unique_ptr<Backend> make_backend(const DeviceConfig &device) {
   switch (device.backend.type) {
   case BackendConfig::Type::memory:
     // logical-block-size 0 means "the backend's"; a memory disk's own is 512.
+    // Contents in /dev/shm, so that the disk survives a daemon restart as a tmpfs would.
     return std::make_unique<MemoryBackend>(device.backend.memory.size,
-                                           device.logical_block_size ? device.logical_block_size : 512);
+                                           device.logical_block_size ? device.logical_block_size : 512,
+                                           std::string(kMemoryDiskDir) + "/" + device.name + ".mem");
   case BackendConfig::Type::nbd: {
     const NbdBackendConfig &c = device.backend.nbd;
     NbdOptions o;

@@ -51,7 +51,7 @@ int main(int argc, char **argv) {
       std::printf("%s: OK, %zu device(s)\n", config.path.c_str(), config.devices.size());
       return 0;
     }
-    return vb::run_daemon(config);
+    return vb::run_daemon(config, options.state_dir);
   } catch (const std::exception &e) {
     // Setup errors: one line, already naming the file/line/key or the device.
     (void)std::fprintf(stderr, "vduse-bridge: %s\n", e.what());

@@ -11,9 +11,11 @@ namespace vb {
 
 IscsiBackend::IscsiBackend(IscsiOptions options) : target_(std::make_shared<IscsiTarget>()) {
   target_->options = std::move(options);
+  target_->size.set_handler([this](std::uint64_t bytes) { report_resize(bytes); });
 }
 
 IscsiBackend::~IscsiBackend() {
+  target_->size.set_handler(nullptr); // a session that outlives the backend reports to nobody
   if (first_)
     iscsi_destroy_context(first_);
 }

@@ -1,7 +1,8 @@
 // The iSCSI backend (libiscsi): one LUN of an iSCSI target as a virtio-blk disk. The LUN's
 // READ CAPACITY(16), VPD pages (Block Limits, Logical Block Provisioning, Device Identification)
 // and MODE SENSE decide what the disk offers; each queue has its own session on its own loop
-// (see iscsi_session.h), which survives the target going away.
+// (see iscsi_session.h), which survives the target going away. A capacity the LUN reports anew
+// (CAPACITY DATA HAS CHANGED, or after a reconnection) is a resize, reported once per change.
 #pragma once
 
 #include "iscsi/iscsi_target.h"
@@ -32,6 +33,8 @@ public:
 
   // What open() learnt; valid after open().
   const LunInfo &lun() const noexcept { return target_->lun; }
+  // The LUN's size now, in bytes (it changes on resize).
+  std::uint64_t current_size() const noexcept { return target_->size.get(); }
 
 private:
   std::shared_ptr<IscsiTarget> target_;

@@ -1,12 +1,14 @@
 #include "iscsi/iscsi_session.h"
 
 #include "common/log.h"
+#include "common/units.h"
 
 #include <algorithm>
 #include <cerrno>
 #include <event2/event.h>
 #include <iscsi/iscsi.h>
 #include <iscsi/scsi-lowlevel.h>
+#include <limits>
 #include <poll.h>
 
 namespace vb {
@@ -120,7 +122,8 @@ int IscsiSession::submit(const Request &req, CompletionFn done, void *ctx) noexc
   const BackendCapabilities &caps = target_->caps;
   if (cancelled_)
     return -ECANCELED;
-  if (req.offset > caps.size || req.length > caps.size - req.offset)
+  // The size now: it changes on resize.
+  if (const std::uint64_t size = target_->size.get(); req.offset > size || req.length > size - req.offset)
     return -EIO;
   if (req.offset % caps.logical_block_size != 0 || req.length % caps.logical_block_size != 0)
     return -EINVAL;
@@ -346,14 +349,14 @@ void IscsiSession::on_check_condition(Part *part, const scsi_sense &sense) noexc
   const Op op = part->job->req.op;
   switch (sense.key) {
   case SCSI_SENSE_UNIT_ATTENTION:
-    // Something changed on the target (a reset, a new session, mode parameters): the command
-    // was not executed and may be sent again.
-    if (sense.ascq == SCSI_SENSE_ASCQ_CAPACITY_DATA_HAS_CHANGED)
-      report(part, kind,
-             kind + ": the LUN's capacity changed; the disk keeps the size it had at start-up (resizing is not "
-                    "supported yet)");
-    else
+    // Something changed on the target (a reset, a new session, mode parameters, the capacity):
+    // the command was not executed and may be sent again.
+    if (sense.ascq == SCSI_SENSE_ASCQ_CAPACITY_DATA_HAS_CHANGED) {
+      VB_LOG_INFO("%s: the target says the LUN's capacity changed; reading it again", name_.c_str());
+      check_capacity();
+    } else {
       report(part, kind, kind + ": retrying the command");
+    }
     if (part->attempts++ < kMaxUnitAttentionRetries) {
       ++retries_;
       part->state = Part::State::pending;
@@ -625,9 +628,10 @@ void IscsiSession::check_probe() noexcept {
   try {
     if (!probe_ok_[0])
       why = "READ CAPACITY(16) failed";
-    else if (now.blocks != was.blocks || now.block_size != was.block_size)
-      why = "it now has " + std::to_string(now.blocks) + " blocks of " + std::to_string(now.block_size) +
-            " bytes, it had " + std::to_string(was.blocks) + " of " + std::to_string(was.block_size);
+    else if (now.block_size != was.block_size)
+      why = "it now has " + std::to_string(now.block_size) + "-byte blocks, it had " + std::to_string(was.block_size);
+    else if (now.blocks > std::numeric_limits<std::uint64_t>::max() / now.block_size)
+      why = "it reports " + std::to_string(now.blocks) + " blocks";
     else if (probe_ok_[1] ? now.identity != was.identity : !was.identity.empty())
       why = "its identity (VPD page 0x83) is now '" + (now.wwn.empty() ? now.identity : now.wwn) + "', it was '" +
             (was.wwn.empty() ? was.identity : was.wwn) + "'";
@@ -640,7 +644,96 @@ void IscsiSession::check_probe() noexcept {
     fail("the target came back with a different LUN (" + why + "); refusing it", true);
     return;
   }
+  // The same LUN, maybe resized while the session was down.
+  adopt_size(now.blocks, "after logging in again");
   become_ready();
+}
+
+// CAPACITY DATA HAS CHANGED: read the capacity again, without holding anything up (the command
+// that got the unit attention is retried at once; requests are checked against the new size once
+// it is known).
+void IscsiSession::check_capacity() noexcept {
+  if (!ctx_ || state_ != State::ready || failure_)
+    return; // a new session reads the capacity when it logs in
+  if (capacity_task_) {
+    capacity_again_ = true; // announced again while reading: read once more afterwards
+    return;
+  }
+  capacity_task_ = iscsi_readcapacity16_task(ctx_, target_->uri.lun, &on_capacity, this);
+  if (!capacity_task_)
+    fail("cannot queue READ CAPACITY(16): " + iscsi_error(ctx_));
+}
+
+void IscsiSession::on_capacity(iscsi_context * /*iscsi*/, int status, void *command_data,
+                               void *private_data) noexcept {
+  auto *self = static_cast<IscsiSession *>(private_data);
+  auto *task = static_cast<scsi_task *>(command_data);
+  const bool current = task && !self->closing_ && task == self->capacity_task_;
+  LunInfo info;
+  bool parsed = false;
+  bool attention = false;
+  std::string why;
+  if (current) {
+    self->capacity_task_ = nullptr;
+    attention = status == SCSI_STATUS_CHECK_CONDITION && task->sense.key == SCSI_SENSE_UNIT_ATTENTION;
+    parsed = !attention && parse_read_capacity16(task, info);
+    if (!parsed && !attention)
+      try {
+        why = status == SCSI_STATUS_CHECK_CONDITION ? describe_sense(task->sense) : describe_status(status);
+      } catch (...) {
+      }
+  }
+  if (task)
+    scsi_free_scsi_task(task);
+  if (!current)
+    return;
+  if (status == SCSI_STATUS_CANCELLED || status == SCSI_STATUS_ERROR || status == SCSI_STATUS_TIMEOUT)
+    return; // the session is lost: the next one reads the capacity when it logs in
+  if (attention) {
+    // Another unit attention (a reset, the capacity again): ask again, a bounded number of times.
+    if (self->capacity_attentions_++ < kMaxUnitAttentionRetries) {
+      self->check_capacity();
+      return;
+    }
+    why = "unit attentions";
+  }
+  self->capacity_attentions_ = 0;
+  if (parsed) {
+    if (info.block_size != self->target_->lun.block_size) {
+      self->fail("the LUN's block size changed from " + std::to_string(self->target_->lun.block_size) + " to " +
+                     std::to_string(info.block_size) + " bytes; refusing it",
+                 true);
+      return;
+    }
+    self->adopt_size(info.blocks, "after CAPACITY DATA HAS CHANGED");
+  } else if (self->target_->first_report("READ CAPACITY(16) after a capacity change")) {
+    VB_LOG_WARN("%s: reading the new capacity failed (%s); the disk keeps its size (reported once)",
+                self->name_.c_str(), why.c_str());
+  }
+  if (self->capacity_again_) {
+    self->capacity_again_ = false;
+    self->check_capacity();
+  }
+}
+
+// The LUN now has this many blocks (of the size it always had): a new size is recorded for every
+// session and reported to the engine once, by whichever session saw it first.
+void IscsiSession::adopt_size(std::uint64_t blocks, const char *how) noexcept {
+  const std::uint64_t bs = target_->caps.logical_block_size;
+  if (blocks == 0 || blocks > std::numeric_limits<std::uint64_t>::max() / bs)
+    return;
+  const std::uint64_t was = target_->size.get();
+  const std::uint64_t bytes = blocks * bs;
+  if (bytes == was)
+    return;
+  if (target_->size.observe(bytes)) {
+    try {
+      VB_LOG_INFO("%s: the LUN's size changed %s: %s, it was %s (%llu blocks of %llu bytes)", name_.c_str(), how,
+                  format_size(bytes).c_str(), format_size(was).c_str(), static_cast<unsigned long long>(blocks),
+                  static_cast<unsigned long long>(bs));
+    } catch (...) {
+    }
+  }
 }
 
 void IscsiSession::become_ready() noexcept {
@@ -735,6 +828,9 @@ void IscsiSession::close_context() noexcept {
   }
   probe_tasks_ = {};
   probes_left_ = 0;
+  capacity_task_ = nullptr; // cancelled with the context
+  capacity_again_ = false;
+  capacity_attentions_ = 0;
 }
 
 void IscsiSession::service(int revents) noexcept {

@@ -2,8 +2,13 @@
 // iscsi_get_fd / iscsi_which_events / iscsi_service, no threads of its own). It survives the
 // target: when the session is lost, commands in flight are sent again on the next session and new
 // requests are held (up to reconnect-timeout, then failed with EIO); a LUN that comes back with
-// another identity, size or block size is refused. A command with no response within
-// request-timeout counts the session as lost.
+// another identity or block size is refused, one that comes back with another size is resized. A
+// command with no response within request-timeout counts the session as lost.
+//
+// Resize: a CAPACITY DATA HAS CHANGED unit attention makes the session read READ CAPACITY(16)
+// again (in the background; the command that got it is retried at once); a new size with the same
+// block size goes into IscsiTarget::size, which requests are checked against and which reports
+// the change to the engine once, whichever session saw it first.
 //
 // Requests become SCSI commands: READ(16)/WRITE(16) straight from and into the request's buffers
 // (split at the LUN's transfer limit), SYNCHRONIZE CACHE(16), UNMAP and WRITE SAME(16). UNIT
@@ -86,6 +91,10 @@ private:
   static void on_probed(iscsi_context *iscsi, int status, void *command_data, void *private_data) noexcept;
   void check_probe() noexcept;
   void become_ready() noexcept;
+  // Resize.
+  void check_capacity() noexcept;
+  static void on_capacity(iscsi_context *iscsi, int status, void *command_data, void *private_data) noexcept;
+  void adopt_size(std::uint64_t blocks, const char *how) noexcept;
   void fail(std::string why, bool refused = false) noexcept;
   void handle_failure() noexcept;
   void connection_lost(const std::string &why) noexcept;
@@ -130,6 +139,11 @@ private:
   unsigned probes_left_ = 0;
   unsigned probe_attentions_ = 0; // UNIT ATTENTIONs answered to the checks (one per new session)
   bool tcp_connected_ = false;
+  // READ CAPACITY(16) after CAPACITY DATA HAS CHANGED: the task in flight, whether another change
+  // was announced meanwhile (read again once it is done), UNIT ATTENTIONs answered to it in a row.
+  scsi_task *capacity_task_ = nullptr;
+  bool capacity_again_ = false;
+  unsigned capacity_attentions_ = 0;
   LunInfo probed_;
   std::vector<unsigned char> zeros_; // one logical block of zeros, the WRITE SAME data
   std::vector<Job *> in_flight_;     // issued on the current session

@@ -477,6 +477,25 @@ LunInfo login_and_probe(iscsi_context *ctx, const IscsiUri &uri, const IscsiOpti
   return info;
 }
 
+bool IscsiLunSize::observe(std::uint64_t bytes) noexcept {
+  std::lock_guard lock(mu_);
+  if (bytes_.exchange(bytes, std::memory_order_relaxed) == bytes)
+    return false;
+  if (handler_) {
+    try {
+      handler_(bytes);
+    } catch (const std::exception &e) {
+      VB_LOG_ERROR("iscsi: reporting the new size failed: %s", e.what());
+    }
+  }
+  return true;
+}
+
+void IscsiLunSize::set_handler(Handler handler) {
+  std::lock_guard lock(mu_);
+  handler_ = std::move(handler);
+}
+
 bool IscsiTarget::first_report(const std::string &kind) const {
   std::lock_guard lock(mu_);
   return reported_.insert(kind).second;
@@ -528,6 +547,7 @@ void derive_capabilities(IscsiTarget &t) {
   c.multi_queue_safe = true;
   c.identity = l.wwn.empty() ? t.name : l.wwn;
   t.caps = c;
+  t.size.init(c.size);
   // A login that hangs (a target that accepts TCP but never answers) is abandoned after this.
   t.login_timeout = t.options.request_timeout.count() > 0
                         ? std::max(t.options.request_timeout, std::chrono::milliseconds(5000))

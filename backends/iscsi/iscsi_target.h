@@ -3,13 +3,15 @@
 // (which a LUN that comes back after a reconnection must match), and the helpers that read it.
 //
 // Threading: everything here is setup code (may throw, may block) except IscsiTarget, which is
-// read-only once open() has filled it, apart from first_report() (any thread).
+// read-only once open() has filled it, apart from first_report() and size (any thread).
 #pragma once
 
 #include "vduse-bridge/backend.h"
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <mutex>
 #include <set>
 #include <string>
@@ -104,7 +106,29 @@ bool parse_provisioning(scsi_task *task, LunInfo &info);
 // std::runtime_error with libiscsi's reason (and a hint for authentication failures).
 LunInfo login_and_probe(iscsi_context *ctx, const IscsiUri &uri, const IscsiOptions &options);
 
-// Everything the sessions of one device share; immutable after IscsiBackend::open().
+// The LUN's size now, shared by the sessions of one device: it changes when a session learns of
+// a new capacity (a CAPACITY DATA HAS CHANGED unit attention, or a login that finds another size),
+// and the first session to see a change reports it, once. Any thread.
+class IscsiLunSize {
+public:
+  using Handler = std::function<void(std::uint64_t bytes)>;
+  // Start-up, before any session exists.
+  void init(std::uint64_t bytes) noexcept { bytes_.store(bytes, std::memory_order_relaxed); }
+  std::uint64_t get() const noexcept { return bytes_.load(std::memory_order_relaxed); }
+  // Records the size in bytes; true (and the handler called, on this thread) if it changed.
+  // Changes are recorded and reported in one order, so the last one reported is the size held.
+  bool observe(std::uint64_t bytes) noexcept;
+  // Whom to tell (nullptr: nobody). The handler must not block.
+  void set_handler(Handler handler);
+
+private:
+  std::atomic<std::uint64_t> bytes_{0};
+  std::mutex mu_;
+  Handler handler_;
+};
+
+// Everything the sessions of one device share; immutable after IscsiBackend::open(), apart from
+// size and the reports.
 struct IscsiTarget {
   IscsiOptions options;
   IscsiUri uri;
@@ -115,6 +139,9 @@ struct IscsiTarget {
   std::uint64_t max_unmap_blocks = 0; // per UNMAP descriptor
   std::uint64_t max_zero_blocks = 0;  // per WRITE SAME(16)
   std::chrono::milliseconds login_timeout{30000};
+  // The LUN's size in bytes now: caps.size at open(), then what resizes made of it. Requests are
+  // checked against this.
+  mutable IscsiLunSize size;
 
   // True the first time kind is reported for this device: sense data is logged once per kind,
   // not once per request. Any thread.

@@ -1,6 +1,7 @@
 #include "memory/memory_backend.h"
 
 #include "common/errors.h"
+#include "common/log.h"
 
 #include <cerrno>
 #include <cstring>
@@ -8,6 +9,7 @@
 #include <linux/falloc.h>
 #include <stdexcept>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 namespace vb {
@@ -28,7 +30,8 @@ private:
 
 } // namespace
 
-MemoryBackend::MemoryBackend(std::uint64_t size, std::uint32_t logical_block_size) {
+MemoryBackend::MemoryBackend(std::uint64_t size, std::uint32_t logical_block_size, std::string path)
+    : path_(std::move(path)) {
   caps_.size = size;
   caps_.logical_block_size = logical_block_size;
   caps_.physical_block_size = 4096 > logical_block_size ? 4096 : logical_block_size;
@@ -49,15 +52,38 @@ MemoryBackend::~MemoryBackend() {
 void MemoryBackend::open() {
   if (caps_.size == 0 || caps_.size % caps_.logical_block_size != 0)
     throw std::runtime_error("memory backend: size must be a non-zero multiple of the block size");
-  fd_ = ::memfd_create("vduse-bridge-memory", MFD_CLOEXEC);
-  if (fd_ < 0)
-    throw std::runtime_error(errno_message("memfd_create", errno));
+  if (path_.empty()) {
+    fd_ = ::memfd_create("vduse-bridge-memory", MFD_CLOEXEC);
+    if (fd_ < 0)
+      throw std::runtime_error(errno_message("memfd_create", errno));
+  } else {
+    const std::string dir = path_.substr(0, path_.rfind('/'));
+    if (!dir.empty() && ::mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST)
+      throw std::runtime_error(errno_message("memory backend: mkdir " + dir, errno));
+    fd_ = ::open(path_.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+    if (fd_ < 0)
+      throw std::runtime_error(errno_message("memory backend: " + path_, errno));
+    struct stat st {};
+    if (::fstat(fd_, &st) != 0)
+      throw std::runtime_error(errno_message("memory backend: fstat " + path_, errno));
+    if (st.st_size != 0 && static_cast<std::uint64_t>(st.st_size) != caps_.size)
+      throw std::runtime_error("memory backend: " + path_ + " holds a disk of " + std::to_string(st.st_size) +
+                               " bytes, the configuration says " + std::to_string(caps_.size) +
+                               " (remove the file to start an empty disk)");
+    if (st.st_size != 0)
+      VB_LOG_INFO("memory backend: reusing the contents in %s", path_.c_str());
+  }
   if (::ftruncate(fd_, static_cast<off_t>(caps_.size)) != 0)
     throw std::runtime_error(errno_message("memory backend: ftruncate", errno));
   void *p = ::mmap(nullptr, caps_.size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, fd_, 0);
   if (p == MAP_FAILED)
     throw std::runtime_error(errno_message("memory backend: mmap", errno));
   base_ = static_cast<std::uint8_t *>(p);
+}
+
+void MemoryBackend::device_destroyed() noexcept {
+  if (!path_.empty() && ::unlink(path_.c_str()) != 0 && errno != ENOENT)
+    VB_LOG_WARN("memory backend: unlink %s: %s", path_.c_str(), errno_text(errno));
 }
 
 std::unique_ptr<BackendQueue> MemoryBackend::open_queue(EventLoop &, unsigned) {

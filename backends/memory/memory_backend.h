@@ -1,17 +1,23 @@
-// A RAM disk backend for tests and benchmarks. Memory is a memfd mapped once: pages are only
-// allocated when written, so a 1 GiB disk costs what is stored; discard and write-zeroes punch
-// holes and give the memory back.
+// A RAM disk backend for tests and benchmarks. Memory is a shared-memory file (or an anonymous
+// memfd) mapped once: pages are only allocated when written, so a 1 GiB disk costs what is
+// stored; discard and write-zeroes punch holes and give the memory back. With a file the disk
+// outlives the daemon like a tmpfs does (a restarted daemon finds its contents); it is removed
+// when the device is torn down.
 #pragma once
 
 #include "vduse-bridge/backend.h"
 
 #include <cstdint>
+#include <string>
 
 namespace vb {
 
 class MemoryBackend final : public Backend {
 public:
-  MemoryBackend(std::uint64_t size, std::uint32_t logical_block_size = 512);
+  // path: the file holding the contents (e.g. /dev/shm/vduse-bridge/NAME.mem; its directory is
+  // created), empty = an anonymous memfd that dies with the process. An existing file must
+  // have exactly this size.
+  MemoryBackend(std::uint64_t size, std::uint32_t logical_block_size = 512, std::string path = {});
   ~MemoryBackend() override;
   MemoryBackend(const MemoryBackend &) = delete;
   MemoryBackend &operator=(const MemoryBackend &) = delete;
@@ -20,12 +26,14 @@ public:
   const BackendCapabilities &capabilities() const override { return caps_; }
   std::unique_ptr<BackendQueue> open_queue(EventLoop &loop, unsigned index) override;
   const char *kind() const noexcept override { return "memory"; }
+  void device_destroyed() noexcept override;
 
   // Synchronous, thread-safe on disjoint ranges (queues may share the disk): used by the queues.
   int execute(const Request &req) noexcept;
 
 private:
   BackendCapabilities caps_;
+  std::string path_;
   int fd_ = -1;
   std::uint8_t *base_ = nullptr;
 };

@@ -75,6 +75,9 @@ public:
   virtual std::unique_ptr<BackendQueue> open_queue(EventLoop &loop, unsigned index) = 0;
   // A short name for logs: "memory", "nbd", "iscsi".
   virtual const char *kind() const noexcept = 0;
+  // The device was torn down for good (not a restart): drop anything kept for a successor
+  // daemon, such as a memory disk's contents file.
+  virtual void device_destroyed() noexcept {}
 
   // Resize: a backend that learns the storage's size changed (an NBD export seen bigger after a
   // reconnect or when polled, an iSCSI capacity-changed unit attention) reports the new size in

@@ -34,11 +34,12 @@ void harden_process() {
 
 class Daemon {
 public:
-  explicit Daemon(const Config &config) : config_(config) {}
+  Daemon(const Config &config, std::string state_dir) : config_(config), state_dir_(std::move(state_dir)) {}
 
   int run() {
     SignalWatch term(loop_, SIGTERM, [this] { shutdown("SIGTERM"); });
     SignalWatch intr(loop_, SIGINT, [this] { shutdown("SIGINT"); });
+    SignalWatch usr1(loop_, SIGUSR1, [this] { leave_all(); });
     loop_.post([this] { start_all(); });
     loop_.run();
     exports_.clear();
@@ -49,7 +50,7 @@ private:
   void start_all() {
     for (const auto &device : config_.devices) {
       try {
-        auto e = std::make_unique<BlockExport>(loop_, device, make_backend(device));
+        auto e = std::make_unique<BlockExport>(loop_, device, make_backend(device), state_dir_);
         BlockExport *raw = e.get();
         exports_.push_back(std::move(e));
         ++starting_;
@@ -75,6 +76,16 @@ private:
     shutdown(nullptr);
   }
 
+  // Planned restart: every device stays attached for the next daemon.
+  void leave_all() {
+    if (stopping_)
+      return;
+    VB_LOG_INFO("SIGUSR1: leaving %zu device(s) attached for the next daemon", exports_.size());
+    leaving_ = true;
+    stopping_ = true;
+    stop_next();
+  }
+
   void shutdown(const char *why) {
     if (why)
       VB_LOG_INFO("%s: detaching and destroying %zu device(s)", why, exports_.size());
@@ -95,28 +106,36 @@ private:
       loop_.stop();
       return;
     }
-    exports_[next_stop_++]->stop([this] { stop_next(); });
+    BlockExport &e = *exports_[next_stop_++];
+    // A device this daemon took over from a predecessor is left attached when starting failed:
+    // the disks that were fine must not vanish because another device's configuration is wrong.
+    if (leaving_ || (status_ != 0 && e.reattached()))
+      e.leave([this] { stop_next(); });
+    else
+      e.stop([this] { stop_next(); });
   }
 
   const Config &config_;
+  std::string state_dir_;
   EventLoop loop_;
   std::vector<std::unique_ptr<BlockExport>> exports_;
   std::size_t next_stop_ = 0;
   int starting_ = 0;
   bool stopping_ = false;
+  bool leaving_ = false;
   int status_ = 0;
 };
 
 } // namespace
 
-int run_daemon(const Config &config) {
+int run_daemon(const Config &config, const std::string &state_dir) {
   if (!vduse::VduseDevice::available()) {
     VB_LOG_ERROR("/dev/vduse/control is missing: this kernel has no VDUSE (modprobe vduse; needs Linux >= 5.15 "
                  "built with CONFIG_VDPA_USER)");
     return 1;
   }
   harden_process();
-  return Daemon(config).run();
+  return Daemon(config, state_dir).run();
 }
 
 } // namespace vb

@@ -5,7 +5,7 @@
 namespace vb {
 
 const char *usage_text() noexcept {
-  return "Usage: vduse-bridge --config FILE [--check] [-v]\n"
+  return "Usage: vduse-bridge --config FILE [--check] [--state-dir DIR] [-v]\n"
          "       vduse-bridge --discover iscsi://HOST[:PORT]\n"
          "       vduse-bridge --help | --version\n"
          "\n"
@@ -14,11 +14,14 @@ const char *usage_text() noexcept {
          "  -c, --config FILE  the configuration file (see vduse-bridge.yaml(5))\n"
          "      --check        validate the configuration file and exit\n"
          "      --discover URI list the targets and LUNs of an iSCSI portal and exit\n"
+         "      --state-dir DIR  recovery state of the devices (default /run/vduse-bridge)\n"
          "  -v, --verbose      log debug messages\n"
          "  -h, --help         show this help and exit\n"
          "  -V, --version      show the version and exit\n"
          "\n"
-         "SIGTERM or SIGINT detaches and destroys the devices, then exits.\n";
+         "SIGTERM or SIGINT detaches and destroys the devices, then exits. SIGUSR1 is a planned\n"
+         "restart: requests in flight complete, the devices stay attached (their I/O waits) and the\n"
+         "daemon exits 0; the next one started with the same configuration takes them over.\n";
 }
 
 Options parse_options(const std::vector<std::string> &args) {
@@ -41,6 +44,10 @@ Options parse_options(const std::vector<std::string> &args) {
       o.discover = value("--discover");
       if (o.discover.empty())
         throw std::invalid_argument("option --discover needs an iSCSI portal URI (iscsi://host[:port])");
+    } else if (a == "--state-dir" || a.rfind("--state-dir=", 0) == 0) {
+      o.state_dir = value("--state-dir");
+      if (o.state_dir.empty() || o.state_dir[0] != '/')
+        throw std::invalid_argument("option --state-dir needs an absolute directory name");
     } else if (a == "--check") {
       o.check_only = true;
     } else if (a == "-v" || a == "--verbose") {

@@ -13,6 +13,9 @@ struct Options {
   bool help = false;
   bool version = false;
   int verbosity = 0; // -v: debug logging
+  // --state-dir: where each device's recovery state lives (a tmpfs: it must outlive the daemon,
+  // not the machine).
+  std::string state_dir = "/run/vduse-bridge";
 };
 
 // Throws std::invalid_argument with a one-line message naming the bad option.

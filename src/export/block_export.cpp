@@ -23,8 +23,13 @@ constexpr std::uint64_t kBounceMax = 1ULL << 30;
 
 } // namespace
 
-BlockExport::BlockExport(EventLoop &control, const DeviceConfig &config, std::unique_ptr<Backend> backend)
-    : control_(control), config_(config), backend_(std::move(backend)) {
+BlockExport::BlockExport(EventLoop &control, const DeviceConfig &config, std::unique_ptr<Backend> backend,
+                         std::string state_dir)
+    : control_(control), config_(config), backend_(std::move(backend)), state_dir_(std::move(state_dir)) {
+  // No device of that name: whatever an earlier one kept for a successor (a memory disk's
+  // contents) belongs to a disk that is gone.
+  if (!vduse::VduseDevice::exists(config_.name))
+    backend_->device_destroyed();
   backend_->open();
   blk::DeviceSettings settings;
   settings.queues = config_.queues;
@@ -56,10 +61,13 @@ void BlockExport::start(const std::function<void(const std::string &)> &on_ready
   spec.num_queues = config_.queues;
   spec.queue_size_max = static_cast<std::uint16_t>(config_.queue_size);
   spec.config = blk::config_space(params_);
+  // The state first: a device that exists with another configuration is left alone.
+  open_state(spec.features);
   device_ = std::make_unique<vduse::VduseDevice>(spec);
   iotlb_ = std::make_unique<vduse::IotlbCache>(device_->fd());
   for (unsigned i = 0; i < config_.queues; ++i)
-    queues_.push_back(std::make_unique<QueueWorker>(config_.name, i, *device_, *iotlb_, *backend_, params_));
+    queues_.push_back(std::make_unique<QueueWorker>(config_.name, i, *device_, *iotlb_, *backend_, params_,
+                                                    state_ ? &state_->queue(i) : nullptr));
 
   const auto &caps = backend_->capabilities();
   VB_LOG_INFO("%s: %s virtio-blk device, %s, %s backend (%s), %u queue(s) of %u, %u-byte blocks%s",
@@ -78,9 +86,20 @@ void BlockExport::start(const std::function<void(const std::string &)> &on_ready
   });
   device_watch_->set_events(EV_READ);
 
+  if (device_->reattached()) {
+    // Messages the kernel replays come first (a reset among them must win), then the queues.
+    on_device_readable();
+    resume_queues();
+  }
   if (config_.attach == DeviceConfig::Attach::none || (device_->reattached() && vdpa::device_exists(config_.name))) {
     control_.post([on_ready] { on_ready({}); });
     return;
+  }
+  try {
+    // Before attach: the driver's first messages are then under the configured timeout.
+    device_->set_msg_timeout(static_cast<unsigned>(config_.control_timeout.count()));
+  } catch (const std::exception &e) {
+    VB_LOG_WARN("%s: %s (keeping the kernel's control-message timeout)", config_.name.c_str(), e.what());
   }
   try {
     // Sized before the IOVA domain exists, i.e. before attach; ignored by the kernel afterwards.
@@ -138,11 +157,101 @@ void BlockExport::stop(const std::function<void()> &on_done) {
         device_watch_.reset();
         queues_.clear();
         iotlb_.reset();
-        if (device_ && device_->destroy())
+        if (device_ && device_->destroy()) {
           VB_LOG_INFO("%s: device destroyed", config_.name.c_str());
+          backend_->device_destroyed();
+        }
         device_.reset();
+        if (state_) {
+          try {
+            state_->remove();
+          } catch (const std::exception &e) {
+            VB_LOG_WARN("%s: %s", config_.name.c_str(), e.what());
+          }
+          state_.reset();
+        }
         on_done();
       });
+}
+
+void BlockExport::leave(const std::function<void()> &on_done) {
+  for (auto &q : queues_)
+    q->pause_sync();
+  // Requests in flight complete (and are published) normally; whatever does not finish in time
+  // stays in the recovery state and the successor resubmits it.
+  for (auto &q : queues_)
+    if (!q->drain_sync(10000))
+      VB_LOG_WARN("%s: requests still in flight after 10s; the next daemon resubmits them", config_.name.c_str());
+  for (auto &q : queues_)
+    q->abandon_sync();
+  device_watch_.reset();
+  queues_.clear();
+  iotlb_.reset();
+  device_.reset(); // closes /dev/vduse/NAME: the kernel keeps the device and holds its I/O
+  state_.reset();  // unmapped, the file stays
+  VB_LOG_INFO("%s: left attached for the next daemon", config_.name.c_str());
+  control_.post(on_done);
+}
+
+void BlockExport::open_state(std::uint64_t features) {
+  if (state_dir_.empty())
+    return;
+  recovery::DeviceIdentity id;
+  id.name = config_.name;
+  id.num_queues = config_.queues;
+  id.queue_size = static_cast<std::uint16_t>(config_.queue_size);
+  id.capacity = params_.capacity;
+  id.logical_block_size = params_.logical_block_size;
+  id.features = features;
+  id.backend_kind = backend_->kind();
+  id.backend_identity = backend_->capabilities().identity.substr(0, 255);
+  const bool exists = vduse::VduseDevice::exists(config_.name);
+  if (!exists && recovery::RecoveryState::remove_file(state_dir_, config_.name))
+    VB_LOG_DEBUG("%s: removed the recovery state of a device that no longer exists", config_.name.c_str());
+  try {
+    state_ = recovery::RecoveryState::open_or_create(state_dir_, id);
+  } catch (const std::exception &e) {
+    if (exists)
+      throw std::runtime_error(std::string(e.what()) +
+                               "; the existing device is left as it is (restore the configuration it was created "
+                               "with, or tear it down with `vdpa dev del` and remove the state file)");
+    throw;
+  }
+  if (exists && state_->created())
+    VB_LOG_WARN("%s: the device exists but has no recovery state in %s: requests in flight when the previous daemon "
+                "died cannot be replayed",
+                config_.name.c_str(), state_dir_.c_str());
+}
+
+void BlockExport::resume_queues() noexcept {
+  if (broken_)
+    return;
+  try {
+    const std::uint64_t features = device_->driver_features();
+    const bool event_idx = (features & (1ULL << virtio::kFeatureEventIdx)) != 0;
+    unsigned resumed = 0;
+    for (unsigned i = 0; i < queues_.size(); ++i) {
+      const vduse::VqInfo info = device_->vq_info(i);
+      if (!info.ready || info.num == 0 || info.num > config_.queue_size)
+        continue;
+      virtio::RingLayout layout;
+      layout.desc = info.desc;
+      layout.avail = info.driver;
+      layout.used = info.device;
+      layout.num = static_cast<std::uint16_t>(info.num);
+      if (queues_[i]->resume_sync(layout, event_idx, info.avail_index))
+        ++resumed;
+    }
+    if (resumed > 0) {
+      // The driver is live (its queues are ready): the status it last set included DRIVER_OK.
+      status_ = VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER | VIRTIO_CONFIG_S_FEATURES_OK |
+                VIRTIO_CONFIG_S_DRIVER_OK;
+      queues_running_ = true;
+      VB_LOG_INFO("%s: resumed %u queue(s) of the running device", config_.name.c_str(), resumed);
+    }
+  } catch (const std::exception &e) {
+    VB_LOG_ERROR("%s: resuming queues: %s", config_.name.c_str(), e.what());
+  }
 }
 
 void BlockExport::run_in_background(std::function<std::string()> work, std::function<void(const std::string &)> then) {
@@ -188,6 +297,8 @@ void BlockExport::on_backend_resized(std::uint64_t size) noexcept {
   VB_LOG_WARN("%s: the %s backend's size changed from %s to %s; resizing the disk", config_.name.c_str(),
               backend_->kind(), format_size(params_.capacity).c_str(), format_size(capacity).c_str());
   params_.capacity = capacity;
+  if (state_)
+    state_->set_capacity(capacity);
   try {
     for (auto &q : queues_)
       q->set_capacity(capacity);

@@ -10,6 +10,7 @@
 #include "config/config.h"
 #include "event/event_loop.h"
 #include "export/queue_worker.h"
+#include "recovery/recovery_state.h"
 #include "vduse-bridge/backend.h"
 #include "vduse/iotlb_cache.h"
 #include "vduse/vduse_device.h"
@@ -26,7 +27,10 @@ namespace vb {
 class BlockExport final : private vduse::ControlHandler {
 public:
   // Opens the backend (may block: start-up only) and computes the device parameters.
-  BlockExport(EventLoop &control, const DeviceConfig &config, std::unique_ptr<Backend> backend);
+  // state_dir: where the device's recovery state lives (recovery/recovery_state.h), so that a
+  // daemon that dies can be replaced without losing or repeating a request; empty = none.
+  BlockExport(EventLoop &control, const DeviceConfig &config, std::unique_ptr<Backend> backend,
+              std::string state_dir = {});
   ~BlockExport() override;
   BlockExport(const BlockExport &) = delete;
   BlockExport &operator=(const BlockExport &) = delete;
@@ -34,11 +38,22 @@ public:
   // Creates (or reattaches to) the VDUSE device, starts serving its control channel and, unless
   // attach is none, attaches it on the vDPA bus in the background. on_ready(error) runs on the
   // control loop when that is done; error is empty on success. Throws if the device cannot be
-  // created.
+  // created, or if it exists and its recovery state does not match this configuration (the
+  // device is not touched then).
+  //
+  // Reattaching (a predecessor died or left): answers the control messages the kernel replays,
+  // then resumes every ready queue from the recovery state: what was in flight is resubmitted
+  // oldest first, nothing published is repeated.
   void start(const std::function<void(const std::string &error)> &on_ready);
-  // Detaches from the vDPA bus (in the background), stops the queues, destroys the device.
-  // on_done runs on the control loop afterwards.
+  // Detaches from the vDPA bus (in the background), stops the queues, destroys the device and
+  // removes its recovery state. on_done runs on the control loop afterwards.
   void stop(const std::function<void()> &on_done);
+  // Planned restart: stops taking requests, lets those in flight complete (bounded), and closes
+  // the device leaving it attached, with its recovery state, for the next daemon. I/O pauses
+  // until then. on_done runs on the control loop afterwards.
+  void leave(const std::function<void()> &on_done);
+  // The device existed when start() ran (a predecessor's).
+  bool reattached() const { return device_ && device_->reattached(); }
 
   const std::string &name() const { return config_.name; }
   const blk::DeviceParams &params() const { return params_; }
@@ -55,6 +70,8 @@ private:
   void on_device_readable() noexcept;
   void on_backend_resized(std::uint64_t size) noexcept;
   void start_queues() noexcept;
+  void resume_queues() noexcept;
+  void open_state(std::uint64_t features);
   void stop_queues() noexcept;
   void run_in_background(std::function<std::string()> work, std::function<void(const std::string &)> then);
   std::uint64_t bounce_size() const;
@@ -62,6 +79,8 @@ private:
   EventLoop &control_;
   DeviceConfig config_;
   std::unique_ptr<Backend> backend_;
+  std::string state_dir_;
+  std::unique_ptr<recovery::RecoveryState> state_;
   blk::DeviceParams params_;
   std::unique_ptr<vduse::VduseDevice> device_;
   std::unique_ptr<vduse::IotlbCache> iotlb_;

@@ -27,9 +27,9 @@ constexpr unsigned kPopBudget = 128;
 } // namespace
 
 QueueWorker::QueueWorker(std::string device_name, unsigned index, virtio::QueueHost &host, virtio::GuestMemory &memory,
-                         Backend &backend, const blk::DeviceParams &params)
+                         Backend &backend, const blk::DeviceParams &params, recovery::QueueLog *log)
     : name_(std::move(device_name) + "/q" + std::to_string(index)), index_(index), host_(host), memory_(memory),
-      backend_(backend), params_(params), notify_check_(loop_, [this] { notify(); }),
+      backend_(backend), params_(params), log_(log), notify_check_(loop_, [this] { notify(); }),
       reprocess_(loop_, [this] { process(); }) {
   thread_ = std::thread([this] { loop_.run(); });
   run_sync([this] { backend_queue_ = backend_.open_queue(loop_, index_); });
@@ -63,58 +63,153 @@ void QueueWorker::run_sync(const std::function<void()> &fn) {
   done.get_future().wait();
 }
 
+// Worker thread: maps the ring at next_avail and installs a fresh kickfd. False if it cannot.
+bool QueueWorker::begin(const virtio::RingLayout &layout, std::uint16_t next_avail, bool event_idx) noexcept {
+  if (!ring_.start(memory_, layout, next_avail, event_idx)) {
+    VB_LOG_ERROR("%s: cannot map the ring (desc 0x%llx, avail 0x%llx, used 0x%llx, size %u)", name_.c_str(),
+                 static_cast<unsigned long long>(layout.desc), static_cast<unsigned long long>(layout.avail),
+                 static_cast<unsigned long long>(layout.used), layout.num);
+    return false;
+  }
+  broken_ = false;
+  paused_ = false;
+  in_flight_.clear();
+  in_flight_.resize(layout.num);
+  if (kick_fd_ < 0) {
+    kick_fd_ = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (kick_fd_ < 0) {
+      VB_LOG_ERROR("%s: eventfd: %s", name_.c_str(), errno_text(errno));
+      ring_.stop();
+      return false;
+    }
+    kick_watch_ = std::make_unique<IoWatch>(loop_, kick_fd_, [this](short) { on_kick(); });
+    // Edge-triggered: every eventfd write wakes epoll again, so the counter need not be read
+    // (one read(2) less per kick); it cannot overflow in practice (2^64 kicks).
+    kick_watch_->set_events(EV_READ | EV_ET);
+  }
+  try {
+    host_.set_kickfd(index_, kick_fd_);
+  } catch (const std::exception &e) {
+    VB_LOG_ERROR("%s: %s", name_.c_str(), e.what());
+    ring_.stop();
+    return false;
+  }
+  pushed_ = false;
+  return true;
+}
+
 bool QueueWorker::start_sync(const virtio::RingLayout &layout, std::uint16_t next_avail, bool event_idx) {
   bool ok = false;
   run_sync([&] {
-    if (!ring_.start(memory_, layout, next_avail, event_idx)) {
-      VB_LOG_ERROR("%s: cannot map the ring (desc 0x%llx, avail 0x%llx, used 0x%llx, size %u)", name_.c_str(),
-                   static_cast<unsigned long long>(layout.desc), static_cast<unsigned long long>(layout.avail),
-                   static_cast<unsigned long long>(layout.used), layout.num);
+    if (!begin(layout, next_avail, event_idx))
       return;
-    }
-    broken_ = false;
-    in_flight_.clear();
-    in_flight_.resize(layout.num);
-    if (kick_fd_ < 0) {
-      kick_fd_ = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-      if (kick_fd_ < 0) {
-        VB_LOG_ERROR("%s: eventfd: %s", name_.c_str(), errno_text(errno));
-        ring_.stop();
-        return;
-      }
-      kick_watch_ = std::make_unique<IoWatch>(loop_, kick_fd_, [this](short) { on_kick(); });
-      kick_watch_->set_events(EV_READ);
-    }
-    try {
-      host_.set_kickfd(index_, kick_fd_);
-    } catch (const std::exception &e) {
-      VB_LOG_ERROR("%s: %s", name_.c_str(), e.what());
+    if (log_ && !log_->start(layout.num, next_avail, ring_.used_idx())) {
+      VB_LOG_ERROR("%s: a ring of %u does not fit the recovery state", name_.c_str(), layout.num);
       ring_.stop();
       return;
     }
     ok = true;
-    pushed_ = false;
     // Buffers made available before our kickfd was installed sent their kick nowhere.
     process();
   });
   return ok;
 }
 
-void QueueWorker::stop_sync() {
-  run_sync([this] {
-    if (ring_.started())
-      stopped_next_avail_ = ring_.next_avail();
+bool QueueWorker::resume_sync(const virtio::RingLayout &layout, bool event_idx, std::uint16_t kernel_avail) {
+  if (!log_)
+    return start_sync(layout, kernel_avail, event_idx);
+  bool ok = false;
+  bool fresh = false;
+  run_sync([&] {
+    // Map first: the log is checked against what the used ring really holds.
+    if (!begin(layout, 0, event_idx))
+      return;
+    recovery::QueueLog::Recovered rec;
+    try {
+      rec = log_->recover(ring_.used_idx());
+    } catch (const std::exception &e) {
+      VB_LOG_ERROR("%s: %s; the queue is not served", name_.c_str(), e.what());
+      ring_.stop();
+      return;
+    }
+    if (!rec.started) {
+      fresh = true; // the predecessor never started this queue: nothing was in flight
+      return;
+    }
+    if (rec.ring_size != layout.num) {
+      VB_LOG_ERROR("%s: the recovery state describes a ring of %u, the driver's has %u; the queue is not served",
+                   name_.c_str(), rec.ring_size, layout.num);
+      ring_.stop();
+      return;
+    }
     ring_.stop();
-    ++generation_;
-    // Requests still in the backend keep their slots until they complete; their results are
-    // dropped then (the driver reset the queue and no longer expects them).
-    for (auto &slot : in_flight_)
-      if (slot)
-        (void)slot.release(); // owned by the backend now; on_backend_done returns it to free_slots_
-    in_flight_.clear();
-    notify_check_.cancel();
+    if (!begin(layout, rec.next_avail, event_idx))
+      return;
+    VB_LOG_INFO("%s: resumed at avail %u, used %u; resubmitting %zu request(s) in flight%s", name_.c_str(),
+                rec.next_avail, rec.used_idx, rec.in_flight_oldest_first.size(),
+                rec.finished_publish ? " (a completion published at the crash was not repeated)" : "");
+    for (std::uint16_t head : rec.in_flight_oldest_first) {
+      std::unique_ptr<Slot> slot;
+      if (free_slots_.empty()) {
+        slot = std::make_unique<Slot>();
+        slot->owner = this;
+      } else {
+        slot = std::move(free_slots_.back());
+        free_slots_.pop_back();
+      }
+      const virtio::PopResult r = ring_.chain_at(head, slot->chain);
+      if (r == virtio::PopResult::broken) {
+        free_slots_.push_back(std::move(slot));
+        continue;
+      }
+      submit_chain(std::move(slot), r);
+    }
+    ok = true;
+    process();
+    // The predecessor may have published completions without an interrupt, and kicks sent
+    // while no daemon was there went to the old kickfd: one interrupt lets the driver look.
+    pushed_ = true;
+    if (const int err = host_.inject_vq_irq(index_); err != 0)
+      VB_LOG_WARN("%s: VDUSE_VQ_INJECT_IRQ: %s", name_.c_str(), errno_text(err));
+  });
+  if (fresh) {
+    stop_sync();
+    return start_sync(layout, kernel_avail, event_idx);
+  }
+  return ok;
+}
+
+void QueueWorker::abandon_sync() {
+  run_sync([this] { stop_ring(false); });
+}
+
+void QueueWorker::pause_sync() {
+  run_sync([this] {
+    paused_ = true;
     reprocess_.cancel();
   });
+}
+
+void QueueWorker::stop_sync() {
+  run_sync([this] { stop_ring(true); });
+}
+
+void QueueWorker::stop_ring(bool reset_log) noexcept {
+  if (ring_.started())
+    stopped_next_avail_ = ring_.next_avail();
+  ring_.stop();
+  // A reset: nothing of this start is to be replayed by a successor.
+  if (log_ && reset_log)
+    log_->stop();
+  ++generation_;
+  // Requests still in the backend keep their slots until they complete; their results are
+  // dropped then (the driver reset the queue and no longer expects them).
+  for (auto &slot : in_flight_)
+    if (slot)
+      (void)slot.release(); // owned by the backend now; on_backend_done returns it to free_slots_
+  in_flight_.clear();
+  notify_check_.cancel();
+  reprocess_.cancel();
 }
 
 std::uint16_t QueueWorker::next_avail_sync() {
@@ -142,14 +237,10 @@ bool QueueWorker::drain_sync(unsigned timeout_ms) {
   }
 }
 
-void QueueWorker::on_kick() noexcept {
-  std::uint64_t count = 0;
-  [[maybe_unused]] ssize_t rc = ::read(kick_fd_, &count, sizeof count);
-  process();
-}
+void QueueWorker::on_kick() noexcept { process(); }
 
 void QueueWorker::process() noexcept {
-  if (!ring_.started() || broken_)
+  if (!ring_.started() || broken_ || paused_)
     return;
   unsigned budget = kPopBudget;
   for (;;) {
@@ -176,18 +267,15 @@ void QueueWorker::process() noexcept {
         return;
       }
       --budget;
-      if (r == virtio::PopResult::bad_chain) {
-        ++stats_.bad_chains;
-        if (stats_.bad_chains <= 10 || stats_.bad_chains % 1000 == 0)
-          VB_LOG_WARN("%s: malformed descriptor chain at head %u: %s (request failed)", name_.c_str(), slot->chain.head,
-                      virtio::to_string(ring_.last_error()));
-        ring_.fail_bad_chain(slot->chain, VIRTIO_BLK_S_IOERR);
-        pushed_ = true;
+      if (log_ && !log_->popped(slot->chain.head)) {
+        // Offered while still in flight (the log refuses it before anything is written).
+        VB_LOG_ERROR("%s: the driver made head %u available twice; queue stopped until the device is reset",
+                     name_.c_str(), slot->chain.head);
+        broken_ = true;
         free_slots_.push_back(std::move(slot));
-        notify_check_.schedule();
-        continue;
+        return;
       }
-      handle_chain(std::move(slot));
+      submit_chain(std::move(slot), r);
     }
     if (budget == 0) {
       // More may be waiting: come back after completions and other queues' events ran.
@@ -197,6 +285,32 @@ void QueueWorker::process() noexcept {
     if (!ring_.enable_notifications())
       break;
   }
+  notify_check_.schedule();
+}
+
+// A popped (or replayed) chain: a malformed one is failed at once, a valid one is handled.
+void QueueWorker::submit_chain(std::unique_ptr<Slot> slot, virtio::PopResult r) noexcept {
+  if (r == virtio::PopResult::bad_chain) {
+    ++stats_.bad_chains;
+    if (stats_.bad_chains <= 10 || stats_.bad_chains % 1000 == 0)
+      VB_LOG_WARN("%s: malformed descriptor chain at head %u: %s (request failed)", name_.c_str(), slot->chain.head,
+                  virtio::to_string(ring_.last_error()));
+    publish(slot->chain.head, ring_.mark_bad_chain(slot->chain, VIRTIO_BLK_S_IOERR));
+    free_slots_.push_back(std::move(slot));
+    return;
+  }
+  handle_chain(std::move(slot));
+}
+
+// Publishes one completion, bracketed by the in-flight log so that a crash anywhere in between
+// is recovered without repeating or losing it.
+void QueueWorker::publish(std::uint16_t head, std::uint32_t len) noexcept {
+  if (log_)
+    log_->before_publish(head, ring_.used_idx());
+  ring_.push(head, len);
+  if (log_)
+    log_->after_publish(head, ring_.used_idx());
+  pushed_ = true;
   notify_check_.schedule();
 }
 
@@ -244,9 +358,7 @@ void QueueWorker::complete(Slot *slot, int error) noexcept {
   const std::uint32_t len = blk::finish_request(slot->req, error);
   if (slot->req.action == blk::Action::submit ? error != 0 : slot->req.status != VIRTIO_BLK_S_OK)
     ++stats_.errors;
-  ring_.push(slot->chain.head, len);
-  pushed_ = true;
-  notify_check_.schedule();
+  publish(slot->chain.head, len);
   release(slot);
 }
 

@@ -7,6 +7,7 @@
 #pragma once
 
 #include "event/event_loop.h"
+#include "recovery/queue_log.h"
 #include "vduse-bridge/backend.h"
 #include "virtio/queue_host.h"
 #include "virtio/split_queue.h"
@@ -31,8 +32,11 @@ struct QueueStats {
 
 class QueueWorker {
 public:
+  // log: the queue's in-flight log in the device's recovery state, or nullptr (no recovery:
+  // tests, or no state directory). With a log every pop and every published completion is
+  // recorded so that a successor daemon can replay exactly what was in flight.
   QueueWorker(std::string device_name, unsigned index, virtio::QueueHost &host, virtio::GuestMemory &memory,
-              Backend &backend, const blk::DeviceParams &params);
+              Backend &backend, const blk::DeviceParams &params, recovery::QueueLog *log = nullptr);
   // Stops the thread; requests still in flight in the backend are cancelled first.
   ~QueueWorker();
   QueueWorker(const QueueWorker &) = delete;
@@ -41,9 +45,22 @@ public:
   // Control thread. Maps the ring, installs a fresh kickfd and scans the ring once (kicks sent
   // before the kickfd existed are not lost). Returns false if the ring cannot be mapped.
   bool start_sync(const virtio::RingLayout &layout, std::uint16_t next_avail, bool event_idx);
+  // Control thread, in a daemon that reattached to a live device (a predecessor died or
+  // detached): repairs the in-flight log against the used ring, resubmits what was in flight
+  // (oldest first), then serves the ring from where the predecessor stopped and injects one
+  // interrupt. kernel_avail is the kernel's avail index for a queue the log never saw started.
+  // Returns false (the queue is not served) if the ring cannot be mapped or the log does not fit it.
+  bool resume_sync(const virtio::RingLayout &layout, bool event_idx, std::uint16_t kernel_avail);
   // Control thread. Stops consuming the ring (device reset): results of requests still in the
   // backend are dropped when they arrive; nothing is written to the ring any more.
   void stop_sync();
+  // Control thread. Planned restart: stops taking new requests from the ring (kicks are left
+  // unanswered) while requests in flight still complete normally; the in-flight log stays valid
+  // for the successor. Follow with drain_sync().
+  void pause_sync();
+  // Control thread, after pause_sync() and drain_sync(): stops using the ring without touching
+  // the in-flight log (unlike stop_sync(), which is a reset); late results are dropped.
+  void abandon_sync();
   // Control thread. The next available index this queue would consume (GET_VQ_STATE).
   std::uint16_t next_avail_sync();
   QueueStats stats_sync();
@@ -59,6 +76,10 @@ private:
   void process() noexcept;
   void handle_chain(std::unique_ptr<Slot> slot) noexcept;
   void complete(Slot *slot, int error) noexcept;
+  bool begin(const virtio::RingLayout &layout, std::uint16_t next_avail, bool event_idx) noexcept;
+  void publish(std::uint16_t head, std::uint32_t len) noexcept;
+  void stop_ring(bool reset_log) noexcept;
+  void submit_chain(std::unique_ptr<Slot> slot, virtio::PopResult r) noexcept;
   void release(Slot *slot) noexcept;
   void notify() noexcept;
   static void on_backend_done(void *ctx, int error) noexcept;
@@ -69,6 +90,7 @@ private:
   virtio::GuestMemory &memory_;
   Backend &backend_;
   blk::DeviceParams params_; // this thread's copy: only capacity changes, through set_capacity()
+  recovery::QueueLog *log_;
 
   EventLoop loop_;
   std::unique_ptr<BackendQueue> backend_queue_;
@@ -78,6 +100,7 @@ private:
   Deferred notify_check_;
   Deferred reprocess_;
   bool broken_ = false;
+  bool paused_ = false;                          // planned restart: no more pops
   bool pushed_ = false;                          // used entries published since the last notification decision
   std::uint32_t generation_ = 0;                 // bumped on every stop: completions of older ones are dropped
   std::vector<std::unique_ptr<Slot>> in_flight_; // by head, for the current generation

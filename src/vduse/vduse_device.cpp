@@ -74,6 +74,10 @@ const char *message_name(std::uint32_t type) {
 
 bool VduseDevice::available() noexcept { return ::access(kControlPath, R_OK | W_OK) == 0; }
 
+bool VduseDevice::exists(const std::string &name) noexcept {
+  return ::access(("/dev/vduse/" + name).c_str(), F_OK) == 0;
+}
+
 VduseDevice::VduseDevice(const DeviceSpec &spec) : name_(spec.name) {
   if (name_.empty() || name_.size() >= VDUSE_NAME_MAX)
     throw std::runtime_error("invalid VDUSE device name '" + name_ + "'");

@@ -82,6 +82,8 @@ public:
   static int destroy_by_name(const std::string &name) noexcept;
   // Whether this kernel has VDUSE at all.
   static bool available() noexcept;
+  // Whether a VDUSE device of that name exists (left by an earlier run or being served).
+  static bool exists(const std::string &name) noexcept;
 
 private:
   std::string name_;

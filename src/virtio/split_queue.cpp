@@ -244,13 +244,26 @@ void SplitQueue::push(std::uint16_t head, std::uint32_t written_len) noexcept {
   store_release(used_.idx(), ++used_idx_);
 }
 
+std::uint32_t SplitQueue::mark_bad_chain(const Chain &chain, std::uint8_t status) noexcept {
+  if (!chain.bad_status)
+    return 0;
+  __atomic_store_n(chain.bad_status, status, __ATOMIC_RELAXED);
+  return 1;
+}
+
 void SplitQueue::fail_bad_chain(const Chain &chain, std::uint8_t status) noexcept {
-  if (chain.bad_status) {
-    __atomic_store_n(chain.bad_status, status, __ATOMIC_RELAXED);
-    push(chain.head, 1);
-  } else {
-    push(chain.head, 0);
+  push(chain.head, mark_bad_chain(chain, status));
+}
+
+PopResult SplitQueue::chain_at(std::uint16_t head, Chain &chain) noexcept {
+  if (!desc_ || head >= num_) {
+    last_error_ = ChainError::bad_head;
+    return PopResult::broken;
   }
+  if (walk(head, chain))
+    return PopResult::ok;
+  chain.bad_status = find_status_byte(head);
+  return PopResult::bad_chain;
 }
 
 bool SplitQueue::should_notify() noexcept {

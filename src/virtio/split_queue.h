@@ -67,8 +67,17 @@ public:
   PopResult pop(Chain &chain) noexcept;
   ChainError last_error() const noexcept { return last_error_; }
 
+  // Walks the chain at head again without touching the available ring: a request that was in
+  // flight when a predecessor daemon died. ok, bad_chain (complete it like a popped one), or
+  // broken if head is not a descriptor index.
+  PopResult chain_at(std::uint16_t head, Chain &chain) noexcept;
+
   // Publishes one completion: the used element, then (release) the used index.
   void push(std::uint16_t head, std::uint32_t written_len) noexcept;
+
+  // For a malformed chain: writes status to its status byte if chain.bad_status is set and
+  // returns the used.len to publish with push() (1, else 0).
+  std::uint32_t mark_bad_chain(const Chain &chain, std::uint8_t status) noexcept;
 
   // Completes a head whose chain was malformed. If chain.bad_status is set (the chain's last
   // descriptor is a mapped, device-writable buffer) that byte gets status (e.g.

@@ -1,0 +1,65 @@
+# shellcheck shell=bash
+# Helpers for daemon-restart tests (sourced after lib/daemon.sh, not run).
+#
+#   restart_daemon CONFIG [PAUSE]   start the daemon again on a device that exists (no wait for a
+#                                   new disk: the old one stays); PAUSE seconds before (default 0)
+#   kill9_daemon                    SIGKILL the daemon and reap it
+#   leave_daemon                    SIGUSR1 (planned restart): it must exit 0 and leave the disk
+#   resumed                         the current daemon log says its queues resumed
+#   fio_start DISK OUT SECONDS      fio randwrite 4k with crc32c verify-as-you-go in the background,
+#                                   iodepth 32, 2 jobs; pid in $fio_pid
+#   fio_check OUT                   waits for it; fails unless it ended with 0 errors and verified data
+
+restart_daemon() {
+  local config=$1 pause=${2:-0}
+  [ "$pause" = 0 ] || sleep "$pause" # the outage itself, not a wait for readiness
+  daemon_runs=$((daemon_runs + 1))
+  daemon_log=$work/daemon.$daemon_runs.log
+  "$DAEMON" --config "$config" >"$daemon_log" 2>&1 &
+  daemon_pid=$!
+  wait_for 60 "the restarted daemon to serve" serving
+  daemon_alive || fail "the restarted daemon exited during start-up"
+}
+
+kill9_daemon() {
+  kill -KILL "$daemon_pid"
+  wait "$daemon_pid" 2>/dev/null || true
+  daemon_pid=''
+}
+
+leave_daemon() {
+  local rc=0
+  kill -USR1 "$daemon_pid"
+  wait "$daemon_pid" || rc=$?
+  daemon_pid=''
+  [ "$rc" -eq 0 ] || fail "the daemon exited with status $rc after SIGUSR1"
+}
+
+resumed() { grep -q "resumed" "$daemon_log"; }
+
+fio_pid=''
+fio_start() {
+  local disk=$1 out=$2 seconds=$3
+  (
+    cd "$work"
+    exec fio --eta=never --name=restart --filename="$disk" --direct=1 --ioengine=libaio --iodepth=32 \
+      --numjobs=2 --offset_increment=64M --size=48M --rw=randwrite --bs=4k --verify=crc32c --verify_fatal=1 \
+      --do_verify=1 --verify_backlog=128 --time_based --runtime="$seconds" --group_reporting \
+      --output-format=terse --terse-version=3 --output="$out.txt"
+  ) 2>"$out.err" &
+  fio_pid=$!
+}
+
+fio_check() {
+  local out=$1 rc=0 errors read_kib write_kib max_lat_us
+  wait "$fio_pid" || rc=$?
+  fio_pid=''
+  [ "$rc" -eq 0 ] || { cat "$out.err" "$out.txt"; fail "fio failed (exit $rc)"; }
+  # Terse v3: 5 error, 6 read KiB (the verify reads), 47 write KiB, 80 write total latency max (usec).
+  read -r errors read_kib write_kib max_lat_us < <(awk -F';' '$1 == 3 { print $5, $6, $47, $80 }' "$out.txt")
+  [ "${errors:-}" = 0 ] || { cat "$out.txt"; fail "fio reported error '${errors:-none}'"; }
+  [ "${read_kib:-0}" -gt 0 ] || { cat "$out.txt"; fail "fio verified nothing (no verify reads)"; }
+  fio_max_pause_ms=$(awk -v u="${max_lat_us:-0}" 'BEGIN { printf "%.0f", u / 1000 }')
+  echo "ok: fio randwrite verify=crc32c: no error, ${write_kib} KiB written, ${read_kib} KiB verified," \
+    "longest write ${fio_max_pause_ms} ms"
+}
