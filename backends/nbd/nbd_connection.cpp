@@ -142,7 +142,7 @@ void NbdExportSize::observe(std::uint64_t server_size) noexcept {
 std::string export_identity(const std::string &uri, nbd_handle *h) {
   std::string id = "nbd:" + uri + " (";
   if (char *name = nbd_get_canonical_export_name(h)) {
-    id = name;
+    id += name;
     std::free(name);
   }
   id += '|';

@@ -49,11 +49,13 @@ public:
 private:
   void start_all() {
     for (const auto &device : config_.devices) {
+      bool started = false; // its on_ready is pending: counted in starting_
       try {
         auto e = std::make_unique<BlockExport>(loop_, device, make_backend(device), state_dir_);
         BlockExport *raw = e.get();
         exports_.push_back(std::move(e));
         ++starting_;
+        started = true;
         raw->start([this, raw](const std::string &error) {
           --starting_;
           if (!error.empty()) {
@@ -64,6 +66,8 @@ private:
           }
         });
       } catch (const std::exception &ex) {
+        if (started)
+          --starting_; // start() threw: its on_ready never runs
         VB_LOG_ERROR("%s: %s", device.name.c_str(), ex.what());
         fail();
         return;

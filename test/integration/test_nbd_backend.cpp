@@ -75,6 +75,7 @@ TEST_CASE("nbd: read, write with FUA, flush, trim and zero against nbdkit memory
   CHECK(caps.can_write_zeroes);
   CHECK_FALSE(caps.read_only);
   CHECK(backend.connections() == 4); // nbdkit memory advertises multi-conn
+  CHECK(caps.identity.rfind("nbd:" + server.uri() + " (", 0) == 0); // the URI, then name|description
 
   vb::EventLoop loop;
   auto q = backend.open_queue(loop, 0);
