@@ -421,7 +421,8 @@ void NbdConnection::on_io(short events) noexcept {
 
 // Gives up on the current attempt and tries again after the backoff, which doubles up to 5 s.
 void NbdConnection::retry_connect_later(const char *what) noexcept {
-  VB_LOG_DEBUG("%s: %s: %s", name_.c_str(), what, nbd_get_error());
+  const char *err = nbd_get_error();
+  VB_LOG_DEBUG("%s: %s: %s", name_.c_str(), what, err ? err : "");
   close_handle();
   state_ = State::down;
   reconnect_timer_.arm(backoff_);
@@ -431,6 +432,7 @@ void NbdConnection::retry_connect_later(const char *what) noexcept {
 void NbdConnection::start_connect() noexcept {
   close_handle();
   state_ = State::connecting;
+  connect_started_ = Clock::now();
   try {
     h_ = make_nbd_handle(options_);
   } catch (const std::exception &e) {
@@ -529,6 +531,13 @@ void NbdConnection::on_tick() noexcept {
         return;
       }
     }
+  }
+  // A server that accepts connections but never finishes the handshake (stopped, wedged) must
+  // not hold the connection in "connecting" for ever: the handshake gets request-timeout too.
+  if (state_ == State::connecting && options_.request_timeout.count() > 0 &&
+      now - connect_started_ > options_.request_timeout) {
+    retry_connect_later("the server did not complete the handshake in time");
+    return;
   }
   if (state_ != State::ready && !fail_fast_ && now - down_since_ >= options_.reconnect_timeout) {
     fail_fast_ = true;

@@ -128,6 +128,7 @@ private:
   bool closing_ = false;
   std::uint64_t generation_ = 0; // of the handle; commands of older handles are ignored
   std::chrono::steady_clock::time_point down_since_{};
+  std::chrono::steady_clock::time_point connect_started_{}; // of the attempt in progress
   bool fail_fast_ = false; // down for longer than reconnect-timeout: fail new I/O at once
   std::chrono::milliseconds backoff_{100};
   std::uint64_t reconnects_ = 0;

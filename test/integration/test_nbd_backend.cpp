@@ -74,7 +74,7 @@ TEST_CASE("nbd: read, write with FUA, flush, trim and zero against nbdkit memory
   CHECK(caps.can_discard);
   CHECK(caps.can_write_zeroes);
   CHECK_FALSE(caps.read_only);
-  CHECK(backend.connections() == 4); // nbdkit memory advertises multi-conn
+  CHECK(backend.connections() == 4);                                // nbdkit memory advertises multi-conn
   CHECK(caps.identity.rfind("nbd:" + server.uri() + " (", 0) == 0); // the URI, then name|description
 
   vb::EventLoop loop;
@@ -491,4 +491,48 @@ TEST_CASE("nbd: a server back with another size is a resize, back as another exp
   CHECK(held.error == 0);
   CHECK(reported == 6u << 20);
   CHECK(backend.current_size() == 6u << 20);
+}
+
+TEST_CASE("nbd: a server that stops answering is given up on, also mid-handshake, and I/O moves to its successor") {
+  if (!have_nbdkit())
+    VB_SKIP("nbdkit not installed");
+  TempDir dir;
+  const std::string image = dir.file("disk.img");
+  {
+    std::ofstream f(image);
+    std::vector<char> data(1 << 20, 's');
+    f.write(data.data(), static_cast<std::streamsize>(data.size()));
+  }
+  auto frozen = std::make_unique<NbdkitServer>(dir, std::vector<std::string>{"file", image});
+  const std::string socket = frozen->socket();
+  auto o = options_for("nbd+unix:///?socket=" + socket);
+  o.request_timeout = 1s;
+  o.resize_poll_interval = 0ms;
+  vb::NbdBackend backend(o);
+  backend.open();
+  vb::EventLoop loop;
+  auto q = backend.open_queue(loop, 0);
+  std::vector<char> in(4096);
+  iovec rv[1] = {{in.data(), in.size()}};
+  CHECK(run(loop, *q, {vb::Op::read, 0, 4096, rv, 1}) == 0);
+
+  // Stopped, not dead: connections are still accepted (the listen backlog) but nothing answers.
+  REQUIRE(::kill(frozen->process().pid(), SIGSTOP) == 0);
+  Result r;
+  std::fill(in.begin(), in.end(), 0);
+  REQUIRE(q->submit({vb::Op::read, 4096, 4096, rv, 1}, &Result::on_done, &r) == 0);
+  // After request-timeout the connection is replaced; the new one hangs in the handshake with
+  // the stopped server. Then a working server takes over the socket path.
+  std::unique_ptr<NbdkitServer> successor;
+  vb::Timer replace(loop, [&] {
+    std::filesystem::remove(socket);
+    successor = std::make_unique<NbdkitServer>(dir, std::vector<std::string>{"file", image}, std::vector<std::string>{},
+                                               socket);
+  });
+  replace.arm(2000ms);
+  run_until(
+      loop, [&] { return r.calls > 0; }, 30s);
+  CHECK(r.error == 0);
+  CHECK(in[0] == 's');
+  ::kill(frozen->process().pid(), SIGCONT);
 }
