@@ -86,6 +86,19 @@ void BlockExport::start(const std::function<void(const std::string &)> &on_ready
   });
   device_watch_->set_events(EV_READ);
 
+  if (config_.control_timeout.count() > 0) {
+    health_check_ = std::make_unique<Timer>(control_, [this] {
+      if (broken_ || !device_)
+        return;
+      try {
+        (void)device_->driver_features();
+      } catch (const std::exception &e) {
+        VB_LOG_DEBUG("%s: health check: %s", config_.name.c_str(), e.what());
+        on_device_broken();
+      }
+    });
+    health_check_->arm_periodic(std::chrono::seconds(1));
+  }
   if (device_->reattached()) {
     // Messages the kernel replays come first (a reset among them must win), then the queues.
     on_device_readable();
@@ -133,7 +146,7 @@ void BlockExport::start(const std::function<void(const std::string &)> &on_ready
       });
 }
 
-void BlockExport::stop(const std::function<void()> &on_done) {
+void BlockExport::stop(const std::function<void()> &on_done, bool for_good) {
   const std::string name = config_.name;
   const bool detach = device_ && config_.attach != DeviceConfig::Attach::none && vdpa::device_exists(name);
   run_in_background(
@@ -147,7 +160,7 @@ void BlockExport::stop(const std::function<void()> &on_done) {
           return e.what();
         }
       },
-      [this, on_done](const std::string &error) {
+      [this, on_done, for_good](const std::string &error) {
         if (!error.empty())
           VB_LOG_ERROR("%s: %s", config_.name.c_str(), error.c_str());
         stop_queues();
@@ -155,11 +168,13 @@ void BlockExport::stop(const std::function<void()> &on_done) {
           if (!q->drain_sync(5000))
             VB_LOG_WARN("%s: backend requests still in flight at shutdown", config_.name.c_str());
         device_watch_.reset();
+        health_check_.reset();
         queues_.clear();
         iotlb_.reset();
         if (device_ && device_->destroy()) {
           VB_LOG_INFO("%s: device destroyed", config_.name.c_str());
-          backend_->device_destroyed();
+          if (for_good)
+            backend_->device_destroyed();
         }
         device_.reset();
         if (state_) {
@@ -185,6 +200,7 @@ void BlockExport::leave(const std::function<void()> &on_done) {
   for (auto &q : queues_)
     q->abandon_sync();
   device_watch_.reset();
+  health_check_.reset();
   queues_.clear();
   iotlb_.reset();
   device_.reset(); // closes /dev/vduse/NAME: the kernel keeps the device and holds its I/O
@@ -281,10 +297,51 @@ void BlockExport::on_device_readable() noexcept {
   if (!ok) {
     // The kernel timed out a control message (or the fd failed): the device is unusable until
     // it is deleted and created again.
-    VB_LOG_ERROR("%s: the VDUSE device is broken; it must be torn down and created again", config_.name.c_str());
-    broken_ = true;
-    device_watch_->set_events(0);
+    on_device_broken();
   }
+}
+
+void BlockExport::on_device_broken() noexcept {
+  if (broken_)
+    return;
+  broken_ = true;
+  if (device_watch_)
+    device_watch_->set_events(0);
+  control_.post([this, alive = std::weak_ptr<bool>(alive_)] {
+    if (alive.lock())
+      recreate();
+  });
+}
+
+// The kernel marks a device broken for good when a control message goes unanswered for
+// control-timeout: its I/O fails from then on. The only way back is a new device: delete it
+// and create it again (the disk goes away and comes back; the backend and its data stay).
+void BlockExport::recreate() noexcept {
+  if (recreating_)
+    return;
+  recreating_ = true;
+  VB_LOG_ERROR("%s: the kernel broke the VDUSE device (a control message went unanswered for control-timeout, or "
+               "its fd failed); its I/O fails: deleting it and creating it again",
+               config_.name.c_str());
+  stop(
+      [this] {
+        broken_ = false;
+        status_ = 0;
+        queues_running_ = false;
+        try {
+          start([this](const std::string &error) {
+            recreating_ = false;
+            if (!error.empty())
+              VB_LOG_ERROR("%s: creating the device again: %s", config_.name.c_str(), error.c_str());
+            else
+              VB_LOG_INFO("%s: created again after it broke", config_.name.c_str());
+          });
+        } catch (const std::exception &e) {
+          recreating_ = false;
+          VB_LOG_ERROR("%s: cannot create the device again: %s", config_.name.c_str(), e.what());
+        }
+      },
+      false);
 }
 
 // The backend's storage changed size: new requests are checked against the new capacity, then

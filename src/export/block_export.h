@@ -47,7 +47,7 @@ public:
   void start(const std::function<void(const std::string &error)> &on_ready);
   // Detaches from the vDPA bus (in the background), stops the queues, destroys the device and
   // removes its recovery state. on_done runs on the control loop afterwards.
-  void stop(const std::function<void()> &on_done);
+  void stop(const std::function<void()> &on_done) { stop(on_done, true); }
   // Planned restart: stops taking requests, lets those in flight complete (bounded), and closes
   // the device leaving it attached, with its recovery state, for the next daemon. I/O pauses
   // until then. on_done runs on the control loop afterwards.
@@ -68,6 +68,10 @@ private:
   void after_set_status(std::uint8_t status) noexcept override;
 
   void on_device_readable() noexcept;
+  // for_good: the backend drops what it kept for a successor (false when recreating).
+  void stop(const std::function<void()> &on_done, bool for_good);
+  void recreate() noexcept;
+  void on_device_broken() noexcept;
   void on_backend_resized(std::uint64_t size) noexcept;
   void start_queues() noexcept;
   void resume_queues() noexcept;
@@ -85,10 +89,14 @@ private:
   std::unique_ptr<vduse::VduseDevice> device_;
   std::unique_ptr<vduse::IotlbCache> iotlb_;
   std::unique_ptr<IoWatch> device_watch_;
+  // With a control-timeout the kernel can break the device without waking a poller: checked
+  // every second (device ioctls fail with EPERM once it is broken).
+  std::unique_ptr<Timer> health_check_;
   std::vector<std::unique_ptr<QueueWorker>> queues_;
   std::uint8_t status_ = 0;
   bool queues_running_ = false;
   bool broken_ = false;
+  bool recreating_ = false;
   std::thread background_;
   // Work posted to the control loop from other threads holds a weak reference to this, so it
   // does nothing once the export is gone.
