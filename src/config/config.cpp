@@ -219,7 +219,8 @@ constexpr std::array<DeviceKey, 8> device_scalar_keys{{
 }};
 
 constexpr std::array<std::string_view, 9> device_keys{
-    "name", "backend", "queues", "queue-size", "logical-block-size", "read-only", "serial", "attach", "control-timeout"};
+    "name",      "backend", "queues", "queue-size",     "logical-block-size",
+    "read-only", "serial",  "attach", "control-timeout"};
 constexpr std::array<std::string_view, 1> top_keys{"devices"};
 
 // One key: value pair of a map, the key already known to be a scalar seen once.
@@ -1045,6 +1046,12 @@ const char *to_string(BackendConfig::Type type) noexcept {
     return "iscsi";
   }
   return "?";
+}
+
+bool DeviceConfig::same_settings(const DeviceConfig &o) const {
+  return name == o.name && backend == o.backend && queues == o.queues && queue_size == o.queue_size &&
+         logical_block_size == o.logical_block_size && read_only == o.read_only && serial == o.serial &&
+         attach == o.attach && control_timeout == o.control_timeout;
 }
 
 } // namespace vb

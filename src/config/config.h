@@ -37,6 +37,7 @@ private:
 struct MemoryBackendConfig {
   // bytes; > 0, a multiple of the device's logical block size (512 when the device gives none)
   std::uint64_t size = 0;
+  bool operator==(const MemoryBackendConfig &) const = default;
 };
 
 // A disk served by an NBD server. The file holds no secrets: TLS keys and certificates are
@@ -63,6 +64,7 @@ struct NbdBackendConfig {
   // How often a short extra connection asks the server for the export's size, so a resized
   // export resizes the disk without waiting for a reconnect; 0 = only on reconnect.
   std::chrono::milliseconds resize_poll_interval{30000};
+  bool operator==(const NbdBackendConfig &) const = default;
 };
 
 // CHAP for an iSCSI login: the names are here, the passwords in files read when connecting.
@@ -72,6 +74,7 @@ struct IscsiChapConfig {
   // Mutual CHAP (the target proves itself too): both or neither; only with the two above.
   std::string target_username;
   std::string target_password_file;
+  bool operator==(const IscsiChapConfig &) const = default;
 };
 
 // A LUN of an iSCSI target (libiscsi). Like nbd, the file holds no secrets: a URI with user
@@ -91,6 +94,7 @@ struct IscsiBackendConfig {
   std::chrono::milliseconds reconnect_timeout{60000};
   // A command without a response by then counts the session as dead; 0 = no timeout.
   std::chrono::milliseconds request_timeout{30000};
+  bool operator==(const IscsiBackendConfig &) const = default;
 };
 
 struct BackendConfig {
@@ -99,6 +103,7 @@ struct BackendConfig {
   MemoryBackendConfig memory; // meaningful when type == memory
   NbdBackendConfig nbd;       // meaningful when type == nbd
   IscsiBackendConfig iscsi;   // meaningful when type == iscsi
+  bool operator==(const BackendConfig &) const = default;
 };
 
 struct DeviceConfig {
@@ -119,6 +124,9 @@ struct DeviceConfig {
   // (or stopped in a debugger) pauses the disk instead of killing it.
   std::chrono::seconds control_timeout{0};
   int line = 0; // where the device starts in the file, for later messages about it
+
+  // The same device settings (where they are in the file does not count).
+  bool same_settings(const DeviceConfig &other) const;
 };
 
 struct Config {

@@ -3,10 +3,12 @@
 #include "backend_factory.h"
 #include "common/errors.h"
 #include "common/log.h"
+#include "daemon/sd_notify.h"
 #include "event/event_loop.h"
 #include "export/block_export.h"
 #include "vduse/vduse_device.h"
 
+#include <algorithm>
 #include <cerrno>
 #include <csignal>
 #include <memory>
@@ -34,99 +36,195 @@ void harden_process() {
 
 class Daemon {
 public:
-  Daemon(const Config &config, std::string state_dir) : config_(config), state_dir_(std::move(state_dir)) {}
+  Daemon(Config config, std::string state_dir)
+      : config_(std::move(config)), state_dir_(std::move(state_dir)), retry_(loop_, [this] { step(); }) {}
 
   int run() {
-    SignalWatch term(loop_, SIGTERM, [this] { shutdown("SIGTERM"); });
-    SignalWatch intr(loop_, SIGINT, [this] { shutdown("SIGINT"); });
-    SignalWatch usr1(loop_, SIGUSR1, [this] { leave_all(); });
-    loop_.post([this] { start_all(); });
+    SignalWatch term(loop_, SIGTERM, [this] { shutdown("SIGTERM", false); });
+    SignalWatch intr(loop_, SIGINT, [this] { shutdown("SIGINT", false); });
+    SignalWatch usr1(loop_, SIGUSR1, [this] { shutdown("SIGUSR1", true); });
+    SignalWatch hup(loop_, SIGHUP, [this] { reload(); });
+    loop_.post([this] {
+      for (const auto &device : config_.devices)
+        if (!add(device, true))
+          return;
+      step();
+    });
     loop_.run();
     exports_.clear();
     return status_;
   }
 
 private:
-  void start_all() {
-    for (const auto &device : config_.devices) {
-      bool started = false; // its on_ready is pending: counted in starting_
-      try {
-        auto e = std::make_unique<BlockExport>(loop_, device, make_backend(device), state_dir_);
-        BlockExport *raw = e.get();
-        exports_.push_back(std::move(e));
-        ++starting_;
-        started = true;
-        raw->start([this, raw](const std::string &error) {
-          --starting_;
-          if (!error.empty()) {
-            VB_LOG_ERROR("%s: %s", raw->name().c_str(), error.c_str());
+  // Creates and starts one device. At start-up a failure fails the daemon; on reload it only
+  // drops that device. Returns false when start-up failed.
+  bool add(const DeviceConfig &device, bool at_startup) {
+    bool started = false; // its on_ready is pending: counted in starting_
+    try {
+      auto e = std::make_unique<BlockExport>(loop_, device, make_backend(device), state_dir_);
+      BlockExport *raw = e.get();
+      exports_.push_back(std::move(e));
+      ++starting_;
+      started = true;
+      raw->start([this, raw, at_startup](const std::string &error) {
+        --starting_;
+        if (!error.empty()) {
+          VB_LOG_ERROR("%s: %s", raw->name().c_str(), error.c_str());
+          if (at_startup)
             fail();
-          } else if (starting_ == 0 && !stopping_) {
-            VB_LOG_INFO("serving %zu device(s)", exports_.size());
-          }
-        });
-      } catch (const std::exception &ex) {
-        if (started)
-          --starting_; // start() threw: its on_ready never runs
-        VB_LOG_ERROR("%s: %s", device.name.c_str(), ex.what());
+          else
+            removals_.push_back(raw->name());
+        }
+        step();
+      });
+      return true;
+    } catch (const std::exception &ex) {
+      if (started)
+        --starting_; // start() threw: its on_ready never runs
+      VB_LOG_ERROR("%s: %s", device.name.c_str(), ex.what());
+      if (at_startup) {
         fail();
-        return;
+        return false;
       }
+      // The export (if any) never got a device: drop it quietly.
+      std::erase_if(exports_, [&](const auto &e) { return e->name() == device.name; });
+      return true;
     }
   }
 
   void fail() {
     status_ = 1;
-    shutdown(nullptr);
+    shutdown(nullptr, false);
   }
 
-  // Planned restart: every device stays attached for the next daemon.
-  void leave_all() {
+  // SIGTERM/SIGINT: detach and destroy every device. SIGUSR1 (leave): a planned restart, every
+  // device stays attached for the next daemon.
+  void shutdown(const char *why, bool leave) {
     if (stopping_)
       return;
-    VB_LOG_INFO("SIGUSR1: leaving %zu device(s) attached for the next daemon", exports_.size());
-    leaving_ = true;
-    stopping_ = true;
-    stop_next();
-  }
-
-  void shutdown(const char *why) {
     if (why)
-      VB_LOG_INFO("%s: detaching and destroying %zu device(s)", why, exports_.size());
-    if (stopping_)
-      return;
+      VB_LOG_INFO("%s: %s %zu device(s)", why,
+                  leave ? "leaving attached for the next daemon" : "detaching and destroying", exports_.size());
+    (void)notify_service_manager("STOPPING=1");
     stopping_ = true;
-    stop_next();
+    leaving_ = leave;
+    removals_.clear();
+    for (const auto &e : exports_)
+      removals_.push_back(e->name());
+    step();
   }
 
-  // One device at a time: each detach is a synchronous kernel operation on a helper thread.
-  void stop_next() {
-    if (starting_ > 0) {
-      // An attach is still in progress; its completion will come back here.
-      loop_.post([this] { stop_next(); });
+  // SIGHUP: read the file again. Devices added are created, devices removed are drained and
+  // destroyed, devices whose settings are unchanged are not touched at all. A file that does
+  // not parse changes nothing.
+  void reload() {
+    if (stopping_)
+      return;
+    Config fresh;
+    try {
+      fresh = load_config(config_.path);
+    } catch (const std::exception &e) {
+      VB_LOG_ERROR("SIGHUP: %s; nothing changed", e.what());
       return;
     }
-    if (next_stop_ >= exports_.size()) {
+    (void)notify_service_manager("RELOADING=1");
+    std::size_t added = 0, removed = 0, kept = 0;
+    for (const auto &e : exports_) {
+      const auto it = std::find_if(fresh.devices.begin(), fresh.devices.end(),
+                                   [&](const DeviceConfig &d) { return d.name == e->name(); });
+      if (it == fresh.devices.end()) {
+        removals_.push_back(e->name());
+        ++removed;
+      } else {
+        ++kept;
+        if (!it->same_settings(e->config()))
+          VB_LOG_WARN("SIGHUP: %s: changed settings are not applied to a running device (remove it, reload, add it "
+                      "back)",
+                      e->name().c_str());
+      }
+    }
+    for (const auto &d : fresh.devices)
+      if (std::none_of(exports_.begin(), exports_.end(), [&](const auto &e) { return e->name() == d.name; })) {
+        additions_.push_back(d);
+        ++added;
+      }
+    VB_LOG_INFO("SIGHUP: %s: %zu device(s) to add, %zu to remove, %zu unchanged", fresh.path.c_str(), added, removed,
+                kept);
+    config_ = std::move(fresh);
+    announced_ = false;
+    step();
+  }
+
+  // The one place that moves devices along, one at a time (each detach/attach is a synchronous
+  // kernel operation on a helper thread): removals first, then additions; when stopping and
+  // nothing is left, the loop ends.
+  void step() {
+    if (busy_)
+      return;
+    if (starting_ > 0) {
+      retry_.arm(std::chrono::milliseconds(10)); // an attach is in progress
+      return;
+    }
+    if (!removals_.empty()) {
+      const std::string name = removals_.front();
+      removals_.erase(removals_.begin());
+      const auto it = std::find_if(exports_.begin(), exports_.end(), [&](const auto &e) { return e->name() == name; });
+      if (it == exports_.end()) {
+        step();
+        return;
+      }
+      BlockExport &e = **it;
+      busy_ = true;
+      auto done = [this, name] {
+        busy_ = false;
+        if (!stopping_)
+          std::erase_if(exports_, [&](const auto &x) { return x->name() == name; });
+        step();
+      };
+      // A device this daemon took over from a predecessor is left attached when starting
+      // failed: the disks that were fine must not vanish because another one's configuration
+      // is wrong.
+      if (leaving_ || (stopping_ && status_ != 0 && e.reattached()))
+        e.leave(done);
+      else
+        e.stop(done);
+      return;
+    }
+    if (stopping_) {
       loop_.stop();
       return;
     }
-    BlockExport &e = *exports_[next_stop_++];
-    // A device this daemon took over from a predecessor is left attached when starting failed:
-    // the disks that were fine must not vanish because another device's configuration is wrong.
-    if (leaving_ || (status_ != 0 && e.reattached()))
-      e.leave([this] { stop_next(); });
-    else
-      e.stop([this] { stop_next(); });
+    if (!additions_.empty()) {
+      const DeviceConfig device = additions_.front();
+      additions_.erase(additions_.begin());
+      add(device, false);
+      step();
+      return;
+    }
+    if (announced_)
+      return;
+    announced_ = true;
+    const std::string status = "STATUS=serving " + std::to_string(exports_.size()) + " device(s)";
+    VB_LOG_INFO("serving %zu device(s)", exports_.size());
+    if (!notify_service_manager("READY=1\n" + status) && !notify_failed_) {
+      notify_failed_ = true;
+      VB_LOG_WARN("cannot notify the service manager ($NOTIFY_SOCKET)");
+    }
   }
 
-  const Config &config_;
+  Config config_;
   std::string state_dir_;
   EventLoop loop_;
+  Timer retry_;
   std::vector<std::unique_ptr<BlockExport>> exports_;
-  std::size_t next_stop_ = 0;
+  std::vector<std::string> removals_;   // devices to stop, in order
+  std::vector<DeviceConfig> additions_; // devices to create, in order
   int starting_ = 0;
+  bool busy_ = false; // a stop or leave is in progress
   bool stopping_ = false;
   bool leaving_ = false;
+  bool notify_failed_ = false;
+  bool announced_ = false; // "serving" said for the current set of devices
   int status_ = 0;
 };
 

@@ -56,6 +56,7 @@ public:
   bool reattached() const { return device_ && device_->reattached(); }
 
   const std::string &name() const { return config_.name; }
+  const DeviceConfig &config() const { return config_; }
   const blk::DeviceParams &params() const { return params_; }
 
   // The host block device ("vda") when attached with virtio-vdpa, else empty.

@@ -6,9 +6,10 @@
 #   kill9_daemon                    SIGKILL the daemon and reap it
 #   leave_daemon                    SIGUSR1 (planned restart): it must exit 0 and leave the disk
 #   resumed                         the current daemon log says its queues resumed
-#   fio_start DISK OUT SECONDS      fio randwrite 4k with crc32c verify-as-you-go in the background,
-#                                   iodepth 32, 2 jobs; pid in $fio_pid
-#   fio_check OUT                   waits for it; fails unless it ended with 0 errors and verified data
+#   fio_start DISK OUT              fio randwrite 4k with crc32c verify-as-you-go in the background,
+#                                   iodepth 32, 2 jobs, until fio_check; pid in $fio_pid
+#   fio_check OUT                   stops it (SIGINT: fio finishes the I/O in flight and reports);
+#                                   fails unless it ended with 0 errors and verified data
 
 restart_daemon() {
   local config=$1 pause=${2:-0}
@@ -39,7 +40,7 @@ resumed() { grep -q "resumed" "$daemon_log"; }
 
 fio_pid=''
 fio_start() {
-  local disk=$1 out=$2 seconds=$3
+  local disk=$1 out=$2 seconds=600 # an upper bound: fio_check stops it
   (
     cd "$work"
     exec fio --eta=never --name=restart --filename="$disk" --direct=1 --ioengine=libaio --iodepth=32 \
@@ -52,9 +53,12 @@ fio_start() {
 
 fio_check() {
   local out=$1 rc=0 errors read_kib write_kib max_lat_us
+  kill -INT "$fio_pid" 2>/dev/null || true
   wait "$fio_pid" || rc=$?
   fio_pid=''
-  [ "$rc" -eq 0 ] || { cat "$out.err" "$out.txt"; fail "fio failed (exit $rc)"; }
+  # An interrupted fio exits 128 after a complete report; anything else is a failure.
+  [ "$rc" -eq 0 ] || [ "$rc" -eq 128 ] || { cat "$out.err" "$out.txt"; fail "fio failed (exit $rc)"; }
+  [ -s "$out.txt" ] || { cat "$out.err"; fail "fio wrote no report"; }
   # Terse v3: 5 error, 6 read KiB (the verify reads), 47 write KiB, 80 write total latency max (usec).
   read -r errors read_kib write_kib max_lat_us < <(awk -F';' '$1 == 3 { print $5, $6, $47, $80 }' "$out.txt")
   [ "${errors:-}" = 0 ] || { cat "$out.txt"; fail "fio reported error '${errors:-none}'"; }

@@ -15,6 +15,9 @@ have_nbdkit=0
 if command -v nbdkit >/dev/null; then
   source "$(dirname "$0")/../lib/nbd.sh" # its EXIT trap runs the on_cleanup hooks, then cleanup
   on_cleanup fio_kill
+  # shellcheck disable=SC2317 # run from the EXIT trap
+  nbdkit_log() { [ ! -s "$work/nbdkit-rec.log" ] || { echo "---- nbdkit log ----"; tail -n 20 "$work/nbdkit-rec.log"; }; }
+  on_cleanup nbdkit_log
   have_nbdkit=1
 else
   trap 'fio_kill; cleanup' EXIT
@@ -26,7 +29,7 @@ run_case() {
   start_daemon "$config" "$name"
   disk=/dev/$(disk_of "$name")
   echo "ok: $label: $disk"
-  fio_start "$disk" "$work/fio-$label" $((KILLS * 4 + 20))
+  fio_start "$disk" "$work/fio-$label"
   for ((i = 1; i <= KILLS; i++)); do
     sleep "$(awk -v r="$RANDOM" 'BEGIN { printf "%.1f", 1 + (r % 20) / 10 }')" # 1-3 s of service
     kill9_daemon
@@ -42,6 +45,7 @@ run_case() {
     restart_daemon "$config" 0.5
   done
   echo "ok: $label: 3 planned restarts (SIGUSR1) under fio"
+  sleep 2
   fio_check "$work/fio-$label"
   echo "ok: $label: longest write during the restarts: ${fio_max_pause_ms} ms"
   stop_daemon
