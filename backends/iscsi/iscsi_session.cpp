@@ -86,7 +86,7 @@ IscsiSession::IscsiSession(EventLoop &loop, std::shared_ptr<const IscsiTarget> t
     : loop_(loop), target_(std::move(target)), name_(std::move(name)),
       reconnect_timer_(loop, [this] { start_connect(); }), failure_timer_(loop, [this] { handle_failure(); }),
       retry_timer_(loop, [this] { on_retry_timer(); }), tick_(loop, [this] { on_tick(); }),
-      zeros_(target_->caps.logical_block_size, 0) {
+      flush_(loop, [this] { flush(); }), zeros_(target_->caps.logical_block_size, 0) {
   tick_.arm_periodic(kTick);
   in_flight_.reserve(256); // a queue's depth: no allocation on the data path once warm
   held_.reserve(256);
@@ -148,7 +148,7 @@ int IscsiSession::submit(const Request &req, CompletionFn done, void *ctx) noexc
   if (state_ == State::ready) {
     issue(job);
     if (!in_service_)
-      update_events();
+      flush_.schedule(); // inside iscsi_service(), service() writes it on its way out
   } else {
     try {
       held_.push_back(job);
@@ -455,7 +455,7 @@ void IscsiSession::on_retry_timer() noexcept {
     retry_due_ = next;
     retry_timer_.arm(std::chrono::ceil<std::chrono::milliseconds>(next - now));
   }
-  update_events();
+  flush();
 }
 
 void IscsiSession::complete_part(Part *part, int error) noexcept {
@@ -664,8 +664,7 @@ void IscsiSession::check_capacity() noexcept {
     fail("cannot queue READ CAPACITY(16): " + iscsi_error(ctx_));
 }
 
-void IscsiSession::on_capacity(iscsi_context * /*iscsi*/, int status, void *command_data,
-                               void *private_data) noexcept {
+void IscsiSession::on_capacity(iscsi_context * /*iscsi*/, int status, void *command_data, void *private_data) noexcept {
   auto *self = static_cast<IscsiSession *>(private_data);
   auto *task = static_cast<scsi_task *>(command_data);
   const bool current = task && !self->closing_ && task == self->capacity_task_;
@@ -818,6 +817,7 @@ void IscsiSession::retry_connect_later(const std::string &why, std::chrono::mill
 }
 
 void IscsiSession::close_context() noexcept {
+  flush_.cancel();
   watch_.reset();
   watch_fd_ = -1;
   if (ctx_) {
@@ -837,7 +837,12 @@ void IscsiSession::service(int revents) noexcept {
   if (!ctx_)
     return;
   in_service_ = true;
-  const int rc = iscsi_service(ctx_, revents);
+  int rc = iscsi_service(ctx_, revents);
+  // Commands queued meanwhile (new requests submitted from completions, retries): written now,
+  // while the socket most likely has room, rather than after another trip through the loop.
+  if (rc >= 0 && !failure_ && (revents & POLLOUT) == 0 && state_ == State::ready &&
+      (iscsi_which_events(ctx_) & POLLOUT) != 0)
+    rc = iscsi_service(ctx_, POLLOUT);
   in_service_ = false;
   if (rc < 0 && !failure_)
     fail((state_ == State::ready ? "connection lost: " : "cannot log in: ") + iscsi_error(ctx_));
@@ -846,6 +851,13 @@ void IscsiSession::service(int revents) noexcept {
     return;
   }
   update_events();
+}
+
+void IscsiSession::flush() noexcept {
+  if (ctx_ && state_ == State::ready && (iscsi_which_events(ctx_) & POLLOUT) != 0)
+    service(POLLOUT); // writes what it can; POLLOUT is watched only if the socket is full
+  else
+    update_events();
 }
 
 void IscsiSession::update_events() noexcept {

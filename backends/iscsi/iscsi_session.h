@@ -101,6 +101,7 @@ private:
   void retry_connect_later(const std::string &why, std::chrono::milliseconds delay) noexcept;
   void close_context() noexcept;
   void service(int revents) noexcept;
+  void flush() noexcept;
   void update_events() noexcept;
   void on_tick() noexcept;
 
@@ -115,6 +116,9 @@ private:
   Timer retry_timer_;
   Clock::time_point retry_due_{}; // when retry_timer_ fires, if pending
   Timer tick_;
+  // Writes the commands queued by a batch of submissions once the batch is over, straight to the
+  // socket: no waiting for writability, no switching the watch to POLLOUT and back.
+  Deferred flush_;
   State state_ = State::down;
   bool closing_ = false;    // destroying a context: its callbacks are ignored
   bool in_service_ = false; // inside iscsi_service(): the context must not be destroyed

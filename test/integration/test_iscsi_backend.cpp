@@ -2,7 +2,9 @@
 // 4096-byte LUNs with the data read back, capabilities from the VPD pages, CHAP (one-way and
 // mutual), read-only LUNs, commands split at the transfer limit, many requests in flight, a
 // target that goes away (held I/O, EIO after reconnect-timeout, recovery), a LUN that comes back
-// different, a target that stops answering (request-timeout), several queues, and discovery.
+// resized (a resize, reported once) or different, CAPACITY DATA HAS CHANGED (injected by a proxy:
+// tgtd never raises it), a target that stops answering (request-timeout), several queues, and
+// discovery.
 #include "common/log.h"
 #include "event/event_loop.h"
 #include "iscsi/iscsi_backend.h"
@@ -14,13 +16,23 @@
 #include <iscsi/iscsi.h>
 
 #include <algorithm>
+#include <arpa/inet.h>
+#include <atomic>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
+#include <fcntl.h>
+#include <filesystem>
 #include <fstream>
 #include <memory>
+#include <mutex>
+#include <netinet/in.h>
 #include <numeric>
+#include <poll.h>
+#include <sstream>
+#include <sys/socket.h>
 #include <thread>
+#include <unistd.h>
 #include <vector>
 
 using namespace std::chrono_literals;
@@ -196,6 +208,215 @@ void every_operation(unsigned block_size) {
   CHECK(run(loop, *q, rw(vb::Op::write, (16 << 20) - block_size, one, ov)) == 0);
   CHECK(run(loop, *q, rw(vb::Op::read, 0, one, ov)) == 0);
 }
+
+// What a backend reported through its resize handler (any thread).
+class Resizes {
+public:
+  vb::Backend::ResizeHandler handler() {
+    return [this](std::uint64_t size) {
+      std::lock_guard lock(mu_);
+      sizes_.push_back(size);
+    };
+  }
+  std::vector<std::uint64_t> sizes() const {
+    std::lock_guard lock(mu_);
+    return sizes_;
+  }
+  std::size_t count() const { return sizes().size(); }
+
+private:
+  mutable std::mutex mu_;
+  std::vector<std::uint64_t> sizes_;
+};
+
+// The control port (tgtadm -C) of this process's tgtd child, for the tgtadm commands TgtdServer
+// has no helper for. Empty if there is none.
+std::string tgtd_control_port() {
+  const std::string self = std::to_string(::getpid());
+  for (const auto &entry : std::filesystem::directory_iterator("/proc")) {
+    std::ifstream stat(entry.path() / "stat");
+    std::string line;
+    if (!std::getline(stat, line))
+      continue;
+    const auto open = line.find('('), close = line.rfind(')');
+    if (open == std::string::npos || close == std::string::npos || line.substr(open + 1, close - open - 1) != "tgtd")
+      continue;
+    std::istringstream rest(line.substr(close + 1));
+    std::string state, ppid;
+    rest >> state >> ppid;
+    if (ppid != self)
+      continue;
+    std::ifstream cmdline(entry.path() / "cmdline");
+    std::vector<std::string> argv;
+    for (std::string arg; std::getline(cmdline, arg, '\0');)
+      argv.push_back(arg);
+    for (std::size_t i = 0; i + 1 < argv.size(); ++i)
+      if (argv[i] == "-C")
+        return argv[i + 1];
+  }
+  return {};
+}
+
+// A TCP proxy between the initiator and tgtd that can turn the next GOOD SCSI Response PDU (a
+// write's or a flush's; reads end with a Data-In PDU instead) into CHECK CONDITION with UNIT
+// ATTENTION, CAPACITY DATA HAS CHANGED: what a SAN array says after a LUN was resized, which
+// tgtd never says. Everything else passes through unchanged (no digests are negotiated).
+class UnitAttentionProxy {
+public:
+  explicit UnitAttentionProxy(std::uint16_t upstream_port) : upstream_port_(upstream_port) {
+    listen_fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    REQUIRE(listen_fd_ >= 0);
+    sockaddr_in addr = loopback(0);
+    socklen_t len = sizeof addr;
+    REQUIRE(::bind(listen_fd_, reinterpret_cast<sockaddr *>(&addr), sizeof addr) == 0);
+    REQUIRE(::listen(listen_fd_, 16) == 0);
+    REQUIRE(::getsockname(listen_fd_, reinterpret_cast<sockaddr *>(&addr), &len) == 0);
+    port_ = ntohs(addr.sin_port);
+    REQUIRE(::pipe2(stop_, O_CLOEXEC) == 0);
+    thread_ = std::thread([this] { run(); });
+  }
+  ~UnitAttentionProxy() {
+    (void)!::write(stop_[1], "x", 1);
+    thread_.join();
+    for (const Link &l : links_) {
+      ::close(l.initiator);
+      ::close(l.target);
+    }
+    ::close(listen_fd_);
+    ::close(stop_[0]);
+    ::close(stop_[1]);
+  }
+  UnitAttentionProxy(const UnitAttentionProxy &) = delete;
+  UnitAttentionProxy &operator=(const UnitAttentionProxy &) = delete;
+
+  std::uint16_t port() const { return port_; }
+  // The next GOOD SCSI Response becomes the unit attention.
+  void arm() { armed_ = true; }
+  unsigned injected() const { return injected_; }
+
+private:
+  struct Link {
+    int initiator = -1, target = -1;
+    std::vector<unsigned char> from_target; // bytes of an incomplete PDU
+  };
+
+  static sockaddr_in loopback(std::uint16_t port) {
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    addr.sin_port = htons(port);
+    return addr;
+  }
+  static bool send_all(int fd, const unsigned char *p, std::size_t n) {
+    while (n > 0) {
+      const ssize_t w = ::send(fd, p, n, MSG_NOSIGNAL);
+      if (w < 0 && errno == EINTR)
+        continue;
+      if (w <= 0)
+        return false;
+      p += w;
+      n -= static_cast<std::size_t>(w);
+    }
+    return true;
+  }
+
+  // Forwards the complete PDUs in l.from_target to the initiator, rewriting one if armed.
+  bool forward_pdus(Link &l) {
+    auto &b = l.from_target;
+    std::size_t at = 0;
+    while (b.size() - at >= 48) {
+      const unsigned char *h = b.data() + at;
+      const std::size_t data = (std::size_t{h[5]} << 16) | (std::size_t{h[6]} << 8) | h[7];
+      const std::size_t total = 48 + std::size_t{h[4]} * 4 + ((data + 3) & ~std::size_t{3});
+      if (b.size() - at < total)
+        break;
+      // SCSI Response (0x21), no AHS, command completed (response 0) with status GOOD.
+      if (armed_ && (h[0] & 0x3f) == 0x21 && h[4] == 0 && h[2] == 0 && h[3] == 0) {
+        armed_ = false;
+        ++injected_;
+        std::vector<unsigned char> pdu(h, h + 48);
+        pdu[3] = 0x02; // CHECK CONDITION
+        // SenseLength, then fixed-format sense: UNIT ATTENTION, ASC 0x2A ASCQ 0x09.
+        const unsigned char sense[20] = {0x00, 18, 0x70, 0, 0x06, 0, 0, 0, 0, 10, 0, 0, 0, 0, 0x2a, 0x09, 0, 0, 0, 0};
+        pdu[5] = 0;
+        pdu[6] = 0;
+        pdu[7] = sizeof sense;
+        pdu.insert(pdu.end(), sense, sense + sizeof sense);
+        if (!send_all(l.initiator, pdu.data(), pdu.size()))
+          return false;
+      } else if (!send_all(l.initiator, h, total)) {
+        return false;
+      }
+      at += total;
+    }
+    b.erase(b.begin(), b.begin() + static_cast<std::ptrdiff_t>(at));
+    return true;
+  }
+
+  void run() {
+    for (;;) {
+      std::vector<pollfd> fds{{stop_[0], POLLIN, 0}, {listen_fd_, POLLIN, 0}};
+      for (const Link &l : links_) {
+        fds.push_back({l.initiator, POLLIN, 0});
+        fds.push_back({l.target, POLLIN, 0});
+      }
+      if (::poll(fds.data(), fds.size(), -1) < 0) {
+        if (errno == EINTR)
+          continue;
+        return;
+      }
+      if (fds[0].revents)
+        return;
+      if (fds[1].revents & POLLIN) {
+        const int in = ::accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC);
+        const int out = in >= 0 ? ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0) : -1;
+        sockaddr_in addr = loopback(upstream_port_);
+        if (out >= 0 && ::connect(out, reinterpret_cast<sockaddr *>(&addr), sizeof addr) == 0) {
+          links_.push_back({in, out, {}});
+        } else {
+          if (in >= 0)
+            ::close(in);
+          if (out >= 0)
+            ::close(out);
+        }
+      }
+      // Links accepted just now have no entry in fds yet.
+      std::vector<bool> dead(links_.size(), false);
+      for (std::size_t i = 0; 2 + 2 * i + 1 < fds.size(); ++i) {
+        Link &l = links_[i];
+        unsigned char buf[65536];
+        if (fds[2 + 2 * i].revents) {
+          const ssize_t n = ::recv(l.initiator, buf, sizeof buf, 0);
+          dead[i] = n <= 0 || !send_all(l.target, buf, static_cast<std::size_t>(n));
+        }
+        if (!dead[i] && fds[3 + 2 * i].revents) {
+          const ssize_t n = ::recv(l.target, buf, sizeof buf, 0);
+          if (n <= 0) {
+            dead[i] = true;
+          } else {
+            l.from_target.insert(l.from_target.end(), buf, buf + n);
+            dead[i] = !forward_pdus(l);
+          }
+        }
+      }
+      for (std::size_t i = links_.size(); i-- > 0;)
+        if (dead[i]) {
+          ::close(links_[i].initiator);
+          ::close(links_[i].target);
+          links_.erase(links_.begin() + static_cast<std::ptrdiff_t>(i));
+        }
+    }
+  }
+
+  std::uint16_t upstream_port_;
+  std::uint16_t port_ = 0;
+  int listen_fd_ = -1;
+  int stop_[2] = {-1, -1};
+  std::atomic<bool> armed_{false};
+  std::atomic<unsigned> injected_{0};
+  std::vector<Link> links_; // the proxy thread's
+  std::thread thread_;
+};
 
 } // namespace
 
@@ -594,29 +815,106 @@ TEST_CASE("iscsi: tgtd killed with requests in flight that complete once it is b
   }
 }
 
-TEST_CASE("iscsi: a LUN that comes back with another size is refused and held I/O then fails with EIO") {
+TEST_CASE("iscsi: a LUN that comes back bigger or smaller after a reconnection is resized, reported once") {
   if (!have_tgtd())
     VB_SKIP(kNoTgtd);
   TempDir dir;
   TgtdServer tgt(dir);
   tgt.add_lun(1, 4 << 20);
-  auto o = options_for(tgt.uri(1));
-  o.reconnect_timeout = 4s;
-  vb::IscsiBackend backend(o);
+  vb::IscsiBackend backend(options_for(tgt.uri(1)));
   backend.open();
+  Resizes resizes;
+  backend.set_resize_handler(resizes.handler());
   vb::EventLoop loop;
-  auto q = backend.open_queue(loop, 0);
-  std::vector<char> in(4096);
-  iovec rv{};
-  CHECK(run(loop, *q, rw(vb::Op::read, 0, in, rv)) == 0);
+  auto q0 = backend.open_queue(loop, 0);
+  auto q1 = backend.open_queue(loop, 1); // a second session, on the same loop here
+  std::vector<char> out = pattern(65536, 31), in(65536);
+  iovec wv{}, rv{};
+  CHECK(run(loop, *q0, rw(vb::Op::write, 1 << 20, out, wv)) == 0);
+  CHECK(run(loop, *q1, rw(vb::Op::read, 1 << 20, in, rv)) == 0);
+  CHECK(in == out);
 
+  // The same target name, LUN number and identity, a bigger disk.
   tgt.delete_target();
   tgt.resize_lun(1, 8 << 20);
-  tgt.create_target(); // the same name and LUN number, a different disk
-  Result held;
-  REQUIRE(q->submit(rw(vb::Op::read, 0, in, rv), &Result::on_done, &held) == 0);
-  run_until(loop, [&] { return held.calls > 0; });
-  CHECK(held.error == EIO);
+  tgt.create_target();
+  // Past the old end is refused until a session has seen the new size.
+  CHECK(run(loop, *q0, rw(vb::Op::read, 6 << 20, in, rv)) == EIO);
+  CHECK(resizes.count() == 0);
+  CHECK(run(loop, *q0, rw(vb::Op::read, 1 << 20, in, rv)) == 0); // held, sent again on the new session
+  CHECK(in == out);
+  CHECK(resizes.sizes() == std::vector<std::uint64_t>{8 << 20});
+  CHECK(backend.current_size() == 8 << 20);
+  CHECK(backend.capabilities().size == 4 << 20); // what the disk started with
+  CHECK(run(loop, *q0, rw(vb::Op::write, 7 << 20, out, wv)) == 0);
+  CHECK(stored(tgt.backing_file(1), 7 << 20, out.size()) == out);
+  // The other session logs in again too and finds the same size: no second report.
+  CHECK(run(loop, *q1, rw(vb::Op::read, 7 << 20, in, rv)) == 0);
+  CHECK(in == out);
+  CHECK(resizes.count() == 1);
+
+  // Smaller: requests past the new end are refused at once.
+  tgt.delete_target();
+  tgt.resize_lun(1, 2 << 20);
+  tgt.create_target();
+  CHECK(run(loop, *q1, rw(vb::Op::read, 1 << 20, in, rv)) == 0);
+  CHECK(in == out);
+  CHECK(resizes.sizes() == std::vector<std::uint64_t>{8 << 20, 2 << 20});
+  CHECK(run(loop, *q0, rw(vb::Op::read, 3 << 20, in, rv)) == EIO);
+  CHECK(run(loop, *q0, rw(vb::Op::read, (2 << 20) - 65536, in, rv)) == 0);
+  backend.set_resize_handler(nullptr);
+}
+
+TEST_CASE("iscsi: CAPACITY DATA HAS CHANGED: the capacity is read again, the new size reported once") {
+  if (!have_tgtd())
+    VB_SKIP(kNoTgtd);
+  TempDir dir;
+  TgtdServer tgt(dir);
+  tgt.add_lun(1, 4 << 20);
+  const std::string control = tgtd_control_port();
+  REQUIRE_FALSE(control.empty());
+  const std::string portal = tgt.portal();
+  UnitAttentionProxy proxy(static_cast<std::uint16_t>(std::stoi(portal.substr(portal.rfind(':') + 1))));
+  const std::string uri = "iscsi://127.0.0.1:" + std::to_string(proxy.port()) + "/" + tgt.iqn() + "/1";
+  vb::IscsiBackend backend(options_for(uri));
+  backend.open();
+  Resizes resizes;
+  backend.set_resize_handler(resizes.handler());
+  vb::EventLoop loop;
+  auto q = backend.open_queue(loop, 0);
+  auto *session = dynamic_cast<vb::IscsiSession *>(q.get());
+  REQUIRE(session);
+  std::vector<char> out = pattern(8192, 41), in(8192);
+  iovec wv{}, rv{};
+  CHECK(run(loop, *q, rw(vb::Op::write, 0, out, wv)) == 0);
+
+  // The LUN grows while the session is up: tgtd takes the bigger file (offline, re-open, online)
+  // and answers READ CAPACITY with the new size, but announces nothing; the proxy announces it.
+  tgt.resize_lun(1, 8 << 20);
+  REQUIRE(vb::test::run_command({"tgtadm", "-C", control, "--lld", "iscsi", "--mode", "logicalunit", "--op", "update",
+                                 "--tid", "1", "--lun", "1", "--params", "online=0,path=" + tgt.backing_file(1)}) == 0);
+  CHECK(run(loop, *q, rw(vb::Op::read, 6 << 20, in, rv)) == EIO); // not known yet
+  proxy.arm();
+  CHECK(run(loop, *q, rw(vb::Op::write, 4096, out, wv)) == 0); // retried after the unit attention
+  CHECK(proxy.injected() == 1);
+  CHECK(session->retries() >= 1);
+  run_until(loop, [&] { return resizes.count() > 0; });
+  CHECK(resizes.sizes() == std::vector<std::uint64_t>{8 << 20});
+  CHECK(backend.current_size() == 8 << 20);
+  CHECK(session->reconnects() == 0); // no new session was needed
+  CHECK(run(loop, *q, rw(vb::Op::write, 6 << 20, out, wv)) == 0);
+  CHECK(run(loop, *q, rw(vb::Op::read, 6 << 20, in, rv)) == 0);
+  CHECK(in == out);
+  CHECK(stored(tgt.backing_file(1), 6 << 20, out.size()) == out);
+
+  // Announced again without a change (or for a second session): read again, nothing reported.
+  proxy.arm();
+  CHECK(run(loop, *q, {vb::Op::flush, 0, 0, nullptr, 0}) == 0);
+  CHECK(proxy.injected() == 2);
+  run_for(loop, 300ms); // the READ CAPACITY(16) it sent
+  CHECK(run(loop, *q, rw(vb::Op::read, 0, in, rv)) == 0);
+  CHECK(resizes.count() == 1);
+  backend.set_resize_handler(nullptr);
 }
 
 TEST_CASE("iscsi: a target that stops answering: request-timeout replaces the session, the request completes") {
