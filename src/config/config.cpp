@@ -1054,4 +1054,20 @@ bool DeviceConfig::same_settings(const DeviceConfig &o) const {
          attach == o.attach && control_timeout == o.control_timeout;
 }
 
+std::vector<std::string> config_keys() {
+  std::vector<std::string> keys;
+  for (auto k : top_keys)
+    keys.emplace_back(k);
+  for (auto k : device_keys)
+    keys.emplace_back(k);
+  keys.emplace_back("type");
+  for (const auto &kind : backend_kinds)
+    for (const auto &o : kind.options)
+      if (std::find(keys.begin(), keys.end(), o.name) == keys.end())
+        keys.emplace_back(o.name);
+  for (auto k : chap_keys)
+    keys.emplace_back(k);
+  return keys;
+}
+
 } // namespace vb

@@ -141,6 +141,10 @@ Config load_config(const std::string &path);
 // Parses configuration text; source_name stands for the file in messages and Config::path.
 Config parse_config(const std::string &text, const std::string &source_name);
 
+// Every key the parser accepts (top level, device, backend of any type, chap), each once: what
+// the documentation must cover (a test checks vduse-bridge.yaml(5) names them all).
+std::vector<std::string> config_keys();
+
 // "virtio-vdpa", "memory": the spellings used in the file, for logs.
 const char *to_string(DeviceConfig::Attach attach) noexcept;
 const char *to_string(BackendConfig::Type type) noexcept;
