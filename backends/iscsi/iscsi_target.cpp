@@ -2,6 +2,7 @@
 
 #include "common/errors.h"
 #include "common/log.h"
+#include "common/secret_file.h"
 
 #include <algorithm>
 #include <array>
@@ -200,6 +201,7 @@ std::string default_initiator_name() {
 
 std::string read_secret_file(const std::string &path, const std::string &key) {
   const std::string what = "the " + key + " file " + path;
+  check_secret_file(path, key);
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY);
   if (fd < 0)
     throw std::runtime_error(errno_message("cannot open " + what, errno));

@@ -1,6 +1,7 @@
 #include "nbd/nbd_backend.h"
 
 #include "common/log.h"
+#include "common/secret_file.h"
 #include "common/units.h"
 
 #include <algorithm>
@@ -153,6 +154,10 @@ std::int64_t NbdBackend::probe_size() noexcept {
 
 void NbdBackend::open() {
   check_nbd_uri(options_.uri);
+  if (!options_.tls_psk_file.empty())
+    check_secret_file(options_.tls_psk_file, "tls-psk-file");
+  if (!options_.tls_certificates.empty())
+    check_secret_file(options_.tls_certificates + "/key.pem", "tls-certificates private key");
   nbd_handle *h = make_nbd_handle(options_);
   if (nbd_connect_uri(h, options_.uri.c_str()) == -1) {
     std::string msg = std::string("cannot connect to ") + redact(options_.uri) + ": " + nbd_get_error();

@@ -127,10 +127,14 @@ template <typename F> std::string error_of(F &&f) {
 
 bool contains(const std::string &text, const std::string &part) { return text.find(part) != std::string::npos; }
 
+// Written as secrets are kept: readable by the owner only (others are refused).
 void write_file(const std::string &path, const std::string &text) {
-  std::ofstream out(path, std::ios::binary);
-  out << text;
-  REQUIRE(out.good());
+  {
+    std::ofstream out(path, std::ios::binary);
+    out << text;
+    REQUIRE(out.good());
+  }
+  std::filesystem::permissions(path, std::filesystem::perms::owner_read | std::filesystem::perms::owner_write);
 }
 
 // Every operation on a thin-provisioned LUN with the given block size, each checked by reading
@@ -534,6 +538,15 @@ TEST_CASE("iscsi: CHAP one-way and mutual, and a wrong password or file fails wi
     CHECK(msg.find("not-the-password") == std::string::npos); // secrets never in messages
   }
 
+  // A password file every user can read is refused, naming the file and the fix.
+  write_file(dir.file("open.secret"), "initiator-secret1\n");
+  std::filesystem::permissions(dir.file("open.secret"), std::filesystem::perms::others_read,
+                               std::filesystem::perm_options::add);
+  w.chap_password_file = dir.file("open.secret");
+  vb::IscsiBackend exposed(w);
+  const std::string exposed_error = error_of([&] { exposed.open(); });
+  CHECK(contains(exposed_error, "is readable by every user (mode 0604)"));
+  CHECK(contains(exposed_error, "chmod o-rwx " + dir.file("open.secret")));
   w.chap_password_file = dir.file("missing.secret");
   vb::IscsiBackend missing(w);
   CHECK(error_of([&] { missing.open(); }) ==

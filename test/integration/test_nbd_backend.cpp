@@ -255,6 +255,12 @@ TEST_CASE("nbd: TLS with a pre-shared key") {
   // Without the key the connection is refused, with libnbd's reason.
   vb::NbdBackend nokey(options_for(uri));
   CHECK_THROWS_WITH_AS(nokey.open(), doctest::Contains("cannot connect"), std::runtime_error);
+
+  // A key file every user can read is refused before connecting.
+  std::filesystem::permissions(keys, std::filesystem::perms::others_read, std::filesystem::perm_options::add);
+  vb::NbdBackend exposed(o);
+  const std::string expected = "tls-psk-file " + keys + " is readable by every user";
+  CHECK_THROWS_WITH_AS(exposed.open(), doctest::Contains(expected.c_str()), std::runtime_error);
 }
 
 TEST_CASE("nbd: TLS with X.509 certificates made by the test") {
