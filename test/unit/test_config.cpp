@@ -339,7 +339,8 @@ TEST_CASE("bad files name the file, line, key and what was expected") {
        "expected a map of device keys (name, backend, ...), got an empty value"},
       // Keys of a device.
       {"unknown device key", head + "    colour: blue\n", 6, "devices[0].colour",
-       "expected a device key (name, backend, queues, queue-size, logical-block-size, read-only, serial, attach, control-timeout), "
+       "expected a device key (name, backend, queues, queue-size, logical-block-size, read-only, serial, attach, "
+       "control-timeout), "
        "got 'colour'"},
       {"near miss of a key", head + "    queue_size: 64\n", 6, "devices[0].queue_size",
        "got 'queue_size' (did you mean 'queue-size'?)"},
