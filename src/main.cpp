@@ -1,6 +1,7 @@
 // vduse-bridge: serves block storage as local virtio-blk disks through VDUSE. See vduse-bridge(8).
 #include "common/log.h"
 #include "config/config.h"
+#include "control/control_client.h"
 #include "daemon/daemon.h"
 #include "daemon/options.h"
 #include "iscsi/iscsi_discovery.h"
@@ -32,6 +33,15 @@ int main(int argc, char **argv) {
   }
   if (options.verbosity > 0)
     vb::set_log_level(vb::LogLevel::debug);
+  if (!options.command.empty()) {
+    try {
+      (void)std::fputs(vb::control::control_request(options.control_socket, options.command).c_str(), stdout);
+      return 0;
+    } catch (const std::exception &e) {
+      (void)std::fprintf(stderr, "vduse-bridge: %s\n", e.what());
+      return 1;
+    }
+  }
   if (!options.discover.empty()) {
     try {
       // The default initiator name, no CHAP: what a portal shows to anyone.
@@ -51,7 +61,7 @@ int main(int argc, char **argv) {
       std::printf("%s: OK, %zu device(s)\n", config.path.c_str(), config.devices.size());
       return 0;
     }
-    return vb::run_daemon(config, options.state_dir);
+    return vb::run_daemon(config, options);
   } catch (const std::exception &e) {
     // Setup errors: one line, already naming the file/line/key or the device.
     (void)std::fprintf(stderr, "vduse-bridge: %s\n", e.what());

@@ -147,6 +147,13 @@ struct IscsiTarget {
   // not once per request. Any thread.
   bool first_report(const std::string &kind) const;
 
+  // Where the sessions report their state (set before any session exists; may be empty).
+  std::function<void(Backend::State, const std::string &why)> on_health;
+  void health(Backend::State state, const std::string &why = {}) const {
+    if (on_health)
+      on_health(state, why);
+  }
+
 private:
   mutable std::mutex mu_;
   mutable std::set<std::string> reported_;

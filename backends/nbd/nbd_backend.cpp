@@ -94,7 +94,9 @@ void check_nbd_uri(const std::string &uri) {
 }
 
 NbdBackend::NbdBackend(NbdOptions options)
-    : options_(std::move(options)), size_([this](std::uint64_t size) { report_resize(size); }) {}
+    : options_(std::move(options)), size_([this](std::uint64_t size) { report_resize(size); }) {
+  size_.on_health = [this](State state, const std::string &why) { report_health(state, why); };
+}
 
 NbdBackend::~NbdBackend() {
   {

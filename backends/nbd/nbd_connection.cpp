@@ -462,12 +462,15 @@ void NbdConnection::on_connected() noexcept {
   if (!mismatch.empty()) {
     VB_LOG_ERROR("%s: the server came back as a different export (%s); refusing it and retrying", name_.c_str(),
                  mismatch.c_str());
+    size_.health(fail_fast_ ? Backend::State::failing : Backend::State::reconnecting,
+                 "the server came back as a different export: " + mismatch);
     close_handle();
     state_ = State::down;
     reconnect_timer_.arm(kMaxBackoff);
     return;
   }
   size_.observe(static_cast<std::uint64_t>(size));
+  size_.health(Backend::State::connected);
   handle_size_ = static_cast<std::uint64_t>(size);
   state_ = State::ready;
   backoff_ = std::chrono::milliseconds(100);
@@ -500,6 +503,7 @@ void NbdConnection::connection_lost(const char *why) noexcept {
       "%llds",
       name_.c_str(), why, in_flight_.size(),
       static_cast<long long>(std::chrono::duration_cast<std::chrono::seconds>(options_.reconnect_timeout).count()));
+  size_.health(Backend::State::reconnecting, std::string("connection lost: ") + why);
   close_handle();
   for (Job *op : in_flight_)
     held_.push_back(op);
@@ -541,6 +545,7 @@ void NbdConnection::on_tick() noexcept {
   }
   if (state_ != State::ready && !fail_fast_ && now - down_since_ >= options_.reconnect_timeout) {
     fail_fast_ = true;
+    size_.health(Backend::State::failing, "unreachable for longer than reconnect-timeout");
     VB_LOG_ERROR(
         "%s: the server has been unreachable for %llds (reconnect-timeout): failing %zu held request(s) "
         "and new I/O with EIO until it is back",

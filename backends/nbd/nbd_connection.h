@@ -47,6 +47,12 @@ public:
   std::uint64_t get() const noexcept { return size_.load(std::memory_order_relaxed); }
   // Records the size a server reported (rounded down to whole blocks) and reports a change once.
   void observe(std::uint64_t server_size) noexcept;
+  // Where the connections report their state (set before any connection exists; may be empty).
+  std::function<void(Backend::State, const std::string &why)> on_health;
+  void health(Backend::State state, const std::string &why = {}) const {
+    if (on_health)
+      on_health(state, why);
+  }
 
 private:
   std::atomic<std::uint64_t> size_{0};

@@ -11,6 +11,7 @@
 // values: EOPNOTSUPP becomes VIRTIO_BLK_S_UNSUPP, anything else VIRTIO_BLK_S_IOERR.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -90,6 +91,29 @@ public:
     resize_handler_ = std::move(handler);
   }
 
+  // Whether the storage is reachable, for status and metrics: connected; reconnecting (I/O is
+  // held); failing (down past reconnect-timeout: I/O fails). Any thread.
+  enum class State { connected, reconnecting, failing };
+  struct Health {
+    State state = State::connected;
+    std::chrono::system_clock::time_point since = std::chrono::system_clock::now(); // entered state
+    std::string last_error; // the latest error the backend reported, may be empty
+  };
+  Health health() const {
+    std::lock_guard lock(health_mu_);
+    return health_;
+  }
+  // Backends (any thread): the state now, and why when it is not connected.
+  void report_health(State state, const std::string &error = {}) {
+    std::lock_guard lock(health_mu_);
+    if (state != health_.state) {
+      health_.state = state;
+      health_.since = std::chrono::system_clock::now();
+    }
+    if (!error.empty())
+      health_.last_error = error;
+  }
+
 protected:
   void report_resize(std::uint64_t size) {
     std::lock_guard lock(resize_mu_);
@@ -100,6 +124,8 @@ protected:
 private:
   std::mutex resize_mu_;
   ResizeHandler resize_handler_;
+  mutable std::mutex health_mu_;
+  Health health_;
 };
 
 } // namespace vb

@@ -3,17 +3,24 @@
 #include "backend_factory.h"
 #include "common/errors.h"
 #include "common/log.h"
+#include "control/control_server.h"
+#include "control/metrics_http_server.h"
+#include "daemon/options.h"
 #include "daemon/sd_notify.h"
 #include "event/event_loop.h"
 #include "export/block_export.h"
+#include "metrics/prometheus.h"
+#include "metrics/status_text.h"
 #include "vduse/vduse_device.h"
 
 #include <algorithm>
 #include <cerrno>
 #include <csignal>
 #include <memory>
+#include <stdexcept>
 #include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/stat.h>
 #include <vector>
 
 #ifndef PR_SET_IO_FLUSHER
@@ -36,10 +43,36 @@ void harden_process() {
 
 class Daemon {
 public:
-  Daemon(Config config, std::string state_dir)
-      : config_(std::move(config)), state_dir_(std::move(state_dir)), retry_(loop_, [this] { step(); }) {}
+  Daemon(Config config, const Options &options)
+      : config_(std::move(config)), state_dir_(options.state_dir), options_(options), retry_(loop_, [this] { step(); }),
+        sample_(loop_, [this] { take_sample(); }) {}
 
   int run() {
+    // The control socket first: a second daemon is refused before it touches any device.
+    try {
+      make_parent_dir(options_.control_socket);
+      control_ = std::make_unique<control::ControlServer>(loop_, options_.control_socket);
+      control_->add_command("status", [this](const std::string &, bool &) {
+        auto now = statuses();
+        metrics::fill_rates(now, last_sample_,
+                            std::chrono::duration<double>(std::chrono::steady_clock::now() - last_sample_at_).count());
+        return metrics::format_status_text(now, std::chrono::system_clock::now());
+      });
+      control_->add_command("metrics",
+                            [this](const std::string &, bool &) { return metrics::format_prometheus(statuses()); });
+      control_->add_command("reload", [this](const std::string &, bool &ok) {
+        ok = !stopping_;
+        loop_.post([this] { reload(); });
+        return std::string(ok ? "reloading " + config_.path + " (the daemon log says what changed)" : "stopping");
+      });
+      if (!options_.metrics_listen.empty())
+        metrics_http_ = std::make_unique<control::MetricsHttpServer>(
+            loop_, options_.metrics_listen, [this] { return metrics::format_prometheus(statuses()); });
+    } catch (const std::exception &e) {
+      VB_LOG_ERROR("%s", e.what());
+      return 1;
+    }
+    sample_.arm_periodic(std::chrono::seconds(1));
     SignalWatch term(loop_, SIGTERM, [this] { shutdown("SIGTERM", false); });
     SignalWatch intr(loop_, SIGINT, [this] { shutdown("SIGINT", false); });
     SignalWatch usr1(loop_, SIGUSR1, [this] { shutdown("SIGUSR1", true); });
@@ -56,6 +89,25 @@ public:
   }
 
 private:
+  std::vector<metrics::DeviceStatus> statuses() const {
+    std::vector<metrics::DeviceStatus> v;
+    for (const auto &e : exports_)
+      v.push_back(e->status());
+    return v;
+  }
+
+  // Rates in `status` are over the last second: the sample it is compared with.
+  void take_sample() {
+    last_sample_ = statuses();
+    last_sample_at_ = std::chrono::steady_clock::now();
+  }
+
+  static void make_parent_dir(const std::string &path) {
+    const std::string dir = path.substr(0, path.rfind('/'));
+    if (!dir.empty() && ::mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST)
+      throw std::runtime_error(errno_message("mkdir " + dir, errno));
+  }
+
   // Creates and starts one device. At start-up a failure fails the daemon; on reload it only
   // drops that device. Returns false when start-up failed.
   bool add(const DeviceConfig &device, bool at_startup) {
@@ -214,8 +266,14 @@ private:
 
   Config config_;
   std::string state_dir_;
+  const Options &options_;
   EventLoop loop_;
   Timer retry_;
+  Timer sample_;
+  std::unique_ptr<control::ControlServer> control_;
+  std::unique_ptr<control::MetricsHttpServer> metrics_http_;
+  std::vector<metrics::DeviceStatus> last_sample_;
+  std::chrono::steady_clock::time_point last_sample_at_ = std::chrono::steady_clock::now();
   std::vector<std::unique_ptr<BlockExport>> exports_;
   std::vector<std::string> removals_;   // devices to stop, in order
   std::vector<DeviceConfig> additions_; // devices to create, in order
@@ -230,14 +288,14 @@ private:
 
 } // namespace
 
-int run_daemon(const Config &config, const std::string &state_dir) {
+int run_daemon(const Config &config, const Options &options) {
   if (!vduse::VduseDevice::available()) {
     VB_LOG_ERROR("/dev/vduse/control is missing: this kernel has no VDUSE (modprobe vduse; needs Linux >= 5.15 "
                  "built with CONFIG_VDPA_USER)");
     return 1;
   }
   harden_process();
-  return Daemon(config, state_dir).run();
+  return Daemon(config, options).run();
 }
 
 } // namespace vb

@@ -9,6 +9,7 @@ namespace vb {
 
 // Runs in the foreground on the calling thread (the control loop). Returns the exit status:
 // 0 after a clean shutdown, 1 if a device could not be set up (the others are torn down).
-int run_daemon(const Config &config, const std::string &state_dir);
+struct Options;
+int run_daemon(const Config &config, const Options &options);
 
 } // namespace vb

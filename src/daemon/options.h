@@ -16,6 +16,12 @@ struct Options {
   // --state-dir: where each device's recovery state lives (a tmpfs: it must outlive the daemon,
   // not the machine).
   std::string state_dir = "/run/vduse-bridge";
+  // --control-socket: where `vduse-bridge status|reload` reach the daemon (mode 0600).
+  std::string control_socket = "/run/vduse-bridge/control.sock";
+  // --metrics-listen: a loopback address for a Prometheus /metrics endpoint; empty = none.
+  std::string metrics_listen;
+  // `vduse-bridge status` / `reload` / `metrics`: ask the running daemon and exit.
+  std::string command;
 };
 
 // Throws std::invalid_argument with a one-line message naming the bad option.

@@ -285,6 +285,30 @@ void BlockExport::run_in_background(std::function<std::string()> work, std::func
 
 std::string BlockExport::block_device() const { return vdpa::block_device(config_.name).value_or(""); }
 
+metrics::DeviceStatus BlockExport::status() const {
+  metrics::DeviceStatus d;
+  d.name = config_.name;
+  if (config_.attach == DeviceConfig::Attach::virtio_vdpa)
+    d.disk = block_device();
+  else if (config_.attach == DeviceConfig::Attach::vhost_vdpa)
+    d.disk = vdpa::vhost_device(config_.name).value_or("");
+  d.attach = to_string(config_.attach);
+  d.backend = backend_->kind();
+  d.backend_identity = backend_->capabilities().identity;
+  const Backend::Health h = backend_->health();
+  d.backend_state = h.state == Backend::State::connected      ? metrics::BackendState::connected
+                    : h.state == Backend::State::reconnecting ? metrics::BackendState::reconnecting
+                                                              : metrics::BackendState::failing;
+  d.backend_state_since = h.since;
+  d.last_error = h.last_error;
+  d.capacity_bytes = params_.capacity;
+  d.read_only = params_.read_only;
+  d.started = started_;
+  for (const auto &q : queues_)
+    d.queues.push_back(q->counters().snapshot());
+  return d;
+}
+
 void BlockExport::on_device_readable() noexcept {
   if (broken_ || !device_)
     return;

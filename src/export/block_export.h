@@ -10,6 +10,7 @@
 #include "config/config.h"
 #include "event/event_loop.h"
 #include "export/queue_worker.h"
+#include "metrics/device_status.h"
 #include "recovery/recovery_state.h"
 #include "vduse-bridge/backend.h"
 #include "vduse/iotlb_cache.h"
@@ -61,6 +62,8 @@ public:
 
   // The host block device ("vda") when attached with virtio-vdpa, else empty.
   std::string block_device() const;
+  // What the status command and the metrics show: identity, backend health, counters.
+  metrics::DeviceStatus status() const;
 
 private:
   bool on_set_status(std::uint8_t status) noexcept override;
@@ -102,6 +105,7 @@ private:
   // Work posted to the control loop from other threads holds a weak reference to this, so it
   // does nothing once the export is gone.
   std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
+  std::chrono::system_clock::time_point started_ = std::chrono::system_clock::now();
 };
 
 } // namespace vb

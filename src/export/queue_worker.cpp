@@ -5,8 +5,10 @@
 
 #include <cerrno>
 #include <chrono>
+#include <ctime>
 #include <event2/event.h>
 #include <future>
+#include <linux/virtio_blk.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
 
@@ -17,6 +19,7 @@ namespace vb {
 struct QueueWorker::Slot {
   QueueWorker *owner = nullptr;
   std::uint32_t generation = 0;
+  std::uint64_t started_ns = 0; // when the chain was taken, for the latency histograms
   virtio::Chain chain;
   blk::ParsedRequest req;
 };
@@ -24,6 +27,29 @@ struct QueueWorker::Slot {
 namespace {
 // Chains popped per process() round before yielding to completions and other events.
 constexpr unsigned kPopBudget = 128;
+
+std::uint64_t now_ns() noexcept {
+  timespec ts{};
+  ::clock_gettime(CLOCK_MONOTONIC, &ts); // vDSO: no system call
+  return static_cast<std::uint64_t>(ts.tv_sec) * 1000000000ULL + static_cast<std::uint64_t>(ts.tv_nsec);
+}
+
+metrics::RequestKind kind_of(std::uint32_t type) noexcept {
+  switch (type) {
+  case VIRTIO_BLK_T_IN:
+    return metrics::RequestKind::read;
+  case VIRTIO_BLK_T_OUT:
+    return metrics::RequestKind::write;
+  case VIRTIO_BLK_T_FLUSH:
+    return metrics::RequestKind::flush;
+  case VIRTIO_BLK_T_DISCARD:
+    return metrics::RequestKind::discard;
+  case VIRTIO_BLK_T_WRITE_ZEROES:
+    return metrics::RequestKind::write_zeroes;
+  default:
+    return metrics::RequestKind::other;
+  }
+}
 } // namespace
 
 QueueWorker::QueueWorker(std::string device_name, unsigned index, virtio::QueueHost &host, virtio::GuestMemory &memory,
@@ -292,6 +318,7 @@ void QueueWorker::process() noexcept {
 void QueueWorker::submit_chain(std::unique_ptr<Slot> slot, virtio::PopResult r) noexcept {
   if (r == virtio::PopResult::bad_chain) {
     ++stats_.bad_chains;
+    counters_->record_bad_chain();
     if (stats_.bad_chains <= 10 || stats_.bad_chains % 1000 == 0)
       VB_LOG_WARN("%s: malformed descriptor chain at head %u: %s (request failed)", name_.c_str(), slot->chain.head,
                   virtio::to_string(ring_.last_error()));
@@ -327,6 +354,7 @@ void QueueWorker::handle_chain(std::unique_ptr<Slot> slot) noexcept {
   ++stats_.requests;
   blk::parse_request(slot->chain, params_, slot->req);
   Slot *s = slot.get();
+  s->started_ns = now_ns();
   s->generation = generation_;
   in_flight_[head] = std::move(slot);
   if (!s->req.needs_backend()) {
@@ -334,9 +362,11 @@ void QueueWorker::handle_chain(std::unique_ptr<Slot> slot) noexcept {
     return;
   }
   ++outstanding_;
+  counters_->set_in_flight(outstanding_);
   const int rc = backend_queue_->submit(s->req.backend, &QueueWorker::on_backend_done, s);
   if (rc != 0) {
     --outstanding_;
+    counters_->set_in_flight(outstanding_);
     complete(s, rc < 0 ? -rc : rc);
   }
   // On success the slot may already be completed and recycled (inline completion): not touched.
@@ -346,6 +376,7 @@ void QueueWorker::on_backend_done(void *ctx, int error) noexcept {
   auto *slot = static_cast<Slot *>(ctx);
   QueueWorker *self = slot->owner;
   --self->outstanding_;
+  self->counters_->set_in_flight(self->outstanding_);
   if (slot->generation != self->generation_) {
     // Completed after a reset: the driver no longer expects it; just recycle the slot.
     self->free_slots_.push_back(std::unique_ptr<Slot>(slot));
@@ -356,8 +387,12 @@ void QueueWorker::on_backend_done(void *ctx, int error) noexcept {
 
 void QueueWorker::complete(Slot *slot, int error) noexcept {
   const std::uint32_t len = blk::finish_request(slot->req, error);
-  if (slot->req.action == blk::Action::submit ? error != 0 : slot->req.status != VIRTIO_BLK_S_OK)
+  const bool failed = slot->req.action == blk::Action::submit ? error != 0 : slot->req.status != VIRTIO_BLK_S_OK;
+  if (failed)
     ++stats_.errors;
+  const metrics::RequestKind kind = kind_of(slot->req.type);
+  const bool data = kind == metrics::RequestKind::read || kind == metrics::RequestKind::write;
+  counters_->record_completion(kind, data ? slot->req.backend.length : 0, now_ns() - slot->started_ns, !failed);
   publish(slot->chain.head, len);
   release(slot);
 }
@@ -375,6 +410,7 @@ void QueueWorker::notify() noexcept {
   if (!ring_.should_notify())
     return;
   ++stats_.interrupts;
+  counters_->record_interrupt();
   if (const int err = host_.inject_vq_irq(index_); err != 0)
     VB_LOG_WARN("%s: VDUSE_VQ_INJECT_IRQ: %s", name_.c_str(), errno_text(err));
 }

@@ -7,6 +7,7 @@
 #pragma once
 
 #include "event/event_loop.h"
+#include "metrics/queue_counters.h"
 #include "recovery/queue_log.h"
 #include "vduse-bridge/backend.h"
 #include "virtio/queue_host.h"
@@ -64,6 +65,8 @@ public:
   // Control thread. The next available index this queue would consume (GET_VQ_STATE).
   std::uint16_t next_avail_sync();
   QueueStats stats_sync();
+  // Any thread: the queue's counters and latency histograms (snapshots are lock-free).
+  const metrics::QueueCounters &counters() const noexcept { return *counters_; }
   // Any thread. Requests past the new end fail from now on (resize); the ring is not touched.
   void set_capacity(std::uint64_t bytes);
   // Control thread. Waits (bounded) until the backend has completed everything in flight.
@@ -108,6 +111,7 @@ private:
   std::size_t outstanding_ = 0; // in the backend, all generations
   std::uint16_t stopped_next_avail_ = 0;
   QueueStats stats_;
+  std::unique_ptr<metrics::QueueCounters> counters_ = std::make_unique<metrics::QueueCounters>();
   std::thread thread_;
 };
 
