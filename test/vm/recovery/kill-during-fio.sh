@@ -47,7 +47,7 @@ run_case() {
   echo "ok: $label: 3 planned restarts (SIGUSR1) under fio"
   sleep 2
   fio_check "$work/fio-$label"
-  echo "ok: $label: longest write during the restarts: ${fio_max_pause_ms} ms"
+  echo "ok: $label: longest I/O (the pause) across the restarts: ${fio_max_pause_ms} ms"
   stop_daemon
   [ ! -e "/run/vduse-bridge/$name.state" ] || fail "$label: the recovery state outlived the teardown"
 }
