@@ -1,4 +1,5 @@
 #include "config/config.h"
+#include "common/text.h"
 
 #include "common/errors.h"
 #include "common/units.h"
@@ -558,16 +559,6 @@ constexpr std::array<std::string_view, 6> nbd_schemes{"nbd",       "nbds",      
 
 bool is_tls_scheme(std::string_view scheme) { return scheme.starts_with("nbds"); }
 bool is_unix_scheme(std::string_view scheme) { return scheme.ends_with("+unix"); }
-
-int hex_digit(char c) {
-  if (c >= '0' && c <= '9')
-    return c - '0';
-  if (c >= 'a' && c <= 'f')
-    return c - 'a' + 10;
-  if (c >= 'A' && c <= 'F')
-    return c - 'A' + 10;
-  return -1;
-}
 
 // %XX decoded, lower-cased: query parameter names as a URI parser might read them.
 std::string folded_name(std::string_view text) {

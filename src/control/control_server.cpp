@@ -1,4 +1,5 @@
 #include "control/control_server.h"
+#include "common/unique_fd.h"
 
 #include "common/errors.h"
 #include "common/log.h"
@@ -17,21 +18,7 @@
 namespace vb::control {
 namespace {
 
-class Fd {
-public:
-  explicit Fd(int fd) noexcept : fd_(fd) {}
-  ~Fd() {
-    if (fd_ >= 0)
-      ::close(fd_);
-  }
-  Fd(const Fd &) = delete;
-  Fd &operator=(const Fd &) = delete;
-  int get() const noexcept { return fd_; }
-  int release() noexcept { return std::exchange(fd_, -1); }
-
-private:
-  int fd_;
-};
+using Fd = UniqueFd;
 
 [[noreturn]] void fail(const std::string &what) { throw std::runtime_error(errno_message(what, errno)); }
 

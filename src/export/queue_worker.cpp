@@ -175,14 +175,7 @@ bool QueueWorker::resume_sync(const virtio::RingLayout &layout, bool event_idx, 
                 rec.next_avail, rec.used_idx, rec.in_flight_oldest_first.size(),
                 rec.finished_publish ? " (a completion published at the crash was not repeated)" : "");
     for (std::uint16_t head : rec.in_flight_oldest_first) {
-      std::unique_ptr<Slot> slot;
-      if (free_slots_.empty()) {
-        slot = std::make_unique<Slot>();
-        slot->owner = this;
-      } else {
-        slot = std::move(free_slots_.back());
-        free_slots_.pop_back();
-      }
+      std::unique_ptr<Slot> slot = take_slot();
       const virtio::PopResult r = ring_.chain_at(head, slot->chain);
       if (r == virtio::PopResult::broken) {
         free_slots_.push_back(std::move(slot));
@@ -265,6 +258,18 @@ bool QueueWorker::drain_sync(unsigned timeout_ms) {
 
 void QueueWorker::on_kick() noexcept { process(); }
 
+// A recycled slot, or a new one (slots are big: allocated once per request in flight at peak).
+std::unique_ptr<QueueWorker::Slot> QueueWorker::take_slot() {
+  if (free_slots_.empty()) {
+    auto slot = std::make_unique<Slot>();
+    slot->owner = this;
+    return slot;
+  }
+  auto slot = std::move(free_slots_.back());
+  free_slots_.pop_back();
+  return slot;
+}
+
 void QueueWorker::process() noexcept {
   if (!ring_.started() || broken_ || paused_)
     return;
@@ -272,14 +277,7 @@ void QueueWorker::process() noexcept {
   for (;;) {
     ring_.disable_notifications();
     while (budget > 0) {
-      std::unique_ptr<Slot> slot;
-      if (free_slots_.empty()) {
-        slot = std::make_unique<Slot>();
-        slot->owner = this;
-      } else {
-        slot = std::move(free_slots_.back());
-        free_slots_.pop_back();
-      }
+      std::unique_ptr<Slot> slot = take_slot();
       const virtio::PopResult r = ring_.pop(slot->chain);
       if (r == virtio::PopResult::empty) {
         free_slots_.push_back(std::move(slot));

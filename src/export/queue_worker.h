@@ -83,6 +83,7 @@ private:
   void publish(std::uint16_t head, std::uint32_t len) noexcept;
   void stop_ring(bool reset_log) noexcept;
   void submit_chain(std::unique_ptr<Slot> slot, virtio::PopResult r) noexcept;
+  std::unique_ptr<Slot> take_slot();
   void release(Slot *slot) noexcept;
   void notify() noexcept;
   static void on_backend_done(void *ctx, int error) noexcept;

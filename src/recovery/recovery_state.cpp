@@ -1,4 +1,5 @@
 #include "recovery/recovery_state.h"
+#include "common/unique_fd.h"
 
 #include "common/errors.h"
 #include "recovery/state_layout.h"
@@ -22,21 +23,7 @@ namespace {
 
 using layout::FileHeader;
 
-class Fd {
-public:
-  explicit Fd(int fd) : fd_(fd) {}
-  ~Fd() {
-    if (fd_ >= 0)
-      ::close(fd_);
-  }
-  Fd(const Fd &) = delete;
-  Fd &operator=(const Fd &) = delete;
-  int get() const { return fd_; }
-  int release() { return std::exchange(fd_, -1); }
-
-private:
-  int fd_;
-};
+using Fd = UniqueFd;
 
 bool valid_name_char(char c) {
   return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' || c == '-';

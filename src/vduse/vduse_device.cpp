@@ -1,4 +1,5 @@
 #include "vduse/vduse_device.h"
+#include "common/unique_fd.h"
 
 #include "common/errors.h"
 #include "common/log.h"
@@ -20,20 +21,7 @@ constexpr const char *kControlPath = "/dev/vduse/control";
 
 [[noreturn]] void fail(const std::string &what) { throw std::runtime_error(errno_message(what, errno)); }
 
-class Fd {
-public:
-  explicit Fd(int fd) : fd_(fd) {}
-  ~Fd() {
-    if (fd_ >= 0)
-      ::close(fd_);
-  }
-  Fd(const Fd &) = delete;
-  Fd &operator=(const Fd &) = delete;
-  int get() const { return fd_; }
-
-private:
-  int fd_;
-};
+using Fd = UniqueFd;
 
 int open_control() {
   const int fd = ::open(kControlPath, O_RDWR | O_CLOEXEC);
