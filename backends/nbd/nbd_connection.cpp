@@ -543,7 +543,9 @@ void NbdConnection::on_tick() noexcept {
     retry_connect_later("the server did not complete the handshake in time");
     return;
   }
-  if (state_ != State::ready && !fail_fast_ && now - down_since_ >= options_.reconnect_timeout) {
+  // A refresh (the export grew) is not an outage: it waits for in-flight requests, not the server.
+  if (state_ != State::ready && state_ != State::refreshing && !fail_fast_ &&
+      now - down_since_ >= options_.reconnect_timeout) {
     fail_fast_ = true;
     size_.health(Backend::State::failing, "unreachable for longer than reconnect-timeout");
     VB_LOG_ERROR(

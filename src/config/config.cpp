@@ -1046,18 +1046,14 @@ bool DeviceConfig::same_settings(const DeviceConfig &o) const {
 }
 
 std::vector<std::string> config_keys() {
-  std::vector<std::string> keys;
-  for (auto k : top_keys)
-    keys.emplace_back(k);
-  for (auto k : device_keys)
-    keys.emplace_back(k);
+  std::vector<std::string> keys(top_keys.begin(), top_keys.end());
+  keys.insert(keys.end(), device_keys.begin(), device_keys.end());
   keys.emplace_back("type");
   for (const auto &kind : backend_kinds)
     for (const auto &o : kind.options)
       if (std::find(keys.begin(), keys.end(), o.name) == keys.end())
         keys.emplace_back(o.name);
-  for (auto k : chap_keys)
-    keys.emplace_back(k);
+  keys.insert(keys.end(), chap_keys.begin(), chap_keys.end());
   return keys;
 }
 

@@ -111,10 +111,12 @@ private:
   // Creates and starts one device. At start-up a failure fails the daemon; on reload it only
   // drops that device. Returns false when start-up failed.
   bool add(const DeviceConfig &device, bool at_startup) {
-    bool started = false; // its on_ready is pending: counted in starting_
+    bool started = false;           // its on_ready is pending: counted in starting_
+    BlockExport *created = nullptr; // this call's export, the only one a failure may drop
     try {
       auto e = std::make_unique<BlockExport>(loop_, device, make_backend(device), state_dir_);
       BlockExport *raw = e.get();
+      created = raw;
       exports_.push_back(std::move(e));
       ++starting_;
       started = true;
@@ -138,8 +140,8 @@ private:
         fail();
         return false;
       }
-      // The export (if any) never got a device: drop it quietly.
-      std::erase_if(exports_, [&](const auto &e) { return e->name() == device.name; });
+      // This call's export (if it got that far) never got a device: drop it quietly.
+      std::erase_if(exports_, [&](const auto &e) { return e.get() == created; });
       return true;
     }
   }
@@ -180,13 +182,24 @@ private:
       return;
     }
     (void)notify_service_manager("RELOADING=1");
+    // Against what is already queued (an earlier reload may still be in progress): the new file
+    // decides what will exist once the queue is done.
+    auto wanted = [&](const std::string &name) {
+      return std::any_of(fresh.devices.begin(), fresh.devices.end(), [&](const auto &d) { return d.name == name; });
+    };
+    auto queued_removal = [&](const std::string &name) {
+      return std::find(removals_.begin(), removals_.end(), name) != removals_.end();
+    };
+    std::erase_if(additions_, [&](const DeviceConfig &d) { return !wanted(d.name); });
     std::size_t added = 0, removed = 0, kept = 0;
     for (const auto &e : exports_) {
       const auto it = std::find_if(fresh.devices.begin(), fresh.devices.end(),
                                    [&](const DeviceConfig &d) { return d.name == e->name(); });
       if (it == fresh.devices.end()) {
-        removals_.push_back(e->name());
-        ++removed;
+        if (!queued_removal(e->name())) {
+          removals_.push_back(e->name());
+          ++removed;
+        }
       } else {
         ++kept;
         if (!it->same_settings(e->config()))
@@ -195,11 +208,17 @@ private:
                       e->name().c_str());
       }
     }
-    for (const auto &d : fresh.devices)
-      if (std::none_of(exports_.begin(), exports_.end(), [&](const auto &e) { return e->name() == d.name; })) {
+    for (const auto &d : fresh.devices) {
+      const bool exists =
+          std::any_of(exports_.begin(), exports_.end(), [&](const auto &e) { return e->name() == d.name; });
+      const bool queued =
+          std::any_of(additions_.begin(), additions_.end(), [&](const auto &a) { return a.name == d.name; });
+      // A device still being removed (an earlier reload) comes back once that is done.
+      if (!queued && (!exists || queued_removal(d.name))) {
         additions_.push_back(d);
         ++added;
       }
+    }
     VB_LOG_INFO("SIGHUP: %s: %zu device(s) to add, %zu to remove, %zu unchanged", fresh.path.c_str(), added, removed,
                 kept);
     config_ = std::move(fresh);
@@ -227,10 +246,9 @@ private:
       }
       BlockExport &e = **it;
       busy_ = true;
-      auto done = [this, name] {
+      auto done = [this, target = &e] {
         busy_ = false;
-        if (!stopping_)
-          std::erase_if(exports_, [&](const auto &x) { return x->name() == name; });
+        std::erase_if(exports_, [&](const auto &x) { return x.get() == target; });
         step();
       };
       // A device this daemon took over from a predecessor is left attached when starting

@@ -100,9 +100,15 @@ void BlockExport::start(const std::function<void(const std::string &)> &on_ready
     health_check_->arm_periodic(std::chrono::seconds(1));
   }
   if (device_->reattached()) {
-    // Messages the kernel replays come first (a reset among them must win), then the queues.
+    // Messages the kernel replays come first. If one of them changed the driver's status (a
+    // reset, or DRIVER_OK that started the queues already), the queues follow that, not the log.
+    const unsigned statuses_before = status_messages_;
     on_device_readable();
-    resume_queues();
+    if (status_messages_ == statuses_before)
+      resume_queues();
+    else
+      VB_LOG_INFO("%s: the kernel replayed a status change; the queues follow it instead of the recovery state",
+                  config_.name.c_str());
   }
   if (config_.attach == DeviceConfig::Attach::none || (device_->reattached() && vdpa::device_exists(config_.name))) {
     control_.post([on_ready] { on_ready({}); });
@@ -147,6 +153,8 @@ void BlockExport::start(const std::function<void(const std::string &)> &on_ready
 }
 
 void BlockExport::stop(const std::function<void()> &on_done, bool for_good) {
+  if (for_good)
+    stopping_ = true; // a recreate in progress must not start the device again
   const std::string name = config_.name;
   const bool detach = device_ && config_.attach != DeviceConfig::Attach::none && vdpa::device_exists(name);
   run_in_background(
@@ -190,6 +198,7 @@ void BlockExport::stop(const std::function<void()> &on_done, bool for_good) {
 }
 
 void BlockExport::leave(const std::function<void()> &on_done) {
+  stopping_ = true;
   for (auto &q : queues_)
     q->pause_sync();
   // Requests in flight complete (and are published) normally; whatever does not finish in time
@@ -273,14 +282,17 @@ void BlockExport::resume_queues() noexcept {
 void BlockExport::run_in_background(std::function<std::string()> work, std::function<void(const std::string &)> then) {
   if (background_.joinable())
     background_.join();
-  background_ = std::thread([this, work = std::move(work), then = std::move(then)]() mutable {
-    std::string error = work();
-    control_.post([this, then = std::move(then), error = std::move(error)] {
-      if (background_.joinable())
-        background_.join();
-      then(error);
-    });
-  });
+  background_ = std::thread(
+      [this, alive = std::weak_ptr<bool>(alive_), work = std::move(work), then = std::move(then)]() mutable {
+        std::string error = work();
+        control_.post([this, alive, then = std::move(then), error = std::move(error)] {
+          if (!alive.lock())
+            return; // the export is gone (its destructor joined this thread)
+          if (background_.joinable())
+            background_.join();
+          then(error);
+        });
+      });
 }
 
 std::string BlockExport::block_device() const { return vdpa::block_device(config_.name).value_or(""); }
@@ -326,7 +338,7 @@ void BlockExport::on_device_readable() noexcept {
 }
 
 void BlockExport::on_device_broken() noexcept {
-  if (broken_)
+  if (broken_ || stopping_)
     return;
   broken_ = true;
   if (device_watch_)
@@ -341,7 +353,7 @@ void BlockExport::on_device_broken() noexcept {
 // control-timeout: its I/O fails from then on. The only way back is a new device: delete it
 // and create it again (the disk goes away and comes back; the backend and its data stay).
 void BlockExport::recreate() noexcept {
-  if (recreating_)
+  if (recreating_ || stopping_)
     return;
   recreating_ = true;
   VB_LOG_ERROR("%s: the kernel broke the VDUSE device (a control message went unanswered for control-timeout, or "
@@ -352,6 +364,10 @@ void BlockExport::recreate() noexcept {
         broken_ = false;
         status_ = 0;
         queues_running_ = false;
+        if (stopping_) {
+          recreating_ = false; // the daemon stopped or left the device meanwhile
+          return;
+        }
         try {
           start([this](const std::string &error) {
             recreating_ = false;
@@ -393,6 +409,7 @@ void BlockExport::on_backend_resized(std::uint64_t size) noexcept {
 }
 
 bool BlockExport::on_set_status(std::uint8_t status) noexcept {
+  ++status_messages_;
   if (status == 0) {
     VB_LOG_DEBUG("%s: reset", config_.name.c_str());
     stop_queues();

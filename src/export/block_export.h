@@ -101,6 +101,8 @@ private:
   bool queues_running_ = false;
   bool broken_ = false;
   bool recreating_ = false;
+  bool stopping_ = false;        // stop() or leave() began: nothing starts the device again
+  unsigned status_messages_ = 0; // SET_STATUS messages answered, to notice replayed ones
   std::thread background_;
   // Work posted to the control loop from other threads holds a weak reference to this, so it
   // does nothing once the export is gone.

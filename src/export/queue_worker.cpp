@@ -142,14 +142,34 @@ bool QueueWorker::start_sync(const virtio::RingLayout &layout, std::uint16_t nex
 }
 
 bool QueueWorker::resume_sync(const virtio::RingLayout &layout, bool event_idx, std::uint16_t kernel_avail) {
-  if (!log_)
-    return start_sync(layout, kernel_avail, event_idx);
   bool ok = false;
   bool fresh = false;
   run_sync([&] {
+    if (ring_.started()) {
+      VB_LOG_WARN("%s: already serving; not resumed again", name_.c_str());
+      ok = true;
+      return;
+    }
     // Map first: the log is checked against what the used ring really holds.
     if (!begin(layout, 0, event_idx))
       return;
+    if (!log_) {
+      // Without a log nothing says which requests were in flight; only a ring with nothing
+      // outstanding (used == avail) can be served without losing or repeating one.
+      const std::uint16_t used = ring_.used_idx();
+      const std::uint16_t avail = ring_.pending(); // started at 0: the driver's avail index
+      ring_.stop();
+      if (avail != used) {
+        VB_LOG_ERROR("%s: no recovery state and requests outstanding (used %u): the queue is not served, so none is "
+                     "repeated or lost; restore the state directory or reset the device",
+                     name_.c_str(), used);
+        return;
+      }
+      ok = begin(layout, used, event_idx);
+      if (ok)
+        process();
+      return;
+    }
     recovery::QueueLog::Recovered rec;
     try {
       rec = log_->recover(ring_.used_idx());
@@ -159,6 +179,7 @@ bool QueueWorker::resume_sync(const virtio::RingLayout &layout, bool event_idx, 
       return;
     }
     if (!rec.started) {
+      ring_.stop();
       fresh = true; // the predecessor never started this queue: nothing was in flight
       return;
     }
@@ -191,10 +212,8 @@ bool QueueWorker::resume_sync(const virtio::RingLayout &layout, bool event_idx, 
     if (const int err = host_.inject_vq_irq(index_); err != 0)
       VB_LOG_WARN("%s: VDUSE_VQ_INJECT_IRQ: %s", name_.c_str(), errno_text(err));
   });
-  if (fresh) {
-    stop_sync();
+  if (fresh)
     return start_sync(layout, kernel_avail, event_idx);
-  }
   return ok;
 }
 

@@ -50,7 +50,8 @@ public:
   // detached): repairs the in-flight log against the used ring, resubmits what was in flight
   // (oldest first), then serves the ring from where the predecessor stopped and injects one
   // interrupt. kernel_avail is the kernel's avail index for a queue the log never saw started.
-  // Returns false (the queue is not served) if the ring cannot be mapped or the log does not fit it.
+  // Without a log the queue is served only if nothing is outstanding (used == avail). Returns
+  // false (the queue is not served) if the ring cannot be mapped or the log does not fit it.
   bool resume_sync(const virtio::RingLayout &layout, bool event_idx, std::uint16_t kernel_avail);
   // Control thread. Stops consuming the ring (device reset): results of requests still in the
   // backend are dropped when they arrive; nothing is written to the ring any more.
