@@ -139,6 +139,31 @@ void NbdExportSize::observe(std::uint64_t server_size) noexcept {
     on_change_(size);
 }
 
+void NbdExportSize::health(Backend::State from, Backend::State to, const std::string &why) {
+  std::lock_guard lock(health_mu_);
+  if (from != Backend::State::connected)
+    --down_[static_cast<int>(from)];
+  if (to != Backend::State::connected)
+    ++down_[static_cast<int>(to)];
+  const Backend::State worst = down_[static_cast<int>(Backend::State::failing)] > 0 ? Backend::State::failing
+                               : down_[static_cast<int>(Backend::State::reconnecting)] > 0
+                                   ? Backend::State::reconnecting
+                                   : Backend::State::connected;
+  if (on_health)
+    on_health(worst, why);
+}
+
+void NbdConnection::set_health(Backend::State state, const std::string &why) noexcept {
+  if (state == health_ && why.empty())
+    return;
+  try {
+    size_.health(health_, state, why);
+  } catch (...) {
+    // Reporting is best effort; the connection's own state is what matters.
+  }
+  health_ = state;
+}
+
 std::string export_identity(const std::string &uri, nbd_handle *h) {
   std::string id = "nbd:" + uri + " (";
   if (char *name = nbd_get_canonical_export_name(h)) {
@@ -197,6 +222,7 @@ NbdConnection::NbdConnection(EventLoop &loop, const NbdOptions &options, const B
 NbdConnection::~NbdConnection() {
   cancel_all();
   close_handle();
+  set_health(Backend::State::connected); // this connection no longer counts as down
 }
 
 NbdConnection::Job *NbdConnection::new_job() noexcept {
@@ -462,15 +488,15 @@ void NbdConnection::on_connected() noexcept {
   if (!mismatch.empty()) {
     VB_LOG_ERROR("%s: the server came back as a different export (%s); refusing it and retrying", name_.c_str(),
                  mismatch.c_str());
-    size_.health(fail_fast_ ? Backend::State::failing : Backend::State::reconnecting,
-                 "the server came back as a different export: " + mismatch);
+    set_health(fail_fast_ ? Backend::State::failing : Backend::State::reconnecting,
+               "the server came back as a different export: " + mismatch);
     close_handle();
     state_ = State::down;
     reconnect_timer_.arm(kMaxBackoff);
     return;
   }
   size_.observe(static_cast<std::uint64_t>(size));
-  size_.health(Backend::State::connected);
+  set_health(Backend::State::connected);
   handle_size_ = static_cast<std::uint64_t>(size);
   state_ = State::ready;
   backoff_ = std::chrono::milliseconds(100);
@@ -503,7 +529,7 @@ void NbdConnection::connection_lost(const char *why) noexcept {
       "%llds",
       name_.c_str(), why, in_flight_.size(),
       static_cast<long long>(std::chrono::duration_cast<std::chrono::seconds>(options_.reconnect_timeout).count()));
-  size_.health(Backend::State::reconnecting, std::string("connection lost: ") + why);
+  set_health(Backend::State::reconnecting, std::string("connection lost: ") + why);
   close_handle();
   for (Job *op : in_flight_)
     held_.push_back(op);
@@ -547,7 +573,7 @@ void NbdConnection::on_tick() noexcept {
   if (state_ != State::ready && state_ != State::refreshing && !fail_fast_ &&
       now - down_since_ >= options_.reconnect_timeout) {
     fail_fast_ = true;
-    size_.health(Backend::State::failing, "unreachable for longer than reconnect-timeout");
+    set_health(Backend::State::failing, "unreachable for longer than reconnect-timeout");
     VB_LOG_ERROR(
         "%s: the server has been unreachable for %llds (reconnect-timeout): failing %zu held request(s) "
         "and new I/O with EIO until it is back",

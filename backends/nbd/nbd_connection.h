@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -47,15 +48,16 @@ public:
   std::uint64_t get() const noexcept { return size_.load(std::memory_order_relaxed); }
   // Records the size a server reported (rounded down to whole blocks) and reports a change once.
   void observe(std::uint64_t server_size) noexcept;
-  // Where the connections report their state (set before any connection exists; may be empty).
+  // Where the export's state goes (set before any connection exists; may be empty): the worst
+  // state of any connection, so one connection back does not hide another still down.
   std::function<void(Backend::State, const std::string &why)> on_health;
-  void health(Backend::State state, const std::string &why = {}) const {
-    if (on_health)
-      on_health(state, why);
-  }
+  // A connection's state changed from `from` to `to` (any thread).
+  void health(Backend::State from, Backend::State to, const std::string &why = {});
 
 private:
   std::atomic<std::uint64_t> size_{0};
+  std::mutex health_mu_;
+  unsigned down_[3] = {0, 0, 0}; // connections per Backend::State (connected is not counted)
   std::uint32_t block_ = 512;
   std::function<void(std::uint64_t)> on_change_;
 };
@@ -126,7 +128,10 @@ private:
   NbdExportSize &size_;
   std::string name_;
   nbd_handle *h_ = nullptr;
-  std::uint64_t handle_size_ = 0; // the export size h_ negotiated: commands past it are refused
+  std::uint64_t handle_size_ = 0;
+  Backend::State health_ = Backend::State::connected; // as last reported to size_
+  void set_health(Backend::State state,
+                  const std::string &why = {}) noexcept; // the export size h_ negotiated: commands past it are refused
   std::unique_ptr<IoWatch> watch_;
   Timer reconnect_timer_;
   Timer tick_;

@@ -328,7 +328,9 @@ TEST_CASE("nbd: a server that dies and comes back: in-flight and held I/O comple
   // Submitted while the server is down: held, not failed.
   Result held;
   REQUIRE(q->submit({vb::Op::read, 0, 4096, rv, 1}, &Result::on_done, &held) == 0);
+  vb::Backend::Health while_down;
   vb::Timer restart(loop, [&] {
+    while_down = backend.health();
     std::filesystem::remove(socket);
     server = std::make_unique<NbdkitServer>(dir, std::vector<std::string>{"file", image}, std::vector<std::string>{},
                                             socket);
@@ -337,6 +339,10 @@ TEST_CASE("nbd: a server that dies and comes back: in-flight and held I/O comple
   run_until(loop, [&] { return held.calls > 0; });
   CHECK(held.error == 0);
   CHECK(in == buf);
+  // What `vduse-bridge status` shows: reconnecting while the server was away, then connected.
+  CHECK(while_down.state == vb::Backend::State::reconnecting);
+  CHECK(while_down.last_error.find("connection lost") != std::string::npos);
+  CHECK(backend.health().state == vb::Backend::State::connected);
 }
 
 TEST_CASE("nbd: requests in flight when the server is killed are resubmitted, not failed") {
