@@ -62,6 +62,13 @@ public:
   virtual int submit(const Request &req, CompletionFn done, void *ctx) noexcept = 0;
   // Loop thread only: complete everything in flight with ECANCELED, before the queue goes away.
   virtual void cancel_all() noexcept {}
+  // Loop thread only. The driver reset the device: nothing accepted so far may reach the storage
+  // from now on unless it already has. Requests not yet sent (held during an outage, waiting for
+  // a connection) complete with ECANCELED now; those already sent complete when the storage
+  // answers, and a connection lost meanwhile completes them with ECANCELED instead of sending
+  // them again. A backend that never holds a request (it completes everything it accepted
+  // itself, as the memory backend does) needs nothing here.
+  virtual void fence() noexcept {}
 };
 
 class Backend {

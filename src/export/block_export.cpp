@@ -481,6 +481,13 @@ std::uint16_t BlockExport::on_get_vq_state(std::uint32_t index) noexcept {
   return queues_[index]->next_avail_sync();
 }
 
-void BlockExport::on_update_iotlb(std::uint64_t start, std::uint64_t last) noexcept { iotlb_->invalidate(start, last); }
+// The kernel changed the mappings (with vhost-vdpa: any change of the VMM's memory map, even
+// after DRIVER_OK). Before the answer, every queue moves its rings to the new mappings; requests
+// in flight keep the old ones (pinned) until they complete, then those are unmapped.
+void BlockExport::on_update_iotlb(std::uint64_t start, std::uint64_t last) noexcept {
+  iotlb_->invalidate(start, last);
+  for (auto &q : queues_)
+    q->remap_sync();
+}
 
 } // namespace vb

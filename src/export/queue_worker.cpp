@@ -20,6 +20,7 @@ struct QueueWorker::Slot {
   QueueWorker *owner = nullptr;
   std::uint32_t generation = 0;
   std::uint64_t started_ns = 0; // when the chain was taken, for the latency histograms
+  std::uint64_t pin = 0;        // GuestMemory pin: the chain's mappings stay valid until recycled
   virtio::Chain chain;
   blk::ParsedRequest req;
 };
@@ -63,9 +64,10 @@ QueueWorker::QueueWorker(std::string device_name, unsigned index, virtio::QueueH
 
 QueueWorker::~QueueWorker() {
   run_sync([this] {
+    drop_fenced(); // before cancel_all(): its completions would submit them
     if (backend_queue_)
       backend_queue_->cancel_all();
-    ring_.stop();
+    unmap_ring();
     kick_watch_.reset();
     if (kick_fd_ >= 0)
       ::close(kick_fd_);
@@ -90,8 +92,28 @@ void QueueWorker::run_sync(const std::function<void()> &fn) {
 }
 
 // Worker thread: maps the ring at next_avail and installs a fresh kickfd. False if it cannot.
-bool QueueWorker::begin(const virtio::RingLayout &layout, std::uint16_t next_avail, bool event_idx) noexcept {
+// Worker thread: the ring, mapped and pinned (its mappings outlive an UPDATE_IOTLB until
+// remap_sync() has moved it), or nothing.
+bool QueueWorker::map_ring(const virtio::RingLayout &layout, std::uint16_t next_avail, bool event_idx) noexcept {
+  unmap_ring();
+  const std::uint64_t pin = memory_.pin();
   if (!ring_.start(memory_, layout, next_avail, event_idx)) {
+    memory_.unpin(pin);
+    return false;
+  }
+  ring_pin_ = pin;
+  return true;
+}
+
+void QueueWorker::unmap_ring() noexcept {
+  if (!ring_.started())
+    return;
+  ring_.stop();
+  memory_.unpin(ring_pin_);
+}
+
+bool QueueWorker::begin(const virtio::RingLayout &layout, std::uint16_t next_avail, bool event_idx) noexcept {
+  if (!map_ring(layout, next_avail, event_idx)) {
     VB_LOG_ERROR("%s: cannot map the ring (desc 0x%llx, avail 0x%llx, used 0x%llx, size %u)", name_.c_str(),
                  static_cast<unsigned long long>(layout.desc), static_cast<unsigned long long>(layout.avail),
                  static_cast<unsigned long long>(layout.used), layout.num);
@@ -105,7 +127,7 @@ bool QueueWorker::begin(const virtio::RingLayout &layout, std::uint16_t next_ava
     kick_fd_ = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     if (kick_fd_ < 0) {
       VB_LOG_ERROR("%s: eventfd: %s", name_.c_str(), errno_text(errno));
-      ring_.stop();
+      unmap_ring();
       return false;
     }
     kick_watch_ = std::make_unique<IoWatch>(loop_, kick_fd_, [this](short) { on_kick(); });
@@ -117,7 +139,7 @@ bool QueueWorker::begin(const virtio::RingLayout &layout, std::uint16_t next_ava
     host_.set_kickfd(index_, kick_fd_);
   } catch (const std::exception &e) {
     VB_LOG_ERROR("%s: %s", name_.c_str(), e.what());
-    ring_.stop();
+    unmap_ring();
     return false;
   }
   pushed_ = false;
@@ -131,7 +153,7 @@ bool QueueWorker::start_sync(const virtio::RingLayout &layout, std::uint16_t nex
       return;
     if (log_ && !log_->start(layout.num, next_avail, ring_.used_idx())) {
       VB_LOG_ERROR("%s: a ring of %u does not fit the recovery state", name_.c_str(), layout.num);
-      ring_.stop();
+      unmap_ring();
       return;
     }
     ok = true;
@@ -141,7 +163,32 @@ bool QueueWorker::start_sync(const virtio::RingLayout &layout, std::uint16_t nex
   return ok;
 }
 
-bool QueueWorker::resume_sync(const virtio::RingLayout &layout, bool event_idx, std::uint16_t kernel_avail) {
+// Worker thread, reattaching without a log to trust: nothing says which requests were in
+// flight, so only a ring with nothing outstanding (used == avail) is served, from there, without
+// losing or repeating one. The ring is mapped (at 0) on entry.
+bool QueueWorker::serve_if_nothing_outstanding(const virtio::RingLayout &layout, bool event_idx) noexcept {
+  const std::uint16_t used = ring_.used_idx();
+  const std::uint16_t avail = ring_.pending(); // started at 0: the driver's avail index
+  unmap_ring();
+  if (avail != used) {
+    VB_LOG_ERROR("%s: no recovery state that saw this ring, and requests outstanding (used %u, avail %u): the queue "
+                 "is not served, so none is repeated or lost; restore the state directory or reset the device",
+                 name_.c_str(), used, avail);
+    return false;
+  }
+  if (!begin(layout, used, event_idx))
+    return false;
+  if (log_ && !log_->start(layout.num, used, used)) {
+    VB_LOG_ERROR("%s: a ring of %u does not fit the recovery state", name_.c_str(), layout.num);
+    unmap_ring();
+    return false;
+  }
+  process();
+  return true;
+}
+
+bool QueueWorker::resume_sync(const virtio::RingLayout &layout, bool event_idx, std::uint16_t kernel_avail,
+                              bool log_trusted) {
   bool ok = false;
   bool fresh = false;
   run_sync([&] {
@@ -153,21 +200,8 @@ bool QueueWorker::resume_sync(const virtio::RingLayout &layout, bool event_idx, 
     // Map first: the log is checked against what the used ring really holds.
     if (!begin(layout, 0, event_idx))
       return;
-    if (!log_) {
-      // Without a log nothing says which requests were in flight; only a ring with nothing
-      // outstanding (used == avail) can be served without losing or repeating one.
-      const std::uint16_t used = ring_.used_idx();
-      const std::uint16_t avail = ring_.pending(); // started at 0: the driver's avail index
-      ring_.stop();
-      if (avail != used) {
-        VB_LOG_ERROR("%s: no recovery state and requests outstanding (used %u): the queue is not served, so none is "
-                     "repeated or lost; restore the state directory or reset the device",
-                     name_.c_str(), used);
-        return;
-      }
-      ok = begin(layout, used, event_idx);
-      if (ok)
-        process();
+    if (!log_ || !log_trusted) {
+      ok = serve_if_nothing_outstanding(layout, event_idx);
       return;
     }
     recovery::QueueLog::Recovered rec;
@@ -175,21 +209,20 @@ bool QueueWorker::resume_sync(const virtio::RingLayout &layout, bool event_idx, 
       rec = log_->recover(ring_.used_idx());
     } catch (const std::exception &e) {
       VB_LOG_ERROR("%s: %s; the queue is not served", name_.c_str(), e.what());
-      ring_.stop();
+      unmap_ring();
       return;
     }
     if (!rec.started) {
-      ring_.stop();
+      unmap_ring();
       fresh = true; // the predecessor never started this queue: nothing was in flight
       return;
     }
     if (rec.ring_size != layout.num) {
       VB_LOG_ERROR("%s: the recovery state describes a ring of %u, the driver's has %u; the queue is not served",
                    name_.c_str(), rec.ring_size, layout.num);
-      ring_.stop();
+      unmap_ring();
       return;
     }
-    ring_.stop();
     if (!begin(layout, rec.next_avail, event_idx))
       return;
     VB_LOG_INFO("%s: resumed at avail %u, used %u; resubmitting %zu request(s) in flight%s", name_.c_str(),
@@ -199,7 +232,7 @@ bool QueueWorker::resume_sync(const virtio::RingLayout &layout, bool event_idx, 
       std::unique_ptr<Slot> slot = take_slot();
       const virtio::PopResult r = ring_.chain_at(head, slot->chain);
       if (r == virtio::PopResult::broken) {
-        free_slots_.push_back(std::move(slot));
+        recycle(std::move(slot));
         continue;
       }
       submit_chain(std::move(slot), r);
@@ -215,6 +248,25 @@ bool QueueWorker::resume_sync(const virtio::RingLayout &layout, bool event_idx, 
   if (fresh)
     return start_sync(layout, kernel_avail, event_idx);
   return ok;
+}
+
+void QueueWorker::remap_sync() {
+  run_sync([this] {
+    if (!ring_.started())
+      return;
+    const std::uint64_t pin = memory_.pin();
+    if (!ring_.remap()) {
+      memory_.unpin(pin);
+      memory_.unpin(ring_pin_);
+      VB_LOG_ERROR("%s: the driver's rings are no longer mapped after an IOTLB update; queue stopped until the "
+                   "device is reset",
+                   name_.c_str());
+      stop_ring(true);
+      return;
+    }
+    memory_.unpin(ring_pin_); // the old mappings of the rings are no longer needed
+    ring_pin_ = pin;
+  });
 }
 
 void QueueWorker::abandon_sync() {
@@ -235,30 +287,47 @@ void QueueWorker::stop_sync() {
 void QueueWorker::stop_ring(bool reset_log) noexcept {
   if (ring_.started())
     stopped_next_avail_ = ring_.next_avail();
-  ring_.stop();
+  unmap_ring();
   // A reset: nothing of this start is to be replayed by a successor.
   if (log_ && reset_log)
     log_->stop();
   ++generation_;
+  drop_fenced();
   // Requests still in the backend keep their slots until they complete; their results are
   // dropped then (the driver reset the queue and no longer expects them).
   for (auto &slot : in_flight_)
     if (slot)
-      (void)slot.release(); // owned by the backend now; on_backend_done returns it to free_slots_
+      (void)slot.release(); // owned by the backend now; on_backend_done recycles it
   in_flight_.clear();
+  outstanding_old_ = outstanding_;
+  // A reset (not a planned restart, whose successor resubmits): what the backend holds unsent
+  // never reaches the storage now; what it sent completes, and the next driver's requests wait
+  // for that (submit_fenced) so an old write cannot land after a new one.
+  if (reset_log && backend_queue_ && outstanding_old_ > 0)
+    backend_queue_->fence();
   notify_check_.cancel();
   reprocess_.cancel();
 }
 
 std::uint16_t QueueWorker::next_avail_sync() {
   std::uint16_t v = 0;
-  run_sync([&] { v = ring_.started() ? ring_.next_avail() : stopped_next_avail_; });
+  run_sync([&] {
+    if (ring_.started())
+      v = ring_.next_avail();
+    else if (log_ && log_->started())
+      v = log_->next_avail(); // reattached, not resumed yet: where the predecessor stopped
+    else
+      v = stopped_next_avail_;
+  });
   return v;
 }
 
 QueueStats QueueWorker::stats_sync() {
   QueueStats s;
-  run_sync([&] { s = stats_; });
+  run_sync([&] {
+    s = stats_;
+    s.broken = broken_;
+  });
   return s;
 }
 
@@ -278,15 +347,23 @@ bool QueueWorker::drain_sync(unsigned timeout_ms) {
 void QueueWorker::on_kick() noexcept { process(); }
 
 // A recycled slot, or a new one (slots are big: allocated once per request in flight at peak).
+// Pinned: what it maps stays valid until recycle().
 std::unique_ptr<QueueWorker::Slot> QueueWorker::take_slot() {
+  std::unique_ptr<Slot> slot;
   if (free_slots_.empty()) {
-    auto slot = std::make_unique<Slot>();
+    slot = std::make_unique<Slot>();
     slot->owner = this;
-    return slot;
+  } else {
+    slot = std::move(free_slots_.back());
+    free_slots_.pop_back();
   }
-  auto slot = std::move(free_slots_.back());
-  free_slots_.pop_back();
+  slot->pin = memory_.pin();
   return slot;
+}
+
+void QueueWorker::recycle(std::unique_ptr<Slot> slot) noexcept {
+  memory_.unpin(slot->pin);
+  free_slots_.push_back(std::move(slot));
 }
 
 void QueueWorker::process() noexcept {
@@ -299,14 +376,14 @@ void QueueWorker::process() noexcept {
       std::unique_ptr<Slot> slot = take_slot();
       const virtio::PopResult r = ring_.pop(slot->chain);
       if (r == virtio::PopResult::empty) {
-        free_slots_.push_back(std::move(slot));
+        recycle(std::move(slot));
         break;
       }
       if (r == virtio::PopResult::broken) {
         VB_LOG_ERROR("%s: the driver corrupted the available ring (%s); queue stopped until the device is reset",
                      name_.c_str(), virtio::to_string(ring_.last_error()));
         broken_ = true;
-        free_slots_.push_back(std::move(slot));
+        recycle(std::move(slot));
         return;
       }
       --budget;
@@ -315,7 +392,7 @@ void QueueWorker::process() noexcept {
         VB_LOG_ERROR("%s: the driver made head %u available twice; queue stopped until the device is reset",
                      name_.c_str(), slot->chain.head);
         broken_ = true;
-        free_slots_.push_back(std::move(slot));
+        recycle(std::move(slot));
         return;
       }
       submit_chain(std::move(slot), r);
@@ -333,6 +410,14 @@ void QueueWorker::process() noexcept {
 
 // A popped (or replayed) chain: a malformed one is failed at once, a valid one is handled.
 void QueueWorker::submit_chain(std::unique_ptr<Slot> slot, virtio::PopResult r) noexcept {
+  if (r == virtio::PopResult::bad_chain && in_flight_[slot->chain.head]) {
+    // Its head is still ours: failing it now would hand the head back twice.
+    VB_LOG_ERROR("%s: the driver made head %u available twice; queue stopped until the device is reset", name_.c_str(),
+                 slot->chain.head);
+    broken_ = true;
+    recycle(std::move(slot));
+    return;
+  }
   if (r == virtio::PopResult::bad_chain) {
     ++stats_.bad_chains;
     counters_->record_bad_chain();
@@ -340,7 +425,7 @@ void QueueWorker::submit_chain(std::unique_ptr<Slot> slot, virtio::PopResult r) 
       VB_LOG_WARN("%s: malformed descriptor chain at head %u: %s (request failed)", name_.c_str(), slot->chain.head,
                   virtio::to_string(ring_.last_error()));
     publish(slot->chain.head, ring_.mark_bad_chain(slot->chain, VIRTIO_BLK_S_IOERR));
-    free_slots_.push_back(std::move(slot));
+    recycle(std::move(slot));
     return;
   }
   handle_chain(std::move(slot));
@@ -365,7 +450,7 @@ void QueueWorker::handle_chain(std::unique_ptr<Slot> slot) noexcept {
     VB_LOG_ERROR("%s: the driver made head %u available twice; queue stopped until the device is reset", name_.c_str(),
                  head);
     broken_ = true;
-    free_slots_.push_back(std::move(slot));
+    recycle(std::move(slot));
     return;
   }
   ++stats_.requests;
@@ -378,6 +463,14 @@ void QueueWorker::handle_chain(std::unique_ptr<Slot> slot) noexcept {
     complete(s, 0);
     return;
   }
+  if (outstanding_old_ > 0) {
+    fenced_.push_back(s); // the previous driver's requests are still finishing in the backend
+    return;
+  }
+  submit_to_backend(s);
+}
+
+void QueueWorker::submit_to_backend(Slot *s) noexcept {
   ++outstanding_;
   counters_->set_in_flight(outstanding_);
   const int rc = backend_queue_->submit(s->req.backend, &QueueWorker::on_backend_done, s);
@@ -389,6 +482,23 @@ void QueueWorker::handle_chain(std::unique_ptr<Slot> slot) noexcept {
   // On success the slot may already be completed and recycled (inline completion): not touched.
 }
 
+// Requests waiting for a fence never reached the backend: the driver no longer expects them.
+void QueueWorker::drop_fenced() noexcept {
+  for (Slot *s : fenced_) {
+    (void)in_flight_[s->chain.head].release(); // owned by fenced_ until now
+    recycle(std::unique_ptr<Slot>(s));
+  }
+  fenced_.clear();
+}
+
+// The last request from before a reset has finished: the new driver's requests go out, oldest first.
+void QueueWorker::submit_fenced() noexcept {
+  std::vector<Slot *> waiting;
+  waiting.swap(fenced_);
+  for (Slot *s : waiting)
+    submit_to_backend(s);
+}
+
 void QueueWorker::on_backend_done(void *ctx, int error) noexcept {
   auto *slot = static_cast<Slot *>(ctx);
   QueueWorker *self = slot->owner;
@@ -396,7 +506,9 @@ void QueueWorker::on_backend_done(void *ctx, int error) noexcept {
   self->counters_->set_in_flight(self->outstanding_);
   if (slot->generation != self->generation_) {
     // Completed after a reset: the driver no longer expects it; just recycle the slot.
-    self->free_slots_.push_back(std::unique_ptr<Slot>(slot));
+    self->recycle(std::unique_ptr<Slot>(slot));
+    if (self->outstanding_old_ > 0 && --self->outstanding_old_ == 0)
+      self->submit_fenced();
     return;
   }
   self->complete(slot, error);
@@ -414,10 +526,7 @@ void QueueWorker::complete(Slot *slot, int error) noexcept {
   release(slot);
 }
 
-void QueueWorker::release(Slot *slot) noexcept {
-  auto &owned = in_flight_[slot->chain.head];
-  free_slots_.push_back(std::move(owned));
-}
+void QueueWorker::release(Slot *slot) noexcept { recycle(std::move(in_flight_[slot->chain.head])); }
 
 void QueueWorker::notify() noexcept {
   // Only after something was published: an interrupt for nothing costs the driver a wasted scan.

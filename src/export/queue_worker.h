@@ -29,6 +29,7 @@ struct QueueStats {
   std::uint64_t errors = 0;     // completed with a status other than OK
   std::uint64_t bad_chains = 0; // malformed chains failed without parsing
   std::uint64_t interrupts = 0;
+  bool broken = false; // the driver corrupted the ring: not served until the device is reset
 };
 
 class QueueWorker {
@@ -50,11 +51,16 @@ public:
   // detached): repairs the in-flight log against the used ring, resubmits what was in flight
   // (oldest first), then serves the ring from where the predecessor stopped and injects one
   // interrupt. kernel_avail is the kernel's avail index for a queue the log never saw started.
-  // Without a log the queue is served only if nothing is outstanding (used == avail). Returns
+  // Without a log, or with log_trusted false (the log was created after the device: it never
+  // saw this ring), the queue is served only if nothing is outstanding (used == avail). Returns
   // false (the queue is not served) if the ring cannot be mapped or the log does not fit it.
-  bool resume_sync(const virtio::RingLayout &layout, bool event_idx, std::uint16_t kernel_avail);
+  bool resume_sync(const virtio::RingLayout &layout, bool event_idx, std::uint16_t kernel_avail,
+                   bool log_trusted = true);
   // Control thread. Stops consuming the ring (device reset): results of requests still in the
-  // backend are dropped when they arrive; nothing is written to the ring any more.
+  // backend are dropped when they arrive; nothing is written to the ring any more. The old
+  // driver's I/O is fenced: what the backend has not sent yet is dropped (BackendQueue::fence),
+  // and the new driver's requests wait until what was already sent has finished, so nothing
+  // from before the reset lands after a write made after it.
   void stop_sync();
   // Control thread. Planned restart: stops taking new requests from the ring (kicks are left
   // unanswered) while requests in flight still complete normally; the in-flight log stays valid
@@ -63,7 +69,12 @@ public:
   // Control thread, after pause_sync() and drain_sync(): stops using the ring without touching
   // the in-flight log (unlike stop_sync(), which is a reset); late results are dropped.
   void abandon_sync();
-  // Control thread. The next available index this queue would consume (GET_VQ_STATE).
+  // Control thread, after the kernel retired mappings (UPDATE_IOTLB) and before it is answered:
+  // translates the rings again (requests in flight keep the mappings they were given, pinned).
+  // A ring that is no longer mapped stops the queue until the device is reset.
+  void remap_sync();
+  // Control thread. The next available index this queue would consume (GET_VQ_STATE); before a
+  // reattached queue resumes, the one its recovery log holds.
   std::uint16_t next_avail_sync();
   QueueStats stats_sync();
   // Any thread: the queue's counters and latency histograms (snapshots are lock-free).
@@ -81,6 +92,13 @@ private:
   void handle_chain(std::unique_ptr<Slot> slot) noexcept;
   void complete(Slot *slot, int error) noexcept;
   bool begin(const virtio::RingLayout &layout, std::uint16_t next_avail, bool event_idx) noexcept;
+  bool map_ring(const virtio::RingLayout &layout, std::uint16_t next_avail, bool event_idx) noexcept;
+  void unmap_ring() noexcept;
+  bool serve_if_nothing_outstanding(const virtio::RingLayout &layout, bool event_idx) noexcept;
+  void submit_to_backend(Slot *s) noexcept;
+  void submit_fenced() noexcept;
+  void drop_fenced() noexcept;
+  void recycle(std::unique_ptr<Slot> slot) noexcept;
   void publish(std::uint16_t head, std::uint32_t len) noexcept;
   void stop_ring(bool reset_log) noexcept;
   void submit_chain(std::unique_ptr<Slot> slot, virtio::PopResult r) noexcept;
@@ -107,10 +125,13 @@ private:
   bool broken_ = false;
   bool paused_ = false;                          // planned restart: no more pops
   bool pushed_ = false;                          // used entries published since the last notification decision
+  std::uint64_t ring_pin_ = 0;                   // GuestMemory pin held while the ring is mapped
   std::uint32_t generation_ = 0;                 // bumped on every stop: completions of older ones are dropped
   std::vector<std::unique_ptr<Slot>> in_flight_; // by head, for the current generation
   std::vector<std::unique_ptr<Slot>> free_slots_;
-  std::size_t outstanding_ = 0; // in the backend, all generations
+  std::size_t outstanding_ = 0;     // in the backend, all generations
+  std::size_t outstanding_old_ = 0; // in the backend, from before the last reset
+  std::vector<Slot *> fenced_;      // the new driver's requests, waiting for those (oldest first)
   std::uint16_t stopped_next_avail_ = 0;
   QueueStats stats_;
   std::unique_ptr<metrics::QueueCounters> counters_ = std::make_unique<metrics::QueueCounters>();

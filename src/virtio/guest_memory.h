@@ -21,6 +21,13 @@ public:
   // A pointer to [iova, iova + len) when that range lies in one mapped region; nullptr otherwise.
   // For rings and indirect tables.
   virtual void *map_contiguous(std::uint64_t iova, std::uint64_t len, bool write) noexcept = 0;
+
+  // Pins the mappings handed out from now on: a mapping the kernel retires (UPDATE_IOTLB, reset)
+  // stays valid in this process until every pin taken before the retirement is released, so a
+  // request in flight never touches freed memory and a held write never sends other bytes.
+  // Returns a token for unpin(). Any thread; every pin() is matched by exactly one unpin().
+  virtual std::uint64_t pin() noexcept { return 0; }
+  virtual void unpin(std::uint64_t /*token*/) noexcept {}
 };
 
 } // namespace vb::virtio

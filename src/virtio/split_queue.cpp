@@ -57,6 +57,22 @@ const char *to_string(ChainError e) noexcept {
   return "unknown";
 }
 
+bool SplitQueue::map_rings(GuestMemory &mem, const RingLayout &layout) noexcept {
+  const std::uint16_t num = layout.num;
+  auto *desc = static_cast<const VringDesc *>(mem.map_contiguous(layout.desc, 16ULL * num, false));
+  auto *avail = static_cast<std::uint16_t *>(mem.map_contiguous(layout.avail, AvailRing::bytes(num), false));
+  auto *used = static_cast<std::uint16_t *>(mem.map_contiguous(layout.used, UsedRing::bytes(num), true));
+  if (!desc || !avail || !used)
+    return false;
+  mem_ = &mem;
+  layout_ = layout;
+  desc_ = desc;
+  avail_.base = avail;
+  used_.base = used;
+  num_ = num;
+  return true;
+}
+
 bool SplitQueue::start(GuestMemory &mem, const RingLayout &layout, std::uint16_t next_avail, bool event_idx) noexcept {
   stop();
   const std::uint16_t num = layout.num;
@@ -65,22 +81,25 @@ bool SplitQueue::start(GuestMemory &mem, const RingLayout &layout, std::uint16_t
   // Alignment required by the spec (2.7): also what makes the atomic accesses well-defined.
   if (layout.desc % 16 != 0 || layout.avail % 2 != 0 || layout.used % 4 != 0)
     return false;
-  auto *desc = static_cast<const VringDesc *>(mem.map_contiguous(layout.desc, 16ULL * num, false));
-  auto *avail = static_cast<std::uint16_t *>(mem.map_contiguous(layout.avail, AvailRing::bytes(num), false));
-  auto *used = static_cast<std::uint16_t *>(mem.map_contiguous(layout.used, UsedRing::bytes(num), true));
-  if (!desc || !avail || !used)
+  if (!map_rings(mem, layout))
     return false;
-  mem_ = &mem;
-  desc_ = desc;
-  avail_.base = avail;
-  used_.base = used;
-  num_ = num;
   last_avail_ = next_avail;
   used_idx_ = load_relaxed(used_.idx());
   signalled_used_valid_ = false;
   event_idx_ = event_idx;
   last_error_ = ChainError::none;
   return true;
+}
+
+bool SplitQueue::remap() noexcept {
+  if (!started())
+    return false;
+  GuestMemory &mem = *mem_;
+  const RingLayout layout = layout_;
+  if (map_rings(mem, layout))
+    return true;
+  stop();
+  return false;
 }
 
 void SplitQueue::stop() noexcept {

@@ -61,6 +61,10 @@ public:
   bool start(GuestMemory &mem, const RingLayout &layout, std::uint16_t next_avail, bool event_idx) noexcept;
   void stop() noexcept;
   bool started() const noexcept { return desc_ != nullptr; }
+  // Translates the ring addresses again, keeping the indices: after the kernel retired the
+  // mappings (UPDATE_IOTLB), the rings may live elsewhere in this process. Returns false (the
+  // queue is stopped) if a ring is no longer mapped.
+  bool remap() noexcept;
 
   // Pops the next chain. With ok or bad_chain the head is consumed and must be completed once,
   // with push() or fail_bad_chain().
@@ -100,11 +104,13 @@ public:
   std::uint16_t pending() const noexcept;
 
 private:
+  bool map_rings(GuestMemory &mem, const RingLayout &layout) noexcept;
   bool walk(std::uint16_t head, Chain &chain) noexcept;
   bool add_buffer(const VringDesc &d, bool write, Chain &chain) noexcept;
   std::uint8_t *find_status_byte(std::uint16_t head) noexcept;
 
   GuestMemory *mem_ = nullptr;
+  RingLayout layout_;
   const VringDesc *desc_ = nullptr;
   AvailRing avail_{nullptr};
   UsedRing used_{nullptr};

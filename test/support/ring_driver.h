@@ -8,27 +8,82 @@
 #include "virtio/ring.h"
 #include "virtio/split_queue.h"
 
+#include <atomic>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
+#include <map>
+#include <memory>
+#include <mutex>
 #include <stdexcept>
 #include <vector>
 
 namespace vb::test {
 
 // Guest memory: one buffer at IOVA base, cut into regions at the given boundaries (so buffers
-// can span regions), optionally with a read-only range.
+// can span regions), optionally with a read-only range. relocate() models the kernel retiring
+// every mapping (UPDATE_IOTLB): the contents move to a new buffer, and the old one keeps them
+// only while pins taken before the move are held, then is poisoned (0xEE), as a mapping the
+// daemon must no longer use.
 class ArenaMemory : public virtio::GuestMemory {
 public:
-  explicit ArenaMemory(std::size_t size, std::uint64_t base = 0x100000) : base_(base), bytes_(size) {}
+  static constexpr std::uint8_t kPoison = 0xEE;
+
+  explicit ArenaMemory(std::size_t size, std::uint64_t base = 0x100000) : base_(base), size_(size) {
+    buffers_.push_back({std::make_unique<std::uint8_t[]>(size), 0, false});
+    data_.store(buffers_.back().bytes.get());
+  }
 
   std::uint64_t base() const { return base_; }
-  std::uint64_t end() const { return base_ + bytes_.size(); }
-  std::uint8_t *ptr(std::uint64_t iova) { return bytes_.data() + (iova - base_); }
+  std::uint64_t end() const { return base_ + size_; }
+  std::uint8_t *ptr(std::uint64_t iova) { return data_.load() + (iova - base_); }
 
   // Region boundaries: IOVAs where one mapping ends and the next begins.
   void split_at(std::uint64_t iova) { cuts_.push_back(iova); }
   // Device may only read [start, end).
   void read_only(std::uint64_t start, std::uint64_t end) { ro_.push_back({start, end}); }
+
+  // Moves the contents; the old buffer is poisoned once no pin from before needs it.
+  void relocate() {
+    std::lock_guard lock(pin_mu_);
+    auto fresh = std::make_unique<std::uint8_t[]>(size_);
+    std::memcpy(fresh.get(), data_.load(), size_);
+    buffers_.back().retired_epoch = epoch_++;
+    buffers_.back().retired = true;
+    buffers_.push_back({std::move(fresh), 0, false});
+    data_.store(buffers_.back().bytes.get());
+    poison_unpinned();
+  }
+  // Old buffers still intact because a pin needs them.
+  std::size_t retired_alive() {
+    std::lock_guard lock(pin_mu_);
+    std::size_t n = 0;
+    for (const auto &b : buffers_)
+      n += b.retired && !b.poisoned ? 1 : 0;
+    return n;
+  }
+  std::size_t pins() {
+    std::lock_guard lock(pin_mu_);
+    std::size_t n = 0;
+    for (const auto &p : pins_)
+      n += p.second;
+    return n;
+  }
+
+  std::uint64_t pin() noexcept override {
+    std::lock_guard lock(pin_mu_);
+    ++pins_[epoch_];
+    return epoch_;
+  }
+  void unpin(std::uint64_t token) noexcept override {
+    std::lock_guard lock(pin_mu_);
+    auto it = pins_.find(token);
+    if (it == pins_.end() || it->second == 0)
+      std::abort(); // an unpin without its pin: the bug these tests look for
+    if (--it->second == 0)
+      pins_.erase(it);
+    poison_unpinned();
+  }
 
   bool map(std::uint64_t iova, std::uint64_t len, bool write, iovec *out, unsigned &n, unsigned cap) noexcept override {
     if (len == 0)
@@ -66,17 +121,36 @@ public:
   }
 
 private:
+  struct Buffer {
+    std::unique_ptr<std::uint8_t[]> bytes;
+    std::uint64_t retired_epoch;
+    bool retired;
+    bool poisoned = false;
+  };
   bool overlaps_ro(std::uint64_t a, std::uint64_t b) const {
     for (auto [s, e] : ro_)
       if (a < e && s < b)
         return true;
     return false;
   }
+  void poison_unpinned() { // pin_mu_ held
+    const std::uint64_t oldest = pins_.empty() ? UINT64_MAX : pins_.begin()->first;
+    for (auto &b : buffers_)
+      if (b.retired && !b.poisoned && b.retired_epoch < oldest) {
+        std::memset(b.bytes.get(), kPoison, size_);
+        b.poisoned = true;
+      }
+  }
 
   std::uint64_t base_;
-  std::vector<std::uint8_t> bytes_;
+  std::size_t size_;
+  std::vector<Buffer> buffers_; // every buffer ever used, so a late access is never a use-after-free
+  std::atomic<std::uint8_t *> data_{nullptr};
   std::vector<std::uint64_t> cuts_;
   std::vector<std::pair<std::uint64_t, std::uint64_t>> ro_;
+  std::mutex pin_mu_;
+  std::uint64_t epoch_ = 0;
+  std::map<std::uint64_t, std::size_t> pins_;
 };
 
 struct Buf {

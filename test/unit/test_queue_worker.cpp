@@ -42,14 +42,31 @@ public:
     vb::Request req;
     vb::CompletionFn done;
     void *ctx;
+    bool sent;        // reached the "server"; false while server_down (held for a reconnect)
+    std::string data; // a write's bytes as they were when it was accepted
   };
   class Queue final : public vb::BackendQueue {
   public:
     explicit Queue(HoldingBackend &b) : b_(b) {}
     int submit(const vb::Request &req, vb::CompletionFn done, void *ctx) noexcept override {
       std::lock_guard lock(b_.mu);
-      b_.held.push_back({req, done, ctx});
+      b_.held.push_back({req, done, ctx, !b_.server_down, {}});
+      b_.submitted.push_back(req.offset);
       return 0;
+    }
+    // As a network backend does: what was never sent is dropped, the rest is left to finish.
+    void fence() noexcept override {
+      std::lock_guard lock(b_.mu);
+      ++b_.fences;
+      for (std::size_t i = 0; i < b_.held.size();) {
+        if (b_.held[i].sent) {
+          ++i;
+          continue;
+        }
+        const Held h = b_.held[i];
+        b_.held.erase(b_.held.begin() + static_cast<long>(i));
+        b_.loop->post([h] { h.done(h.ctx, ECANCELED); });
+      }
     }
 
   private:
@@ -81,10 +98,22 @@ public:
     loop->post([h, error] { h.done(h.ctx, error); });
   }
 
+  // The bytes of held request i's buffers, read now.
+  std::string held_data(std::size_t i) {
+    std::lock_guard lock(mu);
+    std::string out;
+    for (int k = 0; k < held[i].req.iovcnt; ++k)
+      out.append(static_cast<const char *>(held[i].req.iov[k].iov_base), held[i].req.iov[k].iov_len);
+    return out;
+  }
+
   vb::BackendCapabilities caps;
   vb::EventLoop *loop = nullptr;
   std::mutex mu;
   std::vector<Held> held;
+  std::vector<std::uint64_t> submitted; // offsets, in submission order
+  bool server_down = false;
+  int fences = 0;
 };
 
 struct Engine {
@@ -295,4 +324,116 @@ TEST_CASE("engine: with EVENT_IDX the driver is interrupted only when it asked")
   e.kick();
   e.wait_used(4);
   REQUIRE(vb::test::wait_until([&] { return e.host.irqs.load() == 2; }));
+}
+
+// Issue 12, item 1: the kernel retires every mapping (a VMM's memory map changed after
+// DRIVER_OK, as SeaBIOS's shadow RAM does); the rings must be translated again, or completions
+// go to memory the driver no longer looks at and the guest hangs.
+TEST_CASE("engine: after the driver's memory moves, the rings are translated again and requests complete") {
+  vb::MemoryBackend backend(1 << 20);
+  Engine e(backend);
+  auto flush = [&] {
+    const auto h = e.header(VIRTIO_BLK_T_FLUSH, 0);
+    const auto st = e.drv.alloc(1);
+    e.drv.add_chain({{h, 16, false}, {st, 1, true}});
+    return st;
+  };
+  flush();
+  e.kick();
+  e.wait_used(1);
+  e.mem.relocate(); // UPDATE_IOTLB over everything
+  e.worker->remap_sync();
+  CHECK(e.mem.retired_alive() == 0); // the rings no longer pin the old mapping
+  const auto st = flush();
+  e.kick();
+  e.wait_used(2);
+  CHECK(e.status(st) == VIRTIO_BLK_S_OK);
+}
+
+// Item 1, second half: a request in flight keeps the mapping it was given until it completes; a
+// write held in the backend across the move still carries the driver's bytes, not other memory.
+TEST_CASE("engine: a write held across a remap keeps the driver's bytes, and the old mapping goes after it") {
+  HoldingBackend backend;
+  Engine e(backend);
+  const auto h = e.header(VIRTIO_BLK_T_OUT, 8);
+  const auto data = e.drv.alloc(4096);
+  std::memset(e.mem.ptr(data), 0x5A, 4096);
+  const auto st = e.drv.alloc(1);
+  e.drv.add_chain({{h, 16, false}, {data, 4096, false}, {st, 1, true}});
+  e.kick();
+  REQUIRE(vb::test::wait_until([&] { return backend.count() == 1; }));
+  e.mem.relocate();
+  e.worker->remap_sync();
+  CHECK(backend.held_data(0) == std::string(4096, '\x5A'));
+  CHECK(e.mem.retired_alive() == 1); // pinned by the write in flight
+  backend.release(0, 0);
+  e.wait_used(1);
+  CHECK(e.status(st) == VIRTIO_BLK_S_OK);
+  REQUIRE(vb::test::wait_until([&] { return e.mem.retired_alive() == 0; }));
+}
+
+// Item 2: a reset fences the old driver's I/O. What the backend held unsent (the server was
+// away) never reaches it; what it had sent finishes before the new driver's first request goes.
+TEST_CASE("engine: after a reset nothing held from before reaches the backend, and new I/O waits for what was sent") {
+  HoldingBackend backend;
+  Engine e(backend);
+  auto write = [&](std::uint64_t sector) {
+    const auto h = e.header(VIRTIO_BLK_T_OUT, sector);
+    const auto data = e.drv.alloc(512);
+    const auto st = e.drv.alloc(1);
+    e.drv.add_chain({{h, 16, false}, {data, 512, false}, {st, 1, true}});
+  };
+  write(1); // reaches the server
+  e.kick();
+  REQUIRE(vb::test::wait_until([&] { return backend.count() == 1; }));
+  {
+    std::lock_guard lock(backend.mu);
+    backend.server_down = true;
+  }
+  write(2); // held by the backend for a reconnect
+  e.kick();
+  REQUIRE(vb::test::wait_until([&] { return backend.count() == 2; }));
+
+  e.worker->stop_sync(); // SET_STATUS 0
+  CHECK(backend.fences == 1);
+  REQUIRE(vb::test::wait_until([&] { return backend.count() == 1; })); // the unsent one is gone
+  {
+    std::lock_guard lock(backend.mu);
+    backend.server_down = false;
+  }
+  // The new driver starts over and writes sector 1 again.
+  REQUIRE(e.worker->start_sync(e.drv.layout(), e.worker->next_avail_sync(), false));
+  write(1);
+  e.kick();
+  REQUIRE(vb::test::wait_until([&] { return e.worker->stats_sync().requests == 3; })); // taken from the ring
+  CHECK(backend.count() == 1); // but waits for the old write still at the server
+  backend.release(0, 0);       // the old write finishes (its result is dropped)
+  REQUIRE(vb::test::wait_until([&] { return backend.count() == 1; }));
+  backend.release(0, 0);
+  e.wait_used(1);
+  std::lock_guard lock(backend.mu);
+  CHECK(backend.submitted == std::vector<std::uint64_t>{512, 1024, 512});
+}
+
+// Item 10: a malformed chain whose head is still in flight must not be answered: the head
+// would be handed back twice.
+TEST_CASE("engine: a malformed chain reusing a head in flight stops the queue instead of completing it twice") {
+  HoldingBackend backend;
+  Engine e(backend);
+  const auto h = e.header(VIRTIO_BLK_T_FLUSH, 0);
+  const auto st = e.drv.alloc(1);
+  const auto head = e.drv.add_chain({{h, 16, false}, {st, 1, true}});
+  e.kick();
+  REQUIRE(vb::test::wait_until([&] { return backend.count() == 1; }));
+  // The driver rewrites the in-flight head's descriptor into garbage and offers it again.
+  RingDriver::set_desc(e.drv.desc(head), 0xdead0000, 16, 0, 0);
+  e.drv.publish(head);
+  e.kick();
+  REQUIRE(vb::test::wait_until([&] { return e.worker->stats_sync().broken; }));
+  CHECK(e.drv.used_idx() == 0);
+  backend.release(0, 0);
+  e.wait_used(1);
+  CHECK(e.worker->drain_sync(5000));
+  CHECK(e.drv.used_idx() == 1);
+  CHECK(e.mem.pins() == 1); // only the ring's own pin: every request's was released
 }
