@@ -7,8 +7,12 @@
 #include <algorithm>
 #include <bit>
 #include <cerrno>
+#include <future>
 #include <libnbd.h>
+#include <memory>
+#include <mutex>
 #include <stdexcept>
+#include <unordered_set>
 
 namespace vb {
 namespace {
@@ -18,9 +22,10 @@ class OwnedQueue final : public BackendQueue {
 public:
   explicit OwnedQueue(std::unique_ptr<NbdConnection> conn) : conn_(std::move(conn)) {}
   int submit(const Request &req, CompletionFn done, void *ctx) noexcept override {
-    return conn_->submit(req, done, ctx);
+    return conn_->submit(req, done, ctx, this);
   }
-  void cancel_all() noexcept override { conn_->cancel_all(); }
+  void cancel_all() noexcept override { conn_->cancel(this); }
+  void fence() noexcept override { conn_->fence(this); }
 
 private:
   std::unique_ptr<NbdConnection> conn_;
@@ -29,38 +34,103 @@ private:
 // A queue without a connection of its own: requests cross to the owner's loop and their
 // completions come back. Costs two wake-ups per request; only used when the server does not
 // allow more connections (no multi-conn) or fewer connections than queues are configured.
+// Requests are tagged with this queue, so a fence or a cancel affects its requests only.
 class ForwardingQueue final : public BackendQueue {
 public:
-  ForwardingQueue(EventLoop &origin, NbdConnection &target) : origin_(origin), target_(target) {}
+  ForwardingQueue(EventLoop &origin, NbdConnection &target)
+      : origin_(origin), target_(target), live_(std::make_shared<Live>()) {}
   int submit(const Request &req, CompletionFn done, void *ctx) noexcept override {
-    auto *f = new (std::nothrow) Forwarded{req, done, ctx, &origin_};
+    auto *f = new (std::nothrow) Forwarded{req, done, ctx, &origin_, live_, 0};
     if (!f)
       return -ENOMEM;
-    NbdConnection *target = &target_;
     try {
-      target_.loop().post([f, target] {
-        const int rc = target->submit(f->req, &Forwarded::on_done, f);
+      {
+        std::lock_guard lock(live_->mu);
+        live_->set.insert(f);
+      }
+      NbdConnection *target = &target_;
+      const void *source = this;
+      target_.loop().post([f, target, source] {
+        const int rc = target->submit(f->req, &Forwarded::on_done, f, source);
         if (rc != 0)
           Forwarded::on_done(f, -rc);
       });
     } catch (...) {
+      std::lock_guard lock(live_->mu);
+      live_->set.erase(f);
       delete f;
       return -ENOMEM;
     }
     return 0;
   }
+  // Posted behind every request this queue forwarded, so it reaches them all and nothing the
+  // queue submits afterwards.
+  void fence() noexcept override {
+    NbdConnection *target = &target_;
+    const void *source = this;
+    try {
+      target_.loop().post([target, source] { target->fence(source); });
+    } catch (...) {
+      VB_LOG_ERROR("nbd: cannot fence a forwarding queue (out of memory)");
+    }
+  }
+  // The owner's loop cancels this queue's requests (waited for: the owner's loop never waits
+  // on this one); then every completion not yet delivered is delivered here, now, so none is
+  // left to run after the queue is gone.
+  void cancel_all() noexcept override {
+    NbdConnection *target = &target_;
+    const void *source = this;
+    try {
+      std::promise<void> done;
+      target_.loop().post([&done, target, source] {
+        target->cancel(source);
+        done.set_value();
+      });
+      done.get_future().wait();
+    } catch (...) {
+      VB_LOG_ERROR("nbd: cannot cancel a forwarding queue's requests (out of memory)");
+    }
+    std::unordered_set<Forwarded *> left;
+    {
+      std::lock_guard lock(live_->mu);
+      left.swap(live_->set);
+    }
+    for (Forwarded *f : left) {
+      f->done(f->ctx, f->error); // every one has its answer: cancel() finished the rest
+      delete f;
+    }
+  }
 
 private:
+  struct Forwarded;
+  // Forwarded requests whose completion has not been delivered yet; a delivery that finds its
+  // request gone (delivered by cancel_all) does nothing.
+  struct Live {
+    std::mutex mu;
+    std::unordered_set<Forwarded *> set;
+  };
   struct Forwarded {
     Request req;
     CompletionFn done;
     void *ctx;
     EventLoop *origin;
+    std::shared_ptr<Live> live;
+    int error; // set on the owner's loop before the completion crosses back
     static void on_done(void *p, int error) noexcept {
       auto *f = static_cast<Forwarded *>(p);
+      std::shared_ptr<Live> live = f->live;
+      {
+        std::lock_guard lock(live->mu);
+        f->error = error;
+      }
       try {
-        f->origin->post([f, error] {
-          f->done(f->ctx, error);
+        f->origin->post([f, live] {
+          {
+            std::lock_guard lock(live->mu);
+            if (live->set.erase(f) == 0)
+              return;
+          }
+          f->done(f->ctx, f->error);
           delete f;
         });
       } catch (...) {
@@ -70,6 +140,7 @@ private:
   };
   EventLoop &origin_;
   NbdConnection &target_;
+  std::shared_ptr<Live> live_;
 };
 
 std::string redact(const std::string &uri) { return uri; } // passwords are refused, nothing to hide

@@ -19,6 +19,8 @@ struct NbdConnection::Job {
   Request req;
   CompletionFn done = nullptr;
   void *ctx = nullptr;
+  const void *source = nullptr; // the submitting queue
+  bool fenced = false;          // the driver reset since: finish, never send again
   std::uint64_t seq = 0;        // submission order, for resubmission oldest first
   std::uint64_t generation = 0; // handle the commands were issued on
   unsigned parts_left = 0;      // NBD commands still outstanding
@@ -204,7 +206,8 @@ std::string export_mismatch(nbd_handle *h, const BackendCapabilities &caps, cons
 NbdConnection::NbdConnection(EventLoop &loop, const NbdOptions &options, const BackendCapabilities &caps,
                              NbdExportSize &size, nbd_handle *handle, std::string name)
     : loop_(loop), options_(options), caps_(caps), size_(size), name_(std::move(name)),
-      reconnect_timer_(loop, [this] { start_connect(); }), tick_(loop, [this] { on_tick(); }) {
+      reconnect_timer_(loop, [this] { start_connect(); }), shutdown_(loop, [this] { on_server_shutdown(); }),
+      tick_(loop, [this] { on_tick(); }) {
   tick_.arm_periodic(std::chrono::milliseconds(250));
   if (handle) {
     h_ = handle;
@@ -236,7 +239,7 @@ NbdConnection::Job *NbdConnection::new_job() noexcept {
   return op;
 }
 
-int NbdConnection::submit(const Request &req, CompletionFn done, void *ctx) noexcept {
+int NbdConnection::submit(const Request &req, CompletionFn done, void *ctx, const void *source) noexcept {
   const std::uint64_t size = size_.get();
   if (req.offset > size || req.length > size - req.offset)
     return -EIO;
@@ -246,6 +249,8 @@ int NbdConnection::submit(const Request &req, CompletionFn done, void *ctx) noex
   op->req = req;
   op->done = done;
   op->ctx = ctx;
+  op->source = source;
+  op->fenced = false;
   op->seq = ++seq_;
   op->error = 0;
   op->submitted = Clock::now();
@@ -387,9 +392,15 @@ int NbdConnection::on_command_done(void *user_data, int *error) noexcept {
   // When the connection dies libnbd retires every command in flight with ENOTCONN (no server
   // sends that); ESHUTDOWN is a server going down. Neither is an answer about the data: leave the
   // job in flight, connection_lost() requeues it.
-  if (*error == ENOTCONN || *error == ESHUTDOWN ||
-      (self->h_ && (nbd_aio_is_dead(self->h_) || nbd_aio_is_closed(self->h_))))
+  if (*error == ENOTCONN || (self->h_ && (nbd_aio_is_dead(self->h_) || nbd_aio_is_closed(self->h_))))
     return 1;
+  if (*error == ESHUTDOWN) {
+    // The server is going away but the socket is still open: nothing else would ever retire
+    // the command. The connection is replaced (not from inside libnbd's callback) and the job,
+    // still in flight, is resubmitted on the next one.
+    self->shutdown_.schedule();
+    return 1;
+  }
   if (*error != 0 && op->error == 0)
     op->error = *error;
   if (--op->parts_left == 0)
@@ -523,6 +534,14 @@ void NbdConnection::issue_held() noexcept {
   }
 }
 
+void NbdConnection::on_server_shutdown() noexcept {
+  if (state_ != State::ready && state_ != State::refreshing)
+    return;
+  connection_lost("the server is shutting down (ESHUTDOWN)");
+  // Not at once: a server going down would answer the next handshake the same way.
+  reconnect_timer_.arm(std::chrono::milliseconds(500));
+}
+
 void NbdConnection::connection_lost(const char *why) noexcept {
   VB_LOG_WARN(
       "%s: connection lost (%s); %zu request(s) in flight will be resubmitted, new I/O is held for up to "
@@ -531,9 +550,14 @@ void NbdConnection::connection_lost(const char *why) noexcept {
       static_cast<long long>(std::chrono::duration_cast<std::chrono::seconds>(options_.reconnect_timeout).count()));
   set_health(Backend::State::reconnecting, std::string("connection lost: ") + why);
   close_handle();
-  for (Job *op : in_flight_)
-    held_.push_back(op);
-  in_flight_.clear();
+  std::vector<Job *> lost;
+  lost.swap(in_flight_);
+  for (Job *op : lost) {
+    if (op->fenced)
+      finish(op, ECANCELED); // from before a reset: may have reached the server, never sent again
+    else
+      held_.push_back(op);
+  }
   state_ = State::down;
   down_since_ = Clock::now();
   ++reconnects_;
@@ -596,6 +620,35 @@ void NbdConnection::cancel_all() noexcept {
   all.insert(all.end(), in_flight_.begin(), in_flight_.end());
   in_flight_.clear();
   for (Job *op : all)
+    finish(op, ECANCELED);
+}
+
+void NbdConnection::cancel(const void *source) noexcept {
+  fence(source);
+  // Commands of that queue on the wire would still read into its buffers: closing the handle
+  // retires them (fenced: completed with ECANCELED); the other queues' are resubmitted.
+  if (std::any_of(in_flight_.begin(), in_flight_.end(), [source](const Job *op) { return op->source == source; }))
+    connection_lost("a queue sharing this connection closed");
+}
+
+void NbdConnection::fence(const void *source) noexcept {
+  std::vector<Job *> unsent;
+  for (std::size_t i = 0; i < held_.size();) {
+    if (held_[i]->source == source) {
+      unsent.push_back(held_[i]);
+      held_[i] = held_.back();
+      held_.pop_back();
+    } else {
+      ++i;
+    }
+  }
+  for (Job *op : in_flight_)
+    if (op->source == source)
+      op->fenced = true;
+  if (!unsent.empty())
+    VB_LOG_INFO("%s: the driver reset the device: %zu request(s) held for the server are dropped", name_.c_str(),
+                unsent.size());
+  for (Job *op : unsent)
     finish(op, ECANCELED);
 }
 

@@ -88,9 +88,17 @@ public:
   // Loop thread. Never fails synchronously except for an invalid request: held while
   // disconnected, resubmitted across reconnects, failed with EIO once the server has been
   // unreachable for longer than reconnect-timeout.
-  int submit(const Request &req, CompletionFn done, void *ctx) noexcept;
+  // source: the BackendQueue that submits (queues forwarding to this connection share it), for
+  // fence() and cancel().
+  int submit(const Request &req, CompletionFn done, void *ctx, const void *source = nullptr) noexcept;
   // Completes everything in flight or held with ECANCELED.
   void cancel_all() noexcept;
+  // Completes source's requests, in flight or held, with ECANCELED (its queue goes away).
+  void cancel(const void *source) noexcept;
+  // The driver reset (BackendQueue::fence) for source's requests: those not sent yet complete
+  // with ECANCELED now; those on the wire complete with the server's answer, or with ECANCELED
+  // if the connection is lost first (never sent again).
+  void fence(const void *source) noexcept;
 
   bool connected() const noexcept { return state_ == State::ready; }
   EventLoop &loop() const noexcept { return loop_; }
@@ -106,6 +114,7 @@ private:
   void start_connect() noexcept;
   void on_connected() noexcept;
   void connection_lost(const char *why) noexcept;
+  void on_server_shutdown() noexcept;
   void close_handle() noexcept;
   void issue(Job *op) noexcept;
   bool issue_range(Job *op, char *buf, std::uint64_t offset, std::uint64_t length, std::uint64_t max) noexcept;
@@ -134,6 +143,7 @@ private:
                   const std::string &why = {}) noexcept; // the export size h_ negotiated: commands past it are refused
   std::unique_ptr<IoWatch> watch_;
   Timer reconnect_timer_;
+  Deferred shutdown_; // the server answered ESHUTDOWN: replace the connection, outside libnbd's callback
   Timer tick_;
   State state_ = State::down;
   bool closing_ = false;

@@ -45,7 +45,14 @@ BlockExport::~BlockExport() {
   alive_.reset();
   if (background_.joinable())
     background_.join();
-  queues_.clear();
+  destroy_queues();
+}
+
+// Last first: a backend queue may forward to a lower-numbered queue's connection (NBD without
+// multi-conn), so the forwarders go while their target still exists.
+void BlockExport::destroy_queues() noexcept {
+  while (!queues_.empty())
+    queues_.pop_back();
 }
 
 std::uint64_t BlockExport::bounce_size() const {
@@ -177,7 +184,7 @@ void BlockExport::stop(const std::function<void()> &on_done, bool for_good) {
             VB_LOG_WARN("%s: backend requests still in flight at shutdown", config_.name.c_str());
         device_watch_.reset();
         health_check_.reset();
-        queues_.clear();
+        destroy_queues();
         iotlb_.reset();
         if (device_ && device_->destroy()) {
           VB_LOG_INFO("%s: device destroyed", config_.name.c_str());
@@ -210,7 +217,7 @@ void BlockExport::leave(const std::function<void()> &on_done) {
     q->abandon_sync();
   device_watch_.reset();
   health_check_.reset();
-  queues_.clear();
+  destroy_queues();
   iotlb_.reset();
   device_.reset(); // closes /dev/vduse/NAME: the kernel keeps the device and holds its I/O
   state_.reset();  // unmapped, the file stays

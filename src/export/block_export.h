@@ -81,6 +81,7 @@ private:
   void resume_queues() noexcept;
   void open_state(std::uint64_t features);
   void stop_queues() noexcept;
+  void destroy_queues() noexcept;
   void run_in_background(std::function<std::string()> work, std::function<void(const std::string &)> then);
   std::uint64_t bounce_size() const;
 

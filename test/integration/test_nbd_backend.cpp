@@ -548,3 +548,135 @@ TEST_CASE("nbd: a server that stops answering is given up on, also mid-handshake
   CHECK(in[0] == 's');
   ::kill(frozen->process().pid(), SIGCONT);
 }
+
+namespace {
+std::string bytes_at(const std::string &path, std::uint64_t offset, std::size_t n) {
+  std::ifstream f(path, std::ios::binary);
+  f.seekg(static_cast<std::streamoff>(offset));
+  std::string s(n, '\0');
+  f.read(s.data(), static_cast<std::streamsize>(n));
+  return s;
+}
+} // namespace
+
+// Issue 12, item 2: after the driver resets the device (a guest rebooting while its server is
+// away), nothing the old driver wrote may reach the server unless it already had: a write held
+// for the reconnect is dropped, and one on the wire when the connection dies is not sent again.
+TEST_CASE("nbd: after a fence, writes held for a reconnect or lost on the wire never reach the server") {
+  if (!have_nbdkit())
+    VB_SKIP("nbdkit not installed");
+  TempDir dir;
+  const std::string image = dir.file("disk.img");
+  {
+    std::ofstream f(image);
+    std::string data(1 << 20, 'o');
+    f.write(data.data(), static_cast<std::streamsize>(data.size()));
+  }
+  // Slow writes keep one on the wire long enough to kill the server under it.
+  const std::vector<std::string> plugin{"file", image, "delay-write=2"};
+  const std::vector<std::string> filter{"--filter=delay"};
+  auto server = std::make_unique<NbdkitServer>(dir, plugin, filter);
+  const std::string socket = server->socket();
+  auto o = options_for("nbd+unix:///?socket=" + socket);
+  o.connections = 1;
+  vb::NbdBackend backend(o);
+  backend.open();
+  vb::EventLoop loop;
+  auto q = backend.open_queue(loop, 0);
+  std::string a(4096, 'A'), b(4096, 'B'), c(4096, 'C');
+  iovec av[1] = {{a.data(), a.size()}}, bv[1] = {{b.data(), b.size()}}, cv[1] = {{c.data(), c.size()}};
+
+  // On the wire: C is sent, the server sleeps on it, then dies before writing it.
+  Result on_wire;
+  REQUIRE(q->submit({vb::Op::write, 8192, 4096, cv, 1}, &Result::on_done, &on_wire) == 0);
+  loop.run_once(false);
+  q->fence();
+  CHECK(on_wire.calls == 0); // sent: it finishes with the server's answer or the connection
+  ::kill(server->process().pid(), SIGKILL);
+  server->process().stop();
+  run_until(loop, [&] { return on_wire.calls > 0; });
+  CHECK(on_wire.error == ECANCELED);
+
+  // Held: the server is away, A waits for the reconnect; the reset drops it.
+  Result held;
+  REQUIRE(q->submit({vb::Op::write, 0, 4096, av, 1}, &Result::on_done, &held) == 0);
+  q->fence();
+  run_until(loop, [&] { return held.calls > 0; });
+  CHECK(held.error == ECANCELED);
+
+  std::filesystem::remove(socket);
+  server =
+      std::make_unique<NbdkitServer>(dir, std::vector<std::string>{"file", image}, std::vector<std::string>{}, socket);
+  CHECK(run(loop, *q, {vb::Op::write, 4096, 4096, bv, 1}) == 0); // the new driver's write
+  CHECK(bytes_at(image, 0, 4096) == std::string(4096, 'o'));
+  CHECK(bytes_at(image, 4096, 4096) == b);
+  CHECK(bytes_at(image, 8192, 4096) == std::string(4096, 'o'));
+}
+
+// Item 10: a server that answers ESHUTDOWN but keeps the socket open; nothing else would ever
+// retire the request (with request-timeout off it waited for ever).
+TEST_CASE("nbd: a request answered with ESHUTDOWN is resubmitted on a new connection, not left stuck") {
+  if (!have_nbdkit())
+    VB_SKIP("nbdkit not installed");
+  TempDir dir;
+  const std::string trigger = dir.file("shutting-down");
+  std::ofstream(trigger).close();
+  NbdkitServer server(dir, {"memory", "1M", "error=ESHUTDOWN", "error-rate=100%", "error-file=" + trigger},
+                      {"--filter=error"});
+  auto o = options_for(server.uri());
+  o.request_timeout = 0ms;
+  vb::NbdBackend backend(o);
+  backend.open();
+  vb::EventLoop loop;
+  auto q = backend.open_queue(loop, 0);
+  std::vector<char> buf(4096, 'x');
+  iovec v[1] = {{buf.data(), buf.size()}};
+  Result r;
+  REQUIRE(q->submit({vb::Op::read, 0, 4096, v, 1}, &Result::on_done, &r) == 0);
+  run_until(loop, [&] { return backend.health().last_error.find("ESHUTDOWN") != std::string::npos; });
+  CHECK(r.calls == 0); // not failed: the server only said it is going away
+  std::filesystem::remove(trigger);
+  run_until(loop, [&] { return r.calls > 0; });
+  CHECK(r.error == 0);
+  CHECK(buf == std::vector<char>(4096, 0));
+}
+
+// Item 10: a queue forwarding to another queue's connection (no multi-conn) cancels its own
+// requests when it goes away, and only those; none of its completions runs after it is gone.
+TEST_CASE("nbd: a forwarding queue's cancel_all completes its own requests now and leaves the owner's alone") {
+  if (!have_nbdkit())
+    VB_SKIP("nbdkit not installed");
+  TempDir dir;
+  auto server = std::make_unique<NbdkitServer>(dir, std::vector<std::string>{"memory", "1M"});
+  const std::string socket = server->socket();
+  auto o = options_for("nbd+unix:///?socket=" + socket);
+  o.connections = 1;
+  vb::NbdBackend backend(o);
+  backend.open();
+  vb::EventLoop owner_loop, forward_loop;
+  std::thread owner_thread;
+  std::unique_ptr<vb::BackendQueue> owner = backend.open_queue(owner_loop, 0);
+  std::unique_ptr<vb::BackendQueue> forwarder = backend.open_queue(forward_loop, 1);
+  server.reset(); // both queues' requests are held for a reconnect
+  std::vector<char> b1(4096), b2(4096);
+  iovec v1[1] = {{b1.data(), b1.size()}}, v2[1] = {{b2.data(), b2.size()}};
+  Result mine, theirs;
+  REQUIRE(owner->submit({vb::Op::read, 0, 4096, v1, 1}, &Result::on_done, &theirs) == 0);
+  std::atomic<bool> stop{false};
+  owner_thread = std::thread([&] {
+    while (!stop)
+      owner_loop.run_once(false), std::this_thread::sleep_for(1ms);
+  });
+  REQUIRE(forwarder->submit({vb::Op::read, 0, 4096, v2, 1}, &Result::on_done, &mine) == 0);
+  forwarder->cancel_all();
+  CHECK(mine.calls == 1);
+  CHECK(mine.error == ECANCELED);
+  forwarder.reset();
+  forward_loop.run_once(false); // nothing left to deliver to a queue that is gone
+  CHECK(mine.calls == 1);
+  stop = true;
+  owner_thread.join();
+  CHECK(theirs.calls == 0); // the owner's request still waits for the server
+  owner->cancel_all();
+  CHECK(theirs.calls == 1);
+}
