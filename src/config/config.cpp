@@ -251,7 +251,7 @@ public:
     try {
       docs = YAML::LoadAll(text);
     } catch (const YAML::Exception &e) {
-      report_.fail(position_of(e.mark), {}, "invalid YAML: " + e.msg);
+      report_.fail(position_of(e.mark), {}, "invalid YAML: " + escaped(e.msg));
     }
     if (docs.empty() || (docs.size() == 1 && docs[0].IsNull()))
       report_.fail({1, 1}, {}, "expected a map with the key 'devices', got an empty file");

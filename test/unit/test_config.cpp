@@ -845,3 +845,12 @@ TEST_CASE("control-timeout: 0 (forever) by default, whole seconds when given") {
   CHECK_THROWS_WITH_AS(vb::parse_config(base + "    control-timeout: soon\n", "t.yaml"),
                        doctest::Contains("t.yaml:6:22: devices[0].control-timeout:"), vb::ConfigError);
 }
+
+TEST_CASE("a YAML syntax error is reported without the raw bytes yaml-cpp puts in its message") {
+  // A NUL makes yaml-cpp read the text as UTF-16/32, and its message then ends in its own
+  // end-of-stream byte (0x04): found by fuzz_config.
+  const std::string msg = error_of(std::string("Z\n\0", 3));
+  CHECK(msg == "test.yaml:2:3: invalid YAML: unknown escape character: \\x04");
+  for (char c : msg)
+    CHECK((c >= 0x20 && c < 0x7f));
+}
