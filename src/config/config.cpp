@@ -12,9 +12,11 @@
 #include <fcntl.h>
 #include <optional>
 #include <span>
+#include <sstream>
 #include <string_view>
 #include <unistd.h>
 #include <unordered_map>
+#include <yaml-cpp/eventhandler.h>
 #include <yaml-cpp/yaml.h>
 
 namespace vb {
@@ -242,23 +244,61 @@ std::optional<std::string_view> near_miss(std::string_view name, std::span<const
   return std::nullopt;
 }
 
+// Where each document of a stream starts and where its root node is, from the parser's events.
+// Not YAML::LoadAll(): yaml-cpp 0.7 (bookworm's) loops there forever, adding an empty document
+// each round until memory runs out, on a token no node can start with (",", "]", "}" where a
+// node belongs: the 4 bytes ",:))" take all memory; upstream yaml-cpp #1319). Such a document
+// consumes nothing: the next one starts where it did, which is how this is caught.
+class DocumentMarks : public YAML::EventHandler {
+public:
+  struct Document {
+    YAML::Mark start;
+    YAML::Mark root;
+    bool has_root = false;
+  };
+  std::vector<Document> documents;
+
+  void OnDocumentStart(const YAML::Mark &mark) override { documents.push_back({mark, mark, false}); }
+  void OnDocumentEnd() override {}
+  void OnNull(const YAML::Mark &mark, YAML::anchor_t) override { node(mark); }
+  void OnAlias(const YAML::Mark &mark, YAML::anchor_t) override { node(mark); }
+  void OnScalar(const YAML::Mark &mark, const std::string &, YAML::anchor_t, const std::string &) override {
+    node(mark);
+  }
+  void OnSequenceStart(const YAML::Mark &mark, const std::string &, YAML::anchor_t,
+                       YAML::EmitterStyle::value) override {
+    node(mark);
+  }
+  void OnSequenceEnd() override {}
+  void OnMapStart(const YAML::Mark &mark, const std::string &, YAML::anchor_t, YAML::EmitterStyle::value) override {
+    node(mark);
+  }
+  void OnMapEnd() override {}
+
+private:
+  void node(const YAML::Mark &mark) {
+    if (!documents.empty() && !documents.back().has_root) {
+      documents.back().root = mark;
+      documents.back().has_root = true;
+    }
+  }
+};
+
 class ShapeReader {
 public:
   explicit ShapeReader(const Reporter &report) : report_(report) {}
 
   std::vector<RawDevice> document(const std::string &text) const {
-    std::vector<YAML::Node> docs;
+    YAML::Node top;
     try {
-      docs = YAML::LoadAll(text);
+      check_one_document(text);
+      top = YAML::Load(text); // the first document only, now known to be the only one
     } catch (const YAML::Exception &e) {
       report_.fail(position_of(e.mark), {}, "invalid YAML: " + escaped(e.msg));
     }
-    if (docs.empty() || (docs.size() == 1 && docs[0].IsNull()))
+    if (top.IsNull())
       report_.fail({1, 1}, {}, "expected a map with the key 'devices', got an empty file");
-    if (docs.size() > 1)
-      report_.fail(position_of(docs[1]), {}, "expected one YAML document, got a second one");
 
-    const YAML::Node &top = docs[0];
     const Value whole = value_of(top, top, {}, {});
     if (whole.kind != Value::Kind::map)
       report_.expected(whole, "a map with the key 'devices'");
@@ -279,6 +319,20 @@ public:
   }
 
 private:
+  // Parses up to three documents (which also reports a syntax error in the first two).
+  void check_one_document(const std::string &text) const {
+    std::istringstream in(text);
+    YAML::Parser parser(in);
+    DocumentMarks marks;
+    while (marks.documents.size() < 3 && parser.HandleNextDocument(marks)) {
+      const auto &d = marks.documents;
+      if (d.size() >= 2 && d[d.size() - 1].start.pos == d[d.size() - 2].start.pos)
+        report_.fail(position_of(d[d.size() - 2].start), {}, "invalid YAML: no value can start here");
+    }
+    if (marks.documents.size() > 1)
+      report_.fail(position_of(marks.documents[1].root), {}, "expected one YAML document, got a second one");
+  }
+
   // The entries of a map, each key a scalar seen once and, if known is not empty, one of known.
   std::vector<Entry> entries(const YAML::Node &map, const std::string &path, std::string_view kind,
                              std::span<const std::string_view> known) const {

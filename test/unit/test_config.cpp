@@ -854,3 +854,10 @@ TEST_CASE("a YAML syntax error is reported without the raw bytes yaml-cpp puts i
   for (char c : msg)
     CHECK((c >= 0x20 && c < 0x7f));
 }
+
+TEST_CASE("a token no value can start with is an error, not a loop that eats all memory") {
+  // yaml-cpp 0.7's LoadAll() adds empty documents forever on these: found by fuzz_config.
+  CHECK(error_of(",:))") == "test.yaml:1:1: invalid YAML: no value can start here");
+  CHECK(error_of(",") == "test.yaml:1:1: invalid YAML: no value can start here");
+  CHECK(error_of(head + "...\n,\n") == "test.yaml:7:1: invalid YAML: no value can start here");
+}
