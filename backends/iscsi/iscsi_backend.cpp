@@ -26,7 +26,7 @@ void IscsiBackend::open() {
   IscsiTarget &t = *target_;
   t.uri = parse_iscsi_uri(t.options.uri);
   t.name = describe_lun(t.uri);
-  iscsi_context *ctx = make_iscsi_context(t.options, t.uri);
+  iscsi_context *ctx = make_iscsi_context(t.options, t.uri, 0u); // queue 0's session
   try {
     t.lun = login_and_probe(ctx, t.uri, t.options);
     derive_capabilities(t);
@@ -55,7 +55,7 @@ std::unique_ptr<BackendQueue> IscsiBackend::open_queue(EventLoop &loop, unsigned
     }
   }
   try {
-    return std::make_unique<IscsiSession>(loop, target_, ctx, target_->name + " q" + std::to_string(index));
+    return std::make_unique<IscsiSession>(loop, target_, ctx, index, target_->name + " q" + std::to_string(index));
   } catch (...) {
     if (ctx)
       iscsi_destroy_context(ctx);

@@ -35,6 +35,7 @@ struct IscsiSession::Job {
   void *ctx = nullptr;
   std::uint64_t seq = 0; // submission order, for resubmission oldest first
   int error = 0;         // the first error of any part
+  bool fenced = false;   // the driver reset since: finish, never send again
   unsigned parts_left = 0;
   std::size_t index = 0;       // position in in_flight_
   std::vector<scsi_iovec> iov; // the request's buffers, cut at command boundaries
@@ -82,8 +83,8 @@ void remove_from(std::vector<IscsiSession::Job *> &v, IscsiSession::Job *job, st
 } // namespace
 
 IscsiSession::IscsiSession(EventLoop &loop, std::shared_ptr<const IscsiTarget> target, iscsi_context *ctx,
-                           std::string name)
-    : loop_(loop), target_(std::move(target)), name_(std::move(name)),
+                           unsigned index, std::string name)
+    : loop_(loop), target_(std::move(target)), name_(std::move(name)), index_(index),
       reconnect_timer_(loop, [this] { start_connect(); }), failure_timer_(loop, [this] { handle_failure(); }),
       retry_timer_(loop, [this] { on_retry_timer(); }), tick_(loop, [this] { on_tick(); }),
       flush_(loop, [this] { flush(); }), zeros_(target_->caps.logical_block_size, 0) {
@@ -141,6 +142,7 @@ int IscsiSession::submit(const Request &req, CompletionFn done, void *ctx) noexc
   job->ctx = ctx;
   job->seq = ++seq_;
   job->error = 0;
+  job->fenced = false;
   if (const int rc = plan(job); rc != 0) {
     free_jobs_.push_back(job);
     return rc;
@@ -239,6 +241,10 @@ void IscsiSession::issue(Job *job) noexcept {
 }
 
 void IscsiSession::issue_part(Part *part) noexcept {
+  if (part->job->fenced) {
+    complete_part(part, ECANCELED); // a retry of the old driver's command, after a reset
+    return;
+  }
   if (!ctx_ || state_ != State::ready || failure_)
     return; // stays pending; issued again on the next session
   const Request &r = part->job->req;
@@ -484,7 +490,7 @@ void IscsiSession::start_connect() noexcept {
   state_ = State::connecting;
   attempt_started_ = Clock::now();
   try {
-    ctx_ = make_iscsi_context(target_->options, target_->uri);
+    ctx_ = make_iscsi_context(target_->options, target_->uri, index_);
   } catch (const std::exception &e) {
     // A password file that cannot be read now may be fixed while we wait.
     retry_connect_later(e.what(), kMaxBackoff);
@@ -788,13 +794,18 @@ void IscsiSession::connection_lost(const std::string &why) noexcept {
               name_.c_str(), why.c_str(), in_flight_.size(), seconds(target_->options.reconnect_timeout));
   target_->health(Backend::State::reconnecting, "session lost: " + why);
   close_context();
-  for (Job *job : in_flight_) {
+  std::vector<Job *> lost;
+  lost.swap(in_flight_);
+  for (Job *job : lost) {
+    if (job->fenced) {
+      finish(job, ECANCELED); // from before a reset: may have reached the target, never sent again
+      continue;
+    }
     for (Part &p : job->parts)
       if (p.state != Part::State::done)
         p.state = Part::State::pending;
     held_.push_back(job);
   }
-  in_flight_.clear();
   retry_timer_.cancel();
   state_ = State::down;
   down_since_ = Clock::now();
@@ -928,6 +939,28 @@ void IscsiSession::on_tick() noexcept {
     for (Job *job : held)
       finish(job, EIO);
   }
+}
+
+void IscsiSession::fence() noexcept {
+  std::vector<Job *> unsent;
+  unsent.swap(held_);
+  std::size_t dropped = unsent.size();
+  for (Job *job : unsent)
+    finish(job, ECANCELED);
+  const std::vector<Job *> sent = in_flight_; // complete_part() may remove from in_flight_
+  for (Job *job : sent) {
+    job->fenced = true;
+    // A part answered BUSY or UNIT ATTENTION was not executed: sending it again now would be
+    // the old driver's I/O after the reset.
+    for (Part &p : job->parts)
+      if (p.state == Part::State::waiting || p.state == Part::State::pending) {
+        ++dropped;
+        complete_part(&p, ECANCELED);
+      }
+  }
+  if (dropped > 0)
+    VB_LOG_INFO("%s: the driver reset the device: %zu request(s) or command(s) not yet at the target are dropped",
+                name_.c_str(), dropped);
 }
 
 void IscsiSession::cancel_all() noexcept {

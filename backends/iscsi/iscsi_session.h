@@ -39,8 +39,10 @@ namespace vb {
 class IscsiSession final : public BackendQueue {
 public:
   // Adopts ctx if given (logged in already, by IscsiBackend::open()), else logs in in the
-  // background. target outlives the session.
-  IscsiSession(EventLoop &loop, std::shared_ptr<const IscsiTarget> target, iscsi_context *ctx, std::string name);
+  // background. target outlives the session. index: the queue's number, which fixes the
+  // session's ISID (see make_iscsi_context).
+  IscsiSession(EventLoop &loop, std::shared_ptr<const IscsiTarget> target, iscsi_context *ctx, unsigned index,
+               std::string name);
   ~IscsiSession() override;
   IscsiSession(const IscsiSession &) = delete;
   IscsiSession &operator=(const IscsiSession &) = delete;
@@ -50,6 +52,10 @@ public:
   int submit(const Request &req, CompletionFn done, void *ctx) noexcept override;
   // Completes everything in flight or held with ECANCELED and stops reconnecting.
   void cancel_all() noexcept override;
+  // The driver reset: held requests, and commands waiting to be sent again (after BUSY, UNIT
+  // ATTENTION...), complete with ECANCELED now; commands the target has complete with its
+  // answer, or with ECANCELED if the session is lost first (never sent again).
+  void fence() noexcept override;
 
   bool connected() const noexcept { return state_ == State::ready; }
   std::uint64_t reconnects() const noexcept { return reconnects_; }
@@ -108,6 +114,7 @@ private:
   EventLoop &loop_;
   std::shared_ptr<const IscsiTarget> target_;
   std::string name_;
+  unsigned index_;
   iscsi_context *ctx_ = nullptr;
   std::unique_ptr<IoWatch> watch_;
   int watch_fd_ = -1;

@@ -227,7 +227,20 @@ std::string read_secret_file(const std::string &path, const std::string &key) {
   return text;
 }
 
-iscsi_context *make_iscsi_context(const IscsiOptions &options, const IscsiUri &uri) {
+std::pair<std::uint32_t, std::uint32_t> session_isid(const IscsiOptions &options, const IscsiUri &uri,
+                                                     unsigned session) {
+  const std::string initiator = options.initiator_name.empty() ? default_initiator_name() : options.initiator_name;
+  // FNV-1a: stable across runs and builds (std::hash is not).
+  std::uint32_t h = 2166136261u;
+  for (const std::string &part : {initiator, uri.target, std::to_string(uri.lun)}) {
+    for (const unsigned char c : part)
+      h = (h ^ c) * 16777619u;
+    h = (h ^ 0xffu) * 16777619u;
+  }
+  return {session & 0xffffu, h & 0x3fffffu};
+}
+
+iscsi_context *make_iscsi_context(const IscsiOptions &options, const IscsiUri &uri, std::optional<unsigned> session) {
   const std::string initiator = options.initiator_name.empty() ? default_initiator_name() : options.initiator_name;
   // Secrets first: a context is not made for a login that cannot succeed.
   std::string password;
@@ -268,6 +281,11 @@ iscsi_context *make_iscsi_context(const IscsiOptions &options, const IscsiUri &u
   if (!options.target_username.empty() &&
       iscsi_set_target_username_pwd(ctx, options.target_username.c_str(), target_password.c_str()) != 0)
     fail("chap.target-username");
+  if (session) {
+    const auto [qualifier, random] = session_isid(options, uri, *session);
+    if (iscsi_set_isid_random(ctx, random, qualifier) != 0)
+      fail("iscsi_set_isid_random");
+  }
   // The backend reconnects itself, without blocking its loop; libiscsi's own reconnection
   // would replay commands behind our back.
   iscsi_set_noautoreconnect(ctx, 1);

@@ -13,8 +13,10 @@
 #include <cstdint>
 #include <functional>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <string>
+#include <utility>
 
 struct iscsi_context;
 struct scsi_task;
@@ -33,7 +35,7 @@ struct IscsiOptions {
   std::string target_password_file; // read at every login
   HeaderDigest header_digest = HeaderDigest::none;
   std::chrono::milliseconds reconnect_timeout{60000};
-  std::chrono::milliseconds request_timeout{30000}; // 0 = none
+  std::chrono::milliseconds request_timeout{0}; // 0 = none
   // Reads and writes larger than this are sent as several commands; 0 = the LUN's limit (VPD
   // Block Limits) or 32 MiB. Not a configuration key: tests lower it to exercise splitting.
   std::uint32_t max_command_bytes = 0;
@@ -63,7 +65,17 @@ std::string read_secret_file(const std::string &path, const std::string &key);
 // A new context ready to log in to uri (a discovery session when uri.target is empty): initiator
 // name, header digest, and CHAP with the passwords read from their files now. Its session does
 // not reconnect by itself; the caller reconnects. Throws std::runtime_error.
-iscsi_context *make_iscsi_context(const IscsiOptions &options, const IscsiUri &uri);
+//
+// session: the data session's number (its queue). Its ISID is then the same at every login (from
+// the initiator name, the target, the LUN and the number), so that a new login is a session
+// reinstatement (RFC 7143, 6.3.5): the target ends the old session and its tasks before it lets
+// the new one in. Commands of a session given up on (request-timeout, a daemon restart) can then
+// no longer run after what is sent on its successor. Without it (discovery) the ISID is random.
+iscsi_context *make_iscsi_context(const IscsiOptions &options, const IscsiUri &uri,
+                                  std::optional<unsigned> session = std::nullopt);
+// The ISID qualifier and 22-bit random part make_iscsi_context() uses for a session (for tests).
+std::pair<std::uint32_t, std::uint32_t> session_isid(const IscsiOptions &options, const IscsiUri &uri,
+                                                     unsigned session);
 
 // libiscsi's last error on ctx, without its trailing newline or full stop (and in words for a
 // connection that was refused, closed or reset).

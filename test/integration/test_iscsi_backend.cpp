@@ -235,6 +235,11 @@ private:
 
 // The control port (tgtadm -C) of this process's tgtd child, for the tgtadm commands TgtdServer
 // has no helper for. Empty if there is none.
+std::uint16_t port_of(const TgtdServer &tgt) {
+  const std::string portal = tgt.portal();
+  return static_cast<std::uint16_t>(std::stoi(portal.substr(portal.rfind(':') + 1)));
+}
+
 std::string tgtd_control_port() {
   const std::string self = std::to_string(::getpid());
   for (const auto &entry : std::filesystem::directory_iterator("/proc")) {
@@ -265,6 +270,9 @@ std::string tgtd_control_port() {
 // write's or a flush's; reads end with a Data-In PDU instead) into CHECK CONDITION with UNIT
 // ATTENTION, CAPACITY DATA HAS CHANGED: what a SAN array says after a LUN was resized, which
 // tgtd never says. Everything else passes through unchanged (no digests are negotiated).
+// freeze() stops the connections it has from forwarding what the initiator sends (kept, and
+// the link to the target kept open even if the initiator goes away); release() sends it late:
+// a network that delivers a dead session's command after its successor's.
 class UnitAttentionProxy {
 public:
   explicit UnitAttentionProxy(std::uint16_t upstream_port) : upstream_port_(upstream_port) {
@@ -277,18 +285,22 @@ public:
     REQUIRE(::getsockname(listen_fd_, reinterpret_cast<sockaddr *>(&addr), &len) == 0);
     port_ = ntohs(addr.sin_port);
     REQUIRE(::pipe2(stop_, O_CLOEXEC) == 0);
+    REQUIRE(::pipe2(wake_, O_CLOEXEC | O_NONBLOCK) == 0);
     thread_ = std::thread([this] { run(); });
   }
   ~UnitAttentionProxy() {
     (void)!::write(stop_[1], "x", 1);
     thread_.join();
     for (const Link &l : links_) {
-      ::close(l.initiator);
+      if (l.initiator >= 0)
+        ::close(l.initiator);
       ::close(l.target);
     }
     ::close(listen_fd_);
     ::close(stop_[0]);
     ::close(stop_[1]);
+    ::close(wake_[0]);
+    ::close(wake_[1]);
   }
   UnitAttentionProxy(const UnitAttentionProxy &) = delete;
   UnitAttentionProxy &operator=(const UnitAttentionProxy &) = delete;
@@ -297,12 +309,36 @@ public:
   // The next GOOD SCSI Response becomes the unit attention.
   void arm() { armed_ = true; }
   unsigned injected() const { return injected_; }
+  void freeze() {
+    freeze_ = true;
+    poke();
+  }
+  void release() {
+    release_ = true;
+    poke();
+  }
+  // After release(): bytes delivered late, and frozen links the target had closed meanwhile.
+  std::size_t released_bytes() const { return released_bytes_; }
+  unsigned released_to_closed() const { return released_to_closed_; }
+  bool released() const { return !release_; }
 
 private:
   struct Link {
     int initiator = -1, target = -1;
     std::vector<unsigned char> from_target; // bytes of an incomplete PDU
+    bool frozen = false;
+    std::vector<unsigned char> to_target; // held while frozen
   };
+  void poke() { (void)!::write(wake_[1], "x", 1); }
+  // Sends what frozen links held; false if the target had closed the link.
+  bool flush_frozen(Link &l) {
+    l.frozen = false;
+    const bool ok = send_all(l.target, l.to_target.data(), l.to_target.size());
+    if (ok)
+      released_bytes_ += l.to_target.size();
+    l.to_target.clear();
+    return ok;
+  }
 
   static sockaddr_in loopback(std::uint16_t port) {
     sockaddr_in addr{};
@@ -359,11 +395,34 @@ private:
 
   void run() {
     for (;;) {
+      if (freeze_.exchange(false))
+        for (Link &l : links_)
+          l.frozen = true;
+      if (release_) {
+        for (std::size_t i = links_.size(); i-- > 0;) {
+          Link &l = links_[i];
+          if (!l.frozen)
+            continue;
+          // The target closed it already (a session reinstated): what was held can only fail.
+          pollfd probe{l.target, POLLIN, 0};
+          char peek;
+          const bool closed = ::poll(&probe, 1, 0) == 1 && ::recv(l.target, &peek, 1, MSG_PEEK | MSG_DONTWAIT) == 0;
+          if (closed || !flush_frozen(l)) {
+            ++released_to_closed_;
+            if (l.initiator >= 0)
+              ::close(l.initiator);
+            ::close(l.target);
+            links_.erase(links_.begin() + static_cast<std::ptrdiff_t>(i));
+          }
+        }
+        release_ = false;
+      }
       std::vector<pollfd> fds{{stop_[0], POLLIN, 0}, {listen_fd_, POLLIN, 0}};
       for (const Link &l : links_) {
-        fds.push_back({l.initiator, POLLIN, 0});
-        fds.push_back({l.target, POLLIN, 0});
+        fds.push_back({l.initiator, POLLIN, 0}); // -1 (initiator gone) is ignored by poll
+        fds.push_back({l.target, static_cast<short>(l.frozen ? 0 : POLLIN), 0});
       }
+      fds.push_back({wake_[0], POLLIN, 0});
       if (::poll(fds.data(), fds.size(), -1) < 0) {
         if (errno == EINTR)
           continue;
@@ -371,12 +430,17 @@ private:
       }
       if (fds[0].revents)
         return;
+      if (fds.back().revents) {
+        char drain[64];
+        while (::read(wake_[0], drain, sizeof drain) > 0) {
+        }
+      }
       if (fds[1].revents & POLLIN) {
         const int in = ::accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC);
         const int out = in >= 0 ? ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0) : -1;
         sockaddr_in addr = loopback(upstream_port_);
         if (out >= 0 && ::connect(out, reinterpret_cast<sockaddr *>(&addr), sizeof addr) == 0) {
-          links_.push_back({in, out, {}});
+          links_.push_back({in, out, {}, false, {}});
         } else {
           if (in >= 0)
             ::close(in);
@@ -386,11 +450,20 @@ private:
       }
       // Links accepted just now have no entry in fds yet.
       std::vector<bool> dead(links_.size(), false);
-      for (std::size_t i = 0; 2 + 2 * i + 1 < fds.size(); ++i) {
+      for (std::size_t i = 0; 2 + 2 * i + 2 < fds.size(); ++i) {
         Link &l = links_[i];
         unsigned char buf[65536];
         if (fds[2 + 2 * i].revents) {
           const ssize_t n = ::recv(l.initiator, buf, sizeof buf, 0);
+          if (l.frozen) {
+            if (n > 0) {
+              l.to_target.insert(l.to_target.end(), buf, buf + n);
+            } else {
+              ::close(l.initiator); // the initiator gave up; the held bytes still go, late
+              l.initiator = -1;
+            }
+            continue;
+          }
           dead[i] = n <= 0 || !send_all(l.target, buf, static_cast<std::size_t>(n));
         }
         if (!dead[i] && fds[3 + 2 * i].revents) {
@@ -416,7 +489,12 @@ private:
   std::uint16_t port_ = 0;
   int listen_fd_ = -1;
   int stop_[2] = {-1, -1};
+  int wake_[2] = {-1, -1};
   std::atomic<bool> armed_{false};
+  std::atomic<bool> freeze_{false};
+  std::atomic<bool> release_{false};
+  std::atomic<std::size_t> released_bytes_{0};
+  std::atomic<unsigned> released_to_closed_{0};
   std::atomic<unsigned> injected_{0};
   std::vector<Link> links_; // the proxy thread's
   std::thread thread_;
@@ -1039,4 +1117,74 @@ TEST_CASE("iscsi: discovery lists the targets of a portal and their LUNs") {
   CHECK(text.find(tgt.uri(0) + "  ") != std::string::npos);
   CHECK_THROWS_AS(vb::discover_iscsi("iscsi://127.0.0.1:" + std::to_string(vb::test::free_tcp_port()), o),
                   std::runtime_error);
+}
+
+// Issue 12, item 7: a session given up on (request-timeout, a daemon restart) can still hold a
+// write the network has not delivered. Logging in again with the same ISID makes the new login a
+// session reinstatement on targets that implement it (RFC 7143 6.3.5: LIO, arrays), which ends
+// the old session before the new one runs. tgtd 1.0.85 keeps both I_T nexuses (checked with a
+// proxy that delays the old session's write), hence request-timeout is off by default.
+TEST_CASE("iscsi: each queue's session keeps one ISID across logins, distinct from the other queues'") {
+  vb::IscsiOptions o;
+  o.initiator_name = "iqn.2026-12.org.example:host";
+  const vb::IscsiUri uri = vb::parse_iscsi_uri("iscsi://127.0.0.1/iqn.2026-12.org.example:t/1");
+  const vb::IscsiUri other_lun = vb::parse_iscsi_uri("iscsi://127.0.0.1/iqn.2026-12.org.example:t/2");
+  CHECK(vb::session_isid(o, uri, 0) == vb::session_isid(o, uri, 0));
+  CHECK(vb::session_isid(o, uri, 0) != vb::session_isid(o, uri, 1));
+  CHECK(vb::session_isid(o, uri, 0) != vb::session_isid(o, other_lun, 0));
+  CHECK(vb::session_isid(o, uri, 0).second < (1u << 22));
+}
+
+// Item 2 for iSCSI: after a reset, held requests never reach the target and a command sent
+// before it is not sent again when its session is lost.
+TEST_CASE("iscsi: after a fence, requests held for a new session or lost with the old one never reach the target") {
+  if (!have_tgtd())
+    VB_SKIP(kNoTgtd);
+  TempDir dir;
+  TgtdServer tgt(dir);
+  tgt.add_lun(1, 4 << 20);
+  UnitAttentionProxy proxy(port_of(tgt));
+  auto o = options_for("iscsi://127.0.0.1:" + std::to_string(proxy.port()) + "/" + tgt.iqn() + "/1");
+  o.request_timeout = 1s;
+  vb::IscsiBackend backend(o);
+  backend.open();
+  vb::EventLoop loop;
+  auto q = backend.open_queue(loop, 0);
+  std::vector<char> a = pattern(4096, 1), b = pattern(4096, 2), c = pattern(4096, 3);
+  iovec av{}, bv{}, cv{};
+  CHECK(run(loop, *q, rw(vb::Op::write, 0, a, av)) == 0);
+
+  proxy.freeze();
+  Result on_wire;
+  REQUIRE(q->submit(rw(vb::Op::write, 0, b, bv), &Result::on_done, &on_wire) == 0);
+  loop.run_once(false);
+  q->fence();                                         // the driver resets with B sent
+  run_until(loop, [&] { return on_wire.calls > 0; }); // request-timeout loses the session
+  CHECK(on_wire.error == ECANCELED);
+
+  tgt.delete_target(); // now requests are held for a session
+  Result held;
+  REQUIRE(q->submit(rw(vb::Op::write, 4096, c, cv), &Result::on_done, &held) == 0);
+  run_for(loop, 300ms);
+  q->fence();
+  run_until(loop, [&] { return held.calls > 0; });
+  CHECK(held.error == ECANCELED);
+  tgt.create_target();
+  proxy.release();
+  std::vector<char> in(4096);
+  iovec iv{};
+  bool read_back = false;
+  for (int attempt = 0; attempt < 100 && !read_back; ++attempt) {
+    Result r;
+    if (q->submit(rw(vb::Op::read, 0, in, iv), &Result::on_done, &r) == 0) {
+      run_until(loop, [&] { return r.calls > 0; });
+      read_back = r.error == 0;
+    }
+    if (!read_back)
+      run_for(loop, 100ms);
+  }
+  REQUIRE(read_back);
+  run_for(loop, 300ms);
+  CHECK(stored(tgt.backing_file(1), 0, 4096) == a);
+  CHECK(all_zero(stored(tgt.backing_file(1), 4096, 4096)));
 }
