@@ -588,8 +588,10 @@ void NbdConnection::on_tick() noexcept {
   }
   // A server that accepts connections but never finishes the handshake (stopped, wedged) must
   // not hold the connection in "connecting" for ever: the handshake gets request-timeout too.
-  if (state_ == State::connecting && options_.request_timeout.count() > 0 &&
-      now - connect_started_ > options_.request_timeout) {
+  // (A handshake carries no writes, so giving up on it is always safe: 30 s without a timeout.)
+  const auto handshake_timeout =
+      options_.request_timeout.count() > 0 ? options_.request_timeout : std::chrono::milliseconds(30000);
+  if (state_ == State::connecting && now - connect_started_ > handshake_timeout) {
     retry_connect_later("the server did not complete the handshake in time");
     return;
   }

@@ -28,8 +28,8 @@ struct NbdOptions {
   std::string tls_certificates; // directory (X.509), for nbds:// URIs
   std::string tls_psk_file;     // PSK key file, for nbds:// URIs
   std::chrono::milliseconds reconnect_timeout{60000};
-  std::chrono::milliseconds request_timeout{30000}; // 0 = none
-  bool structured_replies = false;                  // simple replies need half the receive calls
+  std::chrono::milliseconds request_timeout{0}; // 0 = none; also bounds the handshake (30 s when 0)
+  bool structured_replies = false;              // simple replies need half the receive calls
   // How often a short extra connection asks the server for the export's size, so a resize
   // reaches the disk without waiting for a reconnect; 0 = only on reconnect.
   std::chrono::milliseconds resize_poll_interval{30000};

@@ -175,7 +175,7 @@ TEST_CASE("an nbd device gets the nbd defaults and the server's block size") {
   CHECK(d.backend.nbd.tls_certificates.empty());
   CHECK(d.backend.nbd.tls_psk_file.empty());
   CHECK(d.backend.nbd.reconnect_timeout == std::chrono::seconds(60));
-  CHECK(d.backend.nbd.request_timeout == std::chrono::seconds(30));
+  CHECK(d.backend.nbd.request_timeout == std::chrono::milliseconds(0)); // item 7: off by default
   CHECK(d.logical_block_size == 0);
   CHECK(d.serial == "remote");
 }
@@ -267,7 +267,7 @@ TEST_CASE("the example's commented-out nbd device is valid once uncommented") {
   CHECK(d.backend.nbd.uri == "nbd+unix:///export?socket=/run/nbd.sock");
   CHECK(d.backend.nbd.connections == 4);
   CHECK(d.backend.nbd.reconnect_timeout == std::chrono::seconds(60));
-  CHECK(d.backend.nbd.request_timeout == std::chrono::seconds(30));
+  CHECK(d.backend.nbd.request_timeout == std::chrono::milliseconds(0));
   CHECK(d.queues == 4);
   CHECK(d.logical_block_size == 0);
 }
@@ -289,6 +289,7 @@ TEST_CASE("the EXAMPLE of vduse-bridge.yaml(5) is valid") {
   REQUIRE(c.devices.size() == 5);
   CHECK(c.devices[4].backend.type == BackendConfig::Type::iscsi);
   CHECK(c.devices[4].backend.iscsi.chap.password_file == "/etc/vduse-bridge/chap.secret");
+  CHECK(c.devices[4].backend.iscsi.request_timeout == std::chrono::milliseconds(0)); // item 7: off by default
   CHECK(c.devices[4].queues == 4);
   CHECK(c.devices[2].backend.type == BackendConfig::Type::nbd);
   CHECK(c.devices[2].backend.nbd.connections == 4);
@@ -692,7 +693,7 @@ TEST_CASE("an iscsi device gets the iscsi defaults") {
   CHECK(i.chap.target_username.empty());
   CHECK(i.header_digest == vb::IscsiBackendConfig::HeaderDigest::none);
   CHECK(i.reconnect_timeout == std::chrono::seconds(60));
-  CHECK(i.request_timeout == std::chrono::seconds(30));
+  CHECK(i.request_timeout == std::chrono::milliseconds(0)); // issue 12 item 7: off by default
   // One-way CHAP, other digests, zero timeouts.
   const Config chap = parse_config(iscsi_head + "      chap: {username: u, password-file: /s}\n"
                                                 "      header-digest: crc32c\n"
