@@ -48,6 +48,7 @@ using Clock = std::chrono::steady_clock;
 constexpr auto kTick = std::chrono::milliseconds(250);
 constexpr auto kMaxBackoff = std::chrono::milliseconds(5000);
 constexpr unsigned kMaxUnitAttentionRetries = 8;
+constexpr unsigned kMaxCommandsPerRequest = 1024;
 constexpr unsigned kMaxDelayedRetries = 40; // BUSY & co: 10 ms doubling to 1 s, about 30 s in all
 constexpr auto kMaxRetryDelay = std::chrono::milliseconds(1000);
 
@@ -167,6 +168,18 @@ int IscsiSession::submit(const Request &req, CompletionFn done, void *ctx) noexc
 int IscsiSession::plan(Job *job) noexcept {
   const Request &r = job->req;
   const std::uint32_t bs = target_->caps.logical_block_size;
+  // One request's commands are bounded (memory per queue is): a request is at most what the
+  // disk advertises (seg_max * size_max), so this only refuses what a LUN with absurdly small
+  // limits would need, or a request from something that ignored the device's limits.
+  const std::uint64_t per_command = r.op == Op::read || r.op == Op::write ? target_->max_rw_bytes
+                                    : r.op == Op::discard                 ? target_->max_unmap_blocks * bs
+                                    : r.op == Op::write_zeroes            ? target_->max_zero_blocks * bs
+                                                                          : r.length + 1;
+  if (per_command > 0 && r.length / per_command >= kMaxCommandsPerRequest) {
+    VB_LOG_WARN("%s: a request of %llu bytes would take more than %u commands; failed", name_.c_str(),
+                static_cast<unsigned long long>(r.length), kMaxCommandsPerRequest);
+    return -EIO;
+  }
   try {
     job->parts.clear();
     job->iov.clear();

@@ -280,6 +280,14 @@ void NbdBackend::open() {
     poller_ = std::thread([this] { poll_size_loop(); });
 }
 
+std::size_t NbdBackend::bounce_bytes() const {
+  std::lock_guard lock(mu_);
+  std::size_t n = 0;
+  for (const NbdConnection *c : owners_)
+    n += c ? c->bounce_bytes() : 0;
+  return n;
+}
+
 std::unique_ptr<BackendQueue> NbdBackend::open_queue(EventLoop &loop, unsigned index) {
   std::lock_guard lock(mu_);
   if (index < connections_) {

@@ -37,6 +37,8 @@ public:
   const char *kind() const noexcept override { return "nbd"; }
 
   unsigned connections() const noexcept { return connections_; }
+  // Bounce memory of all connections (any thread).
+  std::size_t bounce_bytes() const;
   // The export's size now (it changes on resize), in bytes.
   std::uint64_t current_size() const noexcept { return size_.get(); }
 
@@ -55,7 +57,7 @@ private:
   std::atomic<bool> stopping_{false};
   unsigned connections_ = 1;
   nbd_handle *first_ = nullptr; // connected by open(), adopted by queue 0
-  std::mutex mu_;
+  mutable std::mutex mu_;
   std::vector<NbdConnection *> owners_; // by connection index
 };
 

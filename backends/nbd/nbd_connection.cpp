@@ -48,6 +48,10 @@ constexpr unsigned kMaxPiecesWithoutCopy = 2;
 constexpr unsigned kMinBounceShift = 16; // 64 KiB
 constexpr unsigned kMaxBounceShift = 25; // 32 MiB; larger requests are sent piece by piece
 constexpr std::size_t kBouncesKeptPerClass = 64;
+// Bounce memory of one connection, in use and pooled together: the guest decides how many large
+// scattered requests are in flight, this decides what they may cost. Past it a request is sent
+// piece by piece from its own buffers (slower, no memory).
+constexpr std::size_t kBounceBudget = 64ULL << 20;
 
 unsigned count_pieces(const Request &r) {
   unsigned pieces = 0;
@@ -85,17 +89,31 @@ char *NbdConnection::take_bounce(std::uint64_t length, unsigned &size_class) noe
     pool.pop_back();
     return b;
   }
-  return new (std::nothrow) char[1ULL << shift]; // warm-up only: buffers are recycled
+  const std::size_t bytes = std::size_t{1} << shift;
+  // Over budget: pooled buffers of other sizes go first; if that is not enough, no bounce.
+  for (unsigned c = 0; c < std::size(bounce_pool_) && bounce_bytes_ + bytes > kBounceBudget; ++c)
+    while (!bounce_pool_[c].empty() && bounce_bytes_ + bytes > kBounceBudget) {
+      bounce_pool_[c].pop_back();
+      bounce_bytes_ -= std::size_t{1} << (c + kMinBounceShift);
+    }
+  if (bounce_bytes_ + bytes > kBounceBudget)
+    return nullptr;
+  char *b = new (std::nothrow) char[bytes]; // warm-up only: buffers are recycled
+  if (b)
+    bounce_bytes_ += bytes;
+  return b;
 }
 
 void NbdConnection::give_bounce(Job *job) noexcept {
   if (!job->bounce)
     return;
   auto &pool = bounce_pool_[job->bounce_class];
-  if (pool.size() < kBouncesKeptPerClass)
+  if (pool.size() < kBouncesKeptPerClass) {
     pool.emplace_back(job->bounce);
-  else
+  } else {
     delete[] job->bounce;
+    bounce_bytes_ -= std::size_t{1} << (job->bounce_class + kMinBounceShift);
+  }
   job->bounce = nullptr;
 }
 

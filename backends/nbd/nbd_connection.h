@@ -103,6 +103,8 @@ public:
   bool connected() const noexcept { return state_ == State::ready; }
   EventLoop &loop() const noexcept { return loop_; }
   std::uint64_t reconnects() const noexcept { return reconnects_; }
+  // Any thread: bounce memory allocated (in use or pooled); bounded by a fixed budget.
+  std::size_t bounce_bytes() const noexcept { return bounce_bytes_.load(std::memory_order_relaxed); }
 
   struct Job; // one backend request, possibly several NBD commands
 
@@ -159,6 +161,7 @@ private:
   std::vector<std::unique_ptr<Job>> jobs_;
   std::vector<Job *> free_ops_;
   std::vector<std::unique_ptr<char[]>> bounce_pool_[10]; // 64 KiB .. 32 MiB, by power of two
+  std::atomic<std::size_t> bounce_bytes_{0};             // allocated, in use or pooled (bounded)
 };
 
 } // namespace vb

@@ -41,8 +41,11 @@ DeviceParams make_device_params(const BackendCapabilities &caps, const DeviceSet
   p.queue_size = static_cast<std::uint16_t>(qs);
   // Linux takes seg_max as data segments per request; the header and the status byte take two
   // more descriptors, and a chain may not exceed the ring (nor kMaxChainDescriptors).
-  p.seg_max = std::clamp<std::uint32_t>(qs - 2, 1, virtio::kMaxChainDescriptors - 2);
-  p.size_max = settings.size_max;
+  p.seg_max = std::clamp<std::uint32_t>(qs - 2, 1, kMaxSegments);
+  p.size_max = settings.size_max != 0 ? settings.size_max : kDefaultSizeMax;
+  if (p.size_max < 4096)
+    throw std::invalid_argument("size_max must be at least 4096, got " + std::to_string(p.size_max));
+  p.max_data_bytes = p.seg_max * p.size_max;
 
   const unsigned lbs = settings.logical_block_size != 0 ? settings.logical_block_size : caps.logical_block_size;
   if (lbs < kSectorSize || lbs > 65536 || !std::has_single_bit(lbs))

@@ -32,8 +32,14 @@ struct DeviceSettings {
   unsigned logical_block_size = 0; // power of two >= 512; 0 = the backend's
   bool read_only = false;          // read-only even if the backend is writable
   std::string serial;              // GET_ID answer: printable ASCII, <= 20 bytes
-  std::uint32_t size_max = 0;      // largest segment in bytes (bounce-limited); 0 = do not offer SIZE_MAX
+  std::uint32_t size_max = 0;      // largest segment in bytes; 0 = kDefaultSizeMax
 };
+
+// What one request may carry, advertised and enforced (the guest decides request sizes, and a
+// few descriptors naming one buffer would otherwise make one request as large as 4 GiB): at most
+// kMaxSegments segments of at most size_max bytes, i.e. 7.9 MiB of data with the default.
+inline constexpr std::uint32_t kDefaultSizeMax = 64 * 1024;
+inline constexpr std::uint32_t kMaxSegments = 126;
 
 // Everything the virtio-blk layer needs about one device. Constant after creation, except
 // capacity, which the owner may change on resize (then SET_CONFIG with capacity_le()); the
@@ -45,8 +51,10 @@ struct DeviceParams {
   std::uint32_t opt_io_size = 0;           // bytes, a multiple of logical_block_size; 0 = unknown
   std::uint16_t num_queues = 1;
   std::uint16_t queue_size = 256;
-  std::uint32_t seg_max = 254; // data segments per request the driver may use
-  std::uint32_t size_max = 0;  // 0 = SIZE_MAX not offered
+  std::uint32_t seg_max = kMaxSegments;     // data segments per request the driver may use
+  std::uint32_t size_max = kDefaultSizeMax; // bytes per segment (SIZE_MAX)
+  // Data bytes one read or write may carry (seg_max * size_max): more is failed with IOERR.
+  std::uint32_t max_data_bytes = kMaxSegments * kDefaultSizeMax;
   bool read_only = false;
   bool flush = false;                         // offer FLUSH (backend has a volatile cache)
   bool discard = false;                       // offer DISCARD

@@ -201,7 +201,7 @@ void parse_request(const virtio::Chain &chain, const DeviceParams &params, Parse
   std::uint64_t offset = 0;
   switch (out.type) {
   case VIRTIO_BLK_T_IN:
-    if (!range_ok(params, out.sector, in_len, offset))
+    if (in_len > params.max_data_bytes || !range_ok(params, out.sector, in_len, offset))
       return answer(out, VIRTIO_BLK_S_IOERR);
     if (in_len == 0)
       return answer(out, VIRTIO_BLK_S_OK); // no data: nothing to read, nothing to ask the backend
@@ -213,7 +213,7 @@ void parse_request(const virtio::Chain &chain, const DeviceParams &params, Parse
   case VIRTIO_BLK_T_OUT:
     if (params.read_only)
       return answer(out, VIRTIO_BLK_S_IOERR); // 5.2.6.2: and no data may be written
-    if (!range_ok(params, out.sector, out_len, offset))
+    if (out_len > params.max_data_bytes || !range_ok(params, out.sector, out_len, offset))
       return answer(out, VIRTIO_BLK_S_IOERR);
     if (out_len == 0)
       return answer(out, VIRTIO_BLK_S_OK);

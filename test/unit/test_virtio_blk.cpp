@@ -240,17 +240,51 @@ TEST_CASE("make_device_params combines capabilities and settings") {
     CHECK(p.serial[i] == '\0');
 }
 
-TEST_CASE("seg_max leaves room for header and status, up to 254") {
+TEST_CASE("seg_max leaves room for header and status, up to 126 segments of size_max") {
   struct Case {
     unsigned queue_size;
     std::uint32_t seg_max;
-  } cases[] = {{2, 1}, {4, 2}, {128, 126}, {256, 254}, {1024, 254}, {32768, 254}};
+  } cases[] = {{2, 1}, {4, 2}, {128, 126}, {256, 126}, {1024, 126}, {32768, 126}};
   for (const auto &k : cases) {
     CAPTURE(k.queue_size);
     DeviceSettings s = settings();
     s.queue_size = k.queue_size;
-    CHECK(vb::blk::make_device_params(caps(), s).seg_max == k.seg_max);
+    const DeviceParams p = vb::blk::make_device_params(caps(), s);
+    CHECK(p.seg_max == k.seg_max);
+    CHECK(p.size_max == vb::blk::kDefaultSizeMax);
+    CHECK(p.max_data_bytes == k.seg_max * vb::blk::kDefaultSizeMax);
   }
+}
+
+// Issue 12, item 4: the guest decides request sizes. A few descriptors naming one buffer (or a
+// buffer of gigabytes) must not become a request larger than what the device advertised
+// (seg_max segments of size_max bytes): it fails with IOERR before anything is sized from it.
+TEST_CASE("IN and OUT larger than seg_max * size_max fail with IOERR and never reach the backend") {
+  const DeviceParams p = vb::blk::make_device_params(caps(64 * kMiB, 512), settings());
+  REQUIRE(p.max_data_bytes == 126 * 65536);
+  const std::uint32_t types[] = {VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT};
+  for (std::uint32_t type : types) {
+    CAPTURE(type);
+    TestChain at_limit, over;
+    if (type == VIRTIO_BLK_T_IN) {
+      at_limit.read(header(type, 0)).write(p.max_data_bytes).write(1);
+      over.read(header(type, 0)).write(p.max_data_bytes + 512).write(1);
+    } else {
+      at_limit.read(header(type, 0)).read(Bytes(p.max_data_bytes, 1)).write(1);
+      over.read(header(type, 0)).read(Bytes(p.max_data_bytes + 512, 1)).write(1);
+    }
+    CHECK(parse(at_limit, p)->action == Action::submit);
+    auto r = parse(over, p);
+    CHECK(r->action == Action::complete);
+    CHECK(r->status == VIRTIO_BLK_S_IOERR);
+  }
+  // Advertised so that a well-behaved driver never builds such a request.
+  const std::uint64_t f = vb::blk::device_features(p);
+  CHECK((f & (1ULL << VIRTIO_BLK_F_SIZE_MAX)) != 0);
+  CHECK((f & (1ULL << VIRTIO_BLK_F_SEG_MAX)) != 0);
+  const Bytes cfg = vb::blk::config_space(p);
+  CHECK(get_le(cfg, offsetof(virtio_blk_config, size_max), 4) == 65536);
+  CHECK(get_le(cfg, offsetof(virtio_blk_config, seg_max), 4) == 126);
 }
 
 TEST_CASE("a larger configured block size rounds the capacity down and shapes the topology") {
@@ -368,7 +402,7 @@ TEST_CASE("make_device_params rejects settings that cannot describe a device") {
 TEST_CASE("device_features for several parameter sets") {
   const std::uint64_t always = bit(VIRTIO_F_VERSION_1) | bit(VIRTIO_F_ACCESS_PLATFORM) | bit(kRingIndirectDesc) |
                                bit(kRingEventIdx) | bit(VIRTIO_BLK_F_SEG_MAX) | bit(VIRTIO_BLK_F_BLK_SIZE) |
-                               bit(VIRTIO_BLK_F_TOPOLOGY);
+                               bit(VIRTIO_BLK_F_TOPOLOGY) | bit(VIRTIO_BLK_F_SIZE_MAX);
   const std::uint64_t never = bit(VIRTIO_BLK_F_CONFIG_WCE) | bit(VIRTIO_F_RING_PACKED) |
                               bit(VIRTIO_BLK_F_SECURE_ERASE) | bit(VIRTIO_BLK_F_GEOMETRY) | bit(VIRTIO_BLK_F_BARRIER) |
                               bit(VIRTIO_BLK_F_SCSI) | bit(VIRTIO_F_IN_ORDER);
@@ -388,7 +422,7 @@ TEST_CASE("device_features for several parameter sets") {
       {"read-only", true, 1, true, true, true, 0, bit(VIRTIO_BLK_F_FLUSH) | bit(VIRTIO_BLK_F_RO)},
       {"multi-queue", false, 4, true, false, false, 0, bit(VIRTIO_BLK_F_FLUSH) | bit(VIRTIO_BLK_F_MQ)},
       {"no flush", false, 1, false, false, false, 0, 0},
-      {"size_max", false, 1, false, false, false, 65536, bit(VIRTIO_BLK_F_SIZE_MAX)},
+      {"size_max", false, 1, false, false, false, 131072, 0},
       {"discard only", false, 1, false, true, false, 0, bit(VIRTIO_BLK_F_DISCARD)},
       {"write-zeroes only", false, 2, false, false, true, 0, bit(VIRTIO_BLK_F_WRITE_ZEROES) | bit(VIRTIO_BLK_F_MQ)},
   };
@@ -459,12 +493,12 @@ TEST_CASE("config space: the header's layout, little-endian, every field where t
   }
 }
 
-TEST_CASE("config space without discard, write-zeroes and size_max leaves their fields zero") {
+TEST_CASE("config space without discard and write-zeroes leaves their fields zero") {
   BackendCapabilities c = caps(kMiB, 512);
   c.can_discard = false;
   c.can_write_zeroes = false;
   const Bytes cfg = vb::blk::config_space(vb::blk::make_device_params(c, settings()));
-  CHECK(get_le(cfg, offsetof(virtio_blk_config, size_max), 4) == 0);
+  CHECK(get_le(cfg, offsetof(virtio_blk_config, size_max), 4) == 65536); // always offered now
   CHECK(get_le(cfg, offsetof(virtio_blk_config, num_queues), 2) == 1);
   CHECK(get_le(cfg, offsetof(virtio_blk_config, physical_block_exp), 1) == 0);
   CHECK(get_le(cfg, offsetof(virtio_blk_config, min_io_size), 2) == 1);
