@@ -116,6 +116,13 @@ void BlockExport::start(const std::function<void(const std::string &)> &on_ready
     else
       VB_LOG_INFO("%s: the kernel replayed a status change; the queues follow it instead of the recovery state",
                   config_.name.c_str());
+    // The storage changed size while no daemon ran: the device still has the old capacity.
+    if (state_ && state_->identity().capacity != params_.capacity) {
+      VB_LOG_WARN("%s: the %s backend's size changed from %s to %s while no daemon ran; resizing the disk",
+                  config_.name.c_str(), backend_->kind(), format_size(state_->identity().capacity).c_str(),
+                  format_size(params_.capacity).c_str());
+      push_capacity();
+    }
   }
   if (config_.attach == DeviceConfig::Attach::none || (device_->reattached() && vdpa::device_exists(config_.name))) {
     control_.post([on_ready] { on_ready({}); });
@@ -226,6 +233,7 @@ void BlockExport::leave(const std::function<void()> &on_done) {
 }
 
 void BlockExport::open_state(std::uint64_t features) {
+  log_trusted_ = true;
   if (state_dir_.empty())
     return;
   recovery::DeviceIdentity id;
@@ -249,10 +257,13 @@ void BlockExport::open_state(std::uint64_t features) {
                                "with, or tear it down with `vdpa dev del` and remove the state file)");
     throw;
   }
-  if (exists && state_->created())
+  if (exists && state_->created()) {
+    // A log made just now never saw the rings: what it would replay is not what was in flight.
+    log_trusted_ = false;
     VB_LOG_WARN("%s: the device exists but has no recovery state in %s: requests in flight when the previous daemon "
-                "died cannot be replayed",
+                "died cannot be replayed; queues with requests outstanding are not served",
                 config_.name.c_str(), state_dir_.c_str());
+  }
 }
 
 void BlockExport::resume_queues() noexcept {
@@ -271,7 +282,7 @@ void BlockExport::resume_queues() noexcept {
       layout.avail = info.driver;
       layout.used = info.device;
       layout.num = static_cast<std::uint16_t>(info.num);
-      if (queues_[i]->resume_sync(layout, event_idx, info.avail_index))
+      if (queues_[i]->resume_sync(layout, event_idx, info.avail_index, log_trusted_))
         ++resumed;
     }
     if (resumed > 0) {
@@ -401,12 +412,18 @@ void BlockExport::on_backend_resized(std::uint64_t size) noexcept {
   VB_LOG_WARN("%s: the %s backend's size changed from %s to %s; resizing the disk", config_.name.c_str(),
               backend_->kind(), format_size(params_.capacity).c_str(), format_size(capacity).c_str());
   params_.capacity = capacity;
+  for (auto &q : queues_)
+    q->set_capacity(capacity);
+  push_capacity();
+}
+
+// The device's config space (and the recovery state) get params_.capacity, and a driver that is
+// running hears of it. The queues already check requests against it.
+void BlockExport::push_capacity() noexcept {
   if (state_)
-    state_->set_capacity(capacity);
+    state_->set_capacity(params_.capacity);
   try {
-    for (auto &q : queues_)
-      q->set_capacity(capacity);
-    const auto le = blk::capacity_le(capacity);
+    const auto le = blk::capacity_le(params_.capacity);
     device_->set_config(blk::kCapacityOffset, le.data(), static_cast<std::uint32_t>(le.size()));
     if (status_ & VIRTIO_CONFIG_S_DRIVER_OK)
       device_->inject_config_irq();

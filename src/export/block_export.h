@@ -77,6 +77,7 @@ private:
   void recreate() noexcept;
   void on_device_broken() noexcept;
   void on_backend_resized(std::uint64_t size) noexcept;
+  void push_capacity() noexcept;
   void start_queues() noexcept;
   void resume_queues() noexcept;
   void open_state(std::uint64_t features);
@@ -100,6 +101,7 @@ private:
   std::vector<std::unique_ptr<QueueWorker>> queues_;
   std::uint8_t status_ = 0;
   bool queues_running_ = false;
+  bool log_trusted_ = true; // false: the recovery state was created after the device (item 6)
   bool broken_ = false;
   bool recreating_ = false;
   bool stopping_ = false;        // stop() or leave() began: nothing starts the device again

@@ -95,8 +95,6 @@ std::vector<IdentityMismatch::Difference> compare(const DeviceIdentity &file, co
   add(file.name != config.name, "device name", quoted(file.name), quoted(config.name));
   add(file.num_queues != config.num_queues, "queues", to_string(file.num_queues), to_string(config.num_queues));
   add(file.queue_size != config.queue_size, "queue size", to_string(file.queue_size), to_string(config.queue_size));
-  add(file.capacity != config.capacity, "capacity", to_string(file.capacity) + " bytes",
-      to_string(config.capacity) + " bytes");
   add(file.logical_block_size != config.logical_block_size, "logical block size", to_string(file.logical_block_size),
       to_string(config.logical_block_size));
   add(file.features != config.features, "features", hex(file.features), hex(config.features));
@@ -311,11 +309,16 @@ std::unique_ptr<RecoveryState> RecoveryState::open_or_create(const std::string &
       std::vector<unsigned char> head(std::min<std::uint64_t>(file_bytes, layout::kHeaderSize));
       read_all(fd.get(), head.data(), head.size(), path);
       const FileHeader h = validate_header(path, head, file_bytes);
-      if (auto diffs = compare(identity_of(h), identity); !diffs.empty())
+      const DeviceIdentity in_file = identity_of(h);
+      if (auto diffs = compare(in_file, identity); !diffs.empty())
         throw IdentityMismatch(path, std::move(diffs));
       void *map = map_file(fd.get(), file_bytes, path);
+      // The capacity is what the kernel's device has, which the caller resizes if the backend
+      // changed size meanwhile (identity().capacity then differs from what it asked for).
+      DeviceIdentity kept = identity;
+      kept.capacity = in_file.capacity;
       return std::unique_ptr<RecoveryState>(
-          new RecoveryState(path, fd.release(), map, static_cast<std::size_t>(file_bytes), identity, false));
+          new RecoveryState(path, fd.release(), map, static_cast<std::size_t>(file_bytes), kept, false));
     }
     if (errno != ENOENT)
       throw StateError(errno_message("cannot open " + path, errno));

@@ -25,7 +25,8 @@ namespace vb::recovery {
 
 inline constexpr const char *kDefaultStateDir = "/run/vduse-bridge";
 
-// What the device is; all of it must match for a restarted daemon to take the device over.
+// What the device is; all of it but the capacity must match for a restarted daemon to take the
+// device over (a storage resized while no daemon ran is a resize, not another device).
 struct DeviceIdentity {
   std::string name;               // the VDUSE name: 1..245 of [A-Za-z0-9_-]
   std::uint32_t num_queues = 1;   // 1..1024
@@ -46,7 +47,8 @@ public:
   // identity. Throws std::invalid_argument for an identity that cannot be stored, IdentityMismatch
   // naming each field that differs, StateError for anything else (not a state file, another
   // version or byte order, truncated, corrupt header, in use by another process, I/O errors).
-  // Nothing is written to an existing file that is refused.
+  // Nothing is written to an existing file that is refused. For an existing file identity()
+  // has the capacity recorded there (the device's), which may differ from identity.capacity.
   static std::unique_ptr<RecoveryState> open_or_create(const std::string &dir, const DeviceIdentity &identity);
 
   // Unmaps and closes; the file stays for a successor.
