@@ -88,7 +88,7 @@ TEST_CASE("iotlb: resets in a loop leave no retired mapping behind") {
     cache.invalidate(kIova, kIova);
   }
   CHECK(cache.retired_regions() == 0);
-  CHECK(mappings_in_process() <= before + 2);
+  CHECK(mappings_in_process() <= before + 16); // 2000 without the fix; a sanitizer may add a few
 }
 
 // Pins of several epochs: a region retired in one epoch is needed only by pins taken before.

@@ -32,7 +32,7 @@ writer() {
 }
 writer &
 writer_pid=$!
-trap 'touch "$work/stop"; wait "$writer_pid" 2>/dev/null || true; cleanup' EXIT
+trap 'rc=$?; touch "$work/stop"; wait "$writer_pid" 2>/dev/null || true; (exit "$rc"); cleanup' EXIT
 
 for ((k = 1; k <= 5; k++)); do
   sleep "$(awk -v r="$RANDOM" 'BEGIN { printf "%.1f", 1 + (r % 20) / 10 }')"

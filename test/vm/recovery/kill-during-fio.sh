@@ -20,7 +20,7 @@ if command -v nbdkit >/dev/null; then
   on_cleanup nbdkit_log
   have_nbdkit=1
 else
-  trap 'fio_kill; cleanup' EXIT
+  trap 'rc=$?; fio_kill; (exit "$rc"); cleanup' EXIT # the script's status reaches cleanup
 fi
 
 # run_case LABEL CONFIG NAME
