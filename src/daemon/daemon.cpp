@@ -8,7 +8,7 @@
 #include "daemon/options.h"
 #include "daemon/sd_notify.h"
 #include "event/event_loop.h"
-#include "export/block_export.h"
+#include "export/device_runner.h"
 #include "metrics/prometheus.h"
 #include "metrics/status_text.h"
 #include "vduse/vduse_device.h"
@@ -111,11 +111,11 @@ private:
   // Creates and starts one device. At start-up a failure fails the daemon; on reload it only
   // drops that device. Returns false when start-up failed.
   bool add(const DeviceConfig &device, bool at_startup) {
-    bool started = false;           // its on_ready is pending: counted in starting_
-    BlockExport *created = nullptr; // this call's export, the only one a failure may drop
+    bool started = false;            // its on_ready is pending: counted in starting_
+    DeviceRunner *created = nullptr; // this call's export, the only one a failure may drop
     try {
-      auto e = std::make_unique<BlockExport>(loop_, device, make_backend(device), state_dir_);
-      BlockExport *raw = e.get();
+      auto e = std::make_unique<DeviceRunner>(loop_, device, make_backend(device), state_dir_);
+      DeviceRunner *raw = e.get();
       created = raw;
       exports_.push_back(std::move(e));
       ++starting_;
@@ -244,7 +244,7 @@ private:
         step();
         return;
       }
-      BlockExport &e = **it;
+      DeviceRunner &e = **it;
       busy_ = true;
       auto done = [this, target = &e] {
         busy_ = false;
@@ -292,9 +292,9 @@ private:
   std::unique_ptr<control::MetricsHttpServer> metrics_http_;
   std::vector<metrics::DeviceStatus> last_sample_;
   std::chrono::steady_clock::time_point last_sample_at_ = std::chrono::steady_clock::now();
-  std::vector<std::unique_ptr<BlockExport>> exports_;
-  std::vector<std::string> removals_;   // devices to stop, in order
-  std::vector<DeviceConfig> additions_; // devices to create, in order
+  std::vector<std::unique_ptr<DeviceRunner>> exports_; // each device on its own control thread
+  std::vector<std::string> removals_;                  // devices to stop, in order
+  std::vector<DeviceConfig> additions_;                // devices to create, in order
   int starting_ = 0;
   bool busy_ = false; // a stop or leave is in progress
   bool stopping_ = false;

@@ -51,8 +51,14 @@ BlockExport::~BlockExport() {
 // Last first: a backend queue may forward to a lower-numbered queue's connection (NBD without
 // multi-conn), so the forwarders go while their target still exists.
 void BlockExport::destroy_queues() noexcept {
-  while (!queues_.empty())
-    queues_.pop_back();
+  while (!queues_.empty()) {
+    std::unique_ptr<QueueWorker> last;
+    {
+      std::lock_guard lock(status_mu_);
+      last = std::move(queues_.back());
+      queues_.pop_back();
+    }
+  }
 }
 
 std::uint64_t BlockExport::bounce_size() const {
@@ -72,9 +78,12 @@ void BlockExport::start(const std::function<void(const std::string &)> &on_ready
   open_state(spec.features);
   device_ = std::make_unique<vduse::VduseDevice>(spec);
   iotlb_ = std::make_unique<vduse::IotlbCache>(device_->fd());
-  for (unsigned i = 0; i < config_.queues; ++i)
-    queues_.push_back(std::make_unique<QueueWorker>(config_.name, i, *device_, *iotlb_, *backend_, params_,
-                                                    state_ ? &state_->queue(i) : nullptr));
+  for (unsigned i = 0; i < config_.queues; ++i) {
+    auto q = std::make_unique<QueueWorker>(config_.name, i, *device_, *iotlb_, *backend_, params_,
+                                           state_ ? &state_->queue(i) : nullptr);
+    std::lock_guard lock(status_mu_);
+    queues_.push_back(std::move(q));
+  }
 
   const auto &caps = backend_->capabilities();
   VB_LOG_INFO("%s: %s virtio-blk device, %s, %s backend (%s), %u queue(s) of %u, %u-byte blocks%s",
@@ -331,6 +340,7 @@ metrics::DeviceStatus BlockExport::status() const {
                                                               : metrics::BackendState::failing;
   d.backend_state_since = h.since;
   d.last_error = h.last_error;
+  std::lock_guard lock(status_mu_); // the device's thread changes the queues and the capacity
   d.capacity_bytes = params_.capacity;
   d.read_only = params_.read_only;
   d.started = started_;
@@ -411,7 +421,10 @@ void BlockExport::on_backend_resized(std::uint64_t size) noexcept {
     return;
   VB_LOG_WARN("%s: the %s backend's size changed from %s to %s; resizing the disk", config_.name.c_str(),
               backend_->kind(), format_size(params_.capacity).c_str(), format_size(capacity).c_str());
-  params_.capacity = capacity;
+  {
+    std::lock_guard lock(status_mu_);
+    params_.capacity = capacity;
+  }
   for (auto &q : queues_)
     q->set_capacity(capacity);
   push_capacity();

@@ -2,9 +2,10 @@
 // virtqueue, plus the vDPA attachment. Answers the device's control messages on the control
 // loop (never waiting for backend I/O) and starts/stops the queues as the driver asks.
 //
-// Threading: everything here runs on the control thread, except the vDPA attach/detach, which
-// run on a short-lived helper thread because the kernel sends us control messages while they
-// are in progress (see vdpa/vdpa_bus.h).
+// Threading: everything here runs on the device's control thread (its own, see
+// device_runner.h), except status(), which any thread may call, and the vDPA attach/detach,
+// which run on a short-lived helper thread because the kernel sends us control messages while
+// they are in progress (see vdpa/vdpa_bus.h).
 #pragma once
 
 #include "config/config.h"
@@ -19,6 +20,7 @@
 
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
@@ -62,7 +64,7 @@ public:
 
   // The host block device ("vda") when attached with virtio-vdpa, else empty.
   std::string block_device() const;
-  // What the status command and the metrics show: identity, backend health, counters.
+  // What the status command and the metrics show: identity, backend health, counters. Any thread.
   metrics::DeviceStatus status() const;
 
 private:
@@ -98,7 +100,8 @@ private:
   // With a control-timeout the kernel can break the device without waking a poller: checked
   // every second (device ioctls fail with EPERM once it is broken).
   std::unique_ptr<Timer> health_check_;
-  std::vector<std::unique_ptr<QueueWorker>> queues_;
+  std::vector<std::unique_ptr<QueueWorker>> queues_; // changed under status_mu_
+  mutable std::mutex status_mu_;                     // queues_ and params_.capacity, for status() on other threads
   std::uint8_t status_ = 0;
   bool queues_running_ = false;
   bool log_trusted_ = true; // false: the recovery state was created after the device (item 6)
