@@ -14,6 +14,8 @@
 //   flags bit 0 clear: the whole state file (header included);
 //   flags bit 0 set:   byte 17 the geometry (queues, queue size), then the queue areas, placed
 //                      after a valid header that the real code wrote for that geometry.
+// Flags bits 1-2: the used index in the ring (the log's, one more, or from the script); bit 3:
+// the configuration differs (features: refused); bit 4: the storage was resized (accepted).
 #include "fuzz_util.h"
 #include "recovery/recovery_state.h"
 #include "recovery/state_layout.h"
@@ -137,7 +139,7 @@ DeviceIdentity identity_in(const std::string &file) {
   return id;
 }
 
-// Whether a daemon configured with id must accept file (state_layout.h), restated.
+// Whether a daemon configured with id must accept file (state_layout.h, recovery_state.h), restated.
 bool acceptable(const std::string &file, const DeviceIdentity &id) {
   if (file.size() < layout::kHeaderSize)
     return false;
@@ -147,8 +149,9 @@ bool acceptable(const std::string &file, const DeviceIdentity &id) {
       h.version != layout::kVersion || h.header_size != layout::kHeaderSize ||
       h.queue_header_size != sizeof(layout::QueueHeader) || h.entry_size != sizeof(layout::Entry))
     return false;
-  if (h.num_queues != id.num_queues || h.queue_size != id.queue_size || h.capacity != id.capacity ||
-      h.logical_block_size != id.logical_block_size || h.features != id.features)
+  // The capacity may differ: the storage was resized while no daemon ran.
+  if (h.num_queues != id.num_queues || h.queue_size != id.queue_size || h.logical_block_size != id.logical_block_size ||
+      h.features != id.features)
     return false;
   if (h.queue_stride != layout::queue_stride(id.queue_size) ||
       h.file_size != layout::file_size(id.num_queues, id.queue_size) || file.size() != h.file_size)
@@ -414,7 +417,9 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t *data, std::size_t size
   }
   DeviceIdentity configured = id;
   if (flags & 8)
-    configured.capacity += 512; // the configuration changed since: the file must be refused
+    configured.features ^= 1; // the configuration changed since: the file must be refused
+  if (flags & 16)
+    configured.capacity += 512; // the storage was resized meanwhile: a resize, not another device
   const std::string path = RecoveryState::path_for(dir(), id.name);
   write_file(path, file.data(), file.size());
 
@@ -433,6 +438,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t *data, std::size_t size
   if (state) {
     FUZZ_CHECK(acceptable(file, configured));
     FUZZ_CHECK(!state->created());
+    FUZZ_CHECK(state->identity().capacity == id.capacity); // what the kernel's device has
     for (unsigned q = 0; q < state->num_queues(); ++q)
       recover_queue(*state, q, file, flags, in);
   }
