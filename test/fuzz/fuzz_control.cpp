@@ -17,6 +17,8 @@
 #include <arpa/inet.h>
 #include <cerrno>
 #include <chrono>
+#include <cstdio>
+#include <cstring>
 #include <memory>
 #include <netinet/in.h>
 #include <stdexcept>
@@ -73,16 +75,40 @@ Servers &servers() {
   return s;
 }
 
-int connect_to(Servers &s, bool http) {
-  if (http) {
+// A TCP connection to the metrics listener. Thousands a second leave as many in TIME_WAIT (on
+// the server's side when it closes first), so each comes from another address of 127.0.0.0/8,
+// and the client's side ends with a reset; a local failure to connect is retried.
+int connect_tcp(Servers &s) {
+  static std::uint32_t next_source = 0;
+  int err = 0;
+  for (int attempt = 0; attempt < 100; ++attempt) {
     const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    FUZZ_CHECK(fd >= 0);
+    const linger reset{1, 0};
+    FUZZ_CHECK(::setsockopt(fd, SOL_SOCKET, SO_LINGER, &reset, sizeof reset) == 0);
+    next_source = next_source % 0xfffff0 + 1;
+    sockaddr_in source{};
+    source.sin_family = AF_INET;
+    source.sin_addr.s_addr = htonl(0x7f000001 + next_source);
     sockaddr_in sin{};
     sin.sin_family = AF_INET;
     sin.sin_port = htons(s.metrics->port());
     sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    FUZZ_CHECK(::connect(fd, reinterpret_cast<const sockaddr *>(&sin), sizeof sin) == 0);
-    return fd;
+    if (::bind(fd, reinterpret_cast<const sockaddr *>(&source), sizeof source) == 0 &&
+        ::connect(fd, reinterpret_cast<const sockaddr *>(&sin), sizeof sin) == 0)
+      return fd;
+    err = errno;
+    ::close(fd);
+    s.loop.run_once(false);
   }
+  std::fprintf(stderr, "connect to the metrics listener: %s\n", std::strerror(err));
+  FUZZ_CHECK(!"cannot connect to the metrics listener");
+  return -1;
+}
+
+int connect_to(Servers &s, bool http) {
+  if (http)
+    return connect_tcp(s);
   const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
   sockaddr_un sun{};
   sun.sun_family = AF_UNIX;
