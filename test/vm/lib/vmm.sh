@@ -4,9 +4,10 @@
 # NESTED guest (TCG inside TCG) on the harness's own kernel with a busybox initramfs
 # (test/vm/vmm/nested-init) whose agent (test/vm/vmm/nested-agent) runs the commands given here, sent
 # over a virtio-serial port; fio comes from the outer guest's root over 9p, mounted on demand
-# (test/vm/vmm/nested-lib). Sourced after lib/daemon.sh and lib/nbd.sh:
+# (test/vm/vmm/nested-lib); the boot image comes from test/vm/vmm/make-image. Sourced after
+# lib/daemon.sh and lib/nbd.sh:
 #
-#   vmm_prepare                       find QEMU (skip if none), build the nested kernel + initramfs
+#   vmm_prepare                       find QEMU (skip if none) and the nested boot image
 #   vmm_start ID VHOSTDEV [QEMU ARG...]  start VMM ID on /dev/vhost-vdpa-N (- for none), QMP
 #                                     connected; the nested guest boots meanwhile
 #   vmm_wait_boot ID N SECONDS        wait until boot N of the nested guest takes commands (a reboot
@@ -17,6 +18,7 @@
 #                                     VMM death
 #   vmm_send ID SCRIPT                send SCRIPT without waiting (e.g. a reboot); its id in $vmm_sent
 #   vmm_qmp ID JSON                   one QMP command; the reply line on stdout, status 1 on "error"
+#   vmm_qmp_send ID JSON, vmm_qmp_reply ID SECONDS WHAT   the same in two halves
 #   vmm_kill ID [SIGNAL]              signal (default KILL) the VMM by PID and reap it
 #   vmm_alive ID                      the VMM process still runs
 #   vmm_console ID [LINES]            the tail of its serial console (default 40 lines)
@@ -33,7 +35,12 @@ VMM_VM_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 VMM_CACHE=${VDUSE_BRIDGE_VM_CACHE:-/var/cache/vduse-bridge/vm}
 # The nested guest: 256 MiB of shared memory (vhost-vdpa maps it), room for two more DIMMs.
 VMM_MEM=${VMM_MEM:-256M}
+# One vCPU: with two, the nested boot took longer (two TCG threads on the outer guest's two vCPUs),
+# even though one vCPU costs ~20 s of patching the kernel's lock prefixes for uniprocessor.
 VMM_SMP=${VMM_SMP:-1}
+# SSE4.2: fio's crc32c then uses the crc32 instruction (one TCG helper call per 8 bytes) instead of
+# table lookups, which under nested TCG made an 8 MiB verify take minutes.
+VMM_CPU=qemu64,+rdrand,+ssse3,+sse4.1,+sse4.2,+popcnt
 # Nested TCG runs the guest kernel ~500x slower than hardware: everything the test does not need is
 # switched off. The initcalls blacklisted took 1-16 s each there (certificate and key parsing, crypto
 # self-tests, BPF kfunc BTF parsing, sysfs for built-in parameters, ...); module signatures are
@@ -44,9 +51,6 @@ VMM_APPEND+=" nowatchdog initcall_blacklist=load_system_certificate_list,init_en
 VMM_APPEND+=",bpf_tcp_ca_kfunc_init,bpf_dummy_struct_ops_init,kfunc_init,cpumask_kfunc_init"
 VMM_APPEND+=",bpf_prog_test_run_init,bpf_global_ma_init,slab_sysfs_init,cec_init,crypto_kdf108_init"
 VMM_APPEND+=",sed_opal_init,clk_debug_init,param_sysfs_builtin_init"
-# virtio_blk at boot (virtio_pci is built in); 9p's only when a command needs the outer root.
-VMM_BOOT_MODULES=(virtio_blk)
-VMM_9P_MODULES=(9p 9pnet_virtio)
 
 declare -A vmm_pids=() vmm_qmp_fds=() vmm_dirs=() vmm_in_fds=() vmm_out_fds=() vmm_readers=() vmm_t0=()
 vmm_seq=0 vmm_sent=0 vmm_tree='' vmm_bin='' vmm_kernel='' vmm_initrd='' vmm_boot_s=0
@@ -54,100 +58,29 @@ vmm_seq=0 vmm_sent=0 vmm_tree='' vmm_bin='' vmm_kernel='' vmm_initrd='' vmm_boot
 now_s() { printf '%s' "$EPOCHREALTIME"; }
 elapsed() { awk -v a="$1" -v b="$(now_s)" 'BEGIN { printf "%.1f", b - a }'; }
 
-# Prints "name relative/path.ko*" lines: the modules named, each after its dependencies (modules.dep).
-vmm_resolve_modules() { # MODULES.DEP NAME...
-  local dep=$1
-  shift
-  awk -v want="$*" '
-    function norm(p, n) { n = p; sub(/.*\//, "", n); sub(/\.ko(\.(xz|zst|gz))?$/, "", n); gsub(/-/, "_", n); return n }
-    function visit(n, d, k, i) {
-      if (n in seen) return
-      seen[n] = 1
-      k = split(deps[n], d, " ")
-      for (i = k; i >= 1; i--) visit(d[i])
-      print n, file[n]
-    }
-    { p = $1; sub(/:$/, "", p); n = norm(p); file[n] = p; deps[n] = ""
-      for (i = 2; i <= NF; i++) deps[n] = deps[n] " " norm($i) }
-    END { k = split(want, w, " "); for (i = 1; i <= k; i++) if (w[i] in file) visit(w[i]); else print w[i], "-" }
-  ' "$dep"
-}
-
-# vmm_add_modules STAGE KMODS KVER LIST NAME...: decompressed, signature stripped, into STAGE, listed
-# ("name kver/path") in STAGE/etc/LIST.
-vmm_add_modules() {
-  local stage=$1 kmods=$2 kver=$3 list=$4 name rel out f size tail siglen
-  shift 4
-  : >"$stage/etc/$list"
-  while read -r name rel; do
-    [ "$rel" != - ] || fail "module $name is not in $kmods"
-    out=${rel%.xz}
-    f=$stage/lib/modules/$kver/$out
-    mkdir -p "${f%/*}"
-    case $rel in
-    *.xz) xz -dc "$kmods/$rel" >"$f" ;;
-    *) cat "$kmods/$rel" >"$f" ;;
-    esac
-    # An appended signature: payload, struct module_signature (12 bytes, sig_len big-endian last),
-    # the 28-byte magic. Without it the module loads unverified (CONFIG_MODULE_SIG_FORCE is off).
-    if [ "$(tail -c 28 "$f")" = "~Module signature appended~" ]; then
-      size=$(stat -c %s "$f")
-      siglen=$(tail -c 32 "$f" | head -c 4 | od -An -tu1 | awk '{ print $1 * 16777216 + $2 * 65536 + $3 * 256 + $4 }')
-      tail=$((28 + 12 + siglen))
-      [ "$tail" -lt "$size" ] || fail "module $name: bad signature length $siglen"
-      truncate -s $((size - tail)) "$f"
-    fi
-    printf '%s %s/%s\n' "$name" "$kver" "$out" >>"$stage/etc/$list"
-  done < <(vmm_resolve_modules "$kmods/modules.dep" "$@")
-}
-
 # vmm_prepare: QEMU from the cache (fetch-qemu ran on the host before the boot: run-vm runs
-# test/vm/vmm/prepare-host), the kernel the harness booted, uncompressed (QEMU boots it through its
-# PVH entry) and an initramfs with busybox, the agent and the modules.
+# test/vm/vmm/prepare-host), and the nested boot image (test/vm/vmm/make-image) from the cache, where
+# prepare-host put it, or built here if the cache has none of the right key.
 vmm_prepare() {
-  local t0 kver ktree kmods stage off
+  local t0 kver ktree dir how
   t0=$(now_s)
   vmm_tree=$("$VMM_VM_DIR/fetch-qemu" --cached 2>&1) ||
     skip "no QEMU with vhost-vdpa-device-pci in $VMM_CACHE (${vmm_tree//$'\n'/ }; test/vm/fetch-qemu fetches it on the host)"
   vmm_bin=$vmm_tree/usr/bin/qemu-system-x86_64
   [ -x "$vmm_bin" ] || skip "$vmm_bin missing"
-  command -v busybox >/dev/null || skip "busybox not found (install busybox-static)"
-  ! ldd "$(command -v busybox)" >/dev/null 2>&1 || skip "busybox is dynamically linked (install busybox-static)"
-  for f in cpio xz zstd truncate; do command -v "$f" >/dev/null || skip "$f not found"; done
-
   kver=${VMM_KVER:-$(uname -r)}
   ktree=$VMM_CACHE/kernel-$kver
-  kmods=$ktree/lib/modules/$kver
-  if [ ! -f "$ktree/boot/vmlinuz-$kver" ] || [ ! -f "$kmods/modules.dep" ]; then
-    fail "the running kernel's tree $ktree is not in the cache (run-vm fetched it, so it should be)"
+  dir=$VMM_CACHE/vmm-image-$("$VMM_VM_DIR/vmm/make-image" --key "$kver")
+  how="from the cache"
+  if [ ! -f "$dir/.complete" ]; then
+    dir=$work/vmm-image how="built here"
+    "$VMM_VM_DIR/vmm/make-image" "$dir" "$ktree" "$kver" || fail "building the nested boot image failed"
   fi
-
-  mkdir -p "$work/vmm-image"
-  vmm_kernel=$work/vmm-image/vmlinux
-  # The bzImage's payload: the first zstd frame that unpacks to an ELF (what scripts/extract-vmlinux does).
-  while read -r off; do
-    tail -c +$((off + 1)) "$ktree/boot/vmlinuz-$kver" | zstd -dcq >"$vmm_kernel" 2>/dev/null || true
-    [ "$(head -c 4 "$vmm_kernel" | od -An -tx1 | tr -d ' ')" != 7f454c46 ] || break
-    rm -f "$vmm_kernel"
-  done < <(LC_ALL=C grep -obUaP '\x28\xb5\x2f\xfd' "$ktree/boot/vmlinuz-$kver" | cut -d: -f1)
-  if [ ! -s "$vmm_kernel" ]; then
-    echo "note: no uncompressed kernel in vmlinuz-$kver; the nested guest boots the bzImage"
-    vmm_kernel=$ktree/boot/vmlinuz-$kver
-  fi
-
-  stage=$work/vmm-image/stage
-  mkdir -p "$stage/bin" "$stage/etc" "$stage/lib/modules/$kver"
-  cp "$(command -v busybox)" "$stage/bin/busybox"
-  install -m 0755 "$VMM_VM_DIR/vmm/nested-init" "$stage/init"
-  install -m 0755 "$VMM_VM_DIR/vmm/nested-agent" "$stage/agent"
-  install -m 0644 "$VMM_VM_DIR/vmm/nested-lib" "$stage/etc/vmm-lib.sh"
-  vmm_add_modules "$stage" "$kmods" "$kver" vm-modules "${VMM_BOOT_MODULES[@]}"
-  vmm_add_modules "$stage" "$kmods" "$kver" vm-9p-modules "${VMM_9P_MODULES[@]}"
-  vmm_initrd=$work/vmm-image/initrd.cpio
-  (cd "$stage" && find . -print0 | LC_ALL=C sort -z | cpio --null -o -H newc -R 0:0 --quiet) >"$vmm_initrd"
-  rm -rf "$stage"
-  echo "ok: nested guest image: QEMU $(cat "$vmm_tree/.version" 2>/dev/null || echo '?'), kernel $kver" \
-    "($(basename "$vmm_kernel")), initramfs $(($(stat -c %s "$vmm_initrd") / 1024)) KiB, prepared in $(elapsed "$t0")s"
+  vmm_kernel=$dir/vmlinux
+  [ -f "$vmm_kernel" ] || vmm_kernel=$dir/vmlinuz
+  vmm_initrd=$dir/initrd.cpio
+  echo "ok: nested guest: QEMU $(cat "$vmm_tree/.version" 2>/dev/null || echo '?'), kernel $kver" \
+    "($(basename "$vmm_kernel")), initramfs $(($(stat -c %s "$vmm_initrd") / 1024)) KiB ($how, $(elapsed "$t0")s)"
 }
 
 vmm_alive() { [ -n "${vmm_pids[$1]:-}" ] && kill -0 "${vmm_pids[$1]}" 2>/dev/null; }
@@ -191,7 +124,7 @@ vmm_start() {
       "$vmm_bin" -L "$vmm_tree/usr/share/qemu"
       -machine pc,memory-backend=mem -m "$VMM_MEM,slots=2,maxmem=1G"
       -object "memory-backend-memfd,id=mem,size=$VMM_MEM,share=on"
-      -smp "$VMM_SMP" -cpu qemu64,+rdrand -display none -vga none -nic none -monitor none
+      -smp "$VMM_SMP" -cpu "$VMM_CPU" -display none -vga none -nic none -monitor none
       -serial "file:$d/console" -qmp "tcp:127.0.0.1:$port,server=on,wait=off"
       -chardev "file,id=bios,path=$d/bios.log" -device isa-debugcon,iobase=0x402,chardev=bios
       -device virtio-serial-pci -chardev "pipe,id=ctl,path=$d/ctl" -device virtserialport,chardev=ctl,name=vmmctl
@@ -202,7 +135,8 @@ vmm_start() {
     # shellcheck disable=SC2054
     [ "$vhost" = - ] || qemu+=(-device "vhost-vdpa-device-pci,vhostdev=$vhost")
     printf '%q ' "${qemu[@]}" >"$d/cmdline"
-    "${qemu[@]}" </dev/null >"$d/qemu.log" 2>&1 &
+    # Its own modules first: the system's (QEMU 7.2) cannot be loaded and only add noise.
+    QEMU_MODULE_DIR=$vmm_tree/usr/lib/x86_64-linux-gnu/qemu "${qemu[@]}" </dev/null >"$d/qemu.log" 2>&1 &
     vmm_pids[$id]=$!
     vmm_t0[$id]=$(now_s)
     # QMP listens once QEMU has set the machine up (a second or two under TCG).
@@ -230,11 +164,18 @@ vmm_start() {
 
 # vmm_qmp ID JSON: sends one command, prints its reply line (events are skipped).
 vmm_qmp() {
-  local id=$1 fd=${vmm_qmp_fds[$1]:-} line
+  vmm_qmp_send "$1" "$2"
+  vmm_qmp_reply "$1" 120 "$2"
+}
+vmm_qmp_send() { # ID JSON: no wait for the reply (a reset can block the VMM until its devices are reset)
+  local id=$1 fd=${vmm_qmp_fds[$1]:-}
   [ -n "$fd" ] || fail "VMM $id has no QMP connection"
   printf '%s\n' "$2" >&"$fd" || vmm_fail "$id" "VMM $id: QMP write failed ($2)"
+}
+vmm_qmp_reply() { # ID SECONDS WHAT: the next reply line; status 1 on "error"
+  local id=$1 fd=${vmm_qmp_fds[$1]:-} line
   while :; do
-    IFS= read -r -t 120 -u "$fd" line || vmm_fail "$id" "VMM $id: no QMP reply to $2"
+    IFS= read -r -t "$2" -u "$fd" line || vmm_fail "$id" "VMM $id: no QMP reply within ${2}s to $3"
     line=${line%$'\r'}
     case $line in
     *'"return"'*) printf '%s\n' "$line" && return 0 ;;
@@ -258,8 +199,9 @@ vmm_wait_boot() {
 }
 
 vmm_send() {
+  # Unique also across subshells ($(vmm_exec ...) cannot count in the caller's variables).
   vmm_seq=$((vmm_seq + 1))
-  vmm_sent=$vmm_seq
+  vmm_sent=$BASHPID-$vmm_seq-${EPOCHREALTIME/./}
   printf '@@CMD %s\n%s\n@@END %s\n' "$vmm_sent" "$2" "$vmm_sent" >&"${vmm_in_fds[$1]}"
 }
 
