@@ -352,7 +352,8 @@ TEST_CASE("engine: after the driver's memory moves, the rings are translated aga
   flush();
   e.kick();
   e.wait_used(1);
-  e.mem.relocate(); // UPDATE_IOTLB over everything
+  e.worker->stats_sync(); // the worker is idle: nothing of it races the copy below
+  e.mem.relocate();       // UPDATE_IOTLB over everything
   e.worker->remap_sync();
   CHECK(e.mem.retired_alive() == 0); // the rings no longer pin the old mapping
   const auto st = flush();
@@ -373,6 +374,7 @@ TEST_CASE("engine: a write held across a remap keeps the driver's bytes, and the
   e.drv.add_chain({{h, 16, false}, {data, 4096, false}, {st, 1, true}});
   e.kick();
   REQUIRE(vb::test::wait_until([&] { return backend.count() == 1; }));
+  e.worker->stats_sync(); // idle, as above
   e.mem.relocate();
   e.worker->remap_sync();
   CHECK(backend.held_data(0) == std::string(4096, '\x5A'));
