@@ -116,7 +116,7 @@ else
   start_daemon "$work/vmm.yaml"
 fi
 if [ "$DEVICE" != qemu ]; then
-  vhost=$(compgen -G "/sys/bus/vdpa/devices/$NAME/vhost-vdpa-*" | head -n1) || true
+  vhost=$(compgen -G "/sys/bus/vdpa/devices/$NAME/vhost-vdpa-*" | sed -n 1p) || true
   [ -n "$vhost" ] || fail "no vhost-vdpa device under /sys/bus/vdpa/devices/$NAME"
   vhost=/dev/${vhost##*/}
   wait_for 10 "$vhost" test -c "$vhost"
@@ -159,11 +159,13 @@ if [ "${out%% *}" = "$b_sha" ]; then echo "ok: the 4 MiB the nested guest wrote 
 FIO="--eta=never --filename=\$d --direct=1 --ioengine=libaio --iodepth=16 --rw=randwrite --bssplit=4k/60:64k/40 --verify=crc32c --verify_fatal=1 --do_verify=1 --output-format=terse --terse-version=3"
 # fio_result NAME LABEL: checks fio NAME's terse v3 report (5 error, 6 read KiB, 47 write KiB).
 fio_result() {
-  local out errors read_kib write_kib
+  local out errors read_kib write_kib read_ms write_ms
   out=$(vmm_exec vm1 180 "cat /host/tmp/$1 2>/dev/null; tail -n 5 /host/tmp/$1.err 2>/dev/null; echo rc=\$(cat /host/tmp/$1.rc 2>/dev/null)") || true
-  read -r errors read_kib write_kib < <(awk -F';' '$1 == 3 { print $5, $6, $47 }' <<<"$out")
+  # (9 and 50: read and write runtime in ms)
+  read -r errors read_kib write_kib read_ms write_ms < <(awk -F';' '$1 == 3 { print $5, $6, $47, $9, $50 }' <<<"$out")
   if [ "${errors:-}" = 0 ] && [ "${read_kib:-0}" -gt 0 ]; then
-    echo "ok: $2: fio randwrite 4k/64k iodepth 16 verify=crc32c: no error, ${write_kib} KiB written, ${read_kib} KiB verified"
+    echo "ok: $2: fio randwrite 4k/64k iodepth 16 verify=crc32c: no error, ${write_kib} KiB written," \
+      "${read_kib} KiB verified (fio's own I/O time: $((write_ms / 1000))s writing, $((read_ms / 1000))s verifying)"
   else
     echo "$out"
     bad "$2: fio reported error '${errors:-none}', ${read_kib:-0} KiB verified"
