@@ -54,7 +54,7 @@ void on_sigbus(int sig, siginfo_t *info, void *uctx) {
     g_previous.sa_handler(sig);
     return;
   }
-  ::signal(SIGBUS, SIG_DFL); // the access faults again and the default action runs
+  (void)::signal(SIGBUS, SIG_DFL); // the access faults again and the default action runs
 }
 
 void install() noexcept {
