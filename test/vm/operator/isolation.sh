@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # One slow device must not stall another (issue 12, item 9). Device A's NBD server goes away and
 # its name stops resolving (a resolver that never answers: every reconnect blocks A's queue
-# thread in getaddrinfo for ~10 s). The driver of A is then reset, whose answer waits for A's
+# thread in getaddrinfo for ~20 s). The driver of A is then reset, whose answer waits for A's
 # queue; meanwhile device B (memory, control-timeout 3 s) is reset and probed again, and
 # `vduse-bridge status` is asked. B's control messages must be answered at once (before, one
 # control loop served every device: B's waited behind A's and the kernel broke B), and status
-# must answer within a second.
+# must answer within 5 s (a loaded TCG guest may need a second or two; the stall is ~20 s).
 # shellcheck source-path=SCRIPTDIR/../lib
 source "$(dirname "$0")/../lib/daemon.sh"
 command -v nbdkit >/dev/null || skip "nbdkit not installed"
@@ -29,10 +29,15 @@ dns_pid=$!
 port=10809
 nbdkit -f -i 127.0.0.1 -p "$port" -P "$work/nbdkit.pid" memory 64M &
 nbd_pid=$!
+# On the way out (also after a failure), A's name resolves again at once, so that A's queue and
+# the daemon can stop (cleanup SIGTERMs the daemon and waits for it).
 stop_helpers() {
   local rc=$?
   kill "$dns_pid" ${nbd_pid:+"$nbd_pid"} 2>/dev/null || true
-  umount /etc/hosts /etc/resolv.conf 2>/dev/null || true
+  grep -q vbnbdhost "$work/hosts" || echo "127.0.0.1 vbnbdhost" >>"$work/hosts"
+  umount /etc/resolv.conf 2>/dev/null || true
+  [ -z "${unbind_pid:-}" ] || wait "$unbind_pid" 2>/dev/null || true
+  umount /etc/hosts 2>/dev/null || true
   return "$rc" # cleanup exits with the script's status
 }
 trap 'stop_helpers; cleanup' EXIT
@@ -89,7 +94,7 @@ echo "ok: B reset and probed again in ${b_ms} ms while A's queue was stalled; B'
 t0=$(date +%s%N)
 timeout 10 "$DAEMON" status >"$work/status.txt" || fail "status did not answer"
 s_ms=$((($(date +%s%N) - t0) / 1000000))
-[ "$s_ms" -lt 1000 ] || fail "status took ${s_ms} ms while A was stalled"
+[ "$s_ms" -lt 5000 ] || fail "status took ${s_ms} ms while A was stalled"
 grep -q vbisob0 "$work/status.txt" || fail "status does not show B"
 echo "ok: status answered in ${s_ms} ms"
 
