@@ -24,8 +24,6 @@ public:
   NbdBackend(const NbdBackend &) = delete;
   NbdBackend &operator=(const NbdBackend &) = delete;
 
-  // Connects once (blocking) to learn the export: size, block sizes, flags, multi-conn.
-  void open() override;
   const BackendCapabilities &capabilities() const override { return caps_; }
   // Queue i < connections owns connection i; further queues forward to connection i % connections
   // (through the owner's loop), so a server without multi-conn sees exactly one connection.
@@ -39,6 +37,8 @@ public:
   std::uint64_t current_size() const noexcept { return size_.get(); }
 
 private:
+  // Connects once (blocking) to learn the export: size, block sizes, flags, multi-conn.
+  void connect() override;
   void poll_size_loop();
   std::int64_t probe_size() noexcept;
 
