@@ -205,7 +205,7 @@ fio_bg_stop() { # NAME LABEL: SIGINT (fio completes what is in flight and report
 }
 
 # --- 4. memory hotplug under fio -----------------------------------------------------------------
-# The core run's load across the hotplug: rounds of 1 MiB written in 64 KiB O_DIRECT writes at
+# The core run's load across the hotplug: rounds of 256 KiB written in 64 KiB O_DIRECT writes at
 # 16 MiB, each read back and compared; a round that reads back other bytes is counted in /tmp/dd4.bad.
 dd_bg_start() {
   vmm_exec vm1 300 "$N; rm -f /tmp/dd4.*; echo 0 >/tmp/dd4.bad; echo 0 >/tmp/dd4.rounds
@@ -243,7 +243,7 @@ else
   sleep 5
   read -r rounds ddbad < <(dd_bg_stop) || true
   if [ "${ddbad:-x}" = 0 ] && [ "${rounds:-0}" -gt "${r0:-0}" ]; then
-    echo "ok: $rounds rounds of 1 MiB written and read back identical across the DIMM plug ($((rounds - r0)) after it)"
+    echo "ok: $rounds rounds of 256 KiB written and read back identical across the DIMM plug ($((rounds - r0)) after it)"
   else
     bad "the dd writer across the DIMM plug: ${rounds:-?} rounds (${r0:-?} before the last 5 s), ${ddbad:-?} bad"
   fi
