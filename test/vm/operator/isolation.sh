@@ -30,17 +30,17 @@ port=10809
 nbdkit -f -i 127.0.0.1 -p "$port" -P "$work/nbdkit.pid" memory 64M &
 nbd_pid=$!
 # On the way out (also after a failure), A's name resolves again at once, so that A's queue and
-# the daemon can stop (cleanup SIGTERMs the daemon and waits for it).
+# the daemon can stop (lib/daemon.sh's step, which runs after this one, SIGTERMs the daemon and
+# waits for it).
 stop_helpers() {
-  local rc=$?
   kill "$dns_pid" ${nbd_pid:+"$nbd_pid"} 2>/dev/null || true
+  wait "$dns_pid" ${nbd_pid:+"$nbd_pid"} 2>/dev/null || true
   grep -q vbnbdhost "$work/hosts" || echo "127.0.0.1 vbnbdhost" >>"$work/hosts"
   umount /etc/resolv.conf 2>/dev/null || true
   [ -z "${unbind_pid:-}" ] || wait "$unbind_pid" 2>/dev/null || true
-  umount /etc/hosts 2>/dev/null || true
-  return "$rc" # cleanup exits with the script's status
+  umount /etc/hosts
 }
-trap 'stop_helpers; cleanup' EXIT
+on_cleanup stop_helpers
 wait_for 30 "nbdkit" test -s "$work/nbdkit.pid"
 
 cat >"$work/config.yaml" <<EOF2

@@ -11,8 +11,6 @@ source "$(dirname "$0")/../lib/restart.sh"
 command -v fio >/dev/null || skip "fio not installed"
 MAX_MS=${VDUSE_BRIDGE_RELOAD_MAX_MS:-1000}
 
-# The script's status must reach cleanup (which exits with it), whatever the kill returns.
-trap 'rc=$?; [ -z "$fio_pid" ] || kill "$fio_pid" 2>/dev/null || true; (exit "$rc"); cleanup' EXIT
 conf=$work/vduse-bridge.yaml
 write_config() { # NAME:SIZE...
   local d
