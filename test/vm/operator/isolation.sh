@@ -73,13 +73,14 @@ echo "ok: A reconnecting"
 sleep 1 # A's queue thread is now in getaddrinfo most of the time
 
 # A's driver goes away (a reset whose answer needs A's queue), in the background: it may wait.
-a_dev=$(ls -d /sys/bus/vdpa/devices/vbisoa0/virtio* | head -n1)
-echo "$(basename "$a_dev")" >/sys/bus/virtio/drivers/virtio_blk/unbind &
+a_dev=$(compgen -G "/sys/bus/vdpa/devices/vbisoa0/virtio*" | head -n1) || fail "A has no virtio device"
+basename "$a_dev" >/sys/bus/virtio/drivers/virtio_blk/unbind &
 unbind_pid=$!
 sleep 0.5
 
 # B is reset and probed again: every one of its messages must be answered within its 5 s.
-b_dev=$(basename "$(ls -d /sys/bus/vdpa/devices/vbisob0/virtio* | head -n1)")
+b_dev=$(compgen -G "/sys/bus/vdpa/devices/vbisob0/virtio*" | head -n1) || fail "B has no virtio device"
+b_dev=${b_dev##*/}
 t0=$(date +%s%N)
 echo "$b_dev" >/sys/bus/virtio/drivers/virtio_blk/unbind || fail "B's reset failed"
 echo "$b_dev" >/sys/bus/virtio/drivers/virtio_blk/bind ||
