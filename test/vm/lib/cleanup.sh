@@ -14,7 +14,8 @@
 # script's own shell, so a step can `wait` for the script's children, with errexit and nounset off.
 # A step that fails is reported on stderr and the next step still runs. Inside a step, exit (and so
 # fail or skip) does not end the shell: it returns with its status, the step counts as failed with
-# it, and the rest of that step runs on as after any failing command. The script's exit status is
+# it, and the rest of that step runs on as after any failing command (so a loop that a fail
+# should end must also return, as lib/daemon.sh's wait_for does). The script's exit status is
 # kept: a failing step never turns a pass into a failure or a failure into a pass. A signal that
 # arrives during the steps is reported and does not stop them; the script then exits with its own
 # status, or the signal's if it had passed.

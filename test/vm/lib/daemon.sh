@@ -73,7 +73,8 @@ wait_for() {
   shift 2
   deadline=$((SECONDS + limit))
   until "$@"; do
-    [ "$SECONDS" -lt "$deadline" ] || fail "timed out after ${limit}s waiting for $what"
+    # return too: in a cleanup step fail does not exit (lib/cleanup.sh), and the loop must end.
+    [ "$SECONDS" -lt "$deadline" ] || { fail "timed out after ${limit}s waiting for $what"; return 1; }
     sleep 0.05
   done
 }
