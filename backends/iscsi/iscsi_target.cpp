@@ -146,6 +146,7 @@ std::string iscsi_error(iscsi_context *ctx) {
 }
 
 IscsiUri parse_iscsi_uri(const std::string &uri) {
+  check_iscsi_uri(uri); // what the configuration file's uri key accepts, and nothing else
   const std::string_view rest = checked_rest(uri);
   const auto slash = rest.find('/');
   IscsiUri out;

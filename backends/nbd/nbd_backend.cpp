@@ -147,23 +147,6 @@ std::string redact(const std::string &uri) { return uri; } // passwords are refu
 
 } // namespace
 
-void check_nbd_uri(const std::string &uri) {
-  const auto scheme_end = uri.find("://");
-  if (scheme_end == std::string::npos)
-    throw std::invalid_argument("'" + uri +
-                                "' is not an NBD URI (nbd://host[:port]/export, nbd+unix:///export?socket=PATH, ...)");
-  const auto authority_end = uri.find_first_of("/?#", scheme_end + 3);
-  const std::string authority = uri.substr(scheme_end + 3, authority_end - (scheme_end + 3));
-  const auto at = authority.find('@');
-  if (at != std::string::npos && authority.substr(0, at).find(':') != std::string::npos)
-    throw std::invalid_argument("the URI carries a password; secrets never go in URIs (they end up in logs and "
-                                "process listings): put the TLS PSK in the file named by tls-psk-file");
-  for (const char *param : {"tls-psk-file=", "tls-certificates="})
-    if (uri.find(param) != std::string::npos)
-      throw std::invalid_argument(std::string("the URI names ") + param +
-                                  "...: use the configuration keys tls-psk-file / tls-certificates instead");
-}
-
 NbdBackend::NbdBackend(NbdOptions options)
     : options_(std::move(options)), size_([this](std::uint64_t size) { report_resize(size); }) {
   size_.on_health = [this](State state, const std::string &why) { report_health(state, why); };

@@ -17,10 +17,6 @@ struct nbd_handle;
 
 namespace vb {
 
-// Throws std::invalid_argument explaining why a URI cannot be used: credentials in it, or a
-// secret-bearing query parameter (secrets come from files named in the configuration).
-void check_nbd_uri(const std::string &uri);
-
 class NbdBackend final : public Backend {
 public:
   explicit NbdBackend(NbdOptions options);

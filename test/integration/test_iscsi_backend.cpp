@@ -309,9 +309,13 @@ public:
   // The next GOOD SCSI Response becomes the unit attention.
   void arm() { armed_ = true; }
   unsigned injected() const { return injected_; }
+  // Returns once the proxy thread has frozen every link: a write submitted after freeze()
+  // returns is held, never forwarded (without the wait a write could race past the freeze).
   void freeze() {
     freeze_ = true;
     poke();
+    while (freeze_)
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
   }
   void release() {
     release_ = true;
@@ -395,9 +399,11 @@ private:
 
   void run() {
     for (;;) {
-      if (freeze_.exchange(false))
+      if (freeze_) {
         for (Link &l : links_)
           l.frozen = true;
+        freeze_ = false;
+      }
       if (release_) {
         for (std::size_t i = links_.size(); i-- > 0;) {
           Link &l = links_[i];
@@ -639,8 +645,8 @@ TEST_CASE("iscsi: CHAP one-way and mutual, and a wrong password or file fails wi
 TEST_CASE("iscsi: URIs with credentials or without a LUN are refused with an explanation") {
   CHECK_THROWS_WITH_AS(vb::parse_iscsi_uri("iscsi://user%secret@127.0.0.1/iqn.x:y/1"),
                        doctest::Contains("user information"), std::invalid_argument);
-  CHECK_THROWS_WITH_AS(vb::parse_iscsi_uri("iscsi://127.0.0.1/iqn.x:y"), doctest::Contains("target-name/lun"),
-                       std::invalid_argument);
+  CHECK_THROWS_WITH_AS(vb::parse_iscsi_uri("iscsi://127.0.0.1/iqn.x:y"),
+                       doctest::Contains("the target name and the LUN follow the host"), std::invalid_argument);
   CHECK_THROWS_AS(vb::parse_iscsi_uri("iscsi://127.0.0.1/iqn.x:y/1?header_digest=crc32c"), std::invalid_argument);
   CHECK_THROWS_AS(vb::parse_iscsi_uri("nbd://127.0.0.1/x"), std::invalid_argument);
   const auto u = vb::parse_iscsi_uri("iscsi://[::1]/iqn.2026-11.org.example%3Adisk0/7");
