@@ -34,13 +34,11 @@ else
   for p in vb-nbd qsd-nbd knbd fio-libnbd; do missing[$p]="nbdkit not installed (Debian: nbdkit)"; done
 fi
 if command -v tgtd >/dev/null && command -v tgtadm >/dev/null; then
-  # iscsi.sh has its own on_cleanup/trap; the suite's trap below replaces both helpers' traps.
   source "$LIB/iscsi.sh"
   have_iscsi=1
 else
   for p in vb-iscsi qsd-iscsi; do missing[$p]="tgtd/tgtadm not installed (Debian: tgt)"; done
 fi
-declare -F alive >/dev/null || alive() { [ -n "$1" ] && kill -0 "$1" 2>/dev/null; }
 
 RUNTIME=${VDUSE_BRIDGE_BENCH_SECONDS:-3}
 RAMP=${VDUSE_BRIDGE_BENCH_RAMP:-1s}
@@ -64,6 +62,7 @@ fact fio "$(fio --version)"
 CLK=$(getconf CLK_TCK)
 
 # --- process bookkeeping: every daemon we start, stopped by PID at exit ---------------------------
+# (before the servers: lib/nbd.sh's and lib/iscsi.sh's steps run after this one)
 declare -A vb_pid=() vb_log=() qsd_pid=() qsd_dev=()
 suite_stop_all() {
   local id
@@ -76,37 +75,13 @@ suite_stop_all() {
   for id in "${!vb_pid[@]}"; do
     if alive "${vb_pid[$id]}"; then
       kill -TERM "${vb_pid[$id]}" 2>/dev/null || true
-      wait_gone_ "${vb_pid[$id]}" 120 || kill -KILL "${vb_pid[$id]}" 2>/dev/null || true
+      wait_gone "${vb_pid[$id]}" 120 || kill -KILL "${vb_pid[$id]}" 2>/dev/null || true
     fi
     wait "${vb_pid[$id]}" 2>/dev/null || true
     unset "vb_pid[$id]"
   done
 }
-wait_gone_() {
-  local deadline=$((SECONDS + $2))
-  while alive "$1"; do
-    [ "$SECONDS" -lt "$deadline" ] || return 1
-    sleep 0.1
-  done
-}
-suite_status() { return "$1"; }
-# shellcheck disable=SC2317 # the EXIT trap
-suite_cleanup() {
-  local rc=$? m id
-  set +e
-  if [ "$have_iscsi" = 1 ]; then
-    for ((m = ${#iscsi_cleanup_hooks[@]} - 1; m >= 0; m--)); do "${iscsi_cleanup_hooks[$m]}"; done
-  fi
-  if [ "$have_nbd" = 1 ]; then
-    for m in "${knbd_devs[@]}"; do knbd_detach "$m"; done
-  fi
-  suite_stop_all
-  if [ "$have_nbd" = 1 ]; then for id in "${!nbdkit_pids[@]}"; do nbdkit_kill "$id" TERM; done; fi
-  if [ "$have_iscsi" = 1 ]; then tgtd_stop; fi
-  suite_status "$rc"
-  cleanup
-}
-trap suite_cleanup EXIT
+on_cleanup suite_stop_all
 
 usec() { printf '%s' "${EPOCHREALTIME/./}"; }
 vb_serving() { grep -q "serving" "${vb_log[$1]}" 2>/dev/null || ! alive "${vb_pid[$1]}"; }

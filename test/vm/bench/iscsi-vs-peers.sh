@@ -60,7 +60,6 @@ fi
 
 # (b) qemu-storage-daemon
 qsd_pid='' qsd_attached=0
-# shellcheck disable=SC2317 # run from the EXIT trap
 qsd_stop() {
   if [ "$qsd_attached" -eq 1 ]; then vdpa dev del qsdiscsi0 || echo "warning: vdpa dev del qsdiscsi0 failed" >&2; fi
   qsd_attached=0
@@ -99,7 +98,6 @@ fi
 # (c) the kernel's initiator: iscsid keeps its node database under /etc/iscsi, read-only here, so
 # it gets a private tmpfs copy for the run.
 iscsid_pid='' kiscsi_logged_in=0 etc_iscsi_mounted=0
-# shellcheck disable=SC2317 # run from the EXIT trap
 kiscsi_stop() {
   if [ "$kiscsi_logged_in" -eq 1 ]; then
     iscsiadm -m node -T "$TGT_IQN" -p "127.0.0.1:$tgtd_port" --logout >/dev/null 2>&1 ||

@@ -7,7 +7,7 @@ source "$(dirname "$0")/../lib/daemon.sh"
 command -v fio >/dev/null || skip "fio not installed"
 QSD=$(command -v qemu-storage-daemon) || skip "qemu-storage-daemon not installed"
 RUNTIME=${VDUSE_BRIDGE_BENCH_SECONDS:-8}
-cd "$work"
+cd "$work" # fio may leave state files in the current directory
 
 # fio_iops DEV IODEPTH: read IOPS of a time-based 4k randread run over the first 64 MiB.
 fio_iops() {
@@ -27,20 +27,30 @@ dd if=/dev/zero of="$dev" bs=1M count=64 oflag=direct status=none
 for qd in 32 1; do iops[vb-$qd]=$(fio_iops "$dev" "$qd"); done
 stop_daemon
 
+qsd_pid='' qsd_attached=0
+qsd_stop() {
+  if [ "$qsd_attached" -eq 1 ]; then vdpa dev del qsd0 || echo "warning: vdpa dev del qsd0 failed" >&2; fi
+  qsd_attached=0
+  if alive "$qsd_pid"; then
+    kill -TERM "$qsd_pid" 2>/dev/null || true
+    wait "$qsd_pid" 2>/dev/null || true
+  fi
+  qsd_pid=''
+}
+on_cleanup qsd_stop
 "$QSD" --blockdev driver=null-co,node-name=n0,size=1073741824,read-zeroes=on \
   --export type=vduse-blk,id=e0,node-name=n0,name=qsd0,writable=on,num-queues=1,queue-size=256 \
   >"$work/qsd.log" 2>&1 &
 qsd_pid=$!
-qsd_up() { [ -e /dev/vduse/qsd0 ] || ! kill -0 "$qsd_pid" 2>/dev/null; }
+qsd_up() { [ -e /dev/vduse/qsd0 ] || ! alive "$qsd_pid"; }
 wait_for 60 /dev/vduse/qsd0 qsd_up
 [ -e /dev/vduse/qsd0 ] || fail "qemu-storage-daemon did not start: $(cat "$work/qsd.log")"
-vdpa dev add name qsd0 mgmtdev vduse
+vdpa dev add name qsd0 mgmtdev vduse || fail "vdpa dev add name qsd0 failed"
+qsd_attached=1
 wait_for 30 "the qsd disk" disk_ready qsd0
 dev=/dev/$(disk_of qsd0)
 for qd in 32 1; do iops[qsd-$qd]=$(fio_iops "$dev" "$qd"); done
-vdpa dev del qsd0
-kill "$qsd_pid"
-wait "$qsd_pid" 2>/dev/null || true
+qsd_stop
 
 echo "bench: 4k randread, ${RUNTIME}s per run, IOPS in guest time"
 for qd in 32 1; do

@@ -59,7 +59,6 @@ fi
 
 # (b) qemu-storage-daemon
 qsd_pid='' qsd_attached=0
-# shellcheck disable=SC2317 # run from the EXIT trap
 qsd_stop() {
   if [ "$qsd_attached" -eq 1 ]; then vdpa dev del qsdnbd0 || echo "warning: vdpa dev del qsdnbd0 failed" >&2; fi
   qsd_attached=0

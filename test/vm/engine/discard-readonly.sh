@@ -18,7 +18,7 @@ cmp -n $((1 << 20)) "$work/r2" /dev/zero || fail "zeroed range does not read bac
 [ "$(dd if="$disk" bs=1M skip=3 count=1 iflag=direct status=none | tr -d '\0' | wc -c)" -gt 0 ] ||
   fail "data outside the discarded ranges was lost"
 echo "ok: blkdiscard -z (WRITE_ZEROES) reads back zeros, neighbours intact"
-sync "$disk" && blockdev --flushbufs "$disk" || fail "flush failed"
+{ sync "$disk" && blockdev --flushbufs "$disk"; } || fail "flush failed"
 echo "ok: flush"
 stop_daemon
 

@@ -7,7 +7,8 @@ command -v fio >/dev/null || skip "fio not installed"
 memory_config "$work/c.yaml" vbfio0 256M "queues: 2"
 start_daemon "$work/c.yaml" vbfio0
 disk=/dev/$(disk_of vbfio0)
-nq=$(ls -d /sys/block/"$(basename "$disk")"/mq/* | wc -l)
+queues=(/sys/block/"${disk#/dev/}"/mq/*)
+nq=${#queues[@]}
 [ "$nq" -eq 2 ] || fail "the disk has $nq hardware queues, expected 2"
 echo "ok: $disk has 2 queues"
 

@@ -19,7 +19,7 @@ echo "ok: a second start with the same configuration works"
 
 printf 'devices:\n  - name: bad\n    backend:\n      type: memory\n      size: 12X\n' >"$work/bad.yaml"
 if "$DAEMON" --config "$work/bad.yaml" --check 2>"$work/err"; then fail "--check accepted a bad file"; fi
-grep -q "bad.yaml:5:" "$work/err" && grep -q "size" "$work/err" || fail "error does not name file:line and key: $(cat "$work/err")"
+{ grep -q "bad.yaml:5:" "$work/err" && grep -q "size" "$work/err"; } || fail "error does not name file:line and key: $(cat "$work/err")"
 echo "ok: bad configuration rejected: $(cat "$work/err")"
 
 # attach: vhost-vdpa gives a /dev/vhost-vdpa-N for a VMM instead of a host disk.

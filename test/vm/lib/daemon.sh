@@ -1,7 +1,14 @@
-# Shared helpers for real-kernel tests of the vduse-bridge daemon (sourced, not run).
-# Provides: fail, skip, wait_for, start_daemon CONFIG, stop_daemon, disk_of NAME, and a cleanup
-# trap that stops the daemon by PID (never by name) and removes the scratch directory.
+# shellcheck shell=bash
+# Shared helpers for real-kernel tests of the vduse-bridge daemon (sourced, not run; sourcing it
+# again is a no-op). Provides: fail, skip, wait_for, start_daemon CONFIG, stop_daemon, disk_of NAME,
+# alive PID, wait_gone PID SECONDS, stop_daemon_bounded SECONDS, the scratch directory $work, and
+# on_cleanup (lib/cleanup.sh). At exit, after the steps pushed later (by the other libraries and the
+# script), $work/mnt* are unmounted, the daemon is stopped by PID (never by name; SIGKILL if it has
+# not exited 120 s after SIGTERM) and $work is removed.
+[ -z "${daemon_sh_sourced:-}" ] || return 0
+daemon_sh_sourced=1
 set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/cleanup.sh"
 
 fail() {
   echo "FAIL: $*" >&2
@@ -20,18 +27,45 @@ DAEMON=$BUILD_DIR/src/vduse-bridge
 [ -x "$DAEMON" ] || fail "no daemon binary at $DAEMON (build first, or set VDUSE_BRIDGE_BUILD_DIR)"
 
 work=$(mktemp -d)
+# --one-file-system: a file system still mounted under $work (umount failed) keeps its files.
+on_cleanup rm -rf --one-file-system "$work"
 daemon_pid='' daemon_log='' daemon_runs=0
-cleanup() {
-  local rc=$?
-  if [ -n "$daemon_pid" ] && kill -0 "$daemon_pid" 2>/dev/null; then
-    kill -TERM "$daemon_pid" 2>/dev/null || true
-    wait "$daemon_pid" 2>/dev/null || true
-  fi
-  for m in "$work"/mnt*; do [ -d "$m" ] && ! mountpoint -q "$m" || umount "$m" 2>/dev/null || true; done
-  rm -rf "$work"
-  exit "$rc"
+
+alive() { [ -n "$1" ] && kill -0 "$1" 2>/dev/null; }
+
+# wait_gone PID SECONDS: polls until PID has exited; status 1 if it is still there after SECONDS.
+wait_gone() {
+  local deadline=$((SECONDS + $2))
+  while alive "$1"; do
+    [ "$SECONDS" -lt "$deadline" ] || return 1
+    sleep 0.1
+  done
 }
-trap cleanup EXIT
+
+# stop_daemon_bounded SECONDS: SIGTERM, then SIGKILL if it has not exited after SECONDS (a detach
+# can wait for I/O held while a backend's server is away). No status check: for clean-up paths.
+stop_daemon_bounded() {
+  alive "$daemon_pid" || { daemon_pid='' && return 0; }
+  kill -TERM "$daemon_pid" 2>/dev/null || true
+  if ! wait_gone "$daemon_pid" "$1"; then
+    echo "warning: the daemon (pid $daemon_pid) did not exit ${1}s after SIGTERM; killing it" >&2
+    kill -KILL "$daemon_pid" 2>/dev/null || true
+  fi
+  wait "$daemon_pid" 2>/dev/null || true
+  daemon_pid=''
+}
+
+# umount_work: unmounts every file system mounted on $work/mnt* (lazily if it is busy).
+umount_work() {
+  local m rc=0
+  for m in "$work"/mnt*; do
+    if [ -d "$m" ] && mountpoint -q "$m"; then umount "$m" 2>/dev/null || umount -l "$m" || rc=1; fi
+  done
+  return "$rc"
+}
+
+on_cleanup stop_daemon_bounded 120
+on_cleanup umount_work # before the daemon goes: the disk flushes through it
 
 # wait_for SECONDS WHAT CMD...: poll until CMD succeeds (TCG is slow: be generous, never sleep fixed).
 wait_for() {
@@ -39,7 +73,8 @@ wait_for() {
   shift 2
   deadline=$((SECONDS + limit))
   until "$@"; do
-    [ "$SECONDS" -lt "$deadline" ] || fail "timed out after ${limit}s waiting for $what"
+    # return too: in a cleanup step fail does not exit (lib/cleanup.sh), and the loop must end.
+    [ "$SECONDS" -lt "$deadline" ] || { fail "timed out after ${limit}s waiting for $what"; return 1; }
     sleep 0.05
   done
 }

@@ -1,7 +1,7 @@
 # shellcheck shell=bash disable=SC2034 # its variables are read by the scripts that source it
-# Helpers for real-kernel tests of the iSCSI backend (sourced after lib/daemon.sh, not run): tgtd,
-# the user-space iSCSI target, runs inside the guest on 127.0.0.1 with LUNs backed by files in the
-# guest's /tmp (tmpfs).
+# Helpers for real-kernel tests of the iSCSI backend (sourced, not run; it sources lib/daemon.sh):
+# tgtd, the user-space iSCSI target, runs inside the guest on 127.0.0.1 with LUNs backed by files in
+# the guest's /tmp (tmpfs).
 #
 #   source "$(dirname "$0")/../lib/daemon.sh"
 #   source "$(dirname "$0")/../lib/iscsi.sh"
@@ -22,65 +22,27 @@
 #   tgtd_kill [SIGNAL]                    signal tgtd (default KILL) by PID and reap it
 #   tgtd_stop                             delete the target, ask tgtd to exit, SIGKILL if it does not
 #   iscsi_uri LUN                         iscsi://127.0.0.1:$tgtd_port/$TGT_IQN/LUN
-#   on_cleanup FUNCTION                   run FUNCTION at exit, before the daemon and tgtd stop
-#   alive PID, wait_gone PID SECONDS, stop_daemon_bounded SECONDS   as in lib/nbd.sh
+#   on_cleanup CMD [ARG...]               (lib/cleanup.sh) run CMD at exit, before the daemon and
+#                                         tgtd stop
+#   alive PID, wait_gone PID SECONDS, stop_daemon_bounded SECONDS   from lib/daemon.sh
 #
-# daemon.sh's EXIT trap (cleanup) is kept: the trap set here runs the on_cleanup hooks (last
-# registered first), unmounts $work/mnt*, stops the daemon while tgtd still runs (a detach
-# flushes through the backend), stops tgtd, then calls cleanup, which removes $work and exits with
-# the script's status.
-if [ -z "${work:-}" ] || ! declare -F cleanup >/dev/null; then
-  echo "FAIL: source lib/daemon.sh before lib/iscsi.sh" >&2
-  exit 1
-fi
+# At exit, after the steps pushed later (the script's), $work/mnt* are unmounted, the daemon is
+# stopped while tgtd still runs (a detach flushes through the backend), then tgtd; then
+# lib/daemon.sh's steps run (they remove $work).
+[ -z "${iscsi_sh_sourced:-}" ] || return 0
+iscsi_sh_sourced=1
+source "$(dirname "${BASH_SOURCE[0]}")/daemon.sh" # a no-op if the script sourced it
 command -v tgtd >/dev/null || skip "tgtd not installed (Debian: tgt)"
 command -v tgtadm >/dev/null || skip "tgtadm not installed (Debian: tgt)"
 
 TGT_IQN=iqn.2026-11.org.vduse-bridge.vmtest:disk
 tgtd_pid='' tgtd_port='' tgtd_control='' iscsi_unavailable=''
-tgt_luns=() iscsi_cleanup_hooks=()
+tgt_luns=()
 
-on_cleanup() { iscsi_cleanup_hooks+=("$1"); }
-
-alive() { [ -n "$1" ] && kill -0 "$1" 2>/dev/null; }
-
-# wait_gone PID SECONDS: polls until PID has exited; status 1 if it is still there after SECONDS.
-wait_gone() {
-  local deadline=$((SECONDS + $2))
-  while alive "$1"; do
-    [ "$SECONDS" -lt "$deadline" ] || return 1
-    sleep 0.1
-  done
-}
-
-# stop_daemon_bounded SECONDS: SIGTERM, then SIGKILL if it has not exited after SECONDS (a detach
-# can wait for I/O held while the target is away). No status check: for clean-up paths.
-stop_daemon_bounded() {
-  alive "$daemon_pid" || return 0
-  kill -TERM "$daemon_pid" 2>/dev/null || true
-  if ! wait_gone "$daemon_pid" "$1"; then
-    echo "warning: the daemon (pid $daemon_pid) did not exit ${1}s after SIGTERM; killing it" >&2
-    kill -KILL "$daemon_pid" 2>/dev/null || true
-  fi
-  wait "$daemon_pid" 2>/dev/null || true
-  daemon_pid=''
-}
-
-iscsi_status() { return "$1"; }
-# shellcheck disable=SC2317 # run from the EXIT trap
-iscsi_cleanup() {
-  local rc=$? i m
-  set +e # every step is best effort; cleanup (daemon.sh) still has to run
-  for ((i = ${#iscsi_cleanup_hooks[@]} - 1; i >= 0; i--)); do "${iscsi_cleanup_hooks[$i]}" || true; done
-  for m in "$work"/mnt*; do
-    if [ -d "$m" ] && mountpoint -q "$m"; then umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true; fi
-  done
-  stop_daemon_bounded 120 || true
-  tgtd_stop || true
-  iscsi_status "$rc"
-  cleanup
-}
-trap iscsi_cleanup EXIT
+# Pushed in reverse: they run from the bottom up.
+on_cleanup tgtd_stop
+on_cleanup stop_daemon_bounded 120
+on_cleanup umount_work
 
 iscsi_uri() { printf 'iscsi://127.0.0.1:%s/%s/%s' "$tgtd_port" "$TGT_IQN" "$1"; }
 

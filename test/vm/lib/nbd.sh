@@ -1,5 +1,5 @@
 # shellcheck shell=bash disable=SC2034 # its variables are read by the scripts that source it
-# Helpers for real-kernel tests of the NBD backend (sourced after lib/daemon.sh, not run).
+# Helpers for real-kernel tests of the NBD backend (sourced, not run; it sources lib/daemon.sh).
 #
 #   source "$(dirname "$0")/../lib/daemon.sh"
 #   source "$(dirname "$0")/../lib/nbd.sh"
@@ -18,64 +18,36 @@
 #   nbd_server_read URI OFFSET LENGTH OUT  read a range straight from the server (nbdcopy, no kernel)
 #   knbd_attach SOCK                     connect a free /dev/nbdN to SOCK with nbd-client; sets knbd_dev
 #   knbd_detach DEV                      nbd-client -d
-#   on_cleanup FUNCTION                  run FUNCTION at exit, before the daemon and servers stop
-#   stop_daemon_bounded SECONDS          SIGTERM the daemon, SIGKILL it after SECONDS
+#   on_cleanup CMD [ARG...]              (lib/cleanup.sh) run CMD at exit, before the daemon and
+#                                        the servers stop
+#   alive PID, wait_gone PID SECONDS, stop_daemon_bounded SECONDS   from lib/daemon.sh
 #
-# daemon.sh's EXIT trap (cleanup) is kept: the trap set here runs the on_cleanup hooks (last
-# registered first), unmounts $work/mnt*, detaches kernel NBD devices, stops the daemon while its
-# servers still run (a detach flushes through the backend), stops every nbdkit, then calls cleanup,
-# which removes $work and exits with the script's status.
-if [ -z "${work:-}" ] || ! declare -F cleanup >/dev/null; then
-  echo "FAIL: source lib/daemon.sh before lib/nbd.sh" >&2
-  exit 1
-fi
+# At exit, after the steps pushed later (the script's), $work/mnt* are unmounted, kernel NBD devices
+# detached, the daemon stopped while its servers still run (a detach flushes through the backend),
+# then every nbdkit; then lib/daemon.sh's steps run (they remove $work).
+[ -z "${nbd_sh_sourced:-}" ] || return 0
+nbd_sh_sourced=1
+source "$(dirname "${BASH_SOURCE[0]}")/daemon.sh" # a no-op if the script sourced it
 command -v nbdkit >/dev/null || skip "nbdkit not installed"
 
 declare -A nbdkit_pids=() nbdkit_ports=()
-knbd_devs=() nbd_cleanup_hooks=() nbd_unavailable=''
+knbd_devs=() nbd_unavailable=''
 
-on_cleanup() { nbd_cleanup_hooks+=("$1"); }
-
-alive() { [ -n "$1" ] && kill -0 "$1" 2>/dev/null; }
-
-# wait_gone PID SECONDS: polls until PID has exited; status 1 if it is still there after SECONDS.
-wait_gone() {
-  local deadline=$((SECONDS + $2))
-  while alive "$1"; do
-    [ "$SECONDS" -lt "$deadline" ] || return 1
-    sleep 0.1
-  done
+nbdkit_kill_all() {
+  local id rc=0
+  for id in "${!nbdkit_pids[@]}"; do nbdkit_kill "$id" TERM || rc=1; done
+  return "$rc"
 }
-
-# stop_daemon_bounded SECONDS: SIGTERM, then SIGKILL if it has not exited after SECONDS (a detach
-# can wait for I/O held while the server is away). No status check: for clean-up paths.
-stop_daemon_bounded() {
-  alive "$daemon_pid" || return 0
-  kill -TERM "$daemon_pid" 2>/dev/null || true
-  if ! wait_gone "$daemon_pid" "$1"; then
-    echo "warning: the daemon (pid $daemon_pid) did not exit ${1}s after SIGTERM; killing it" >&2
-    kill -KILL "$daemon_pid" 2>/dev/null || true
-  fi
-  wait "$daemon_pid" 2>/dev/null || true
-  daemon_pid=''
+knbd_detach_all() {
+  local dev rc=0
+  for dev in "${knbd_devs[@]}"; do knbd_detach "$dev" || rc=1; done
+  return "$rc"
 }
-
-nbd_status() { return "$1"; }
-# shellcheck disable=SC2317 # run from the EXIT trap
-nbd_cleanup() {
-  local rc=$? i m id
-  set +e # every step is best effort; cleanup (daemon.sh) still has to run
-  for ((i = ${#nbd_cleanup_hooks[@]} - 1; i >= 0; i--)); do "${nbd_cleanup_hooks[$i]}" || true; done
-  for m in "$work"/mnt*; do
-    if [ -d "$m" ] && mountpoint -q "$m"; then umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true; fi
-  done
-  for m in "${knbd_devs[@]}"; do knbd_detach "$m" || true; done
-  stop_daemon_bounded 120 || true
-  for id in "${!nbdkit_pids[@]}"; do nbdkit_kill "$id" TERM || true; done
-  nbd_status "$rc"
-  cleanup
-}
-trap nbd_cleanup EXIT
+# Pushed in reverse: they run from the bottom up.
+on_cleanup nbdkit_kill_all
+on_cleanup stop_daemon_bounded 120
+on_cleanup knbd_detach_all
+on_cleanup umount_work
 
 nbd_unix_uri() { printf 'nbd+unix:///?socket=%s' "$1"; }
 nbd_tcp_uri() { printf 'nbd://127.0.0.1:%s/' "$1"; }

@@ -1,5 +1,5 @@
 # shellcheck shell=bash
-# Helpers for daemon-restart tests (sourced after lib/daemon.sh, not run).
+# Helpers for daemon-restart tests (sourced, not run; it sources lib/daemon.sh).
 #
 #   restart_daemon CONFIG [PAUSE]   start the daemon again on a device that exists (no wait for a
 #                                   new disk: the old one stays); PAUSE seconds before (default 0)
@@ -10,6 +10,12 @@
 #                                   iodepth 32, 2 jobs, until fio_check; pid in $fio_pid
 #   fio_check OUT                   stops it (SIGINT: fio finishes the I/O in flight and reports);
 #                                   fails unless it ended with 0 errors and verified data
+#
+# At exit a fio still running is stopped (SIGTERM, SIGKILL after 30 s) and reaped, before the daemon
+# stops.
+[ -z "${restart_sh_sourced:-}" ] || return 0
+restart_sh_sourced=1
+source "$(dirname "${BASH_SOURCE[0]}")/daemon.sh" # a no-op if the script sourced it
 
 restart_daemon() {
   local config=$1 pause=${2:-0}
@@ -39,10 +45,19 @@ leave_daemon() {
 resumed() { grep -q "resumed" "$daemon_log"; }
 
 fio_pid=''
+fio_kill() {
+  alive "$fio_pid" || { fio_pid='' && return 0; }
+  # SIGTERM: fio stops its job processes too.
+  kill -TERM "$fio_pid" 2>/dev/null || true
+  wait_gone "$fio_pid" 30 || kill -KILL "$fio_pid" 2>/dev/null || true
+  wait "$fio_pid" 2>/dev/null || true
+  fio_pid=''
+}
+on_cleanup fio_kill
 fio_start() {
   local disk=$1 out=$2 seconds=600 # an upper bound: fio_check stops it
   (
-    cd "$work"
+    cd "$work" || exit 1
     exec fio --eta=never --name=restart --filename="$disk" --direct=1 --ioengine=libaio --iodepth=32 \
       --numjobs=2 --offset_increment=64M --size=48M --rw=randwrite --bs=4k --verify=crc32c --verify_fatal=1 \
       --do_verify=1 --verify_backlog=128 --time_based --runtime="$seconds" --group_reporting \

@@ -4,8 +4,8 @@
 # NESTED guest (TCG inside TCG) on the harness's own kernel with a busybox initramfs
 # (test/vm/vmm/nested-init) whose agent (test/vm/vmm/nested-agent) runs the commands given here, sent
 # over a virtio-serial port; fio comes from the outer guest's root over 9p, mounted on demand
-# (test/vm/vmm/nested-lib); the boot image comes from test/vm/vmm/make-image. Sourced after
-# lib/daemon.sh and lib/nbd.sh:
+# (test/vm/vmm/nested-lib); the boot image comes from test/vm/vmm/make-image. Sourced (it sources
+# lib/daemon.sh) after lib/nbd.sh, if the script uses it:
 #
 #   vmm_prepare                       find QEMU (skip if none) and the nested boot image
 #   vmm_start ID VHOSTDEV [QEMU ARG...]  start VMM ID on /dev/vhost-vdpa-N (- for none), QMP
@@ -25,11 +25,10 @@
 #   vmm_bios_starts ID                how many times SeaBIOS started (its debug log): resets
 #
 # Every VMM is SIGKILLed at exit, before the daemon stops (the daemon's vdpa dev del would wait for
-# the VMM to close its vhost-vdpa fd).
-if [ -z "${work:-}" ] || ! declare -F on_cleanup >/dev/null; then
-  echo "FAIL: source lib/daemon.sh and lib/nbd.sh before lib/vmm.sh" >&2
-  exit 1
-fi
+# the VMM to close its vhost-vdpa fd): the step is pushed after lib/daemon.sh's and lib/nbd.sh's.
+[ -z "${vmm_sh_sourced:-}" ] || return 0
+vmm_sh_sourced=1
+source "$(dirname "${BASH_SOURCE[0]}")/daemon.sh" # a no-op if the script sourced it
 
 VMM_VM_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 VMM_CACHE=${VDUSE_BRIDGE_VM_CACHE:-/var/cache/vduse-bridge/vm}
@@ -246,7 +245,6 @@ vmm_kill() {
   fi
 }
 
-# shellcheck disable=SC2317 # run from the EXIT trap
 vmm_cleanup() {
   local id
   for id in "${!vmm_pids[@]}"; do vmm_kill "$id" KILL; done

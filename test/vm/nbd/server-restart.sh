@@ -43,7 +43,6 @@ dname=${disk#/dev/}
 echo "ok: $disk with reconnect-timeout 60s"
 
 fio_pid=''
-# shellcheck disable=SC2317 # run from the EXIT trap
 fio_stop() {
   if alive "$fio_pid"; then
     kill -TERM "$fio_pid" 2>/dev/null || true

@@ -30,17 +30,17 @@ port=10809
 nbdkit -f -i 127.0.0.1 -p "$port" -P "$work/nbdkit.pid" memory 64M &
 nbd_pid=$!
 # On the way out (also after a failure), A's name resolves again at once, so that A's queue and
-# the daemon can stop (cleanup SIGTERMs the daemon and waits for it).
+# the daemon can stop (lib/daemon.sh's step, which runs after this one, SIGTERMs the daemon and
+# waits for it).
 stop_helpers() {
-  local rc=$?
   kill "$dns_pid" ${nbd_pid:+"$nbd_pid"} 2>/dev/null || true
+  wait "$dns_pid" ${nbd_pid:+"$nbd_pid"} 2>/dev/null || true
   grep -q vbnbdhost "$work/hosts" || echo "127.0.0.1 vbnbdhost" >>"$work/hosts"
   umount /etc/resolv.conf 2>/dev/null || true
   [ -z "${unbind_pid:-}" ] || wait "$unbind_pid" 2>/dev/null || true
-  umount /etc/hosts 2>/dev/null || true
-  return "$rc" # cleanup exits with the script's status
+  umount /etc/hosts
 }
-trap 'stop_helpers; cleanup' EXIT
+on_cleanup stop_helpers
 wait_for 30 "nbdkit" test -s "$work/nbdkit.pid"
 
 cat >"$work/config.yaml" <<EOF2
@@ -73,13 +73,14 @@ echo "ok: A reconnecting"
 sleep 1 # A's queue thread is now in getaddrinfo most of the time
 
 # A's driver goes away (a reset whose answer needs A's queue), in the background: it may wait.
-a_dev=$(ls -d /sys/bus/vdpa/devices/vbisoa0/virtio* | head -n1)
-echo "$(basename "$a_dev")" >/sys/bus/virtio/drivers/virtio_blk/unbind &
+a_dev=$(compgen -G "/sys/bus/vdpa/devices/vbisoa0/virtio*" | head -n1) || fail "A has no virtio device"
+basename "$a_dev" >/sys/bus/virtio/drivers/virtio_blk/unbind &
 unbind_pid=$!
 sleep 0.5
 
 # B is reset and probed again: every one of its messages must be answered within its 5 s.
-b_dev=$(basename "$(ls -d /sys/bus/vdpa/devices/vbisob0/virtio* | head -n1)")
+b_dev=$(compgen -G "/sys/bus/vdpa/devices/vbisob0/virtio*" | head -n1) || fail "B has no virtio device"
+b_dev=${b_dev##*/}
 t0=$(date +%s%N)
 echo "$b_dev" >/sys/bus/virtio/drivers/virtio_blk/unbind || fail "B's reset failed"
 echo "$b_dev" >/sys/bus/virtio/drivers/virtio_blk/bind ||

@@ -11,8 +11,6 @@ source "$(dirname "$0")/../lib/restart.sh"
 command -v fio >/dev/null || skip "fio not installed"
 MAX_MS=${VDUSE_BRIDGE_RELOAD_MAX_MS:-1000}
 
-# The script's status must reach cleanup (which exits with it), whatever the kill returns.
-trap 'rc=$?; [ -z "$fio_pid" ] || kill "$fio_pid" 2>/dev/null || true; (exit "$rc"); cleanup' EXIT
 conf=$work/vduse-bridge.yaml
 write_config() { # NAME:SIZE...
   local d
@@ -41,14 +39,14 @@ cp "$conf" "$work/good.yaml"
 printf 'devices:\n  - name: [broken\n' >"$conf"
 kill -HUP "$daemon_pid"
 wait_for 30 "the bad file to be reported" grep -q "nothing changed" "$daemon_log"
-disk_ready vbopnew0 && disk_ready vbopkeep0 || fail "a bad file changed the devices"
+{ disk_ready vbopnew0 && disk_ready vbopkeep0; } || fail "a bad file changed the devices"
 echo "ok: a bad file: $(grep -m1 'nothing changed' "$daemon_log" | cut -c1-110)..."
 cp "$work/good.yaml" "$conf"
 
 rc=0
 timeout -k 5 60 "$DAEMON" --config "$conf" >"$work/second.log" 2>&1 || rc=$?
 [ "$rc" -ne 0 ] || fail "a second daemon on the same configuration started"
-[ -b "$keep" ] && daemon_alive || fail "the second daemon disturbed the first"
+{ [ -b "$keep" ] && daemon_alive; } || fail "the second daemon disturbed the first"
 echo "ok: a second daemon is refused: $(grep -m1 -i 'error' "$work/second.log" | cut -c1-110)..."
 
 sleep 2

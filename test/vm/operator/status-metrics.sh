@@ -28,7 +28,7 @@ ios=$(awk -F';' '$1 == 3 { print $6 / 4 }' "$work/fio.txt")
 after=$(metric vduse_bridge_requests_total 'device="vbopstat0",op="read"')
 delta=$((after - before))
 echo "ok: fio read $ios blocks; the read counter went from $before to $after"
-[ "$delta" -ge "$ios" ] && [ "$delta" -le $((ios + 50)) ] || fail "the counter moved by $delta, fio did $ios reads"
+{ [ "$delta" -ge "$ios" ] && [ "$delta" -le $((ios + 50)) ]; } || fail "the counter moved by $delta, fio did $ios reads"
 hist=$(metric vduse_bridge_request_duration_seconds_count 'device="vbopstat0",op="read"')
 [ "${hist:-0}" -ge "$after" ] || fail "the read latency histogram counts ${hist:-none}, the counter $after"
 [ "$(metric vduse_bridge_backend_up 'device="vbopstat0",backend="memory"')" = 1 ] || fail "backend_up is not 1"
@@ -43,7 +43,7 @@ grep -q "^vduse_bridge_requests_total{device=\"vbopstat0\",op=\"read\"} " <<<"$h
 echo "ok: http://127.0.0.1:$port/metrics answers with the same counters"
 
 "$DAEMON" status >"$work/status.txt" || fail "vduse-bridge status failed"
-grep -q "vbopstat0" "$work/status.txt" && grep -q "connected" "$work/status.txt" ||
+{ grep -q "vbopstat0" "$work/status.txt" && grep -q "connected" "$work/status.txt"; } ||
   { cat "$work/status.txt"; fail "status does not show the device and its backend"; }
 echo "ok: vduse-bridge status:"
 sed 's/^/    /' "$work/status.txt"

@@ -26,7 +26,7 @@ expect_refused() {
   timeout -k 5 60 "$DAEMON" --config "$config" >"$work/refused.log" 2>&1 || rc=$?
   [ "$rc" -eq 1 ] || { cat "$work/refused.log"; fail "$what: exit status $rc, expected 1"; }
   grep -q "$what" "$work/refused.log" || { cat "$work/refused.log"; fail "the error does not name '$what'"; }
-  [ -b "$disk" ] && [ "$(cat "/sys/block/$dname/size")" = "$sectors" ] || fail "$what: the device changed"
+  { [ -b "$disk" ] && [ "$(cat "/sys/block/$dname/size")" = "$sectors" ]; } || fail "$what: the device changed"
   echo "ok: refused: $(grep -m1 "$what" "$work/refused.log")"
 }
 expect_refused "$work/size.yaml" "134217728" # the memory disk holds 64 MiB, the file says 128 MiB

@@ -32,7 +32,13 @@ writer() {
 }
 writer &
 writer_pid=$!
-trap 'rc=$?; touch "$work/stop"; wait "$writer_pid" 2>/dev/null || true; (exit "$rc"); cleanup' EXIT
+writer_stop() { # before the file system is unmounted (lib/daemon.sh's step)
+  [ -n "$writer_pid" ] || return 0
+  touch "$work/stop"
+  wait_gone "$writer_pid" 60 || kill "$writer_pid" 2>/dev/null || true
+  wait "$writer_pid" 2>/dev/null || true
+}
+on_cleanup writer_stop
 
 for ((k = 1; k <= 5; k++)); do
   sleep "$(awk -v r="$RANDOM" 'BEGIN { printf "%.1f", 1 + (r % 20) / 10 }')"
@@ -42,7 +48,10 @@ for ((k = 1; k <= 5; k++)); do
 done
 sleep 2
 touch "$work/stop"
-wait "$writer_pid" || fail "the writer failed (an I/O error reached the file system?)"
+rc=0
+wait "$writer_pid" || rc=$?
+writer_pid='' # reaped: the cleanup step must not signal whoever gets the PID next
+[ "$rc" -eq 0 ] || fail "the writer failed (an I/O error reached the file system?)"
 files=$(wc -l <"$work/index")
 [ "$files" -gt 10 ] || fail "only $files files were written"
 echo "ok: 5 SIGKILLs and restarts while writing; $files files written and fsync'ed"

@@ -6,21 +6,19 @@
 # Once with the memory backend and once with nbd (nbdkit memory stays up meanwhile).
 # shellcheck source-path=SCRIPTDIR/../lib
 source "$(dirname "$0")/../lib/daemon.sh"
+have_nbdkit=0
+if command -v nbdkit >/dev/null; then
+  # Before lib/restart.sh: at exit fio stops first, then the daemon, then nbdkit.
+  source "$(dirname "$0")/../lib/nbd.sh"
+  have_nbdkit=1
+fi
 source "$(dirname "$0")/../lib/restart.sh"
 command -v fio >/dev/null || skip "fio not installed"
 KILLS=${VDUSE_BRIDGE_RESTART_KILLS:-10}
 
-fio_kill() { [ -z "$fio_pid" ] || kill "$fio_pid" 2>/dev/null || true; }
-have_nbdkit=0
-if command -v nbdkit >/dev/null; then
-  source "$(dirname "$0")/../lib/nbd.sh" # its EXIT trap runs the on_cleanup hooks, then cleanup
-  on_cleanup fio_kill
-  # shellcheck disable=SC2317 # run from the EXIT trap
+if [ "$have_nbdkit" = 1 ]; then
   nbdkit_log() { [ ! -s "$work/nbdkit-rec.log" ] || { echo "---- nbdkit log ----"; tail -n 20 "$work/nbdkit-rec.log"; }; }
   on_cleanup nbdkit_log
-  have_nbdkit=1
-else
-  trap 'rc=$?; fio_kill; (exit "$rc"); cleanup' EXIT # the script's status reaches cleanup
 fi
 
 # run_case LABEL CONFIG NAME

@@ -5,6 +5,8 @@
 # O_DIRECT reads back identical. If this fails, the kernel/harness is broken, not vduse-bridge.
 # Runs inside the real-kernel VM only: test/vm/run-vm test/vm/smoke/vduse-reference.sh
 set -euo pipefail
+# Only the cleanup stack: this script must not depend on the daemon (lib/daemon.sh needs its binary).
+source "$(dirname "$0")/../lib/cleanup.sh"
 
 NAME=vmref0
 SIZE_MIB=64
@@ -25,23 +27,12 @@ command -v vdpa >/dev/null || skip "vdpa (iproute2) not found"
 [ -c /dev/vduse/control ] || fail "/dev/vduse/control missing: the vduse module is not loaded"
 
 work=$(mktemp -d)
-nbdkit_pid='' qsd_pid='' attached=0
-cleanup() {
-  local rc=$?
-  # Detach while the daemon still serves the device, or the kernel waits on it.
-  if [ "$attached" -eq 1 ]; then vdpa dev del "$NAME" || echo "warning: vdpa dev del $NAME failed" >&2; fi
-  if [ -n "$qsd_pid" ]; then
-    kill "$qsd_pid" 2>/dev/null || true
-    wait "$qsd_pid" 2>/dev/null || true
-  fi
-  if [ -n "$nbdkit_pid" ]; then
-    kill "$nbdkit_pid" 2>/dev/null || true
-    wait "$nbdkit_pid" 2>/dev/null || true
-  fi
-  rm -rf "$work"
-  exit "$rc"
+on_cleanup rm -rf "$work"
+# stop_pid PID: SIGTERM and reap (a cleanup step).
+stop_pid() {
+  kill "$1" 2>/dev/null || true
+  wait "$1" 2>/dev/null || true
 }
-trap cleanup EXIT
 
 # wait_for SECONDS WHAT CMD...: poll CMD until it succeeds; fail after SECONDS (TCG is slow, be generous).
 wait_for() {
@@ -61,6 +52,7 @@ ready_or_dead() { # PID FILE: the file exists, or the process is gone (checked b
 sock=$work/nbd.sock
 nbdkit --exit-with-parent -U "$sock" -P "$work/nbdkit.pid" memory "${SIZE_MIB}M" &
 nbdkit_pid=$!
+on_cleanup stop_pid "$nbdkit_pid"
 # nbdkit writes the pid file only once the socket is listening.
 wait_for 30 "nbdkit's pid file" ready_or_dead "$nbdkit_pid" "$work/nbdkit.pid"
 alive "$nbdkit_pid" || fail "nbdkit exited during startup"
@@ -71,12 +63,14 @@ echo "ok: nbdkit memory ${SIZE_MIB}M on $sock (pid $nbdkit_pid)"
   --blockdev "driver=nbd,node-name=disk0,server.type=unix,server.path=$sock" \
   --export "type=vduse-blk,id=exp0,node-name=disk0,name=$NAME,writable=on" &
 qsd_pid=$!
+on_cleanup stop_pid "$qsd_pid"
 wait_for 30 "/dev/vduse/$NAME" ready_or_dead "$qsd_pid" "/dev/vduse/$NAME"
 alive "$qsd_pid" || fail "qemu-storage-daemon exited during startup"
 echo "ok: $QSD created /dev/vduse/$NAME (pid $qsd_pid)"
 
 vdpa dev add name "$NAME" mgmtdev vduse || fail "vdpa dev add name $NAME mgmtdev vduse failed"
-attached=1
+# Detach while qemu-storage-daemon still serves the device, or the kernel waits on it.
+on_cleanup vdpa dev del "$NAME"
 echo "ok: vdpa dev add name $NAME mgmtdev vduse"
 
 # virtio_vdpa must drive the device to get a disk; run-vm loads it before vhost_vdpa so it binds first.

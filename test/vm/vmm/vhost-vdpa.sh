@@ -57,7 +57,6 @@ bad() { # a failed check: reported now and at the end, the script goes on
   echo "FAIL: [$step_name] $*" >&2
   failures+=("[$step_name] $*")
 }
-# shellcheck disable=SC2317 # run from the EXIT trap
 report() {
   local t
   step_end
@@ -91,7 +90,6 @@ server_sha() {
 pattern_sha() { { yes "$1" || true; } | head -c $MIB | sha256sum | cut -d" " -f1; }
 
 qsd_pid=''
-# shellcheck disable=SC2317 # run from the EXIT trap
 qsd_stop() {
   vmm_cleanup # the VMMs first: vdpa dev del waits for the vhost-vdpa fd to be closed
   vdpa dev del "$NAME" 2>/dev/null || true
