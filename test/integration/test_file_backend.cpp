@@ -141,6 +141,11 @@ vb::FileBackendOptions options_for(const std::string &path, vb::FileBackendOptio
   return o;
 }
 
+// run_once(true) with a fresh queue's Deferred pending is one loop iteration (libevent's
+// EVLOOP_ONCE ends after the round that ran callbacks): the Deferred issues what it can, and the
+// completions, signalled through the eventfd, wait for a later iteration. run_once(false) may go
+// round again and reap them; so may a queue whose eventfd has an edge left from earlier I/O.
+
 // Runs loop until pred holds; fails the test after timeout.
 template <typename Pred> void run_until(vb::EventLoop &loop, Pred pred, std::chrono::milliseconds timeout = 20s) {
   bool expired = false;
@@ -294,7 +299,10 @@ TEST_CASE("file: unaligned buffers under O_DIRECT go through bounce memory bound
   std::vector<char> shadow(16 * kMiB, 0);
   random_io_and_verify(d, path, shadow, true); // 2 MiB requests: 32 pieces of 64 KiB each
 
-  // Eight bounced writes of 64 KiB at once: one has the bounce memory, seven wait for it.
+  // Eight bounced writes of 64 KiB at once: one has the bounce memory, seven wait for it. On a
+  // fresh queue, so that no completion signal of the I/O above is left to be seen meanwhile.
+  d.q.reset();
+  d.q = d.backend.open_queue(d.loop, 0);
   std::vector<std::unique_ptr<Buffer>> mem;
   std::vector<iovec> iov(8);
   std::vector<Result> results(8);
@@ -306,7 +314,7 @@ TEST_CASE("file: unaligned buffers under O_DIRECT go through bounce memory bound
     const vb::Request req{vb::Op::write, i * 65536, 65536, &iov[i], 1};
     REQUIRE(d.q->submit(req, &Result::on_done, &results[i]) == 0);
   }
-  d.loop.run_once(false);
+  d.loop.run_once(true); // one iteration: issued now, reaped in a later one
   CHECK(d.file_queue().bounce_bytes() == 65536);
   CHECK(d.file_queue().in_flight() == 1);
   CHECK(d.file_queue().held() == 7);
@@ -357,7 +365,7 @@ TEST_CASE("file: automatic O_DIRECT falls back to the page cache on ramfs, and d
   iovec v{p, 4096};
   Result r;
   REQUIRE(d.q->submit({vb::Op::write, 8192, 4096, &v, 1}, &Result::on_done, &r) == 0);
-  d.loop.run_once(false);
+  d.loop.run_once(true); // one iteration: issued now, reaped in a later one
   CHECK(d.file_queue().bounce_bytes() == 0);
   run_until(d.loop, [&] { return r.calls > 0; });
   CHECK(r.error == 0);
@@ -523,7 +531,7 @@ TEST_CASE("file: more requests than the ring holds wait in order and all complet
     REQUIRE(d.q->submit(req, &Result::on_done, &results[i]) == 0);
   }
   CHECK(d.file_queue().held() == kCount); // nothing submitted before the loop runs: one batch
-  d.loop.run_once(false);
+  d.loop.run_once(true);                  // one iteration: issued now, reaped in a later one
   CHECK(d.file_queue().in_flight() == 4);
   CHECK(d.file_queue().held() == kCount - 4);
   unsigned most = 0;
@@ -549,7 +557,7 @@ struct FullRing {
       iov[i] = {mem.back()->data(), 65536};
       REQUIRE(d.q->submit({vb::Op::write, i * 65536, 65536, &iov[i], 1}, &Result::on_done, &results[i]) == 0);
     }
-    d.loop.run_once(false);
+    d.loop.run_once(true); // one iteration: issued now, reaped in a later one
     REQUIRE(d.file_queue().in_flight() == 4);
     REQUIRE(d.file_queue().held() == kCount - 4);
   }
@@ -699,6 +707,26 @@ TEST_CASE("file: a loop device serves random I/O, unaligned buffers, flush, FUA,
       const std::int64_t before = blocks_of(backing);
       CHECK(run_range(d, vb::Op::discard, 0, kMiB) == 0);
       CHECK(blocks_of(backing) <= before - static_cast<std::int64_t>(kMiB / 512));
+      // Discards run on the worker thread: a fence or cancel_all right behind them completes
+      // each exactly once, those the worker had not started with ECANCELED.
+      for (const bool cancel : {false, true}) {
+        std::vector<Result> rs(16);
+        for (std::size_t i = 0; i < rs.size(); ++i)
+          REQUIRE(d.q->submit({vb::Op::discard, 4 * kMiB + i * 65536, 65536, nullptr, 0}, &Result::on_done, &rs[i]) ==
+                  0);
+        if (cancel)
+          d.q->cancel_all();
+        else
+          d.q->fence();
+        const auto all_done = [&] { return std::all_of(rs.begin(), rs.end(), [](auto &r) { return r.calls; }); };
+        if (cancel)
+          CHECK(all_done()); // before cancel_all returned
+        run_until(d.loop, all_done);
+        for (const auto &r : rs) {
+          CHECK(r.calls == 1);
+          CHECK((r.error == 0 || r.error == ECANCELED));
+        }
+      }
     } else {
       MESSAGE("this loop device does not discard");
     }
