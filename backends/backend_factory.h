@@ -1,4 +1,4 @@
-// Builds the backend a device's configuration asks for.
+// Builds the backend a device's configuration asks for, through its backend module.
 #pragma once
 
 #include "config/config.h"
@@ -8,10 +8,7 @@
 
 namespace vb {
 
-// Where memory disks keep their contents (NAME.mem), so they survive a daemon restart.
-inline constexpr const char *kMemoryDiskDir = "/dev/shm/vduse-bridge";
-
-// Not yet opened (Backend::open() connects). Throws if the type is not available.
+// Not yet opened (Backend::open() connects). May throw.
 std::unique_ptr<Backend> make_backend(const DeviceConfig &device);
 
 } // namespace vb

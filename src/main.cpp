@@ -4,7 +4,7 @@
 #include "control/control_client.h"
 #include "daemon/daemon.h"
 #include "daemon/options.h"
-#include "iscsi/iscsi_discovery.h"
+#include "vduse-bridge/backend_module.h"
 
 #include <cstdio>
 #include <exception>
@@ -44,11 +44,7 @@ int main(int argc, char **argv) {
   }
   if (!options.discover.empty()) {
     try {
-      // The default initiator name, no CHAP: what a portal shows to anyone.
-      const auto targets = vb::discover_iscsi(options.discover, vb::IscsiOptions{});
-      if (targets.empty())
-        std::printf("%s: no targets\n", options.discover.c_str());
-      (void)std::fputs(vb::format_discovery(targets).c_str(), stdout);
+      (void)std::fputs(vb::discover(options.discover).c_str(), stdout);
       return 0;
     } catch (const std::exception &e) {
       (void)std::fprintf(stderr, "vduse-bridge: %s\n", e.what());

@@ -22,7 +22,7 @@ IscsiBackend::~IscsiBackend() {
     iscsi_destroy_context(first_);
 }
 
-void IscsiBackend::open() {
+void IscsiBackend::connect() {
   IscsiTarget &t = *target_;
   t.uri = parse_iscsi_uri(t.options.uri);
   t.name = describe_lun(t.uri);
@@ -36,10 +36,10 @@ void IscsiBackend::open() {
   }
   first_ = ctx;
   const BackendCapabilities &c = t.caps;
-  VB_LOG_INFO("iscsi: %s (%s): %s, %u-byte blocks (%u physical), max command %s%s%s%s%s%s", t.name.c_str(),
+  VB_LOG_INFO("iscsi: %s (%s): %s, %u-byte blocks (%u physical), max command %s%s%s%s%s", t.name.c_str(),
               c.identity.c_str(), format_size(c.size).c_str(), c.logical_block_size, c.physical_block_size,
               format_size(t.max_rw_bytes).c_str(), c.read_only ? ", read-only" : "", c.can_flush ? ", flush" : "",
-              c.can_fua ? ", fua" : "", c.can_discard ? ", unmap" : "",
+              c.can_discard ? ", unmap" : "",
               c.can_write_zeroes ? (c.can_zero_unmap ? ", write same (unmap)" : ", write same") : "");
 }
 

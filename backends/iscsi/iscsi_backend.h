@@ -22,9 +22,6 @@ public:
   IscsiBackend(const IscsiBackend &) = delete;
   IscsiBackend &operator=(const IscsiBackend &) = delete;
 
-  // Logs in once (blocking) to learn the LUN; that session becomes queue 0's. Throws with a
-  // message: bad URI, unreadable password file, login refused (CHAP), not a disk...
-  void open() override;
   const BackendCapabilities &capabilities() const override { return target_->caps; }
   // Each queue gets its own session (queue 0 the one open() made; the others log in in the
   // background on their own loop). Called on that loop's thread.
@@ -37,6 +34,9 @@ public:
   std::uint64_t current_size() const noexcept { return target_->size.get(); }
 
 private:
+  // Logs in once (blocking) to learn the LUN; that session becomes queue 0's. Throws with a
+  // message: bad URI, unreadable password file, login refused (CHAP), not a disk...
+  void connect() override;
   std::shared_ptr<IscsiTarget> target_;
   std::mutex mu_;
   iscsi_context *first_ = nullptr; // logged in by open(), adopted by queue 0

@@ -123,21 +123,21 @@ IscsiSession::Job *IscsiSession::new_job() noexcept {
 int IscsiSession::submit(const Request &req, CompletionFn done, void *ctx) noexcept {
   const BackendCapabilities &caps = target_->caps;
   if (cancelled_)
-    return -ECANCELED;
+    return ECANCELED;
   // The size now: it changes on resize.
   if (const std::uint64_t size = target_->size.get(); req.offset > size || req.length > size - req.offset)
-    return -EIO;
+    return EIO;
   if (req.offset % caps.logical_block_size != 0 || req.length % caps.logical_block_size != 0)
-    return -EINVAL;
+    return EINVAL;
   if (state_ != State::ready && fail_fast_)
-    return -EIO; // the target has been gone for longer than reconnect-timeout
+    return EIO; // the target has been gone for longer than reconnect-timeout
   if (req.length == 0 && req.op != Op::flush) {
     done(ctx, 0); // nothing to do; a WRITE SAME of 0 blocks would mean "to the end"
     return 0;
   }
   Job *job = new_job();
   if (!job)
-    return -ENOMEM;
+    return ENOMEM;
   job->req = req;
   job->done = done;
   job->ctx = ctx;
@@ -157,7 +157,7 @@ int IscsiSession::submit(const Request &req, CompletionFn done, void *ctx) noexc
       held_.push_back(job);
     } catch (...) {
       free_jobs_.push_back(job);
-      return -ENOMEM;
+      return ENOMEM;
     }
   }
   return 0;
@@ -178,7 +178,7 @@ int IscsiSession::plan(Job *job) noexcept {
   if (per_command > 0 && r.length / per_command >= kMaxCommandsPerRequest) {
     VB_LOG_WARN("%s: a request of %llu bytes would take more than %u commands; failed", name_.c_str(),
                 static_cast<unsigned long long>(r.length), kMaxCommandsPerRequest);
-    return -EIO;
+    return EIO;
   }
   try {
     job->parts.clear();
@@ -200,7 +200,7 @@ int IscsiSession::plan(Job *job) noexcept {
       break;
     case Op::discard:
       if (target_->max_unmap_blocks == 0)
-        return -EOPNOTSUPP;
+        return EOPNOTSUPP;
       split(target_->max_unmap_blocks);
       break;
     case Op::write_zeroes:
@@ -218,7 +218,7 @@ int IscsiSession::plan(Job *job) noexcept {
         p.iov_first = job->iov.size();
         for (std::uint64_t need = n; need > 0;) {
           if (i >= r.iovcnt)
-            return -EINVAL; // fewer bytes in the buffers than the request's length
+            return EINVAL; // fewer bytes in the buffers than the request's length
           const std::size_t take = std::min<std::uint64_t>(r.iov[i].iov_len - used, need);
           if (take > 0)
             job->iov.push_back({static_cast<char *>(r.iov[i].iov_base) + used, take});
@@ -237,7 +237,7 @@ int IscsiSession::plan(Job *job) noexcept {
     }
     }
   } catch (...) {
-    return -ENOMEM;
+    return ENOMEM;
   }
   for (Part &p : job->parts)
     p.job = job;
@@ -272,7 +272,7 @@ void IscsiSession::issue_part(Part *part) noexcept {
                                  iov, part->iov_count);
     break;
   case Op::write:
-    task = iscsi_write16_iov_task(ctx_, lun, part->lba, nullptr, bytes, static_cast<int>(bs), 0, 0, r.fua ? 1 : 0, 0, 0,
+    task = iscsi_write16_iov_task(ctx_, lun, part->lba, nullptr, bytes, static_cast<int>(bs), 0, 0, 0, 0, 0,
                                   &on_task_done, part, iov, part->iov_count);
     break;
   case Op::flush:

@@ -146,6 +146,7 @@ std::string iscsi_error(iscsi_context *ctx) {
 }
 
 IscsiUri parse_iscsi_uri(const std::string &uri) {
+  check_iscsi_uri(uri); // what the configuration file's uri key accepts, and nothing else
   const std::string_view rest = checked_rest(uri);
   const auto slash = rest.find('/');
   IscsiUri out;
@@ -538,7 +539,6 @@ void derive_capabilities(IscsiTarget &t) {
 
   c.read_only = l.write_protected;
   c.can_flush = l.write_cache;
-  c.can_fua = l.dpofua;
   c.can_discard = l.lbpu && l.max_unmap_blocks != 0;
   c.can_write_zeroes = l.lbpws || l.max_write_same_blocks != 0;
   c.can_zero_unmap = c.can_write_zeroes && l.lbpws;
@@ -555,7 +555,6 @@ void derive_capabilities(IscsiTarget &t) {
   if (c.can_write_zeroes && l.max_write_same_blocks != 0)
     lower(t.max_zero_blocks * bs);
   c.max_discard = limit != 0 && limit <= u32_max ? static_cast<std::uint32_t>(limit) : 0;
-  c.multi_queue_safe = true;
   c.identity = l.wwn.empty() ? t.name : l.wwn;
   t.caps = c;
   t.size.init(c.size);

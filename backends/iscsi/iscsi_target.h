@@ -6,6 +6,7 @@
 // read-only once open() has filled it, apart from first_report() and size (any thread).
 #pragma once
 
+#include "iscsi/iscsi_options.h"
 #include "vduse-bridge/backend.h"
 
 #include <atomic>
@@ -23,23 +24,6 @@ struct scsi_task;
 struct scsi_sense;
 
 namespace vb {
-
-struct IscsiOptions {
-  enum class HeaderDigest { none, crc32c, prefer_crc32c };
-
-  std::string uri;                  // iscsi://host[:port]/target-name/lun, no user information
-  std::string initiator_name;       // empty: default_initiator_name()
-  std::string chap_username;        // empty: no CHAP
-  std::string chap_password_file;   // read at every login
-  std::string target_username;      // mutual CHAP, with target_password_file
-  std::string target_password_file; // read at every login
-  HeaderDigest header_digest = HeaderDigest::none;
-  std::chrono::milliseconds reconnect_timeout{60000};
-  std::chrono::milliseconds request_timeout{0}; // 0 = none
-  // Reads and writes larger than this are sent as several commands; 0 = the LUN's limit (VPD
-  // Block Limits) or 32 MiB. Not a configuration key: tests lower it to exercise splitting.
-  std::uint32_t max_command_bytes = 0;
-};
 
 struct IscsiUri {
   std::string portal; // host:port as libiscsi takes it (an IPv6 host in brackets)

@@ -49,7 +49,7 @@ MemoryBackend::~MemoryBackend() {
     ::close(fd_);
 }
 
-void MemoryBackend::open() {
+void MemoryBackend::connect() {
   if (caps_.size == 0 || caps_.size % caps_.logical_block_size != 0)
     throw std::runtime_error("memory backend: size must be a non-zero multiple of the block size");
   if (path_.empty()) {

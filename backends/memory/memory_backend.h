@@ -22,7 +22,6 @@ public:
   MemoryBackend(const MemoryBackend &) = delete;
   MemoryBackend &operator=(const MemoryBackend &) = delete;
 
-  void open() override;
   const BackendCapabilities &capabilities() const override { return caps_; }
   std::unique_ptr<BackendQueue> open_queue(EventLoop &loop, unsigned index) override;
   const char *kind() const noexcept override { return "memory"; }
@@ -32,6 +31,7 @@ public:
   int execute(const Request &req) noexcept;
 
 private:
+  void connect() override;
   BackendCapabilities caps_;
   std::string path_;
   int fd_ = -1;

@@ -42,7 +42,7 @@ public:
   int submit(const Request &req, CompletionFn done, void *ctx) noexcept override {
     auto *f = new (std::nothrow) Forwarded{req, done, ctx, &origin_, live_, 0};
     if (!f)
-      return -ENOMEM;
+      return ENOMEM;
     try {
       {
         std::lock_guard lock(live_->mu);
@@ -53,13 +53,13 @@ public:
       target_.loop().post([f, target, source] {
         const int rc = target->submit(f->req, &Forwarded::on_done, f, source);
         if (rc != 0)
-          Forwarded::on_done(f, -rc);
+          Forwarded::on_done(f, rc);
       });
     } catch (...) {
       std::lock_guard lock(live_->mu);
       live_->set.erase(f);
       delete f;
-      return -ENOMEM;
+      return ENOMEM;
     }
     return 0;
   }
@@ -147,23 +147,6 @@ std::string redact(const std::string &uri) { return uri; } // passwords are refu
 
 } // namespace
 
-void check_nbd_uri(const std::string &uri) {
-  const auto scheme_end = uri.find("://");
-  if (scheme_end == std::string::npos)
-    throw std::invalid_argument("'" + uri +
-                                "' is not an NBD URI (nbd://host[:port]/export, nbd+unix:///export?socket=PATH, ...)");
-  const auto authority_end = uri.find_first_of("/?#", scheme_end + 3);
-  const std::string authority = uri.substr(scheme_end + 3, authority_end - (scheme_end + 3));
-  const auto at = authority.find('@');
-  if (at != std::string::npos && authority.substr(0, at).find(':') != std::string::npos)
-    throw std::invalid_argument("the URI carries a password; secrets never go in URIs (they end up in logs and "
-                                "process listings): put the TLS PSK in the file named by tls-psk-file");
-  for (const char *param : {"tls-psk-file=", "tls-certificates="})
-    if (uri.find(param) != std::string::npos)
-      throw std::invalid_argument(std::string("the URI names ") + param +
-                                  "...: use the configuration keys tls-psk-file / tls-certificates instead");
-}
-
 NbdBackend::NbdBackend(NbdOptions options)
     : options_(std::move(options)), size_([this](std::uint64_t size) { report_resize(size); }) {
   size_.on_health = [this](State state, const std::string &why) { report_health(state, why); };
@@ -225,7 +208,7 @@ std::int64_t NbdBackend::probe_size() noexcept {
   return size;
 }
 
-void NbdBackend::open() {
+void NbdBackend::connect() {
   check_nbd_uri(options_.uri);
   if (!options_.tls_psk_file.empty())
     check_secret_file(options_.tls_psk_file, "tls-psk-file");
@@ -261,7 +244,6 @@ void NbdBackend::open() {
   caps_.max_transfer = maximum >= logical ? static_cast<std::uint32_t>(std::min<std::int64_t>(maximum, 1LL << 30)) : 0;
   caps_.read_only = nbd_is_read_only(h) == 1;
   caps_.can_flush = nbd_can_flush(h) == 1;
-  caps_.can_fua = nbd_can_fua(h) == 1;
   caps_.can_discard = nbd_can_trim(h) == 1;
   caps_.can_write_zeroes = nbd_can_zero(h) == 1;
   caps_.can_zero_unmap = caps_.can_write_zeroes && caps_.can_discard;
@@ -270,11 +252,11 @@ void NbdBackend::open() {
   const bool multi_conn = nbd_can_multi_conn(h) == 1;
   connections_ = multi_conn ? std::max(1u, options_.connections) : 1;
   owners_.assign(connections_, nullptr);
-  VB_LOG_INFO("nbd: %s: %s, %u-byte blocks, max command %s%s%s%s%s%s, %u connection(s)%s", options_.uri.c_str(),
+  VB_LOG_INFO("nbd: %s: %s, %u-byte blocks, max command %s%s%s%s%s, %u connection(s)%s", options_.uri.c_str(),
               format_size(caps_.size).c_str(), logical,
               caps_.max_transfer ? format_size(caps_.max_transfer).c_str() : "32 MiB (default)",
-              caps_.read_only ? ", read-only" : "", caps_.can_flush ? ", flush" : "", caps_.can_fua ? ", fua" : "",
-              caps_.can_discard ? ", trim" : "", caps_.can_write_zeroes ? ", zero" : "", connections_,
+              caps_.read_only ? ", read-only" : "", caps_.can_flush ? ", flush" : "", caps_.can_discard ? ", trim" : "",
+              caps_.can_write_zeroes ? ", zero" : "", connections_,
               multi_conn ? "" : " (the server does not advertise multi-conn)");
   if (options_.resize_poll_interval.count() > 0)
     poller_ = std::thread([this] { poll_size_loop(); });

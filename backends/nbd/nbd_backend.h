@@ -17,10 +17,6 @@ struct nbd_handle;
 
 namespace vb {
 
-// Throws std::invalid_argument explaining why a URI cannot be used: credentials in it, or a
-// secret-bearing query parameter (secrets come from files named in the configuration).
-void check_nbd_uri(const std::string &uri);
-
 class NbdBackend final : public Backend {
 public:
   explicit NbdBackend(NbdOptions options);
@@ -28,8 +24,6 @@ public:
   NbdBackend(const NbdBackend &) = delete;
   NbdBackend &operator=(const NbdBackend &) = delete;
 
-  // Connects once (blocking) to learn the export: size, block sizes, flags, multi-conn.
-  void open() override;
   const BackendCapabilities &capabilities() const override { return caps_; }
   // Queue i < connections owns connection i; further queues forward to connection i % connections
   // (through the owner's loop), so a server without multi-conn sees exactly one connection.
@@ -43,6 +37,8 @@ public:
   std::uint64_t current_size() const noexcept { return size_.get(); }
 
 private:
+  // Connects once (blocking) to learn the export: size, block sizes, flags, multi-conn.
+  void connect() override;
   void poll_size_loop();
   std::int64_t probe_size() noexcept;
 

@@ -206,7 +206,6 @@ std::string export_mismatch(nbd_handle *h, const BackendCapabilities &caps, cons
     int (*now)(nbd_handle *);
     const char *what;
   } flags[] = {{caps.can_flush, nbd_can_flush, "flush"},
-               {caps.can_fua, nbd_can_fua, "FUA"},
                {caps.can_discard, nbd_can_trim, "trim"},
                {caps.can_write_zeroes, nbd_can_zero, "write zeroes"}};
   for (const auto &f : flags)
@@ -260,9 +259,9 @@ NbdConnection::Job *NbdConnection::new_job() noexcept {
 int NbdConnection::submit(const Request &req, CompletionFn done, void *ctx, const void *source) noexcept {
   const std::uint64_t size = size_.get();
   if (req.offset > size || req.length > size - req.offset)
-    return -EIO;
+    return EIO;
   if (state_ != State::ready && fail_fast_)
-    return -EIO; // the server has been gone for longer than reconnect-timeout
+    return EIO; // the server has been gone for longer than reconnect-timeout
   Job *op = new_job();
   op->req = req;
   op->done = done;
@@ -300,7 +299,7 @@ bool NbdConnection::issue_range(Job *op, char *buf, std::uint64_t offset, std::u
       cookie = nbd_aio_pread(h_, buf + done, n, offset + done, cb, 0);
       break;
     case Op::write:
-      cookie = nbd_aio_pwrite(h_, buf + done, n, offset + done, cb, r.fua ? LIBNBD_CMD_FLAG_FUA : 0);
+      cookie = nbd_aio_pwrite(h_, buf + done, n, offset + done, cb, 0);
       break;
     case Op::flush:
       cookie = nbd_aio_flush(h_, cb, 0);

@@ -7,6 +7,7 @@
 #pragma once
 
 #include "event/event_loop.h"
+#include "nbd/nbd_options.h"
 #include "vduse-bridge/backend.h"
 
 #include <atomic>
@@ -21,19 +22,6 @@
 struct nbd_handle;
 
 namespace vb {
-
-struct NbdOptions {
-  std::string uri;
-  unsigned connections = 1;
-  std::string tls_certificates; // directory (X.509), for nbds:// URIs
-  std::string tls_psk_file;     // PSK key file, for nbds:// URIs
-  std::chrono::milliseconds reconnect_timeout{60000};
-  std::chrono::milliseconds request_timeout{0}; // 0 = none; also bounds the handshake (30 s when 0)
-  bool structured_replies = false;              // simple replies need half the receive calls
-  // How often a short extra connection asks the server for the export's size, so a resize
-  // reaches the disk without waiting for a reconnect; 0 = only on reconnect.
-  std::chrono::milliseconds resize_poll_interval{30000};
-};
 
 // What the connections of one export share: its current size, which changes when a reconnect
 // or a poll finds the export resized, and whom to tell. Any thread.

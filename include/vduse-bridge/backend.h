@@ -7,8 +7,9 @@
 //
 // Completion contract: when submit() returns 0 the request's completion runs exactly once, on
 // the queue's loop thread, possibly before submit() returns (a memory backend completes
-// inline). When submit() returns a negative errno the completion never runs. Errors are errno
-// values: EOPNOTSUPP becomes VIRTIO_BLK_S_UNSUPP, anything else VIRTIO_BLK_S_IOERR.
+// inline). When submit() returns an errno the completion never runs. Errors are positive errno
+// values everywhere in this interface (submit's result and the completion's error):
+// EOPNOTSUPP becomes VIRTIO_BLK_S_UNSUPP, anything else (a negative number too) VIRTIO_BLK_S_IOERR.
 #pragma once
 
 #include <chrono>
@@ -28,15 +29,13 @@ struct BackendCapabilities {
   std::uint32_t logical_block_size = 512;  // 512..4096, power of two
   std::uint32_t physical_block_size = 512; // >= logical_block_size
   std::uint32_t optimal_io_size = 0;       // bytes; 0 = not known
-  std::uint32_t max_transfer = 0;          // bytes per read/write; 0 = no limit (the engine splits)
+  std::uint32_t max_transfer = 0;          // bytes per command the storage takes; the backend splits larger requests
   std::uint32_t max_discard = 0;           // bytes per discard/zeroes; 0 = no limit
   bool read_only = false;
   bool can_flush = false;        // has a volatile cache that FLUSH writes back
-  bool can_fua = false;          // honours Request::fua on writes
   bool can_discard = false;      // trim/unmap
   bool can_write_zeroes = false; // efficient zeroing (else the engine does not offer it)
   bool can_zero_unmap = false;   // write_zeroes with may_unmap may deallocate
-  bool multi_queue_safe = true;  // requests on different queues need no ordering between them
   std::string identity;          // stable id of the storage (export name, LUN WWN...) for logs and reattach
 };
 
@@ -48,71 +47,60 @@ struct Request {
   std::uint64_t length = 0; // bytes; the sum of iov lengths for read/write
   const iovec *iov = nullptr;
   int iovcnt = 0;
-  bool fua = false;       // write: durable on completion
   bool may_unmap = false; // write_zeroes: may deallocate
 };
 
 // Called once per accepted request. ctx is what was passed to submit(); error is 0 or an errno.
 using CompletionFn = void (*)(void *ctx, int error) noexcept;
 
+// All methods on the queue's loop thread only.
 class BackendQueue {
 public:
   virtual ~BackendQueue() = default;
-  // Loop thread only. The iovecs must stay valid until completion.
+  // Required. 0, or an errno refusing the request (then done never runs). The iovecs must stay
+  // valid until completion.
   virtual int submit(const Request &req, CompletionFn done, void *ctx) noexcept = 0;
-  // Loop thread only: complete everything in flight with ECANCELED, before the queue goes away.
+  // Optional (needed by a backend that holds requests): complete everything in flight with
+  // ECANCELED, before the queue goes away.
   virtual void cancel_all() noexcept {}
-  // Loop thread only. The driver reset the device: nothing accepted so far may reach the storage
-  // from now on unless it already has. Requests not yet sent (held during an outage, waiting for
-  // a connection) complete with ECANCELED now; those already sent complete when the storage
-  // answers, and a connection lost meanwhile completes them with ECANCELED instead of sending
-  // them again. A backend that never holds a request (it completes everything it accepted
-  // itself, as the memory backend does) needs nothing here.
+  // Optional (needed by a backend that holds requests). The driver reset the device: nothing
+  // accepted so far may reach the storage from now on unless it already has. Requests not yet
+  // sent (held during an outage, waiting for a connection) complete with ECANCELED now; those
+  // already sent complete when the storage answers, and a connection lost meanwhile completes
+  // them with ECANCELED instead of sending them again. A backend that never holds a request (it
+  // completes everything it accepted itself, as the memory backend does) needs nothing here.
   virtual void fence() noexcept {}
 };
 
-class Backend {
+// How a backend tells the engine about its storage. Both calls may come from any thread and
+// must not block; the engine's handlers only record or post.
+class BackendEvents {
 public:
-  virtual ~Backend() = default;
-  // Connects (may block: called at start-up, never from a data-path loop). Throws with a
-  // message on failure.
-  virtual void open() = 0;
-  // Valid after open(); constant afterwards.
-  virtual const BackendCapabilities &capabilities() const = 0;
-  // Creates the per-queue context bound to loop (called on that loop's thread).
-  virtual std::unique_ptr<BackendQueue> open_queue(EventLoop &loop, unsigned index) = 0;
-  // A short name for logs: "memory", "nbd", "iscsi".
-  virtual const char *kind() const noexcept = 0;
-  // The device was torn down for good (not a restart): drop anything kept for a successor
-  // daemon, such as a memory disk's contents file.
-  virtual void device_destroyed() noexcept {}
-
-  // Resize: a backend that learns the storage's size changed (an NBD export seen bigger after a
-  // reconnect or when polled, an iSCSI capacity-changed unit attention) reports the new size in
-  // bytes, rounded down to whole logical blocks. The engine installs the handler after open(),
-  // and removes it (nullptr) before the backend goes away. Any thread; the handler runs on the
-  // reporting thread and must not block.
-  using ResizeHandler = std::function<void(std::uint64_t size)>;
-  void set_resize_handler(ResizeHandler handler) {
-    std::lock_guard lock(resize_mu_);
-    resize_handler_ = std::move(handler);
-  }
-
   // Whether the storage is reachable, for status and metrics: connected; reconnecting (I/O is
-  // held); failing (down past reconnect-timeout: I/O fails). Any thread.
+  // held); failing (down past reconnect-timeout: I/O fails).
   enum class State { connected, reconnecting, failing };
+  virtual ~BackendEvents() = default;
+  // The state now, and why when it is not connected (empty: keep the last reason).
+  virtual void health_changed(State state, const std::string &error) noexcept = 0;
+  // The storage changed size (an NBD export seen bigger after a reconnect or when polled, an
+  // iSCSI capacity-changed unit attention, a file that grew): the new size in bytes, rounded
+  // down to whole logical blocks.
+  virtual void resized(std::uint64_t size) noexcept = 0;
+};
+
+// BackendEvents that keep the latest health for whoever asks (the engine's status, tests) and
+// pass a resize on to a handler. Any thread.
+class RecordingBackendEvents final : public BackendEvents {
+public:
   struct Health {
     State state = State::connected;
     std::chrono::system_clock::time_point since = std::chrono::system_clock::now(); // entered state
     std::string last_error; // the latest error the backend reported, may be empty
   };
-  Health health() const {
-    std::lock_guard lock(health_mu_);
-    return health_;
-  }
-  // Backends (any thread): the state now, and why when it is not connected.
-  void report_health(State state, const std::string &error = {}) {
-    std::lock_guard lock(health_mu_);
+  using ResizeHandler = std::function<void(std::uint64_t size)>;
+
+  void health_changed(State state, const std::string &error) noexcept override {
+    std::lock_guard lock(mu_);
     if (state != health_.state) {
       health_.state = state;
       health_.since = std::chrono::system_clock::now();
@@ -120,19 +108,78 @@ public:
     if (!error.empty())
       health_.last_error = error;
   }
-
-protected:
-  void report_resize(std::uint64_t size) {
-    std::lock_guard lock(resize_mu_);
-    if (resize_handler_)
-      resize_handler_(size);
+  void resized(std::uint64_t size) noexcept override {
+    std::lock_guard lock(mu_);
+    ++resizes_;
+    last_size_ = size;
+    if (on_resize_)
+      on_resize_(size);
+  }
+  Health health() const {
+    std::lock_guard lock(mu_);
+    return health_;
+  }
+  unsigned resizes() const {
+    std::lock_guard lock(mu_);
+    return resizes_;
+  }
+  std::uint64_t last_size() const {
+    std::lock_guard lock(mu_);
+    return last_size_;
+  }
+  // nullptr removes it; runs on the reporting thread, under a lock: it must only post.
+  void set_resize_handler(ResizeHandler handler) {
+    std::lock_guard lock(mu_);
+    on_resize_ = std::move(handler);
   }
 
 private:
-  std::mutex resize_mu_;
-  ResizeHandler resize_handler_;
-  mutable std::mutex health_mu_;
+  mutable std::mutex mu_;
   Health health_;
+  unsigned resizes_ = 0;
+  std::uint64_t last_size_ = 0;
+  ResizeHandler on_resize_;
+};
+
+// Threads: open() and capabilities() on the device's control thread; open_queue() on the
+// queue's loop thread; device_destroyed() on the control thread.
+class Backend {
+public:
+  using State = BackendEvents::State;
+
+  virtual ~Backend() = default;
+  // Required. Connects (may block: called at start-up, never from a data-path loop) and fixes
+  // the capabilities. Throws with a message on failure. events must outlive the backend: every
+  // health change and resize from now on goes there (see report_health, report_resize).
+  void open(BackendEvents &events) {
+    events_ = &events;
+    connect();
+  }
+  // Required. Valid after open(); constant afterwards.
+  virtual const BackendCapabilities &capabilities() const = 0;
+  // Required. Creates the per-queue context bound to loop (called on that loop's thread).
+  virtual std::unique_ptr<BackendQueue> open_queue(EventLoop &loop, unsigned index) = 0;
+  // Required. The module's type for logs and the recovery state: "memory", "nbd", "iscsi".
+  virtual const char *kind() const noexcept = 0;
+  // Optional. The device was torn down for good (not a restart): drop anything kept for a
+  // successor daemon, such as a memory disk's contents file.
+  virtual void device_destroyed() noexcept {}
+
+protected:
+  // open()'s work, once events are known.
+  virtual void connect() = 0;
+  // Any thread (a backend's own threads too); nothing happens before open().
+  void report_health(State state, const std::string &error = {}) noexcept {
+    if (events_)
+      events_->health_changed(state, error);
+  }
+  void report_resize(std::uint64_t size) noexcept {
+    if (events_)
+      events_->resized(size);
+  }
+
+private:
+  BackendEvents *events_ = nullptr;
 };
 
 } // namespace vb

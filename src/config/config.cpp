@@ -21,28 +21,17 @@
 
 namespace vb {
 
-ConfigError::ConfigError(const std::string &file, int line, int column, const std::string &key,
-                         const std::string &problem)
-    : std::runtime_error(file + (line > 0 ? ":" + std::to_string(line) + ":" + std::to_string(column) : "") + ": " +
-                         (key.empty() ? "" : key + ": ") + problem),
-      line_(line), column_(column), key_(key) {}
-
 namespace {
 
-constexpr std::size_t max_name_bytes = 64;            // well under VDUSE_NAME_MAX and the vDPA netlink limit
-constexpr std::size_t max_serial_bytes = 20;          // VIRTIO_BLK_ID_BYTES, what GET_ID returns
-constexpr unsigned max_queues = 64;                   // one per CPU is plenty; each queue costs a thread's share
-constexpr unsigned max_queue_size = 1024;             // VDUSE's limit on virtqueue size
-constexpr std::uint64_t max_memory_size = 1ULL << 46; // 64 TiB: beyond that a memory disk is a typo
-constexpr std::size_t max_file_bytes = 1 << 20;       // a config file is a few KiB; stop /dev/zero early
-constexpr unsigned memory_block_size = 512;           // the memory backend's when the device gives none
-constexpr unsigned max_nbd_connections = 16;          // per device; more buys nothing on one server
+constexpr std::size_t max_name_bytes = 64;      // well under VDUSE_NAME_MAX and the vDPA netlink limit
+constexpr std::size_t max_serial_bytes = 20;    // VIRTIO_BLK_ID_BYTES, what GET_ID returns
+constexpr unsigned max_queues = 64;             // one per CPU is plenty; each queue costs a thread's share
+constexpr unsigned max_queue_size = 1024;       // VDUSE's limit on virtqueue size
+constexpr std::size_t max_file_bytes = 1 << 20; // a config file is a few KiB; stop /dev/zero early
 
-// 1-based, as editors count; {0, 0} when yaml-cpp knows no position.
-struct Position {
-  int line = 0;
-  int column = 0;
-};
+using Position = ConfigPosition;
+using Value = ConfigValue;
+using Reporter = ConfigChecker;
 
 Position position_of(const YAML::Mark &mark) {
   if (mark.is_null())
@@ -52,39 +41,13 @@ Position position_of(const YAML::Mark &mark) {
 
 Position position_of(const YAML::Node &node) { return position_of(node.Mark()); }
 
-// One value as written in the file. Step one (shape) records it, step two (values) interprets it.
-struct Value {
-  enum class Kind { missing, null, scalar, sequence, map };
-
-  std::string name; // the key, e.g. "size"
-  std::string key;  // its dotted path, e.g. "devices[0].backend.size"
-  Position at;      // the value; its key when empty; the enclosing map when missing
-  Position key_at;  // the key; the enclosing map when missing
-  Kind kind = Kind::missing;
-  std::string text; // scalars only
-  std::string tag;  // "?" plain, "!" quoted, else an explicit tag such as tag:yaml.org,2002:int
-  // The entries of a map nested in a backend (iscsi's chap), in file order; empty otherwise.
-  std::vector<Value> children;
-
-  bool present() const { return kind != Kind::missing; }
-  bool plain() const { return tag == "?"; }
-};
-
-// Text for a one-line message: control and non-ASCII bytes as \xNN, at most limit bytes shown.
 std::string escaped(std::string_view text, std::size_t limit = std::string_view::npos) {
-  static constexpr std::string_view hex = "0123456789abcdef";
-  std::string out;
-  for (std::size_t i = 0; i < text.size() && i < limit; ++i) {
-    const auto c = static_cast<unsigned char>(text[i]);
-    if (c >= 0x20 && c < 0x7f) {
-      out += static_cast<char>(c);
-    } else {
-      out += "\\x";
-      out += hex[c >> 4];
-      out += hex[c & 0xf];
-    }
-  }
-  return out;
+  return config_escaped(text, limit);
+}
+std::string quoted(std::string_view text, char quote) { return config_quoted(text, quote); }
+std::string list(std::span<const std::string_view> names) { return config_list(names); }
+std::optional<std::string_view> near_miss(std::string_view name, std::span<const std::string_view> known) {
+  return config_near_miss(name, known);
 }
 
 // Values longer than this are cut short in messages, which then give their length.
@@ -95,21 +58,8 @@ std::string join(const std::string &path, std::string_view name) {
   return path.empty() ? escaped(name) : path + "." + escaped(name);
 }
 
-// 'text' (or "text"), escaped, long text cut short with its length.
-std::string quoted(std::string_view text, char quote) {
-  std::string out = quote + escaped(text, shown_bytes);
-  if (text.size() > shown_bytes)
-    return out + "..." + quote + " (" + std::to_string(text.size()) + " bytes)";
-  return out + quote;
-}
-
 Value missing_value(const std::string &path, std::string_view name, Position enclosing) {
-  Value v;
-  v.name = name;
-  v.key = join(path, name);
-  v.at = enclosing;
-  v.key_at = enclosing;
-  return v;
+  return missing_config_value(path, name, enclosing);
 }
 
 // key_node is the node the value hangs from, for the position of an empty value (yaml-cpp puts
@@ -140,55 +90,6 @@ Value value_of(const YAML::Node &node, const YAML::Node &key_node, std::string n
   }
   return v;
 }
-
-// What the file has, for "got ...". Quoted (or explicitly tagged) scalars show in double quotes
-// so that "got \"2\"" explains why a number was not accepted.
-std::string describe(const Value &v) {
-  switch (v.kind) {
-  case Value::Kind::missing:
-    return "nothing (the key is missing)";
-  case Value::Kind::null:
-    return "an empty value";
-  case Value::Kind::sequence:
-    return "a sequence";
-  case Value::Kind::map:
-    return "a map";
-  case Value::Kind::scalar:
-    break;
-  }
-  return quoted(v.text, v.plain() ? '\'' : '"');
-}
-
-std::string list(std::span<const std::string_view> names) {
-  std::string out;
-  for (auto name : names)
-    out += (out.empty() ? "" : ", ") + std::string(name);
-  return out;
-}
-
-// "a", "a or b", "a, b or c".
-std::string either(std::span<const std::string_view> names) {
-  std::string out;
-  for (std::size_t i = 0; i < names.size(); ++i)
-    out += (i == 0 ? "" : i + 1 == names.size() ? " or " : ", ") + std::string(names[i]);
-  return out;
-}
-
-// Throws the one error of a load. Both steps report through it.
-class Reporter {
-public:
-  explicit Reporter(const std::string &source) : source_(source) {}
-
-  [[noreturn]] void fail(Position at, const std::string &key, const std::string &problem) const {
-    throw ConfigError(source_, at.line, at.column, key, problem);
-  }
-  [[noreturn]] void expected(const Value &v, const std::string &what, const std::string &note = {}) const {
-    fail(v.at, v.key, "expected " + what + ", got " + describe(v) + note);
-  }
-
-private:
-  const std::string &source_;
-};
 
 // ---- Step one: the shape of the document --------------------------------------------------
 
@@ -232,17 +133,6 @@ struct Entry {
   YAML::Node key;
   YAML::Node value;
 };
-
-// "queue_size" and "Queue-Size" are near misses of "queue-size".
-std::optional<std::string_view> near_miss(std::string_view name, std::span<const std::string_view> known) {
-  std::string folded(name);
-  for (auto &c : folded)
-    c = c == '_' ? '-' : static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  for (auto k : known)
-    if (folded == k)
-      return k;
-  return std::nullopt;
-}
 
 // Where each document of a stream starts and where its root node is, from the parser's events.
 // Not YAML::LoadAll(): yaml-cpp 0.7 (bookworm's) loops there forever, adding an empty document
@@ -409,42 +299,10 @@ private:
 
 // ---- Step two: the values -----------------------------------------------------------------
 
-std::optional<std::uint64_t> decimal(std::string_view s) {
-  std::uint64_t n = 0;
-  if (s.empty() || s.find_first_not_of("0123456789") != std::string_view::npos)
-    return std::nullopt;
-  auto [ptr, ec] = std::from_chars(s.data(), s.data() + s.size(), n, 10);
-  if (ec != std::errc{} || ptr != s.data() + s.size())
-    return std::nullopt;
-  return n;
-}
-
 // Spelled out rather than isalnum(), which depends on the locale.
 bool is_name_char(char c) {
   return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' || c == '-';
 }
-
-bool is_power_of_two(std::uint64_t n) { return n != 0 && (n & (n - 1)) == 0; }
-
-class Validator;
-
-// A backend key: what it must hold and where it goes. apply() also runs, with a missing value,
-// for a required key that is absent, so that it reports what was expected.
-struct BackendOption {
-  std::string_view name;
-  bool required;
-  void (*apply)(const Validator &check, const Value &v, const DeviceConfig &device, BackendConfig &out);
-};
-
-struct BackendKind {
-  std::string_view name;
-  std::string_view article; // "a memory backend key", "an nbd backend key"
-  BackendConfig::Type type;
-  bool available; // false: recognised, but refused as not available in this version
-  std::span<const BackendOption> options;
-  // Checks between keys, after every key has been applied on its own; may be null.
-  void (*check_together)(const Validator &check, const RawBackend &raw, const BackendConfig &out);
-};
 
 class Validator {
 public:
@@ -466,59 +324,13 @@ public:
 
   const Reporter &report() const { return report_; }
 
-  const std::string &scalar(const Value &v, const std::string &what) const {
-    if (v.kind != Value::Kind::scalar)
-      report_.expected(v, what);
-    return v.text;
-  }
-
-  // A plain decimal integer in [min, max]; quotes are refused so that numbers look like numbers.
-  std::uint64_t integer(const Value &v, std::uint64_t min, std::uint64_t max, const std::string &what) const {
-    const std::string &text = scalar(v, what);
-    if (!v.plain() && v.tag != "tag:yaml.org,2002:int")
-      report_.expected(v, what + " (without quotes)");
-    auto n = decimal(text);
-    if (!n || *n < min || *n > max)
-      report_.expected(v, what);
-    return *n;
-  }
-
-  unsigned count(const Value &v, unsigned min, unsigned max) const {
-    return static_cast<unsigned>(
-        integer(v, min, max, "an integer from " + std::to_string(min) + " to " + std::to_string(max)));
-  }
-
-  unsigned power_of_two(const Value &v, unsigned min, unsigned max) const {
-    const std::string what = "a power of two from " + std::to_string(min) + " to " + std::to_string(max);
-    const auto n = integer(v, min, max, what);
-    if (!is_power_of_two(n))
-      report_.expected(v, what);
-    return static_cast<unsigned>(n);
-  }
-
-  // YAML 1.2 booleans only: yes/no/on/off are YAML 1.1 and too easy to write by accident.
-  bool boolean(const Value &v) const {
-    static constexpr std::string_view what = "true or false";
-    const std::string &text = scalar(v, std::string(what));
-    if (!v.plain() && v.tag != "tag:yaml.org,2002:bool")
-      report_.expected(v, std::string(what) + " (without quotes)");
-    if (text == "true" || text == "True" || text == "TRUE")
-      return true;
-    if (text == "false" || text == "False" || text == "FALSE")
-      return false;
-    report_.expected(v, std::string(what));
-  }
-
+  const std::string &scalar(const Value &v, const std::string &what) const { return report_.scalar(v, what); }
+  unsigned count(const Value &v, unsigned min, unsigned max) const { return report_.count(v, min, max); }
+  unsigned power_of_two(const Value &v, unsigned min, unsigned max) const { return report_.power_of_two(v, min, max); }
+  bool boolean(const Value &v) const { return report_.boolean(v); }
   template <typename E, std::size_t N>
   E choice(const Value &v, const std::array<std::pair<std::string_view, E>, N> &choices) const {
-    std::string what;
-    for (std::size_t i = 0; i < N; ++i)
-      what += (i == 0 ? "" : i + 1 == N ? " or " : ", ") + std::string(choices[i].first);
-    const std::string &text = scalar(v, what);
-    for (const auto &[spelling, e] : choices)
-      if (text == spelling)
-        return e;
-    report_.expected(v, what);
+    return report_.choice(v, choices);
   }
 
 private:
@@ -585,451 +397,23 @@ private:
   const Reporter &report_;
 };
 
-void apply_memory_size(const Validator &check, const Value &v, const DeviceConfig &device, BackendConfig &out) {
-  static const std::string what = "a size such as 512, 64K, 1G or 1GiB";
-  const auto parsed = parse_size(check.scalar(v, what));
-  if (!parsed)
-    check.report().fail(v.at, v.key, "expected " + escaped(parsed.error));
-  const std::uint64_t size = *parsed.value;
-  if (size == 0)
-    check.report().expected(v, "a size above 0");
-  if (size > max_memory_size)
-    check.report().expected(v, "a size of at most 64 TiB");
-  const unsigned block = device.logical_block_size != 0 ? device.logical_block_size : memory_block_size;
-  if (size % block != 0)
-    check.report().expected(v, "a multiple of the logical block size (" + std::to_string(block) + " bytes)",
-                            " (" + std::to_string(size) + " bytes)");
-  out.memory.size = size;
-}
-
-constexpr std::array<BackendOption, 1> memory_options{{
-    {"size", true, &apply_memory_size},
-}};
-
-// ---- The nbd backend ----
-
-constexpr std::array<std::string_view, 6> nbd_schemes{"nbd",       "nbds",      "nbd+unix",
-                                                      "nbds+unix", "nbd+vsock", "nbds+vsock"};
-
-bool is_tls_scheme(std::string_view scheme) { return scheme.starts_with("nbds"); }
-bool is_unix_scheme(std::string_view scheme) { return scheme.ends_with("+unix"); }
-
-// %XX decoded, lower-cased: query parameter names as a URI parser might read them.
-std::string folded_name(std::string_view text) {
-  std::string out;
-  for (std::size_t i = 0; i < text.size(); ++i) {
-    char c = text[i];
-    if (c == '%' && i + 2 < text.size() && hex_digit(text[i + 1]) >= 0 && hex_digit(text[i + 2]) >= 0) {
-      c = static_cast<char>(hex_digit(text[i + 1]) * 16 + hex_digit(text[i + 2]));
-      i += 2;
-    }
-    out += static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  }
-  return out;
-}
-
-// The parts of an NBD URI this file cares about; views into the text.
-struct UriParts {
-  std::string_view scheme;    // before "://"
-  std::string_view authority; // [userinfo@]host[:port], up to the path, query or fragment
-  std::string_view query;     // after '?', up to '#'; empty when none
-};
-
-std::optional<UriParts> split_uri(std::string_view text) {
-  const auto sep = text.find("://");
-  if (sep == std::string_view::npos || sep == 0)
-    return std::nullopt;
-  UriParts parts;
-  parts.scheme = text.substr(0, sep);
-  const std::string_view rest = text.substr(sep + 3);
-  parts.authority = rest.substr(0, rest.find_first_of("/?#"));
-  const auto question = rest.find('?');
-  if (question != std::string_view::npos) {
-    const std::string_view after = rest.substr(question + 1);
-    parts.query = after.substr(0, after.find('#'));
-  }
-  return parts;
-}
-
-// The userinfo's password, if the URI has one (nbd://user:secret@host/).
-std::optional<std::string_view> password_of(const UriParts &parts) {
-  const auto at = parts.authority.rfind('@');
-  if (at == std::string_view::npos)
-    return std::nullopt;
-  const std::string_view userinfo = parts.authority.substr(0, at);
-  const auto colon = userinfo.find(':');
-  if (colon == std::string_view::npos)
-    return std::nullopt;
-  return userinfo.substr(colon + 1);
-}
-
-void apply_nbd_uri(const Validator &check, const Value &v, const DeviceConfig & /*device*/, BackendConfig &out) {
-  static const std::string what = "an NBD URI such as nbd://host/export or nbd+unix:///export?socket=/run/nbd.sock";
-  const std::string &text = check.scalar(v, what);
-  const auto parts = split_uri(text);
-  // First, so that no later message shows the secret.
-  if (parts) {
-    if (auto password = password_of(*parts)) {
-      const std::string_view uri = text;
-      const auto start = static_cast<std::size_t>(password->data() - text.data());
-      const std::string hidden =
-          std::string(uri.substr(0, start)) + "***" + std::string(uri.substr(start + password->size()));
-      check.report().fail(v.at, v.key,
-                          "expected a URI without a password, got one in " + quoted(hidden, '\'') +
-                              ": secrets come from files, never from the URI; put the PSK in tls-psk-file and use "
-                              "an nbds URI (the user name may stay: nbds://alice@host/export)");
-    }
-  }
-  for (unsigned char c : text)
-    if (c <= 0x20 || c >= 0x7f)
-      check.report().expected(v, "a URI without spaces, control characters or non-ASCII bytes (percent-encode them)");
-  if (!parts)
-    check.report().expected(v, what);
-  if (std::find(nbd_schemes.begin(), nbd_schemes.end(), parts->scheme) == nbd_schemes.end())
-    check.report().fail(v.at, v.key,
-                        "expected a URI scheme of " + list(nbd_schemes) + ", got " + quoted(parts->scheme, '\'') +
-                            " in " + describe(v));
-  bool socket = false;
-  std::string_view query = parts->query;
-  while (!query.empty()) {
-    const auto amp = query.find('&');
-    const std::string_view param = query.substr(0, amp);
-    query = amp == std::string_view::npos ? std::string_view() : query.substr(amp + 1);
-    const auto eq = param.find('=');
-    const std::string name = folded_name(param.substr(0, eq));
-    if (name == "tls-psk-file" || name == "tls-certificates")
-      check.report().expected(v, "a URI without a " + name + " query parameter",
-                              ": paths and secrets come from the configuration; name the file with the backend key " +
-                                  name + " instead");
-    if (name == "socket" && eq != std::string_view::npos && eq + 1 < param.size())
-      socket = true;
-  }
-  if (is_unix_scheme(parts->scheme) && !socket)
-    check.report().expected(v, "a socket= query parameter naming the server's socket in an " +
-                                   std::string(parts->scheme) + " URI (nbd+unix:///export?socket=/run/nbd.sock)");
-  out.nbd.uri = text;
-}
-
-void apply_nbd_connections(const Validator &check, const Value &v, const DeviceConfig & /*device*/,
-                           BackendConfig &out) {
-  out.nbd.connections = check.count(v, 1, max_nbd_connections);
-}
-
-// Only the form is checked: the file is read when connecting, which reports a missing one.
-std::string absolute_path(const Validator &check, const Value &v) {
-  static const std::string what = "an absolute path (starting with '/')";
-  const std::string &text = check.scalar(v, what);
-  if (text.empty() || text.front() != '/')
-    check.report().expected(v, what);
-  for (unsigned char c : text)
-    if (c < 0x20 || c == 0x7f)
-      check.report().expected(v, "a path without control characters");
-  return text;
-}
-
-void apply_nbd_tls_certificates(const Validator &check, const Value &v, const DeviceConfig & /*device*/,
-                                BackendConfig &out) {
-  out.nbd.tls_certificates = absolute_path(check, v);
-}
-
-void apply_nbd_tls_psk_file(const Validator &check, const Value &v, const DeviceConfig & /*device*/,
-                            BackendConfig &out) {
-  out.nbd.tls_psk_file = absolute_path(check, v);
-}
-
-std::chrono::milliseconds duration(const Validator &check, const Value &v) {
-  const auto parsed = parse_duration(check.scalar(v, "a duration such as 500ms, 30s, 2m or 1h, or 0"));
-  if (!parsed)
-    check.report().fail(v.at, v.key, "expected " + escaped(parsed.error));
-  return *parsed.value;
-}
-
-void apply_nbd_reconnect_timeout(const Validator &check, const Value &v, const DeviceConfig & /*device*/,
-                                 BackendConfig &out) {
-  out.nbd.reconnect_timeout = duration(check, v);
-}
-
-void apply_nbd_request_timeout(const Validator &check, const Value &v, const DeviceConfig & /*device*/,
-                               BackendConfig &out) {
-  out.nbd.request_timeout = duration(check, v);
-}
-
-void apply_nbd_resize_poll_interval(const Validator &check, const Value &v, const DeviceConfig & /*device*/,
-                                    BackendConfig &out) {
-  out.nbd.resize_poll_interval = duration(check, v);
-}
-
-void apply_nbd_structured_replies(const Validator &check, const Value &v, const DeviceConfig & /*device*/,
-                                  BackendConfig &out) {
-  out.nbd.structured_replies = check.boolean(v);
-}
-
-// uri comes first: the TLS keys are checked against its scheme.
-constexpr std::array<BackendOption, 8> nbd_options{{
-    {"uri", true, &apply_nbd_uri},
-    {"connections", false, &apply_nbd_connections},
-    {"tls-certificates", false, &apply_nbd_tls_certificates},
-    {"tls-psk-file", false, &apply_nbd_tls_psk_file},
-    {"reconnect-timeout", false, &apply_nbd_reconnect_timeout},
-    {"request-timeout", false, &apply_nbd_request_timeout},
-    {"structured-replies", false, &apply_nbd_structured_replies},
-    {"resize-poll-interval", false, &apply_nbd_resize_poll_interval},
-}};
-
-void check_nbd_together(const Validator &check, const RawBackend &raw, const BackendConfig &out) {
-  const Value *uri = nullptr;
-  const Value *first_tls = nullptr;
-  for (const auto &v : raw.options) {
-    if (v.name == "uri")
-      uri = &v;
-    if (v.name != "tls-certificates" && v.name != "tls-psk-file")
-      continue;
-    if (first_tls)
-      check.report().fail(v.key_at, v.key,
-                          "expected tls-certificates or tls-psk-file, not both, got both (" + first_tls->name +
-                              " on line " + std::to_string(first_tls->key_at.line) +
-                              "): certificates and a PSK are two ways to authenticate, pick one");
-    first_tls = &v;
-  }
-  if (first_tls && uri) {
-    const std::string_view scheme = split_uri(out.nbd.uri)->scheme;
-    if (!is_tls_scheme(scheme))
-      check.report().fail(first_tls->key_at, first_tls->key,
-                          "expected a TLS URI scheme (nbds, nbds+unix or nbds+vsock) for this key, got " +
-                              quoted(scheme, '\'') + " in uri (line " + std::to_string(uri->at.line) +
-                              "): without TLS the key would be ignored");
-  }
-}
-
-// ---- The iscsi backend ----
-
-constexpr std::uint64_t max_iscsi_lun = 16383;    // SAM flat space addressing
-constexpr std::size_t max_iscsi_name_bytes = 223; // RFC 3720, 3.2.6.1
-constexpr std::size_t max_chap_name_bytes = 255;  // what libiscsi keeps
-constexpr std::string_view iscsi_uri_example = "iscsi://host[:port]/iqn.2026-11.org.example:disk0/1";
-
-void apply_iscsi_uri(const Validator &check, const Value &v, const DeviceConfig & /*device*/, BackendConfig &out) {
-  const std::string what = "an iSCSI URI such as " + std::string(iscsi_uri_example);
-  const std::string &text = check.scalar(v, what);
-  const auto parts = split_uri(text);
-  // First, so that no later message shows the secret (libiscsi reads user%password@ there).
-  if (parts) {
-    if (const auto at = parts->authority.rfind('@'); at != std::string_view::npos) {
-      const std::string hidden = std::string(parts->scheme) + "://***@" +
-                                 std::string(std::string_view(text).substr(parts->scheme.size() + 3 + at + 1));
-      check.report().fail(v.at, v.key,
-                          "expected a URI without user information, got one in " + quoted(hidden, '\'') +
-                              ": secrets come from files, never from the URI; name the CHAP user with chap.username "
-                              "and its password with chap.password-file");
-    }
-  }
-  for (unsigned char c : text)
-    if (c <= 0x20 || c >= 0x7f)
-      check.report().expected(v, "a URI without spaces, control characters or non-ASCII bytes (percent-encode them)");
-  if (!parts)
-    check.report().expected(v, what);
-  if (parts->scheme != "iscsi")
-    check.report().fail(v.at, v.key,
-                        "expected a URI scheme of iscsi, got " + quoted(parts->scheme, '\'') + " in " + describe(v));
-  if (text.find_first_of("?#") != std::string::npos)
-    check.report().expected(v, "a URI without a query or fragment",
-                            ": digests and CHAP are set with the backend keys header-digest and chap");
-  // host[:port], the host possibly an IPv6 address in brackets.
-  std::string_view host = parts->authority;
-  std::string_view port;
-  if (host.starts_with('[')) {
-    const auto close = host.find(']');
-    if (close == std::string_view::npos || close == 1)
-      check.report().expected(v, "an IPv6 address in brackets such as [::1] as the URI's host");
-    const std::string_view after = host.substr(close + 1);
-    if (!after.empty() && !after.starts_with(':'))
-      check.report().expected(v, what);
-    port = after.empty() ? after : after.substr(1);
-    host = host.substr(0, close + 1);
-  } else if (const auto colon = host.rfind(':'); colon != std::string_view::npos) {
-    port = host.substr(colon + 1);
-    host = host.substr(0, colon);
-    if (port.empty())
-      check.report().expected(v, "a port number after ':' in the URI's host");
-  }
-  if (host.empty())
-    check.report().expected(v, "a host in the URI (" + std::string(iscsi_uri_example) + ")");
-  if (!port.empty()) {
-    const auto n = decimal(port);
-    if (!n || *n == 0 || *n > 65535)
-      check.report().fail(
-          v.at, v.key, "expected a port from 1 to 65535 in the URI, got " + quoted(port, '\'') + " in " + describe(v));
-  }
-  // /target-name/lun
-  const std::string_view path = std::string_view(text).substr(parts->scheme.size() + 3 + parts->authority.size());
-  const auto slash = path.rfind('/');
-  if (path.size() < 2 || slash == 0 || slash == std::string_view::npos)
-    check.report().expected(v, what, " (the target name and the LUN follow the host)");
-  const std::string_view target = path.substr(1, slash - 1);
-  const std::string_view lun = path.substr(slash + 1);
-  if (target.empty())
-    check.report().expected(v, what, " (the target name and the LUN follow the host)");
-  if (target.find('/') != std::string_view::npos)
-    check.report().expected(v, what, " (a target name has no '/')");
-  const auto n = decimal(lun);
-  if (!n || *n > max_iscsi_lun)
-    check.report().fail(v.at, v.key,
-                        "expected a LUN from 0 to " + std::to_string(max_iscsi_lun) + " at the end of the URI, got " +
-                            quoted(lun, '\'') + " in " + describe(v));
-  out.iscsi.uri = text;
-}
-
-void apply_iscsi_initiator_name(const Validator &check, const Value &v, const DeviceConfig & /*device*/,
-                                BackendConfig &out) {
-  const std::string what = "an iSCSI name starting with iqn., eui. or naa. such as iqn.2026-11.org.example:host1 "
-                           "(at most " +
-                           std::to_string(max_iscsi_name_bytes) + " letters, digits, '.', '-' and ':')";
-  const std::string &text = check.scalar(v, what);
-  if (text.size() > max_iscsi_name_bytes ||
-      !(text.starts_with("iqn.") || text.starts_with("eui.") || text.starts_with("naa.")) || text.size() < 5)
-    check.report().expected(v, what);
-  for (char c : text)
-    if (!is_name_char(c) && c != '.' && c != ':')
-      check.report().expected(v, what);
-  if (text.find('_') != std::string::npos)
-    check.report().expected(v, what);
-  out.iscsi.initiator_name = text;
-}
-
-std::string chap_user(const Validator &check, const Value &v, const std::string &note = {}) {
-  const std::string what =
-      "a CHAP user name of 1 to " + std::to_string(max_chap_name_bytes) + " bytes of printable ASCII without spaces";
-  if (!v.present())
-    check.report().expected(v, what, note);
-  const std::string &text = check.scalar(v, what);
-  if (text.empty() || text.size() > max_chap_name_bytes)
-    check.report().expected(v, what);
-  for (unsigned char c : text)
-    if (c <= 0x20 || c >= 0x7f)
-      check.report().expected(v, what);
-  return text;
-}
-
-constexpr std::array<std::string_view, 4> chap_keys{"username", "password-file", "target-username",
-                                                    "target-password-file"};
-
-void apply_iscsi_chap(const Validator &check, const Value &v, const DeviceConfig & /*device*/, BackendConfig &out) {
-  if (v.kind != Value::Kind::map)
-    check.report().expected(v, "a map with the keys username and password-file (and target-username and "
-                               "target-password-file for mutual CHAP)");
-  std::array<const Value *, chap_keys.size()> given{};
-  for (const auto &child : v.children) {
-    const auto known = std::find(chap_keys.begin(), chap_keys.end(), child.name);
-    if (known == chap_keys.end()) {
-      std::string hint;
-      if (auto k = near_miss(child.name, chap_keys))
-        hint = " (did you mean '" + std::string(*k) + "'?)";
-      check.report().fail(child.key_at, child.key,
-                          "expected a chap key (" + list(chap_keys) + "), got " + quoted(child.name, '\'') + hint);
-    }
-    given[static_cast<std::size_t>(known - chap_keys.begin())] = &child;
-  }
-  auto value = [&](std::size_t i) { return given[i] ? *given[i] : missing_value(v.key, chap_keys[i], v.at); };
-  static const std::string path_what = "an absolute path (starting with '/')";
-  out.iscsi.chap.username = chap_user(check, value(0));
-  if (!given[1])
-    check.report().expected(value(1), path_what, " (the file holding the CHAP password)");
-  out.iscsi.chap.password_file = absolute_path(check, *given[1]);
-  if (!given[2] && !given[3])
-    return;
-  static const std::string mutual = " (mutual CHAP needs both target-username and target-password-file)";
-  out.iscsi.chap.target_username = chap_user(check, value(2), mutual);
-  if (!given[3])
-    check.report().expected(value(3), path_what, mutual);
-  out.iscsi.chap.target_password_file = absolute_path(check, *given[3]);
-}
-
-void apply_iscsi_header_digest(const Validator &check, const Value &v, const DeviceConfig & /*device*/,
-                               BackendConfig &out) {
-  using D = IscsiBackendConfig::HeaderDigest;
-  static constexpr std::array<std::pair<std::string_view, D>, 3> digests{{
-      {"none", D::none},
-      {"crc32c", D::crc32c},
-      {"prefer-crc32c", D::prefer_crc32c},
-  }};
-  out.iscsi.header_digest = check.choice(v, digests);
-}
-
-void apply_iscsi_reconnect_timeout(const Validator &check, const Value &v, const DeviceConfig & /*device*/,
-                                   BackendConfig &out) {
-  out.iscsi.reconnect_timeout = duration(check, v);
-}
-
-void apply_iscsi_request_timeout(const Validator &check, const Value &v, const DeviceConfig & /*device*/,
-                                 BackendConfig &out) {
-  out.iscsi.request_timeout = duration(check, v);
-}
-
-constexpr std::array<BackendOption, 6> iscsi_options{{
-    {"uri", true, &apply_iscsi_uri},
-    {"initiator-name", false, &apply_iscsi_initiator_name},
-    {"chap", false, &apply_iscsi_chap},
-    {"header-digest", false, &apply_iscsi_header_digest},
-    {"reconnect-timeout", false, &apply_iscsi_reconnect_timeout},
-    {"request-timeout", false, &apply_iscsi_request_timeout},
-}};
-
-constexpr std::array<BackendKind, 3> backend_kinds{{
-    {"memory", "a", BackendConfig::Type::memory, true, memory_options, nullptr},
-    {"nbd", "an", BackendConfig::Type::nbd, true, nbd_options, &check_nbd_together},
-    {"iscsi", "an", BackendConfig::Type::iscsi, true, iscsi_options, nullptr},
-}};
-
 BackendConfig Validator::backend(const RawBackend &raw, const DeviceConfig &device) const {
   if (!raw.self.present())
     report_.expected(raw.self, "a map with the key 'type'");
 
-  std::string all;
-  std::vector<std::string_view> available;
-  for (const auto &kind : backend_kinds) {
-    all += (all.empty() ? "" : ", ") + std::string(kind.name);
-    if (kind.available)
-      available.push_back(kind.name);
-  }
-  const std::string what = "a backend type (" + all + ")";
+  std::vector<std::string_view> types;
+  for (const BackendModule *m : backend_modules())
+    types.push_back(m->type);
+  const std::string what = "a backend type (" + list(types) + ")";
   const std::string &type = scalar(raw.type, what);
-  const BackendKind *kind = nullptr;
-  for (const auto &k : backend_kinds)
-    if (type == k.name)
-      kind = &k;
-  if (!kind)
+  const BackendModule *module = find_backend_module(type);
+  if (!module)
     report_.expected(raw.type, what);
-  if (!kind->available)
-    report_.expected(raw.type, either(available),
-                     ": backend type '" + std::string(kind->name) + "' is not available in this version");
 
   BackendConfig out;
-  out.type = kind->type;
-  std::vector<std::string_view> names{"type"};
-  for (const auto &option : kind->options)
-    names.push_back(option.name);
-  for (const auto &v : raw.options) {
-    if (std::find(names.begin(), names.end(), v.name) != names.end())
-      continue;
-    std::string hint;
-    if (auto k = near_miss(v.name, names))
-      hint = " (did you mean '" + std::string(*k) + "'?)";
-    report_.fail(v.key_at, v.key,
-                 "expected " + std::string(kind->article) + " " + std::string(kind->name) + " backend key (" +
-                     list(names) + "), got " + quoted(v.name, '\'') + hint);
-  }
-  for (const auto &option : kind->options) {
-    const Value *given = nullptr;
-    for (const auto &v : raw.options)
-      if (v.name == option.name)
-        given = &v;
-    if (given)
-      option.apply(*this, *given, device, out);
-    else if (option.required)
-      option.apply(*this, missing_value(raw.self.key, option.name, raw.self.at), device, out);
-  }
-  if (kind->check_together)
-    kind->check_together(*this, raw, out);
+  out.module = module;
+  const BackendDevice about = backend_device(device);
+  out.options = module->parse(BackendKeys{report_, raw.self, raw.options, about});
   return out;
 }
 
@@ -1081,16 +465,13 @@ const char *to_string(DeviceConfig::Attach attach) noexcept {
   return "?";
 }
 
-const char *to_string(BackendConfig::Type type) noexcept {
-  switch (type) {
-  case BackendConfig::Type::memory:
-    return "memory";
-  case BackendConfig::Type::nbd:
-    return "nbd";
-  case BackendConfig::Type::iscsi:
-    return "iscsi";
-  }
-  return "?";
+BackendDevice backend_device(const DeviceConfig &device) {
+  BackendDevice d;
+  d.name = device.name;
+  d.logical_block_size = device.logical_block_size;
+  d.read_only = device.read_only;
+  d.queues = device.queues;
+  return d;
 }
 
 bool DeviceConfig::same_settings(const DeviceConfig &o) const {
@@ -1103,11 +484,10 @@ std::vector<std::string> config_keys() {
   std::vector<std::string> keys(top_keys.begin(), top_keys.end());
   keys.insert(keys.end(), device_keys.begin(), device_keys.end());
   keys.emplace_back("type");
-  for (const auto &kind : backend_kinds)
-    for (const auto &o : kind.options)
-      if (std::find(keys.begin(), keys.end(), o.name) == keys.end())
-        keys.emplace_back(o.name);
-  keys.insert(keys.end(), chap_keys.begin(), chap_keys.end());
+  for (const BackendModule *m : backend_modules())
+    for (const auto name : m->keys)
+      if (std::find(keys.begin(), keys.end(), name) == keys.end())
+        keys.emplace_back(name);
   return keys;
 }
 

@@ -7,105 +7,31 @@
 // All functions here are pure apart from load_config() reading the file; any thread may call them.
 #pragma once
 
+#include "vduse-bridge/backend_module.h"
+
 #include <chrono>
 #include <cstdint>
+#include <memory>
 #include <stdexcept>
 #include <string>
 #include <vector>
 
 namespace vb {
 
-// A configuration that cannot be used. what() is one line:
-//   FILE:LINE:COLUMN: KEY: expected ..., got ...
-// LINE and COLUMN are 1-based. KEY is a dotted path such as devices[0].backend.size; it is
-// empty (and left out of what()) for problems with the file as a whole, such as a YAML syntax
-// error. line() is 0 (and LINE:COLUMN left out) when no position applies: an unreadable file.
-class ConfigError : public std::runtime_error {
-public:
-  ConfigError(const std::string &file, int line, int column, const std::string &key, const std::string &problem);
+// ConfigError (a configuration that cannot be used): vduse-bridge/config_checker.h.
 
-  int line() const noexcept { return line_; }
-  int column() const noexcept { return column_; }
-  const std::string &key() const noexcept { return key_; }
-
-private:
-  int line_;
-  int column_;
-  std::string key_;
-};
-
-struct MemoryBackendConfig {
-  // bytes; > 0, a multiple of the device's logical block size (512 when the device gives none)
-  std::uint64_t size = 0;
-  bool operator==(const MemoryBackendConfig &) const = default;
-};
-
-// A disk served by an NBD server. The file holds no secrets: TLS keys and certificates are
-// named by path here and read when connecting, and a URI with a password is refused.
-struct NbdBackendConfig {
-  // nbd://host[:port]/export, nbds://..., nbd+unix:///export?socket=PATH, nbds+unix://...,
-  // nbd+vsock://cid[:port]/export, nbds+vsock://...; as written in the file. Never holds a
-  // password, nor the tls-certificates or tls-psk-file query parameters (those are the keys
-  // below); nbd+unix and nbds+unix URIs have a socket= query parameter.
-  std::string uri;
-  unsigned connections = 1; // 1..16; an upper bound, used only if the server offers multi-conn
-  // At most one of the two, and only with an nbds scheme; absolute paths, not checked to exist
-  // (that happens when connecting). Empty when not given.
-  std::string tls_certificates; // a directory of X.509 certificates and keys
-  std::string tls_psk_file;     // a PSK key file (psktool format)
-  // How long I/O is held while the server is unreachable before it fails; 0 = fail at once.
-  std::chrono::milliseconds reconnect_timeout{60000};
-  // A request without a reply by then counts the connection as dead; 0 = no timeout (the
-  // default: NBD cannot stop a slow server from running the first copy after the resent one).
-  std::chrono::milliseconds request_timeout{0};
-  // Ask the server for structured replies. Off by default: a simple reply is one header and the
-  // data, a structured one takes twice the receive calls, and nothing here needs them (no block
-  // status, no DF reads); measured +7% IOPS at 4k qd1 and +13% at qd32 without them.
-  bool structured_replies = false;
-  // How often a short extra connection asks the server for the export's size, so a resized
-  // export resizes the disk without waiting for a reconnect; 0 = only on reconnect.
-  std::chrono::milliseconds resize_poll_interval{30000};
-  bool operator==(const NbdBackendConfig &) const = default;
-};
-
-// CHAP for an iSCSI login: the names are here, the passwords in files read when connecting.
-struct IscsiChapConfig {
-  std::string username;      // empty when the backend has no chap map (no CHAP)
-  std::string password_file; // absolute path; given whenever username is
-  // Mutual CHAP (the target proves itself too): both or neither; only with the two above.
-  std::string target_username;
-  std::string target_password_file;
-  bool operator==(const IscsiChapConfig &) const = default;
-};
-
-// A LUN of an iSCSI target (libiscsi). Like nbd, the file holds no secrets: a URI with user
-// information is refused, and CHAP passwords come from the files named in chap.
-struct IscsiBackendConfig {
-  enum class HeaderDigest { none, crc32c, prefer_crc32c };
-
-  // iscsi://host[:port]/target-name/lun as written: no user information, query or fragment; the
-  // host may be an IPv6 address in brackets; the LUN is 0..16383.
-  std::string uri;
-  // The initiator's iSCSI name (iqn., eui. or naa.); empty when not given, meaning one derived
-  // from the host name when connecting.
-  std::string initiator_name;
-  IscsiChapConfig chap;
-  HeaderDigest header_digest = HeaderDigest::none; // prefer-crc32c: crc32c if the target agrees
-  // How long I/O is held while the target is unreachable before it fails; 0 = fail at once.
-  std::chrono::milliseconds reconnect_timeout{60000};
-  // A command without a response by then counts the session as dead; 0 = no timeout (the
-  // default: only a target that reinstates sessions ends the first copy's session).
-  std::chrono::milliseconds request_timeout{0};
-  bool operator==(const IscsiBackendConfig &) const = default;
-};
-
+// A device's backend: which module (backend.type) and the options its keys gave, parsed by that
+// module (backends/NAME/NAME_options.h has the struct). Copies share the options.
 struct BackendConfig {
-  enum class Type { memory, nbd, iscsi };
-  Type type = Type::memory;
-  MemoryBackendConfig memory; // meaningful when type == memory
-  NbdBackendConfig nbd;       // meaningful when type == nbd
-  IscsiBackendConfig iscsi;   // meaningful when type == iscsi
-  bool operator==(const BackendConfig &) const = default;
+  const BackendModule *module = nullptr;
+  std::shared_ptr<const BackendOptions> options;
+
+  std::string_view type() const noexcept { return module ? module->type : std::string_view(); }
+  // The options as the module's struct; throws std::bad_cast for another module's.
+  template <typename T> const T &as() const { return dynamic_cast<const T &>(*options); }
+  bool operator==(const BackendConfig &o) const {
+    return module == o.module && (options == o.options || (options && o.options && options->same_as(*o.options)));
+  }
 };
 
 struct DeviceConfig {
@@ -143,12 +69,14 @@ Config load_config(const std::string &path);
 // Parses configuration text; source_name stands for the file in messages and Config::path.
 Config parse_config(const std::string &text, const std::string &source_name);
 
-// Every key the parser accepts (top level, device, backend of any type, chap), each once: what
+// Every key the parser accepts (top level, device, every backend module's), each once: what
 // the documentation must cover (a test checks vduse-bridge.yaml(5) names them all).
 std::vector<std::string> config_keys();
 
-// "virtio-vdpa", "memory": the spellings used in the file, for logs.
+// What the device's backend module is told about the device.
+BackendDevice backend_device(const DeviceConfig &device);
+
+// "virtio-vdpa": the spelling used in the file, for logs.
 const char *to_string(DeviceConfig::Attach attach) noexcept;
-const char *to_string(BackendConfig::Type type) noexcept;
 
 } // namespace vb

@@ -30,7 +30,7 @@ BlockExport::BlockExport(EventLoop &control, const DeviceConfig &config, std::un
   // contents) belongs to a disk that is gone.
   if (!vduse::VduseDevice::exists(config_.name))
     backend_->device_destroyed();
-  backend_->open();
+  backend_->open(backend_events_);
   blk::DeviceSettings settings;
   settings.queues = config_.queues;
   settings.queue_size = config_.queue_size;
@@ -41,7 +41,7 @@ BlockExport::BlockExport(EventLoop &control, const DeviceConfig &config, std::un
 }
 
 BlockExport::~BlockExport() {
-  backend_->set_resize_handler(nullptr);
+  backend_events_.set_resize_handler(nullptr);
   alive_.reset();
   if (background_.joinable())
     background_.join();
@@ -94,7 +94,7 @@ void BlockExport::start(const std::function<void(const std::string &)> &on_ready
     VB_LOG_WARN("%s: the device existed already (left by an earlier run); serving it again", config_.name.c_str());
 
   device_watch_ = std::make_unique<IoWatch>(control_, device_->fd(), [this](short) { on_device_readable(); });
-  backend_->set_resize_handler([this, alive = std::weak_ptr<bool>(alive_)](std::uint64_t size) {
+  backend_events_.set_resize_handler([this, alive = std::weak_ptr<bool>(alive_)](std::uint64_t size) {
     control_.post([this, alive, size] {
       if (alive.lock())
         on_backend_resized(size);
@@ -334,7 +334,7 @@ metrics::DeviceStatus BlockExport::status() const {
   d.attach = to_string(config_.attach);
   d.backend = backend_->kind();
   d.backend_identity = backend_->capabilities().identity;
-  const Backend::Health h = backend_->health();
+  const RecordingBackendEvents::Health h = backend_events_.health();
   d.backend_state = h.state == Backend::State::connected      ? metrics::BackendState::connected
                     : h.state == Backend::State::reconnecting ? metrics::BackendState::reconnecting
                                                               : metrics::BackendState::failing;

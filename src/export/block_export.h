@@ -90,6 +90,8 @@ private:
 
   EventLoop &control_;
   DeviceConfig config_;
+  // Before backend_: it outlives the backend, which may report until it is gone.
+  RecordingBackendEvents backend_events_;
   std::unique_ptr<Backend> backend_;
   std::string state_dir_;
   std::unique_ptr<recovery::RecoveryState> state_;

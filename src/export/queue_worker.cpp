@@ -477,7 +477,7 @@ void QueueWorker::submit_to_backend(Slot *s) noexcept {
   if (rc != 0) {
     --outstanding_;
     counters_->set_in_flight(outstanding_);
-    complete(s, rc < 0 ? -rc : rc);
+    complete(s, rc);
   }
   // On success the slot may already be completed and recycled (inline completion): not touched.
 }

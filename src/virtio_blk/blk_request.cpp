@@ -252,10 +252,10 @@ void parse_request(const virtio::Chain &chain, const DeviceParams &params, Parse
 std::uint8_t status_from_errno(int err) noexcept {
   if (err == 0)
     return VIRTIO_BLK_S_OK;
-  if (err == EOPNOTSUPP || err == -EOPNOTSUPP)
+  if (err == EOPNOTSUPP)
     return VIRTIO_BLK_S_UNSUPP;
 #if ENOTSUP != EOPNOTSUPP
-  if (err == ENOTSUP || err == -ENOTSUP)
+  if (err == ENOTSUP)
     return VIRTIO_BLK_S_UNSUPP;
 #endif
   return VIRTIO_BLK_S_IOERR;

@@ -70,8 +70,8 @@ struct ParsedRequest {
 // range, alignment or size over the advertised maximum: IOERR. Other types: UNSUPP.
 void parse_request(const virtio::Chain &chain, const DeviceParams &params, ParsedRequest &out) noexcept;
 
-// 0 -> VIRTIO_BLK_S_OK, EOPNOTSUPP/ENOTSUP -> VIRTIO_BLK_S_UNSUPP, anything else -> IOERR.
-// The sign of err does not matter (-EIO and EIO are the same).
+// 0 -> VIRTIO_BLK_S_OK, EOPNOTSUPP/ENOTSUP -> VIRTIO_BLK_S_UNSUPP, anything else -> IOERR
+// (errnos are positive across the backend interface: a negative value is not one).
 std::uint8_t status_from_errno(int err) noexcept;
 
 // The used length to report for req finished with error (0 or an errno): for a successful

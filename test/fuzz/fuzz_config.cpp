@@ -8,6 +8,9 @@
 // and yaml-cpp only through what it hands back.
 #include "config/config.h"
 #include "fuzz_util.h"
+#include "iscsi/iscsi_options.h"
+#include "memory/memory_options.h"
+#include "nbd/nbd_options.h"
 
 #include <algorithm>
 #include <set>
@@ -60,33 +63,28 @@ void check_device(const vb::DeviceConfig &d) {
              (power_of_two(d.logical_block_size) && d.logical_block_size >= 512 && d.logical_block_size <= 4096));
   FUZZ_CHECK(d.serial.size() <= 20 && printable(d.serial));
   FUZZ_CHECK(d.line >= 1);
-  switch (d.backend.type) {
-  case vb::BackendConfig::Type::memory: {
+  const std::string_view type = d.backend.type();
+  FUZZ_CHECK(vb::find_backend_module(type) == d.backend.module && d.backend.options != nullptr);
+  if (type == "memory") {
     const unsigned block = d.logical_block_size ? d.logical_block_size : 512;
-    FUZZ_CHECK(d.backend.memory.size > 0 && d.backend.memory.size % block == 0);
-    FUZZ_CHECK(d.backend.memory.size <= (1ULL << 46));
-    break;
-  }
-  case vb::BackendConfig::Type::nbd: {
-    const vb::NbdBackendConfig &n = d.backend.nbd;
+    FUZZ_CHECK(d.backend.as<vb::MemoryOptions>().size > 0 && d.backend.as<vb::MemoryOptions>().size % block == 0);
+    FUZZ_CHECK(d.backend.as<vb::MemoryOptions>().size <= (1ULL << 46));
+  } else if (type == "nbd") {
+    const auto &n = d.backend.as<vb::NbdOptions>();
     FUZZ_CHECK(!n.uri.empty());
     FUZZ_CHECK(n.connections >= 1 && n.connections <= 16);
     FUZZ_CHECK(n.tls_certificates.empty() || n.tls_psk_file.empty());
     FUZZ_CHECK(printable(n.uri) && n.uri.find(' ') == std::string::npos);
     FUZZ_CHECK(!has_password(n.uri)); // secrets never come from the file
     FUZZ_CHECK(n.reconnect_timeout.count() >= 0 && n.request_timeout.count() >= 0);
-    break;
-  }
-  case vb::BackendConfig::Type::iscsi: {
-    const vb::IscsiBackendConfig &i = d.backend.iscsi;
+  } else if (type == "iscsi") {
+    const auto &i = d.backend.as<vb::IscsiOptions>();
     FUZZ_CHECK(i.uri.rfind("iscsi://", 0) == 0 && printable(i.uri));
     FUZZ_CHECK(i.uri.find_first_of("?# ") == std::string::npos);
-    FUZZ_CHECK(i.chap.username.empty() == i.chap.password_file.empty());
-    FUZZ_CHECK(i.chap.target_username.empty() == i.chap.target_password_file.empty());
-    FUZZ_CHECK(i.chap.target_username.empty() || !i.chap.username.empty());
+    FUZZ_CHECK(i.chap_username.empty() == i.chap_password_file.empty());
+    FUZZ_CHECK(i.target_username.empty() == i.target_password_file.empty());
+    FUZZ_CHECK(i.target_username.empty() || !i.chap_username.empty());
     FUZZ_CHECK(i.reconnect_timeout.count() >= 0 && i.request_timeout.count() >= 0);
-    break;
-  }
   }
 }
 

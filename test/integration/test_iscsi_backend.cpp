@@ -5,6 +5,7 @@
 // resized (a resize, reported once) or different, CAPACITY DATA HAS CHANGED (injected by a proxy:
 // tgtd never raises it), a target that stops answering (request-timeout), several queues, and
 // discovery.
+#include "backend_events.h"
 #include "common/log.h"
 #include "event/event_loop.h"
 #include "iscsi/iscsi_backend.h"
@@ -74,7 +75,7 @@ int run(vb::EventLoop &loop, vb::BackendQueue &q, const vb::Request &req) {
   Result r;
   const int rc = q.submit(req, &Result::on_done, &r);
   if (rc != 0)
-    return -rc;
+    return rc; // the same errno the completion would have given
   run_until(loop, [&] { return r.calls > 0; });
   CHECK(r.calls == 1);
   return r.error;
@@ -144,31 +145,28 @@ void every_operation(unsigned block_size) {
   TgtdServer tgt(dir);
   tgt.add_lun(1, 16 << 20, block_size, "thin_provisioning=1");
   vb::IscsiBackend backend(options_for(tgt.uri(1)));
-  backend.open();
+  backend.open(vb::test::new_events(backend));
   const auto &caps = backend.capabilities();
   CHECK(caps.size == 16 << 20);
   CHECK(caps.logical_block_size == block_size);
   CHECK(caps.physical_block_size >= block_size);
   CHECK_FALSE(caps.read_only);
   CHECK(caps.can_flush); // tgtd reports a write cache (WCE)
-  CHECK(caps.can_fua);   // and DPOFUA
   CHECK(caps.can_discard);
   CHECK(caps.can_write_zeroes);
   CHECK(caps.can_zero_unmap);
-  CHECK(caps.multi_queue_safe);
   CHECK(caps.identity.rfind("naa.", 0) == 0);
   CHECK_FALSE(backend.lun().identity.empty());
 
   vb::EventLoop loop;
   auto q = backend.open_queue(loop, 0);
   const std::uint64_t base = 1 << 20;
-  // Scattered buffers, one of them not a whole block, written with FUA.
+  // Scattered buffers, one of them not a whole block.
   std::vector<char> out = pattern(12 * block_size, block_size);
   iovec wv[3] = {{out.data(), block_size + 512},
                  {out.data() + block_size + 512, 3 * block_size - 512},
                  {out.data() + 4 * block_size, 8 * block_size}};
   vb::Request w{vb::Op::write, base, out.size(), wv, 3};
-  w.fua = true;
   CHECK(run(loop, *q, w) == 0);
   CHECK(stored(tgt.backing_file(1), base, out.size()) == out);
   std::vector<char> in(out.size());
@@ -216,7 +214,7 @@ void every_operation(unsigned block_size) {
 // What a backend reported through its resize handler (any thread).
 class Resizes {
 public:
-  vb::Backend::ResizeHandler handler() {
+  vb::RecordingBackendEvents::ResizeHandler handler() {
     return [this](std::uint64_t size) {
       std::lock_guard lock(mu_);
       sizes_.push_back(size);
@@ -309,9 +307,13 @@ public:
   // The next GOOD SCSI Response becomes the unit attention.
   void arm() { armed_ = true; }
   unsigned injected() const { return injected_; }
+  // Returns once the proxy thread has frozen every link: a write submitted after freeze()
+  // returns is held, never forwarded (without the wait a write could race past the freeze).
   void freeze() {
     freeze_ = true;
     poke();
+    while (freeze_)
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
   }
   void release() {
     release_ = true;
@@ -395,9 +397,11 @@ private:
 
   void run() {
     for (;;) {
-      if (freeze_.exchange(false))
+      if (freeze_) {
         for (Link &l : links_)
           l.frozen = true;
+        freeze_ = false;
+      }
       if (release_) {
         for (std::size_t i = links_.size(); i-- > 0;) {
           Link &l = links_[i];
@@ -521,7 +525,7 @@ TEST_CASE("iscsi: a LUN without thin provisioning offers neither discard nor wri
   TgtdServer tgt(dir);
   tgt.add_lun(1, 8 << 20);
   vb::IscsiBackend backend(options_for(tgt.uri(1)));
-  backend.open();
+  backend.open(vb::test::new_events(backend));
   const auto &caps = backend.capabilities();
   CHECK(caps.size == 8 << 20);
   CHECK(caps.logical_block_size == 512);
@@ -538,7 +542,7 @@ TEST_CASE("iscsi: a read-only LUN is reported read-only and refuses writes") {
   TgtdServer tgt(dir);
   tgt.add_lun(1, 4 << 20, 512, "readonly=1");
   vb::IscsiBackend backend(options_for(tgt.uri(1)));
-  backend.open();
+  backend.open(vb::test::new_events(backend));
   CHECK(backend.capabilities().read_only);
   vb::EventLoop loop;
   auto q = backend.open_queue(loop, 0);
@@ -566,7 +570,7 @@ TEST_CASE("iscsi: CHAP one-way and mutual, and a wrong password or file fails wi
 
   // Without CHAP the target refuses the login.
   vb::IscsiBackend none(options_for(tgt.uri(1)));
-  const std::string refused = error_of([&] { none.open(); });
+  const std::string refused = error_of([&] { none.open(vb::test::new_events(none)); });
   CAPTURE(refused);
   CHECK(contains(refused, "cannot log in to " + tgt.uri(1)));
   CHECK(contains(refused, "set chap.username and chap.password-file"));
@@ -576,7 +580,7 @@ TEST_CASE("iscsi: CHAP one-way and mutual, and a wrong password or file fails wi
   o.chap_password_file = good;
   {
     vb::IscsiBackend backend(o);
-    backend.open();
+    backend.open(vb::test::new_events(backend));
     vb::EventLoop loop;
     auto q = backend.open_queue(loop, 0);
     std::vector<char> buf = pattern(4096, 5), in(4096);
@@ -594,10 +598,10 @@ TEST_CASE("iscsi: CHAP one-way and mutual, and a wrong password or file fails wi
     m.target_username = "vbtarget";
     m.target_password_file = target_secret;
     vb::IscsiBackend mutual(m);
-    CHECK_NOTHROW(mutual.open());
+    CHECK_NOTHROW(mutual.open(vb::test::new_events(mutual)));
     m.target_password_file = good; // the target does not know this one: it cannot prove itself
     vb::IscsiBackend impostor(m);
-    CHECK_THROWS_AS(impostor.open(), std::runtime_error);
+    CHECK_THROWS_AS(impostor.open(vb::test::new_events(impostor)), std::runtime_error);
   }
 
   const std::string wrong = dir.file("wrong.secret");
@@ -606,7 +610,7 @@ TEST_CASE("iscsi: CHAP one-way and mutual, and a wrong password or file fails wi
   w.chap_password_file = wrong;
   vb::IscsiBackend bad(w);
   try {
-    bad.open();
+    bad.open(vb::test::new_events(bad));
     FAIL("no error thrown");
   } catch (const std::runtime_error &e) {
     const std::string msg = e.what();
@@ -622,25 +626,26 @@ TEST_CASE("iscsi: CHAP one-way and mutual, and a wrong password or file fails wi
                                std::filesystem::perm_options::add);
   w.chap_password_file = dir.file("open.secret");
   vb::IscsiBackend exposed(w);
-  const std::string exposed_error = error_of([&] { exposed.open(); });
+  const std::string exposed_error = error_of([&] { exposed.open(vb::test::new_events(exposed)); });
   CHECK(contains(exposed_error, "is readable by every user (mode 0604)"));
   CHECK(contains(exposed_error, "chmod o-rwx " + dir.file("open.secret")));
   w.chap_password_file = dir.file("missing.secret");
   vb::IscsiBackend missing(w);
-  CHECK(error_of([&] { missing.open(); }) ==
+  CHECK(error_of([&] { missing.open(vb::test::new_events(missing)); }) ==
         "cannot open the chap.password-file file " + dir.file("missing.secret") + ": No such file or directory");
   const std::string empty = dir.file("empty.secret");
   write_file(empty, "\n");
   w.chap_password_file = empty;
   vb::IscsiBackend blank(w);
-  CHECK(contains(error_of([&] { blank.open(); }), "the chap.password-file file " + empty + " is empty"));
+  CHECK(contains(error_of([&] { blank.open(vb::test::new_events(blank)); }),
+                 "the chap.password-file file " + empty + " is empty"));
 }
 
 TEST_CASE("iscsi: URIs with credentials or without a LUN are refused with an explanation") {
   CHECK_THROWS_WITH_AS(vb::parse_iscsi_uri("iscsi://user%secret@127.0.0.1/iqn.x:y/1"),
                        doctest::Contains("user information"), std::invalid_argument);
-  CHECK_THROWS_WITH_AS(vb::parse_iscsi_uri("iscsi://127.0.0.1/iqn.x:y"), doctest::Contains("target-name/lun"),
-                       std::invalid_argument);
+  CHECK_THROWS_WITH_AS(vb::parse_iscsi_uri("iscsi://127.0.0.1/iqn.x:y"),
+                       doctest::Contains("the target name and the LUN follow the host"), std::invalid_argument);
   CHECK_THROWS_AS(vb::parse_iscsi_uri("iscsi://127.0.0.1/iqn.x:y/1?header_digest=crc32c"), std::invalid_argument);
   CHECK_THROWS_AS(vb::parse_iscsi_uri("nbd://127.0.0.1/x"), std::invalid_argument);
   const auto u = vb::parse_iscsi_uri("iscsi://[::1]/iqn.2026-11.org.example%3Adisk0/7");
@@ -650,7 +655,8 @@ TEST_CASE("iscsi: URIs with credentials or without a LUN are refused with an exp
   CHECK(vb::parse_iscsi_uri("iscsi://host:3261/t/0").portal == "host:3261");
   CHECK(vb::default_initiator_name().rfind("iqn.2026-11.org.vduse-bridge:", 0) == 0);
   vb::IscsiBackend backend(options_for("iscsi://u%p@127.0.0.1:1/iqn.x:y/1"));
-  CHECK_THROWS_WITH_AS(backend.open(), doctest::Contains("user information"), std::invalid_argument);
+  CHECK_THROWS_WITH_AS(backend.open(vb::test::new_events(backend)), doctest::Contains("user information"),
+                       std::invalid_argument);
 }
 
 TEST_CASE("iscsi: a UNIT ATTENTION (a LUN reset by another initiator) is retried and the request succeeds") {
@@ -660,7 +666,7 @@ TEST_CASE("iscsi: a UNIT ATTENTION (a LUN reset by another initiator) is retried
   TgtdServer tgt(dir);
   tgt.add_lun(1, 4 << 20);
   vb::IscsiBackend backend(options_for(tgt.uri(1)));
-  backend.open();
+  backend.open(vb::test::new_events(backend));
   vb::EventLoop loop;
   auto q = backend.open_queue(loop, 0);
   auto *session = dynamic_cast<vb::IscsiSession *>(q.get());
@@ -695,7 +701,7 @@ TEST_CASE("iscsi: header digests (crc32c) are negotiated and used") {
   auto o = options_for(tgt.uri(1));
   o.header_digest = vb::IscsiOptions::HeaderDigest::crc32c;
   vb::IscsiBackend backend(o);
-  backend.open();
+  backend.open(vb::test::new_events(backend));
   vb::EventLoop loop;
   auto q = backend.open_queue(loop, 0);
   std::vector<char> buf = pattern(64 * 1024, 3), in(64 * 1024);
@@ -714,7 +720,7 @@ TEST_CASE("iscsi: requests above the transfer limit are split, scattered buffers
   auto o = options_for(tgt.uri(1));
   o.max_command_bytes = 64 * 1024;
   vb::IscsiBackend backend(o);
-  backend.open();
+  backend.open(vb::test::new_events(backend));
   CHECK(backend.capabilities().max_transfer == 64 * 1024);
   vb::EventLoop loop;
   auto q = backend.open_queue(loop, 0);
@@ -746,7 +752,7 @@ TEST_CASE("iscsi: many requests in flight at once complete once each, with the r
   TgtdServer tgt(dir);
   tgt.add_lun(1, 32 << 20);
   vb::IscsiBackend backend(options_for(tgt.uri(1)));
-  backend.open();
+  backend.open(vb::test::new_events(backend));
   vb::EventLoop loop;
   auto q = backend.open_queue(loop, 0);
   constexpr int kRequests = 128;
@@ -818,7 +824,7 @@ TEST_CASE("iscsi: a deleted target: I/O is held, fails with EIO after reconnect-
   auto o = options_for(tgt.uri(1));
   o.reconnect_timeout = 3s;
   vb::IscsiBackend backend(o);
-  backend.open();
+  backend.open(vb::test::new_events(backend));
   vb::EventLoop loop;
   auto q = backend.open_queue(loop, 0);
   std::vector<char> buf = pattern(4096, 8), in(4096);
@@ -835,7 +841,7 @@ TEST_CASE("iscsi: a deleted target: I/O is held, fails with EIO after reconnect-
   CHECK(waited >= 2500ms); // held, not failed at once
   CHECK(waited < 10s);
   // Past reconnect-timeout new I/O fails at once, until the target is back.
-  CHECK(q->submit(rw(vb::Op::read, 0, in, rv), &Result::on_done, &held) == -EIO);
+  CHECK(q->submit(rw(vb::Op::read, 0, in, rv), &Result::on_done, &held) == EIO);
 
   tgt.create_target();
   // New I/O fails at once until a session is up again (within the 5 s backoff), then works.
@@ -860,7 +866,7 @@ TEST_CASE("iscsi: tgtd killed with requests in flight that complete once it is b
   TgtdServer tgt(dir);
   tgt.add_lun(1, 16 << 20);
   vb::IscsiBackend backend(options_for(tgt.uri(1)));
-  backend.open();
+  backend.open(vb::test::new_events(backend));
   vb::EventLoop loop;
   auto q = backend.open_queue(loop, 0);
   std::vector<char> first = pattern(1 << 20, 21);
@@ -913,9 +919,9 @@ TEST_CASE("iscsi: a LUN that comes back bigger or smaller after a reconnection i
   TgtdServer tgt(dir);
   tgt.add_lun(1, 4 << 20);
   vb::IscsiBackend backend(options_for(tgt.uri(1)));
-  backend.open();
+  backend.open(vb::test::new_events(backend));
   Resizes resizes;
-  backend.set_resize_handler(resizes.handler());
+  vb::test::events_of(backend).set_resize_handler(resizes.handler());
   vb::EventLoop loop;
   auto q0 = backend.open_queue(loop, 0);
   auto q1 = backend.open_queue(loop, 1); // a second session, on the same loop here
@@ -953,7 +959,7 @@ TEST_CASE("iscsi: a LUN that comes back bigger or smaller after a reconnection i
   CHECK(resizes.sizes() == std::vector<std::uint64_t>{8 << 20, 2 << 20});
   CHECK(run(loop, *q0, rw(vb::Op::read, 3 << 20, in, rv)) == EIO);
   CHECK(run(loop, *q0, rw(vb::Op::read, (2 << 20) - 65536, in, rv)) == 0);
-  backend.set_resize_handler(nullptr);
+  vb::test::events_of(backend).set_resize_handler(nullptr);
 }
 
 TEST_CASE("iscsi: CAPACITY DATA HAS CHANGED: the capacity is read again, the new size reported once") {
@@ -968,9 +974,9 @@ TEST_CASE("iscsi: CAPACITY DATA HAS CHANGED: the capacity is read again, the new
   UnitAttentionProxy proxy(static_cast<std::uint16_t>(std::stoi(portal.substr(portal.rfind(':') + 1))));
   const std::string uri = "iscsi://127.0.0.1:" + std::to_string(proxy.port()) + "/" + tgt.iqn() + "/1";
   vb::IscsiBackend backend(options_for(uri));
-  backend.open();
+  backend.open(vb::test::new_events(backend));
   Resizes resizes;
-  backend.set_resize_handler(resizes.handler());
+  vb::test::events_of(backend).set_resize_handler(resizes.handler());
   vb::EventLoop loop;
   auto q = backend.open_queue(loop, 0);
   auto *session = dynamic_cast<vb::IscsiSession *>(q.get());
@@ -1005,7 +1011,7 @@ TEST_CASE("iscsi: CAPACITY DATA HAS CHANGED: the capacity is read again, the new
   run_for(loop, 300ms); // the READ CAPACITY(16) it sent
   CHECK(run(loop, *q, rw(vb::Op::read, 0, in, rv)) == 0);
   CHECK(resizes.count() == 1);
-  backend.set_resize_handler(nullptr);
+  vb::test::events_of(backend).set_resize_handler(nullptr);
 }
 
 TEST_CASE("iscsi: a target that stops answering: request-timeout replaces the session, the request completes") {
@@ -1017,7 +1023,7 @@ TEST_CASE("iscsi: a target that stops answering: request-timeout replaces the se
   auto o = options_for(tgt.uri(1));
   o.request_timeout = 1s;
   vb::IscsiBackend backend(o);
-  backend.open();
+  backend.open(vb::test::new_events(backend));
   vb::EventLoop loop;
   auto q = backend.open_queue(loop, 0);
   std::vector<char> buf = pattern(65536, 4), in(65536);
@@ -1041,7 +1047,7 @@ TEST_CASE("iscsi: two queues on two threads, each with its own session") {
   TgtdServer tgt(dir);
   tgt.add_lun(1, 4 << 20);
   vb::IscsiBackend backend(options_for(tgt.uri(1)));
-  backend.open();
+  backend.open(vb::test::new_events(backend));
   vb::EventLoop loop0, loop1;
   auto q0 = backend.open_queue(loop0, 0);
   std::unique_ptr<vb::BackendQueue> q1;
@@ -1075,7 +1081,7 @@ TEST_CASE("iscsi: cancel_all completes held requests with ECANCELED") {
   TgtdServer tgt(dir);
   tgt.add_lun(1, 4 << 20);
   vb::IscsiBackend backend(options_for(tgt.uri(1)));
-  backend.open();
+  backend.open(vb::test::new_events(backend));
   vb::EventLoop loop;
   auto q = backend.open_queue(loop, 0);
   tgt.delete_target();
@@ -1147,7 +1153,7 @@ TEST_CASE("iscsi: after a fence, requests held for a new session or lost with th
   auto o = options_for("iscsi://127.0.0.1:" + std::to_string(proxy.port()) + "/" + tgt.iqn() + "/1");
   o.request_timeout = 1s;
   vb::IscsiBackend backend(o);
-  backend.open();
+  backend.open(vb::test::new_events(backend));
   vb::EventLoop loop;
   auto q = backend.open_queue(loop, 0);
   std::vector<char> a = pattern(4096, 1), b = pattern(4096, 2), c = pattern(4096, 3);

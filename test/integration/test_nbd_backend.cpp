@@ -1,5 +1,6 @@
 // The NBD backend against a real nbdkit: every operation, errors, out-of-order replies, block
 // size constraints, TLS (PSK and X.509), multi-conn, and a server that goes away and comes back.
+#include "backend_events.h"
 #include "event/event_loop.h"
 #include "nbd/nbd_backend.h"
 #include "test_support.h"
@@ -40,7 +41,7 @@ int run(vb::EventLoop &loop, vb::BackendQueue &q, const vb::Request &req) {
   Result r;
   const int rc = q.submit(req, &Result::on_done, &r);
   if (rc != 0)
-    return -rc;
+    return rc; // the same errno the completion would have given
   run_until(loop, [&] { return r.calls > 0; });
   CHECK(r.calls == 1);
   return r.error;
@@ -65,12 +66,11 @@ TEST_CASE("nbd: read, write with FUA, flush, trim and zero against nbdkit memory
   TempDir dir;
   NbdkitServer server(dir, {"memory", "16M"});
   vb::NbdBackend backend(options_for(server.uri()));
-  backend.open();
+  backend.open(vb::test::new_events(backend));
   const auto &caps = backend.capabilities();
   CHECK(caps.size == 16 << 20);
   CHECK(caps.logical_block_size == 512);
   CHECK(caps.can_flush);
-  CHECK(caps.can_fua);
   CHECK(caps.can_discard);
   CHECK(caps.can_write_zeroes);
   CHECK_FALSE(caps.read_only);
@@ -86,7 +86,6 @@ TEST_CASE("nbd: read, write with FUA, flush, trim and zero against nbdkit memory
   std::vector<char> other(4096, 'z');
   iovec wv[3] = {{out.data(), 4096}, {out.data() + 4096, 4096}, {other.data(), 4096}};
   vb::Request w{vb::Op::write, 1 << 20, 12288, wv, 3};
-  w.fua = true;
   CHECK(run(loop, *q, w) == 0);
 
   std::vector<char> in(12288);
@@ -117,7 +116,7 @@ TEST_CASE("nbd: server errors surface as errors and the connection keeps working
       {"memory", "1M", "error-pread=EIO", "error-pread-rate=100%", "error-pwrite=ENOSPC", "error-pwrite-rate=100%"},
       {"--filter=error"});
   vb::NbdBackend backend(options_for(server.uri()));
-  backend.open();
+  backend.open(vb::test::new_events(backend));
   vb::EventLoop loop;
   auto q = backend.open_queue(loop, 0);
   std::vector<char> buf(4096);
@@ -133,7 +132,7 @@ TEST_CASE("nbd: out-of-order replies complete the right requests (delay filter)"
   TempDir dir;
   NbdkitServer server(dir, {"memory", "4M", "delay-write=400ms"}, {"--filter=delay"});
   vb::NbdBackend backend(options_for(server.uri()));
-  backend.open();
+  backend.open(vb::test::new_events(backend));
   vb::EventLoop loop;
   auto q = backend.open_queue(loop, 0);
   std::vector<std::vector<char>> bufs(8, std::vector<char>(4096));
@@ -183,7 +182,7 @@ TEST_CASE("nbd: block size constraints set the logical block size and split larg
                        "blocksize-maximum=262144", "blocksize-error-policy=error"},
                       {"--filter=blocksize-policy"});
   vb::NbdBackend backend(options_for(server.uri()));
-  backend.open();
+  backend.open(vb::test::new_events(backend));
   const auto &caps = backend.capabilities();
   CHECK(caps.logical_block_size == 4096);
   CHECK(caps.physical_block_size == 65536);
@@ -205,7 +204,7 @@ TEST_CASE("nbd: multi-conn is used only when the server advertises it") {
   TempDir dir;
   NbdkitServer server(dir, {"memory", "4M", "multi-conn-mode=disable"}, {"--filter=multi-conn"});
   vb::NbdBackend backend(options_for(server.uri()));
-  backend.open();
+  backend.open(vb::test::new_events(backend));
   CHECK(backend.connections() == 1);
   // Two queues on two threads share the one connection (the second forwards to the first).
   vb::EventLoop loop0, loop1;
@@ -230,7 +229,8 @@ TEST_CASE("nbd: a URI with a password is refused with an explanation") {
                        std::invalid_argument);
   CHECK_NOTHROW(vb::check_nbd_uri("nbd://user@127.0.0.1:10809/export"));
   vb::NbdBackend backend(options_for("nbd://u:p@127.0.0.1:1/x"));
-  CHECK_THROWS_WITH_AS(backend.open(), doctest::Contains("password"), std::invalid_argument);
+  CHECK_THROWS_WITH_AS(backend.open(vb::test::new_events(backend)), doctest::Contains("password"),
+                       std::invalid_argument);
 }
 
 TEST_CASE("nbd: TLS with a pre-shared key") {
@@ -245,7 +245,7 @@ TEST_CASE("nbd: TLS with a pre-shared key") {
   auto o = options_for(uri);
   o.tls_psk_file = keys;
   vb::NbdBackend backend(o);
-  backend.open();
+  backend.open(vb::test::new_events(backend));
   vb::EventLoop loop;
   auto q = backend.open_queue(loop, 0);
   std::vector<char> buf(4096, 't');
@@ -254,13 +254,15 @@ TEST_CASE("nbd: TLS with a pre-shared key") {
 
   // Without the key the connection is refused, with libnbd's reason.
   vb::NbdBackend nokey(options_for(uri));
-  CHECK_THROWS_WITH_AS(nokey.open(), doctest::Contains("cannot connect"), std::runtime_error);
+  CHECK_THROWS_WITH_AS(nokey.open(vb::test::new_events(nokey)), doctest::Contains("cannot connect"),
+                       std::runtime_error);
 
   // A key file every user can read is refused before connecting.
   std::filesystem::permissions(keys, std::filesystem::perms::others_read, std::filesystem::perm_options::add);
   vb::NbdBackend exposed(o);
   const std::string expected = "tls-psk-file " + keys + " is readable by every user";
-  CHECK_THROWS_WITH_AS(exposed.open(), doctest::Contains(expected.c_str()), std::runtime_error);
+  CHECK_THROWS_WITH_AS(exposed.open(vb::test::new_events(exposed)), doctest::Contains(expected.c_str()),
+                       std::runtime_error);
 }
 
 TEST_CASE("nbd: TLS with X.509 certificates made by the test") {
@@ -298,7 +300,7 @@ TEST_CASE("nbd: TLS with X.509 certificates made by the test") {
   auto o = options_for("nbds://localhost:" + std::to_string(port) + "/");
   o.tls_certificates = pki;
   vb::NbdBackend backend(o);
-  backend.open();
+  backend.open(vb::test::new_events(backend));
   vb::EventLoop loop;
   auto q = backend.open_queue(loop, 0);
   std::vector<char> buf(4096, 'x');
@@ -317,7 +319,7 @@ TEST_CASE("nbd: a server that dies and comes back: in-flight and held I/O comple
   const std::string socket = server->socket();
   auto o = options_for("nbd+unix:///?socket=" + socket);
   vb::NbdBackend backend(o);
-  backend.open();
+  backend.open(vb::test::new_events(backend));
   vb::EventLoop loop;
   auto q = backend.open_queue(loop, 0);
   std::vector<char> buf(4096, 'r'), in(4096);
@@ -328,9 +330,9 @@ TEST_CASE("nbd: a server that dies and comes back: in-flight and held I/O comple
   // Submitted while the server is down: held, not failed.
   Result held;
   REQUIRE(q->submit({vb::Op::read, 0, 4096, rv, 1}, &Result::on_done, &held) == 0);
-  vb::Backend::Health while_down;
+  vb::RecordingBackendEvents::Health while_down;
   vb::Timer restart(loop, [&] {
-    while_down = backend.health();
+    while_down = vb::test::events_of(backend).health();
     std::filesystem::remove(socket);
     server = std::make_unique<NbdkitServer>(dir, std::vector<std::string>{"file", image}, std::vector<std::string>{},
                                             socket);
@@ -342,7 +344,7 @@ TEST_CASE("nbd: a server that dies and comes back: in-flight and held I/O comple
   // What `vduse-bridge status` shows: reconnecting while the server was away, then connected.
   CHECK(while_down.state == vb::Backend::State::reconnecting);
   CHECK(while_down.last_error.find("connection lost") != std::string::npos);
-  CHECK(backend.health().state == vb::Backend::State::connected);
+  CHECK(vb::test::events_of(backend).health().state == vb::Backend::State::connected);
 }
 
 TEST_CASE("nbd: requests in flight when the server is killed are resubmitted, not failed") {
@@ -360,7 +362,7 @@ TEST_CASE("nbd: requests in flight when the server is killed are resubmitted, no
                                                std::vector<std::string>{"--filter=delay"});
   const std::string socket = server->socket();
   vb::NbdBackend backend(options_for("nbd+unix:///?socket=" + socket));
-  backend.open();
+  backend.open(vb::test::new_events(backend));
   vb::EventLoop loop;
   auto q = backend.open_queue(loop, 0);
   std::vector<std::vector<char>> bufs(4, std::vector<char>(4096));
@@ -396,7 +398,7 @@ TEST_CASE("nbd: a request scattered over many buffers goes through a bounce copy
   TempDir dir;
   NbdkitServer server(dir, {"memory", "8M"});
   vb::NbdBackend backend(options_for(server.uri()));
-  backend.open();
+  backend.open(vb::test::new_events(backend));
   vb::EventLoop loop;
   auto q = backend.open_queue(loop, 0);
   // 32 non-adjacent 4 KiB pieces (every other page of a buffer), as a 128 KiB request.
@@ -434,10 +436,10 @@ TEST_CASE("nbd: a grown or shrunk export is found by the size poll and reported"
   auto o = options_for(server.uri());
   o.resize_poll_interval = 100ms;
   vb::NbdBackend backend(o);
-  backend.open();
+  backend.open(vb::test::new_events(backend));
   std::atomic<std::uint64_t> reported{0};
   std::atomic<int> reports{0};
-  backend.set_resize_handler([&](std::uint64_t size) {
+  vb::test::events_of(backend).set_resize_handler([&](std::uint64_t size) {
     reported = size;
     ++reports;
   });
@@ -471,9 +473,9 @@ TEST_CASE("nbd: a server back with another size is a resize, back as another exp
   auto o = options_for("nbd+unix:///?socket=" + socket);
   o.resize_poll_interval = 0ms; // only the reconnect may notice
   vb::NbdBackend backend(o);
-  backend.open();
+  backend.open(vb::test::new_events(backend));
   std::atomic<std::uint64_t> reported{0};
-  backend.set_resize_handler([&](std::uint64_t size) { reported = size; });
+  vb::test::events_of(backend).set_resize_handler([&](std::uint64_t size) { reported = size; });
   vb::EventLoop loop;
   auto q = backend.open_queue(loop, 0);
   std::vector<char> buf(4096, 'w');
@@ -521,7 +523,7 @@ TEST_CASE("nbd: a server that stops answering is given up on, also mid-handshake
   o.request_timeout = 1s;
   o.resize_poll_interval = 0ms;
   vb::NbdBackend backend(o);
-  backend.open();
+  backend.open(vb::test::new_events(backend));
   vb::EventLoop loop;
   auto q = backend.open_queue(loop, 0);
   std::vector<char> in(4096);
@@ -580,7 +582,7 @@ TEST_CASE("nbd: after a fence, writes held for a reconnect or lost on the wire n
   auto o = options_for("nbd+unix:///?socket=" + socket);
   o.connections = 1;
   vb::NbdBackend backend(o);
-  backend.open();
+  backend.open(vb::test::new_events(backend));
   vb::EventLoop loop;
   auto q = backend.open_queue(loop, 0);
   std::string a(4096, 'A'), b(4096, 'B'), c(4096, 'C');
@@ -626,14 +628,15 @@ TEST_CASE("nbd: a request answered with ESHUTDOWN is resubmitted on a new connec
   auto o = options_for(server.uri());
   o.request_timeout = 0ms;
   vb::NbdBackend backend(o);
-  backend.open();
+  backend.open(vb::test::new_events(backend));
   vb::EventLoop loop;
   auto q = backend.open_queue(loop, 0);
   std::vector<char> buf(4096, 'x');
   iovec v[1] = {{buf.data(), buf.size()}};
   Result r;
   REQUIRE(q->submit({vb::Op::read, 0, 4096, v, 1}, &Result::on_done, &r) == 0);
-  run_until(loop, [&] { return backend.health().last_error.find("ESHUTDOWN") != std::string::npos; });
+  run_until(loop,
+            [&] { return vb::test::events_of(backend).health().last_error.find("ESHUTDOWN") != std::string::npos; });
   CHECK(r.calls == 0); // not failed: the server only said it is going away
   std::filesystem::remove(trigger);
   run_until(loop, [&] { return r.calls > 0; });
@@ -652,7 +655,7 @@ TEST_CASE("nbd: a forwarding queue's cancel_all completes its own requests now a
   auto o = options_for("nbd+unix:///?socket=" + socket);
   o.connections = 1;
   vb::NbdBackend backend(o);
-  backend.open();
+  backend.open(vb::test::new_events(backend));
   vb::EventLoop owner_loop, forward_loop;
   std::thread owner_thread;
   std::unique_ptr<vb::BackendQueue> owner = backend.open_queue(owner_loop, 0);
@@ -692,7 +695,7 @@ TEST_CASE("nbd: many large scattered requests in flight stay within the bounce b
   auto o = options_for(server.uri());
   o.connections = 1;
   vb::NbdBackend backend(o);
-  backend.open();
+  backend.open(vb::test::new_events(backend));
   vb::EventLoop loop;
   auto q = backend.open_queue(loop, 0);
   constexpr int kRequests = 48;

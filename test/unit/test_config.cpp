@@ -1,4 +1,7 @@
 #include "config/config.h"
+#include "iscsi/iscsi_options.h"
+#include "memory/memory_options.h"
+#include "nbd/nbd_options.h"
 
 #include "test_support.h"
 
@@ -6,6 +9,7 @@
 #include <doctest/doctest.h>
 #include <fstream>
 #include <string>
+#include <typeinfo>
 
 using vb::BackendConfig;
 using vb::Config;
@@ -62,8 +66,8 @@ TEST_CASE("a minimal device gets every default") {
   REQUIRE(c.devices.size() == 1);
   const DeviceConfig &d = c.devices[0];
   CHECK(d.name == "disk0");
-  CHECK(d.backend.type == BackendConfig::Type::memory);
-  CHECK(d.backend.memory.size == 64ULL << 20);
+  CHECK(d.backend.type() == "memory");
+  CHECK(d.backend.as<vb::MemoryOptions>().size == 64ULL << 20);
   CHECK(d.queues == 1);
   CHECK(d.queue_size == 256);
   CHECK(d.logical_block_size == 0); // absent: the backend's (512 for memory)
@@ -90,7 +94,7 @@ TEST_CASE("a device with every key set") {
   REQUIRE(c.devices.size() == 1);
   const DeviceConfig &d = c.devices[0];
   CHECK(d.name == "Big_disk-1");
-  CHECK(d.backend.memory.size == 2ULL << 30);
+  CHECK(d.backend.as<vb::MemoryOptions>().size == 2ULL << 30);
   CHECK(d.queues == 8);
   CHECK(d.queue_size == 1024);
   CHECK(d.logical_block_size == 4096);
@@ -125,13 +129,13 @@ TEST_CASE("several devices keep their order and their own settings") {
   CHECK(c.devices[0].line == 2);
   CHECK(c.devices[1].name == "a-very-long-device-name-of-30b");
   CHECK(c.devices[1].serial == "a-very-long-device-n"); // the name cut to 20 bytes
-  CHECK(c.devices[1].backend.memory.size == 1ULL << 30);
+  CHECK(c.devices[1].backend.as<vb::MemoryOptions>().size == 1ULL << 30);
   CHECK(c.devices[1].queue_size == 2);
   CHECK(c.devices[1].logical_block_size == 1024);
   CHECK(c.devices[1].line == 6);
   CHECK(c.devices[2].name == "0123");
   CHECK(c.devices[2].serial.empty()); // an explicit empty serial stays empty
-  CHECK(c.devices[2].backend.memory.size == 4096);
+  CHECK(c.devices[2].backend.as<vb::MemoryOptions>().size == 4096);
   CHECK(c.devices[2].queues == 64);
   CHECK(c.devices[2].read_only);
   CHECK(c.devices[2].line == 12);
@@ -153,14 +157,14 @@ TEST_CASE("an nbd device with every key set") {
   REQUIRE(c.devices.size() == 1);
   const DeviceConfig &d = c.devices[0];
   CHECK(d.name == "remote0");
-  CHECK(d.backend.type == BackendConfig::Type::nbd);
-  CHECK(d.backend.nbd.uri == "nbds://alice@nbd.example.com:10809/vm%20disk"); // as written
-  CHECK(d.backend.nbd.connections == 16);
-  CHECK(d.backend.nbd.tls_certificates.empty());
-  CHECK(d.backend.nbd.tls_psk_file == "/etc/vduse-bridge/psk.keys");
-  CHECK(d.backend.nbd.reconnect_timeout == std::chrono::minutes(2));
-  CHECK(d.backend.nbd.request_timeout == std::chrono::milliseconds(500));
-  CHECK(d.backend.memory.size == 0); // not a memory device
+  CHECK(d.backend.type() == "nbd");
+  CHECK(d.backend.as<vb::NbdOptions>().uri == "nbds://alice@nbd.example.com:10809/vm%20disk"); // as written
+  CHECK(d.backend.as<vb::NbdOptions>().connections == 16);
+  CHECK(d.backend.as<vb::NbdOptions>().tls_certificates.empty());
+  CHECK(d.backend.as<vb::NbdOptions>().tls_psk_file == "/etc/vduse-bridge/psk.keys");
+  CHECK(d.backend.as<vb::NbdOptions>().reconnect_timeout == std::chrono::minutes(2));
+  CHECK(d.backend.as<vb::NbdOptions>().request_timeout == std::chrono::milliseconds(500));
+  CHECK_THROWS_AS((void)d.backend.as<vb::MemoryOptions>(), std::bad_cast); // nbd options only
   CHECK(d.queues == 4);
   CHECK(d.logical_block_size == 4096);
 }
@@ -169,13 +173,13 @@ TEST_CASE("an nbd device gets the nbd defaults and the server's block size") {
   const Config c = parse_config(nbd_head, "nbd.yaml");
   REQUIRE(c.devices.size() == 1);
   const DeviceConfig &d = c.devices[0];
-  CHECK(d.backend.type == BackendConfig::Type::nbd);
-  CHECK(d.backend.nbd.uri == "nbd://server/export");
-  CHECK(d.backend.nbd.connections == 1);
-  CHECK(d.backend.nbd.tls_certificates.empty());
-  CHECK(d.backend.nbd.tls_psk_file.empty());
-  CHECK(d.backend.nbd.reconnect_timeout == std::chrono::seconds(60));
-  CHECK(d.backend.nbd.request_timeout == std::chrono::milliseconds(0)); // item 7: off by default
+  CHECK(d.backend.type() == "nbd");
+  CHECK(d.backend.as<vb::NbdOptions>().uri == "nbd://server/export");
+  CHECK(d.backend.as<vb::NbdOptions>().connections == 1);
+  CHECK(d.backend.as<vb::NbdOptions>().tls_certificates.empty());
+  CHECK(d.backend.as<vb::NbdOptions>().tls_psk_file.empty());
+  CHECK(d.backend.as<vb::NbdOptions>().reconnect_timeout == std::chrono::seconds(60));
+  CHECK(d.backend.as<vb::NbdOptions>().request_timeout == std::chrono::milliseconds(0)); // item 7: off by default
   CHECK(d.logical_block_size == 0);
   CHECK(d.serial == "remote");
 }
@@ -205,16 +209,16 @@ TEST_CASE("every NBD URI form is accepted") {
 
 TEST_CASE("nbd: TLS keys with an nbds scheme, zero timeouts") {
   const Config certs = parse_config(nbds_head + "      tls-certificates: /etc/vduse-bridge/pki\n", "t.yaml");
-  CHECK(certs.devices[0].backend.nbd.tls_certificates == "/etc/vduse-bridge/pki");
-  CHECK(certs.devices[0].backend.nbd.tls_psk_file.empty());
+  CHECK(certs.devices[0].backend.as<vb::NbdOptions>().tls_certificates == "/etc/vduse-bridge/pki");
+  CHECK(certs.devices[0].backend.as<vb::NbdOptions>().tls_psk_file.empty());
 
   const Config psk = parse_config(
       nbd_with("nbds+unix:///e?socket=/run/nbd.sock") + "      tls-psk-file: '/etc/vduse-bridge/psk keys'\n", "t.yaml");
-  CHECK(psk.devices[0].backend.nbd.tls_psk_file == "/etc/vduse-bridge/psk keys");
+  CHECK(psk.devices[0].backend.as<vb::NbdOptions>().tls_psk_file == "/etc/vduse-bridge/psk keys");
 
   const Config zero = parse_config(nbd_head + "      reconnect-timeout: 0\n      request-timeout: 0\n", "t.yaml");
-  CHECK(zero.devices[0].backend.nbd.reconnect_timeout == std::chrono::milliseconds(0));
-  CHECK(zero.devices[0].backend.nbd.request_timeout == std::chrono::milliseconds(0));
+  CHECK(zero.devices[0].backend.as<vb::NbdOptions>().reconnect_timeout == std::chrono::milliseconds(0));
+  CHECK(zero.devices[0].backend.as<vb::NbdOptions>().request_timeout == std::chrono::milliseconds(0));
 }
 
 TEST_CASE("a password in an NBD URI is refused without being shown") {
@@ -237,8 +241,8 @@ TEST_CASE("the example configuration is valid and describes disk0") {
   REQUIRE(c.devices.size() == 1);
   const DeviceConfig &d = c.devices[0];
   CHECK(d.name == "disk0");
-  CHECK(d.backend.type == BackendConfig::Type::memory);
-  CHECK(d.backend.memory.size == 1ULL << 30);
+  CHECK(d.backend.type() == "memory");
+  CHECK(d.backend.as<vb::MemoryOptions>().size == 1ULL << 30);
   CHECK(d.attach == DeviceConfig::Attach::virtio_vdpa);
   CHECK(d.serial == "disk0");
 }
@@ -263,11 +267,11 @@ TEST_CASE("the example's commented-out nbd device is valid once uncommented") {
   REQUIRE(c.devices.size() == 2);
   const DeviceConfig &d = c.devices[1];
   CHECK(d.name == "remote0");
-  CHECK(d.backend.type == BackendConfig::Type::nbd);
-  CHECK(d.backend.nbd.uri == "nbd+unix:///export?socket=/run/nbd.sock");
-  CHECK(d.backend.nbd.connections == 4);
-  CHECK(d.backend.nbd.reconnect_timeout == std::chrono::seconds(60));
-  CHECK(d.backend.nbd.request_timeout == std::chrono::milliseconds(0));
+  CHECK(d.backend.type() == "nbd");
+  CHECK(d.backend.as<vb::NbdOptions>().uri == "nbd+unix:///export?socket=/run/nbd.sock");
+  CHECK(d.backend.as<vb::NbdOptions>().connections == 4);
+  CHECK(d.backend.as<vb::NbdOptions>().reconnect_timeout == std::chrono::seconds(60));
+  CHECK(d.backend.as<vb::NbdOptions>().request_timeout == std::chrono::milliseconds(0));
   CHECK(d.queues == 4);
   CHECK(d.logical_block_size == 0);
 }
@@ -287,14 +291,15 @@ TEST_CASE("the EXAMPLE of vduse-bridge.yaml(5) is valid") {
   CAPTURE(yaml);
   const Config c = parse_config(yaml, "vduse-bridge.yaml.5");
   REQUIRE(c.devices.size() == 5);
-  CHECK(c.devices[4].backend.type == BackendConfig::Type::iscsi);
-  CHECK(c.devices[4].backend.iscsi.chap.password_file == "/etc/vduse-bridge/chap.secret");
-  CHECK(c.devices[4].backend.iscsi.request_timeout == std::chrono::milliseconds(0)); // item 7: off by default
+  CHECK(c.devices[4].backend.type() == "iscsi");
+  CHECK(c.devices[4].backend.as<vb::IscsiOptions>().chap_password_file == "/etc/vduse-bridge/chap.secret");
+  CHECK(c.devices[4].backend.as<vb::IscsiOptions>().request_timeout ==
+        std::chrono::milliseconds(0)); // item 7: off by default
   CHECK(c.devices[4].queues == 4);
-  CHECK(c.devices[2].backend.type == BackendConfig::Type::nbd);
-  CHECK(c.devices[2].backend.nbd.connections == 4);
-  CHECK(c.devices[3].backend.nbd.tls_psk_file == "/etc/vduse-bridge/psk.keys");
-  CHECK(c.devices[3].backend.nbd.reconnect_timeout == std::chrono::minutes(5));
+  CHECK(c.devices[2].backend.type() == "nbd");
+  CHECK(c.devices[2].backend.as<vb::NbdOptions>().connections == 4);
+  CHECK(c.devices[3].backend.as<vb::NbdOptions>().tls_psk_file == "/etc/vduse-bridge/psk.keys");
+  CHECK(c.devices[3].backend.as<vb::NbdOptions>().reconnect_timeout == std::chrono::minutes(5));
   CHECK(c.devices[3].logical_block_size == 4096);
 }
 
@@ -597,7 +602,7 @@ TEST_CASE("load_config reads a file and names it in errors") {
   const Config c = vb::load_config(good);
   CHECK(c.path == good);
   REQUIRE(c.devices.size() == 1);
-  CHECK(c.devices[0].backend.memory.size == 1ULL << 30);
+  CHECK(c.devices[0].backend.as<vb::MemoryOptions>().size == 1ULL << 30);
 
   const std::string bad = dir.file("bad.yaml");
   write_file(bad, head + "    attach: host\n");
@@ -622,16 +627,17 @@ TEST_CASE("to_string gives the spellings of the file") {
   CHECK(std::string(vb::to_string(DeviceConfig::Attach::virtio_vdpa)) == "virtio-vdpa");
   CHECK(std::string(vb::to_string(DeviceConfig::Attach::vhost_vdpa)) == "vhost-vdpa");
   CHECK(std::string(vb::to_string(DeviceConfig::Attach::none)) == "none");
-  CHECK(std::string(vb::to_string(BackendConfig::Type::memory)) == "memory");
-  CHECK(std::string(vb::to_string(BackendConfig::Type::nbd)) == "nbd");
-  CHECK(std::string(vb::to_string(BackendConfig::Type::iscsi)) == "iscsi");
+  const auto &memory = vb::parse_config("devices:\n  - name: d\n    backend: {type: memory, size: 1M}\n", "t.yaml");
+  CHECK(memory.devices[0].backend.type() == "memory");
 }
 
 TEST_CASE("nbd structured-replies: off by default, a boolean when given") {
   const std::string base = "devices:\n  - name: d\n    backend:\n      type: nbd\n      uri: nbd://127.0.0.1/\n";
-  CHECK_FALSE(vb::parse_config(base, "t.yaml").devices[0].backend.nbd.structured_replies);
-  CHECK(
-      vb::parse_config(base + "      structured-replies: true\n", "t.yaml").devices[0].backend.nbd.structured_replies);
+  CHECK_FALSE(vb::parse_config(base, "t.yaml").devices[0].backend.as<vb::NbdOptions>().structured_replies);
+  CHECK(vb::parse_config(base + "      structured-replies: true\n", "t.yaml")
+            .devices[0]
+            .backend.as<vb::NbdOptions>()
+            .structured_replies);
   CHECK_THROWS_WITH_AS(vb::parse_config(base + "      structured-replies: maybe\n", "t.yaml"),
                        doctest::Contains("t.yaml:6:27: devices[0].backend.structured-replies:"), vb::ConfigError);
 }
@@ -669,15 +675,15 @@ TEST_CASE("an iscsi device with every key set") {
                                 "      request-timeout: 10s\n",
                                 "iscsi.yaml");
   REQUIRE(c.devices.size() == 1);
-  const auto &i = c.devices[0].backend.iscsi;
-  CHECK(c.devices[0].backend.type == BackendConfig::Type::iscsi);
+  const auto &i = c.devices[0].backend.as<vb::IscsiOptions>();
+  CHECK(c.devices[0].backend.type() == "iscsi");
   CHECK(i.uri == "iscsi://[2001:db8::1]:3261/iqn.2026-11.org.example%3Adisk0/7"); // as written
   CHECK(i.initiator_name == "iqn.2026-11.org.example:host1");
-  CHECK(i.chap.username == "user");
-  CHECK(i.chap.password_file == "/etc/vduse-bridge/chap.secret");
-  CHECK(i.chap.target_username == "target");
-  CHECK(i.chap.target_password_file == "/etc/vduse-bridge/target.secret");
-  CHECK(i.header_digest == vb::IscsiBackendConfig::HeaderDigest::prefer_crc32c);
+  CHECK(i.chap_username == "user");
+  CHECK(i.chap_password_file == "/etc/vduse-bridge/chap.secret");
+  CHECK(i.target_username == "target");
+  CHECK(i.target_password_file == "/etc/vduse-bridge/target.secret");
+  CHECK(i.header_digest == vb::IscsiOptions::HeaderDigest::prefer_crc32c);
   CHECK(i.reconnect_timeout == std::chrono::minutes(5));
   CHECK(i.request_timeout == std::chrono::seconds(10));
   CHECK(c.devices[0].logical_block_size == 0); // the LUN's
@@ -685,13 +691,13 @@ TEST_CASE("an iscsi device with every key set") {
 
 TEST_CASE("an iscsi device gets the iscsi defaults") {
   const Config c = parse_config(iscsi_head, "iscsi.yaml");
-  const auto &i = c.devices[0].backend.iscsi;
+  const auto &i = c.devices[0].backend.as<vb::IscsiOptions>();
   CHECK(i.uri == "iscsi://192.0.2.1/iqn.2026-11.org.example:disk0/1");
   CHECK(i.initiator_name.empty()); // derived from the host name when connecting
-  CHECK(i.chap.username.empty());
-  CHECK(i.chap.password_file.empty());
-  CHECK(i.chap.target_username.empty());
-  CHECK(i.header_digest == vb::IscsiBackendConfig::HeaderDigest::none);
+  CHECK(i.chap_username.empty());
+  CHECK(i.chap_password_file.empty());
+  CHECK(i.target_username.empty());
+  CHECK(i.header_digest == vb::IscsiOptions::HeaderDigest::none);
   CHECK(i.reconnect_timeout == std::chrono::seconds(60));
   CHECK(i.request_timeout == std::chrono::milliseconds(0)); // issue 12 item 7: off by default
   // One-way CHAP, other digests, zero timeouts.
@@ -700,11 +706,11 @@ TEST_CASE("an iscsi device gets the iscsi defaults") {
                                                 "      reconnect-timeout: 0\n"
                                                 "      request-timeout: 0\n",
                                    "iscsi.yaml");
-  const auto &j = chap.devices[0].backend.iscsi;
-  CHECK(j.chap.username == "u");
-  CHECK(j.chap.password_file == "/s");
-  CHECK(j.chap.target_username.empty());
-  CHECK(j.header_digest == vb::IscsiBackendConfig::HeaderDigest::crc32c);
+  const auto &j = chap.devices[0].backend.as<vb::IscsiOptions>();
+  CHECK(j.chap_username == "u");
+  CHECK(j.chap_password_file == "/s");
+  CHECK(j.target_username.empty());
+  CHECK(j.header_digest == vb::IscsiOptions::HeaderDigest::crc32c);
   CHECK(j.reconnect_timeout.count() == 0);
   CHECK(j.request_timeout.count() == 0);
   for (const char *uri : {"iscsi://host/t/0", "iscsi://host:3260/iqn.x:y/16383", "iscsi://[::1]/t/1",
@@ -824,13 +830,16 @@ TEST_CASE("bad iscsi keys name the file, line, key and what was expected") {
 
 TEST_CASE("nbd resize-poll-interval: 30s by default, 0 turns it off") {
   const std::string base = "devices:\n  - name: d\n    backend:\n      type: nbd\n      uri: nbd://127.0.0.1/\n";
-  CHECK(vb::parse_config(base, "t.yaml").devices[0].backend.nbd.resize_poll_interval == std::chrono::seconds(30));
+  CHECK(vb::parse_config(base, "t.yaml").devices[0].backend.as<vb::NbdOptions>().resize_poll_interval ==
+        std::chrono::seconds(30));
   CHECK(vb::parse_config(base + "      resize-poll-interval: 0\n", "t.yaml")
             .devices[0]
-            .backend.nbd.resize_poll_interval.count() == 0);
+            .backend.as<vb::NbdOptions>()
+            .resize_poll_interval.count() == 0);
   CHECK(vb::parse_config(base + "      resize-poll-interval: 5s\n", "t.yaml")
             .devices[0]
-            .backend.nbd.resize_poll_interval == std::chrono::seconds(5));
+            .backend.as<vb::NbdOptions>()
+            .resize_poll_interval == std::chrono::seconds(5));
   CHECK_THROWS_WITH_AS(vb::parse_config(base + "      resize-poll-interval: often\n", "t.yaml"),
                        doctest::Contains("t.yaml:6:29: devices[0].backend.resize-poll-interval:"), vb::ConfigError);
 }

@@ -1,3 +1,4 @@
+#include "backend_events.h"
 #include "event/event_loop.h"
 #include "memory/memory_backend.h"
 
@@ -25,7 +26,7 @@ int run(vb::BackendQueue &q, const vb::Request &req) {
 
 TEST_CASE("memory backend: read/write through scattered buffers, discard and zeroes read back zero") {
   vb::MemoryBackend backend(1ULL << 30); // 1 GiB: sparse, so this costs nothing
-  backend.open();
+  backend.open(vb::test::new_events(backend));
   const auto &caps = backend.capabilities();
   CHECK(caps.size == 1ULL << 30);
   CHECK(caps.can_discard);
@@ -58,7 +59,7 @@ TEST_CASE("memory backend: read/write through scattered buffers, discard and zer
 
 TEST_CASE("memory backend: out-of-range requests fail with EIO") {
   vb::MemoryBackend backend(1 << 20);
-  backend.open();
+  backend.open(vb::test::new_events(backend));
   vb::EventLoop loop;
   auto q = backend.open_queue(loop, 0);
   std::vector<char> buf(4096);
@@ -69,5 +70,6 @@ TEST_CASE("memory backend: out-of-range requests fail with EIO") {
 
 TEST_CASE("memory backend: a size that is not a block multiple is refused at open") {
   vb::MemoryBackend backend(1000);
-  CHECK_THROWS_WITH_AS(backend.open(), doctest::Contains("multiple of the block size"), std::runtime_error);
+  CHECK_THROWS_WITH_AS(backend.open(vb::test::new_events(backend)), doctest::Contains("multiple of the block size"),
+                       std::runtime_error);
 }

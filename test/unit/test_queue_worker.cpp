@@ -1,6 +1,7 @@
 // The engine without a kernel: a userspace driver lays out a split ring in ordinary memory,
 // a QueueWorker serves it on its own thread with a real backend, and the test checks what lands
 // on the used ring, in the status bytes and in the backend.
+#include "backend_events.h"
 #include "event/event_loop.h"
 #include "export/queue_worker.h"
 #include "memory/memory_backend.h"
@@ -87,7 +88,7 @@ public:
     caps.size = 1 << 20;
     caps.can_flush = true;
   }
-  void open() override {}
+  void connect() override {}
   const vb::BackendCapabilities &capabilities() const override { return caps; }
   std::unique_ptr<vb::BackendQueue> open_queue(vb::EventLoop &l, unsigned) override {
     loop = &l;
@@ -129,7 +130,7 @@ public:
 
 struct Engine {
   Engine(vb::Backend &backend, std::uint16_t num = 16, bool event_idx = false) : mem(4 << 20), drv(mem, num) {
-    backend.open();
+    backend.open(vb::test::new_events(backend));
     vb::blk::DeviceSettings settings;
     settings.serial = "engine-test-serial";
     params = vb::blk::make_device_params(backend.capabilities(), settings);

@@ -1,0 +1,240 @@
+// backend.type: iscsi: its keys and their checks, the backend it makes, and --discover.
+#include "iscsi/iscsi_backend.h"
+#include "iscsi/iscsi_discovery.h"
+#include "iscsi/iscsi_options.h"
+
+#include <stdexcept>
+
+namespace vb {
+namespace {
+
+constexpr std::uint64_t max_lun = 16383;          // SAM flat space addressing
+constexpr std::size_t max_iscsi_name_bytes = 223; // RFC 3720, 3.2.6.1
+constexpr std::size_t max_chap_name_bytes = 255;  // what libiscsi keeps
+constexpr std::string_view uri_example = "iscsi://host[:port]/iqn.2026-11.org.example:disk0/1";
+
+bool is_name_char(char c) {
+  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' || c == '-';
+}
+
+// The one check of a LUN's URI, for the configuration file and for check_iscsi_uri().
+void check_uri(const ConfigChecker &check, const ConfigValue &v) {
+  const std::string what = "an iSCSI URI such as " + std::string(uri_example);
+  const std::string &text = check.scalar(v, what);
+  const auto sep = text.find("://");
+  const bool has_scheme = sep != std::string::npos && sep != 0;
+  const std::string_view scheme = has_scheme ? std::string_view(text).substr(0, sep) : std::string_view();
+  const std::string_view rest = has_scheme ? std::string_view(text).substr(sep + 3) : std::string_view();
+  const std::string_view authority = rest.substr(0, rest.find_first_of("/?#"));
+  // First, so that no later message shows the secret (libiscsi reads user%password@ there).
+  if (has_scheme) {
+    if (const auto at = authority.rfind('@'); at != std::string_view::npos) {
+      const std::string hidden = std::string(scheme) + "://***@" + std::string(rest.substr(at + 1));
+      check.fail(v.at, v.key,
+                 "expected a URI without user information, got one in " + config_quoted(hidden, '\'') +
+                     ": secrets come from files, never from the URI; name the CHAP user with chap.username "
+                     "and its password with chap.password-file");
+    }
+  }
+  for (unsigned char c : text)
+    if (c <= 0x20 || c >= 0x7f)
+      check.expected(v, "a URI without spaces, control characters or non-ASCII bytes (percent-encode them)");
+  if (!has_scheme)
+    check.expected(v, what);
+  if (scheme != "iscsi")
+    check.fail(v.at, v.key,
+               "expected a URI scheme of iscsi, got " + config_quoted(scheme, '\'') + " in " + config_describe(v));
+  if (text.find_first_of("?#") != std::string::npos)
+    check.expected(v, "a URI without a query or fragment",
+                   ": digests and CHAP are set with the backend keys header-digest and chap");
+  // host[:port], the host possibly an IPv6 address in brackets.
+  std::string_view host = authority;
+  std::string_view port;
+  if (host.starts_with('[')) {
+    const auto close = host.find(']');
+    if (close == std::string_view::npos || close == 1)
+      check.expected(v, "an IPv6 address in brackets such as [::1] as the URI's host");
+    const std::string_view after = host.substr(close + 1);
+    if (!after.empty() && !after.starts_with(':'))
+      check.expected(v, what);
+    port = after.empty() ? after : after.substr(1);
+    host = host.substr(0, close + 1);
+  } else if (const auto colon = host.rfind(':'); colon != std::string_view::npos) {
+    port = host.substr(colon + 1);
+    host = host.substr(0, colon);
+    if (port.empty())
+      check.expected(v, "a port number after ':' in the URI's host");
+  }
+  if (host.empty())
+    check.expected(v, "a host in the URI (" + std::string(uri_example) + ")");
+  if (!port.empty()) {
+    const auto n = config_decimal(port);
+    if (!n || *n == 0 || *n > 65535)
+      check.fail(v.at, v.key,
+                 "expected a port from 1 to 65535 in the URI, got " + config_quoted(port, '\'') + " in " +
+                     config_describe(v));
+  }
+  // /target-name/lun
+  const std::string_view path = rest.substr(authority.size());
+  const auto slash = path.rfind('/');
+  if (path.size() < 2 || slash == 0 || slash == std::string_view::npos)
+    check.expected(v, what, " (the target name and the LUN follow the host)");
+  const std::string_view target = path.substr(1, slash - 1);
+  const std::string_view lun = path.substr(slash + 1);
+  if (target.empty())
+    check.expected(v, what, " (the target name and the LUN follow the host)");
+  if (target.find('/') != std::string_view::npos)
+    check.expected(v, what, " (a target name has no '/')");
+  const auto n = config_decimal(lun);
+  if (!n || *n > max_lun)
+    check.fail(v.at, v.key,
+               "expected a LUN from 0 to " + std::to_string(max_lun) + " at the end of the URI, got " +
+                   config_quoted(lun, '\'') + " in " + config_describe(v));
+}
+
+void apply_uri(const ConfigChecker &check, const ConfigValue &v, const BackendDevice & /*device*/, IscsiOptions &out) {
+  check_uri(check, v);
+  out.uri = v.text;
+}
+
+void apply_initiator_name(const ConfigChecker &check, const ConfigValue &v, const BackendDevice & /*device*/,
+                          IscsiOptions &out) {
+  const std::string what = "an iSCSI name starting with iqn., eui. or naa. such as iqn.2026-11.org.example:host1 "
+                           "(at most " +
+                           std::to_string(max_iscsi_name_bytes) + " letters, digits, '.', '-' and ':')";
+  const std::string &text = check.scalar(v, what);
+  if (text.size() > max_iscsi_name_bytes ||
+      !(text.starts_with("iqn.") || text.starts_with("eui.") || text.starts_with("naa.")) || text.size() < 5)
+    check.expected(v, what);
+  for (char c : text)
+    if (!is_name_char(c) && c != '.' && c != ':')
+      check.expected(v, what);
+  if (text.find('_') != std::string::npos)
+    check.expected(v, what);
+  out.initiator_name = text;
+}
+
+std::string chap_user(const ConfigChecker &check, const ConfigValue &v, const std::string &note = {}) {
+  const std::string what =
+      "a CHAP user name of 1 to " + std::to_string(max_chap_name_bytes) + " bytes of printable ASCII without spaces";
+  if (!v.present())
+    check.expected(v, what, note);
+  const std::string &text = check.scalar(v, what);
+  if (text.empty() || text.size() > max_chap_name_bytes)
+    check.expected(v, what);
+  for (unsigned char c : text)
+    if (c <= 0x20 || c >= 0x7f)
+      check.expected(v, what);
+  return text;
+}
+
+constexpr std::array<std::string_view, 4> chap_keys{"username", "password-file", "target-username",
+                                                    "target-password-file"};
+
+void apply_chap(const ConfigChecker &check, const ConfigValue &v, const BackendDevice & /*device*/, IscsiOptions &out) {
+  if (v.kind != ConfigValue::Kind::map)
+    check.expected(v, "a map with the keys username and password-file (and target-username and "
+                      "target-password-file for mutual CHAP)");
+  const auto given = check.entries(v, chap_keys, "a chap key");
+  auto value = [&](std::size_t i) { return given[i] ? *given[i] : missing_config_value(v.key, chap_keys[i], v.at); };
+  static const std::string path_what = "an absolute path (starting with '/')";
+  out.chap_username = chap_user(check, value(0));
+  if (!given[1])
+    check.expected(value(1), path_what, " (the file holding the CHAP password)");
+  out.chap_password_file = check.absolute_path(*given[1]);
+  if (!given[2] && !given[3])
+    return;
+  static const std::string mutual = " (mutual CHAP needs both target-username and target-password-file)";
+  out.target_username = chap_user(check, value(2), mutual);
+  if (!given[3])
+    check.expected(value(3), path_what, mutual);
+  out.target_password_file = check.absolute_path(*given[3]);
+}
+
+void apply_header_digest(const ConfigChecker &check, const ConfigValue &v, const BackendDevice & /*device*/,
+                         IscsiOptions &out) {
+  using D = IscsiOptions::HeaderDigest;
+  static constexpr std::array<std::pair<std::string_view, D>, 3> digests{{
+      {"none", D::none},
+      {"crc32c", D::crc32c},
+      {"prefer-crc32c", D::prefer_crc32c},
+  }};
+  out.header_digest = check.choice(v, digests);
+}
+
+void apply_reconnect_timeout(const ConfigChecker &check, const ConfigValue &v, const BackendDevice & /*device*/,
+                             IscsiOptions &out) {
+  out.reconnect_timeout = check.duration(v);
+}
+
+void apply_request_timeout(const ConfigChecker &check, const ConfigValue &v, const BackendDevice & /*device*/,
+                           IscsiOptions &out) {
+  out.request_timeout = check.duration(v);
+}
+
+constexpr std::array<BackendKey<IscsiOptions>, 6> keys{{
+    {"uri", true, &apply_uri},
+    {"initiator-name", false, &apply_initiator_name},
+    {"chap", false, &apply_chap},
+    {"header-digest", false, &apply_header_digest},
+    {"reconnect-timeout", false, &apply_reconnect_timeout},
+    {"request-timeout", false, &apply_request_timeout},
+}};
+constexpr std::array<std::string_view, 10> key_names{"uri",
+                                                     "initiator-name",
+                                                     "chap",
+                                                     "header-digest",
+                                                     "reconnect-timeout",
+                                                     "request-timeout",
+                                                     "username",
+                                                     "password-file",
+                                                     "target-username",
+                                                     "target-password-file"};
+
+std::unique_ptr<BackendOptions> parse(const BackendKeys &in) {
+  auto out = std::make_unique<IscsiOptions>();
+  apply_backend_keys(in, iscsi_backend_module, keys, *out);
+  return out;
+}
+
+std::unique_ptr<Backend> create(const BackendOptions &options, const BackendDevice & /*device*/) {
+  return std::make_unique<IscsiBackend>(dynamic_cast<const IscsiOptions &>(options));
+}
+
+constexpr std::array<std::string_view, 1> discover_schemes{"iscsi"};
+
+std::string discover_portal(const std::string &uri) {
+  // The default initiator name, no CHAP: what a portal shows to anyone.
+  const auto targets = discover_iscsi(uri, IscsiOptions{});
+  if (targets.empty())
+    return uri + ": no targets\n";
+  return format_discovery(targets);
+}
+
+} // namespace
+
+void check_iscsi_uri(const std::string &uri) {
+  static const std::string source = "iscsi backend";
+  ConfigValue v;
+  v.name = v.key = "uri";
+  v.kind = ConfigValue::Kind::scalar;
+  v.tag = "?";
+  v.text = uri;
+  try {
+    check_uri(ConfigChecker(source), v);
+  } catch (const std::runtime_error &e) {
+    throw std::invalid_argument(e.what());
+  }
+}
+
+const BackendModule iscsi_backend_module{
+    .type = "iscsi",
+    .article = "an",
+    .keys = key_names,
+    .parse = &parse,
+    .create = &create,
+    .discover_schemes = discover_schemes,
+    .discover = &discover_portal,
+};
+
+} // namespace vb

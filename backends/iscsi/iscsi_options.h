@@ -1,0 +1,46 @@
+// The iscsi backend's options (backend.type: iscsi in the configuration file,
+// vduse-bridge.yaml(5)). Like nbd, the file holds no secrets: a URI with user information is
+// refused, and CHAP passwords come from the files named here, read at every login.
+#pragma once
+
+#include "vduse-bridge/backend_module.h"
+
+#include <chrono>
+#include <cstdint>
+#include <string>
+
+namespace vb {
+
+struct IscsiOptions : BackendOptionsOf<IscsiOptions> {
+  enum class HeaderDigest { none, crc32c, prefer_crc32c };
+
+  // iscsi://host[:port]/target-name/lun as written: no user information, query or fragment; the
+  // host may be an IPv6 address in brackets; the LUN is 0..16383.
+  std::string uri;
+  // The initiator's iSCSI name (iqn., eui. or naa.); empty: default_initiator_name(), one derived
+  // from the host name.
+  std::string initiator_name;
+  std::string chap_username;      // empty: no CHAP
+  std::string chap_password_file; // absolute path; given whenever chap_username is
+  // Mutual CHAP (the target proves itself too): both or neither, only with the two above.
+  std::string target_username;
+  std::string target_password_file;
+  HeaderDigest header_digest = HeaderDigest::none; // prefer-crc32c: crc32c if the target agrees
+  // How long I/O is held while the target is unreachable before it fails; 0 = fail at once.
+  std::chrono::milliseconds reconnect_timeout{60000};
+  // A command without a response by then counts the session as dead; 0 = no timeout (the
+  // default: only a target that reinstates sessions ends the first copy's session).
+  std::chrono::milliseconds request_timeout{0};
+  // Reads and writes larger than this are sent as several commands; 0 = the LUN's limit (VPD
+  // Block Limits) or 32 MiB. Not a configuration key: tests lower it to exercise splitting.
+  std::uint32_t max_command_bytes = 0;
+  bool operator==(const IscsiOptions &) const = default;
+};
+
+extern const BackendModule iscsi_backend_module;
+
+// The checks of the configuration file's uri key, for URIs that come from elsewhere (the
+// command line): throws std::invalid_argument with the same words.
+void check_iscsi_uri(const std::string &uri);
+
+} // namespace vb

@@ -1,0 +1,114 @@
+// A backend module: everything the rest of the daemon knows about one backend type, so that the
+// configuration parser, the factory and the command line name no backend.
+//
+// Each directory under backends/ defines one BackendModule (its `type:` name, its configuration
+// keys and their checks, its options struct, how to create it, and optionally a --discover
+// handler) and registers it with one line in backends/CMakeLists.txt:
+//
+//   vb_backend(nbd)   # backends/nbd/, module object vb::nbd_backend_module
+//
+// which builds the directory and lists the module in the generated registry (backend_modules()).
+// Adding a backend is therefore one directory and that one line, plus its tests and docs.
+#pragma once
+
+#include "vduse-bridge/backend.h"
+#include "vduse-bridge/config_checker.h"
+
+#include <array>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+
+namespace vb {
+
+// What a backend's configuration and creation may depend on: the device it serves.
+struct BackendDevice {
+  std::string name;                // the device's name (also of files a backend keeps for it)
+  unsigned logical_block_size = 0; // what the file gives; 0 = the backend's own
+  bool read_only = false;
+  unsigned queues = 1;
+};
+
+// A backend's parsed options. Each module has one options struct deriving from
+// BackendOptionsOf<Itself> with a defaulted operator==, which is what a reload compares.
+class BackendOptions {
+public:
+  virtual ~BackendOptions() = default;
+  // Same type and same values: a reload keeps the device as it is.
+  virtual bool same_as(const BackendOptions &other) const = 0;
+};
+
+template <typename Self> class BackendOptionsOf : public BackendOptions {
+public:
+  bool same_as(const BackendOptions &other) const final {
+    const auto *o = dynamic_cast<const Self *>(&other);
+    return o != nullptr && *o == static_cast<const Self &>(*this);
+  }
+  bool operator==(const BackendOptionsOf &) const { return true; }
+};
+
+// The backend map of one device as the file has it, for BackendModule::parse.
+struct BackendKeys {
+  const ConfigChecker &check;
+  const ConfigValue &map;              // the backend map itself (for missing keys' positions)
+  std::span<const ConfigValue> values; // its keys but "type", in file order
+  const BackendDevice &device;
+};
+
+struct BackendModule {
+  std::string_view type;    // the value of backend.type: "nbd"
+  std::string_view article; // "an": for messages such as "expected an nbd backend key"
+  // Every key its map accepts but "type", keys of nested maps too: what vduse-bridge.yaml(5)
+  // must document (a test checks).
+  std::span<const std::string_view> keys;
+  // Checks and reads the keys; throws ConfigError (through in.check) on the first problem.
+  std::unique_ptr<BackendOptions> (*parse)(const BackendKeys &in);
+  // A backend for these options (from parse), not yet opened. May throw.
+  std::unique_ptr<Backend> (*create)(const BackendOptions &options, const BackendDevice &device);
+  // Optional: `vduse-bridge --discover URI` for URIs of these schemes; returns what the server
+  // offers as text for the terminal, throws on failure.
+  std::span<const std::string_view> discover_schemes = {};
+  std::string (*discover)(const std::string &uri) = nullptr;
+};
+
+// Every registered module, in the order of backends/CMakeLists.txt (generated).
+std::span<const BackendModule *const> backend_modules();
+// The module of that type, or nullptr.
+const BackendModule *find_backend_module(std::string_view type);
+// `vduse-bridge --discover URI`: what the module that discovers URIs of that scheme says.
+// Throws (std::invalid_argument when no module discovers that scheme).
+std::string discover(const std::string &uri);
+
+// For a module's parse(): one key, what it must hold and where it goes. apply() also runs, with
+// a missing value, for a required key that is absent, so that it reports what was expected.
+template <typename Options> struct BackendKey {
+  std::string_view name;
+  bool required;
+  void (*apply)(const ConfigChecker &check, const ConfigValue &v, const BackendDevice &device, Options &out);
+};
+
+// Refuses a key that is not one of names (with a near miss suggested), naming the module's keys.
+void refuse_unknown_backend_keys(const BackendKeys &in, const BackendModule &module,
+                                 std::span<const std::string_view> names);
+// The value of that key, or nullptr.
+const ConfigValue *find_backend_key(const BackendKeys &in, std::string_view name);
+
+// The usual parse(): unknown keys refused, then each key of the table applied in table order
+// (so that a key may depend on one before it), required ones even when absent.
+template <typename Options, std::size_t N>
+void apply_backend_keys(const BackendKeys &in, const BackendModule &module,
+                        const std::array<BackendKey<Options>, N> &keys, Options &out) {
+  std::array<std::string_view, N> names{};
+  for (std::size_t i = 0; i < N; ++i)
+    names[i] = keys[i].name;
+  refuse_unknown_backend_keys(in, module, names);
+  for (const auto &key : keys) {
+    if (const ConfigValue *v = find_backend_key(in, key.name))
+      key.apply(in.check, *v, in.device, out);
+    else if (key.required)
+      key.apply(in.check, missing_config_value(in.map.key, key.name, in.map.at), in.device, out);
+  }
+}
+
+} // namespace vb

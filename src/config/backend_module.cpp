@@ -1,0 +1,31 @@
+#include "vduse-bridge/backend_module.h"
+
+#include <algorithm>
+#include <vector>
+
+namespace vb {
+
+void refuse_unknown_backend_keys(const BackendKeys &in, const BackendModule &module,
+                                 std::span<const std::string_view> names) {
+  std::vector<std::string_view> all{"type"};
+  all.insert(all.end(), names.begin(), names.end());
+  for (const auto &v : in.values) {
+    if (std::find(all.begin(), all.end(), v.name) != all.end())
+      continue;
+    std::string hint;
+    if (auto k = config_near_miss(v.name, all))
+      hint = " (did you mean '" + std::string(*k) + "'?)";
+    in.check.fail(v.key_at, v.key,
+                  "expected " + std::string(module.article) + " " + std::string(module.type) + " backend key (" +
+                      config_list(all) + "), got " + config_quoted(v.name, '\'') + hint);
+  }
+}
+
+const ConfigValue *find_backend_key(const BackendKeys &in, std::string_view name) {
+  for (const auto &v : in.values)
+    if (v.name == name)
+      return &v;
+  return nullptr;
+}
+
+} // namespace vb
