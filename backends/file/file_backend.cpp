@@ -72,7 +72,7 @@ FileBackend::FileBackend(FileBackendOptions options) : options_(std::move(option
 
 FileBackend::~FileBackend() = default;
 
-void FileBackend::open() {
+void FileBackend::connect() {
   if (options_.path.empty())
     throw std::invalid_argument("file backend: no path");
   if (options_.queue_depth == 0 || options_.queue_depth > kMaxQueueDepth)
@@ -202,7 +202,6 @@ void FileBackend::learn_regular_file(const struct stat &st) {
                              "-byte block (" + std::to_string(st.st_size) + " bytes)");
   caps_.read_only = options_.read_only;
   caps_.can_flush = !caps_.read_only;
-  caps_.can_fua = !caps_.read_only;
   if (!caps_.read_only)
     probe_fallocate(static_cast<std::uint64_t>(st.st_size));
   caps_.identity = "file:" + path + " (dev " + device_number(st.st_dev) + " ino " + std::to_string(st.st_ino) + ")";
@@ -249,7 +248,6 @@ void FileBackend::learn_block_device(const struct stat &st) {
   }
   caps_.read_only = options_.read_only;
   caps_.can_flush = !caps_.read_only;
-  caps_.can_fua = !caps_.read_only;
   if (!caps_.read_only) {
     caps_.can_discard = queue_attribute(st.st_rdev, "discard_max_bytes").value_or(0) > 0;
     caps_.can_write_zeroes = true; // the kernel writes zeros where the device cannot zero itself

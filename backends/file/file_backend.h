@@ -1,8 +1,7 @@
 // The file backend: a local regular file or block device, served through io_uring.
 //
 // Operations (the queue, file_queue.h, maps each request onto one SQE at a time):
-//   read / write    IORING_OP_READV / WRITEV at the request's offset; FUA is the write's
-//                   RWF_DSYNC (durable when the CQE arrives, no separate flush). A short count
+//   read / write    IORING_OP_READV / WRITEV at the request's offset. A short count
 //                   is resubmitted for the rest; a read stopped by end of file (the file shrank,
 //                   or under O_DIRECT a last partial block) reads zeros from there.
 //   flush           IORING_OP_FSYNC with IORING_FSYNC_DATASYNC (fdatasync).
@@ -70,9 +69,6 @@ public:
   FileBackend(const FileBackend &) = delete;
   FileBackend &operator=(const FileBackend &) = delete;
 
-  // Opens the file, learns its size and block sizes, probes O_DIRECT, fallocate and io_uring.
-  // Throws with a message naming the path.
-  void open() override;
   const BackendCapabilities &capabilities() const override { return caps_; }
   // Loop thread of the queue: a FileQueue with a ring of queue_depth entries.
   std::unique_ptr<BackendQueue> open_queue(EventLoop &loop, unsigned index) override;
@@ -85,6 +81,9 @@ public:
   void check_size() noexcept;
 
 private:
+  // Opens the file, learns its size and block sizes, probes O_DIRECT, fallocate and io_uring.
+  // Throws with a message naming the path.
+  void connect() override;
   void open_file();
   void learn_regular_file(const struct stat &st);
   void learn_block_device(const struct stat &st);

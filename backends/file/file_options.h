@@ -4,13 +4,15 @@
 // Threading: none; FileBackend keeps its own copy.
 #pragma once
 
+#include "vduse-bridge/backend_module.h"
+
 #include <chrono>
 #include <cstddef>
 #include <string>
 
 namespace vb {
 
-struct FileBackendOptions {
+struct FileBackendOptions : BackendOptionsOf<FileBackendOptions> {
   // O_DIRECT: automatic = used when the filesystem allows it (tmpfs before Linux 6.6 and ramfs
   // do not), else the page cache; on = required (open() fails without it); off = never.
   enum class Direct { automatic, on, off };
@@ -31,5 +33,7 @@ struct FileBackendOptions {
 
   bool operator==(const FileBackendOptions &) const = default;
 };
+
+extern const BackendModule file_backend_module;
 
 } // namespace vb

@@ -198,7 +198,7 @@ int FileQueue::submit(const Request &req, CompletionFn done, void *ctx) noexcept
   }
   Job *job = new_job();
   if (!job)
-    return -ENOMEM;
+    return ENOMEM;
   job->req = req;
   job->done = done;
   job->ctx = ctx;
@@ -222,7 +222,7 @@ int FileQueue::submit(const Request &req, CompletionFn done, void *ctx) noexcept
       job->task.range[1] = req.length;
       if (!worker_.push(&job->task)) {
         recycle(job);
-        return -ENOMEM;
+        return ENOMEM;
       }
       return 0;
     }
@@ -349,7 +349,6 @@ void FileQueue::prepare_rw(Job *job, io_uring_sqe *sqe) noexcept {
   const Request &req = job->req;
   const std::uint64_t remaining = req.length - job->progress;
   const std::uint64_t offset = req.offset + job->progress;
-  const int flags = req.op == Op::write && req.fua ? RWF_DSYNC : 0;
   const iovec *iov = req.iov;
   int iovcnt = req.iovcnt;
   if (job->bounce) {
@@ -373,9 +372,9 @@ void FileQueue::prepare_rw(Job *job, io_uring_sqe *sqe) noexcept {
     iov = rest;
   }
   if (req.op == Op::read)
-    io_uring_prep_readv2(sqe, target_.fd, iov, static_cast<unsigned>(iovcnt), offset, flags);
+    io_uring_prep_readv2(sqe, target_.fd, iov, static_cast<unsigned>(iovcnt), offset, 0);
   else
-    io_uring_prep_writev2(sqe, target_.fd, iov, static_cast<unsigned>(iovcnt), offset, flags);
+    io_uring_prep_writev2(sqe, target_.fd, iov, static_cast<unsigned>(iovcnt), offset, 0);
 }
 
 void FileQueue::submit_ring() noexcept {

@@ -1,6 +1,7 @@
 // The file backend against real files and a real block device: O_DIRECT on a disk-backed
 // filesystem (/var/tmp), the page cache where O_DIRECT is refused (ramfs) or as tmpfs allows,
 // a loop device; data checked against a shadow copy and read back from the file independently.
+#include "backend_events.h"
 #include "event/event_loop.h"
 #include "file/file_backend.h"
 #include "test_support.h"
@@ -123,7 +124,7 @@ private:
 // A backend opened with its loop and queue 0 (destroyed before the loop).
 struct Disk {
   explicit Disk(vb::FileBackendOptions options) : backend(std::move(options)) {
-    backend.open();
+    backend.open(vb::test::new_events(backend));
     q = backend.open_queue(loop, 0);
   }
   vb::FileQueue &file_queue() { return dynamic_cast<vb::FileQueue &>(*q); }
@@ -160,16 +161,15 @@ int run(Disk &d, const vb::Request &req) {
   Result r;
   const int rc = d.q->submit(req, &Result::on_done, &r);
   if (rc != 0)
-    return -rc;
+    return rc;
   run_until(d.loop, [&] { return r.calls > 0; });
   CHECK(r.calls == 1);
   return r.error;
 }
 
-int run_io(Disk &d, vb::Op op, std::uint64_t offset, char *buf, std::size_t length, bool fua = false) {
+int run_io(Disk &d, vb::Op op, std::uint64_t offset, char *buf, std::size_t length) {
   iovec v{buf, length};
   vb::Request req{op, offset, length, &v, 1};
-  req.fua = fua;
   return run(d, req);
 }
 
@@ -276,7 +276,6 @@ TEST_CASE("file: O_DIRECT reads and writes at random offsets on a disk-backed fi
   CHECK(caps.logical_block_size >= 512);
   CHECK_FALSE(caps.read_only);
   CHECK(caps.can_flush);
-  CHECK(caps.can_fua);
   CHECK(caps.can_discard);
   CHECK(caps.can_write_zeroes);
   CHECK(caps.identity.rfind("file:" + path + " (dev ", 0) == 0);
@@ -349,7 +348,7 @@ TEST_CASE("file: automatic O_DIRECT falls back to the page cache on ramfs, and d
   {
     vb::FileBackend strict(options_for(path, vb::FileBackendOptions::Direct::on));
     try {
-      strict.open();
+      strict.open(vb::test::new_events(strict));
       FAIL("direct: on opened a file on ramfs");
     } catch (const std::runtime_error &e) {
       CHECK(std::string(e.what()).find(path) != std::string::npos);
@@ -407,7 +406,7 @@ TEST_CASE("file: a size that is not whole blocks serves the whole blocks, and re
   }
 }
 
-TEST_CASE("file: flush, FUA writes, discard and write-zeroes on a regular file") {
+TEST_CASE("file: flush, discard and write-zeroes on a regular file") {
   for (const std::string base : {"/var/tmp", "/dev/shm"}) {
     CAPTURE(base); // ext4: ZERO_RANGE; tmpfs: no ZERO_RANGE, so punch and allocate again
     ScratchDir dir(base);
@@ -421,7 +420,7 @@ TEST_CASE("file: flush, FUA writes, discard and write-zeroes on a regular file")
     Buffer buf(kMiB);
     std::memset(buf.data(), 'f', kMiB);
     for (std::uint64_t at = 0; at < 4 * kMiB; at += kMiB)
-      CHECK(run_io(d, vb::Op::write, at, buf.data(), kMiB, true) == 0); // FUA
+      CHECK(run_io(d, vb::Op::write, at, buf.data(), kMiB) == 0);
     CHECK(run_range(d, vb::Op::flush, 0, 0) == 0);
     CHECK(read_back(path, 0, kMiB) == std::vector<char>(kMiB, 'f'));
     const std::int64_t full = blocks_of(path);
@@ -458,7 +457,6 @@ TEST_CASE("file: a read-only file reads and refuses writes, discards and write-z
   const auto &caps = d.backend.capabilities();
   CHECK(caps.read_only);
   CHECK_FALSE(caps.can_flush);
-  CHECK_FALSE(caps.can_fua);
   CHECK_FALSE(caps.can_discard);
   CHECK_FALSE(caps.can_write_zeroes);
   Buffer buf(4096);
@@ -477,14 +475,14 @@ TEST_CASE("file: open refuses what is not a regular file or a block device, nami
     CAPTURE(path);
     vb::FileBackend backend(options_for(path, vb::FileBackendOptions::Direct::automatic));
     try {
-      backend.open();
+      backend.open(vb::test::new_events(backend));
       FAIL("opened");
     } catch (const std::runtime_error &e) {
       CHECK(std::string(e.what()).find(path) != std::string::npos);
     }
   }
   vb::FileBackend dev_null(options_for("/dev/null", vb::FileBackendOptions::Direct::automatic));
-  CHECK_THROWS_WITH(dev_null.open(), doctest::Contains("is a character device"));
+  CHECK_THROWS_WITH(dev_null.open(vb::test::new_events(dev_null)), doctest::Contains("is a character device"));
 }
 
 TEST_CASE("file: a file that grows or shrinks is reported as a resize by queue 0's poll") {
@@ -495,7 +493,7 @@ TEST_CASE("file: a file that grows or shrinks is reported as a resize by queue 0
   o.resize_poll_interval = 20ms;
   Disk d(o);
   std::vector<std::uint64_t> reported;
-  d.backend.set_resize_handler([&](std::uint64_t size) { reported.push_back(size); });
+  vb::test::events_of(d.backend).set_resize_handler([&](std::uint64_t size) { reported.push_back(size); });
   REQUIRE(::truncate(path.c_str(), static_cast<off_t>(3 * kMiB + 100)) == 0);
   run_until(d.loop, [&] { return !reported.empty(); });
   CHECK(reported == std::vector<std::uint64_t>{3 * kMiB}); // whole blocks
@@ -508,7 +506,7 @@ TEST_CASE("file: a file that grows or shrinks is reported as a resize by queue 0
   run_until(d.loop, [&] { return reported.size() == 2; });
   CHECK(reported.back() == 2 * kMiB);
   CHECK(run_io(d, vb::Op::read, 3 * kMiB - 4096, buf.data(), 4096) == EIO); // past the new end
-  d.backend.set_resize_handler(nullptr);
+  vb::test::events_of(d.backend).set_resize_handler(nullptr);
 }
 
 TEST_CASE("file: more requests than the ring holds wait in order and all complete once") {
@@ -668,7 +666,7 @@ private:
 
 } // namespace
 
-TEST_CASE("file: a loop device serves random I/O, unaligned buffers, flush, FUA, discard, write-zeroes and resize") {
+TEST_CASE("file: a loop device serves random I/O, unaligned buffers, flush, discard, write-zeroes and resize") {
   if (::geteuid() != 0)
     VB_SKIP("loop devices need root");
   if (!vb::test::find_program("losetup"))
@@ -685,7 +683,7 @@ TEST_CASE("file: a loop device serves random I/O, unaligned buffers, flush, FUA,
   std::vector<std::uint64_t> reported;
   {
     Disk d(o);
-    d.backend.set_resize_handler([&](std::uint64_t size) { reported.push_back(size); });
+    vb::test::events_of(d.backend).set_resize_handler([&](std::uint64_t size) { reported.push_back(size); });
     const auto &caps = d.backend.capabilities();
     CHECK(d.backend.direct());
     CHECK(caps.size == 16 * kMiB);
@@ -699,9 +697,9 @@ TEST_CASE("file: a loop device serves random I/O, unaligned buffers, flush, FUA,
     Buffer buf(kMiB);
     std::memset(buf.data(), 'L', kMiB);
     for (std::uint64_t at = 0; at < 3 * kMiB; at += kMiB)
-      CHECK(run_io(d, vb::Op::write, at, buf.data(), kMiB, true) == 0);
+      CHECK(run_io(d, vb::Op::write, at, buf.data(), kMiB) == 0);
     CHECK(run_range(d, vb::Op::flush, 0, 0) == 0);
-    CHECK(read_back(backing, 0, kMiB) == std::vector<char>(kMiB, 'L')); // FUA and flush reached the backing file
+    CHECK(read_back(backing, 0, kMiB) == std::vector<char>(kMiB, 'L')); // flush reached the backing file
     if (caps.can_discard) {
       // The loop driver punches discarded ranges out of its backing file.
       const std::int64_t before = blocks_of(backing);
@@ -746,6 +744,6 @@ TEST_CASE("file: a loop device serves random I/O, unaligned buffers, flush, FUA,
     CHECK(run_io(d, vb::Op::write, 23 * kMiB, buf.data(), kMiB) == 0);
     CHECK(run_range(d, vb::Op::flush, 0, 0) == 0);
     CHECK(read_back(backing, 23 * kMiB, kMiB) == std::vector<char>(kMiB, 'N'));
-    d.backend.set_resize_handler(nullptr);
+    vb::test::events_of(d.backend).set_resize_handler(nullptr);
   }
 }
