@@ -1,4 +1,5 @@
 #include "config/config.h"
+#include "file/file_options.h"
 #include "iscsi/iscsi_options.h"
 #include "memory/memory_options.h"
 #include "nbd/nbd_options.h"
@@ -418,9 +419,10 @@ TEST_CASE("bad files name the file, line, key and what was expected") {
       {"backend a scalar", "devices:\n  - name: disk0\n    backend: memory\n", 3, "devices[0].backend",
        "expected a map with the key 'type', got 'memory'"},
       {"backend type missing", "devices:\n  - name: disk0\n    backend:\n      size: 1G\n", 4,
-       "devices[0].backend.type", "expected a backend type (memory, nbd, iscsi), got nothing (the key is missing)"},
+       "devices[0].backend.type",
+       "expected a backend type (memory, nbd, iscsi, file), got nothing (the key is missing)"},
       {"backend type unknown", "devices:\n  - name: disk0\n    backend:\n      type: rbd\n", 4,
-       "devices[0].backend.type", "expected a backend type (memory, nbd, iscsi), got 'rbd'"},
+       "devices[0].backend.type", "expected a backend type (memory, nbd, iscsi, file), got 'rbd'"},
       {"iscsi uri missing", "devices:\n  - name: disk0\n    backend:\n      type: iscsi\n", 4, "devices[0].backend.uri",
        "expected an iSCSI URI such as iscsi://host[:port]/iqn.2026-11.org.example:disk0/1, got nothing (the key is "
        "missing)"},
@@ -570,7 +572,8 @@ TEST_CASE("errors point at the key or value they are about") {
   CHECK(error_of(head + "    attach: host\n") ==
         "test.yaml:6:13: devices[0].attach: expected virtio-vdpa, vhost-vdpa or none, got 'host'");
   CHECK(error_of("devices:\n  - name: x\n    backend: {size: 1G}\n") ==
-        "test.yaml:3:14: devices[0].backend.type: expected a backend type (memory, nbd, iscsi), got nothing (the key "
+        "test.yaml:3:14: devices[0].backend.type: expected a backend type (memory, nbd, iscsi, file), got nothing (the "
+        "key "
         "is missing)");
   // An empty value has no position of its own: the key's is used.
   CHECK(error_of(head + "    queues:\n    serial: x\n") ==
@@ -870,4 +873,53 @@ TEST_CASE("a token no value can start with is an error, not a loop that eats all
   CHECK(error_of(",:))") == "test.yaml:1:1: invalid YAML: no value can start here");
   CHECK(error_of(",") == "test.yaml:1:1: invalid YAML: no value can start here");
   CHECK(error_of(head + "...\n,\n") == "test.yaml:7:1: invalid YAML: no value can start here");
+}
+
+TEST_CASE("a file device: its keys, its defaults, and errors at the key") {
+  const std::string head = "devices:\n  - name: f\n    read-only: true\n    backend:\n      type: file\n";
+  const Config all = parse_config(head + "      path: /var/lib/images/disk0.raw\n"
+                                         "      direct: off\n"
+                                         "      queue-depth: 64\n"
+                                         "      resize-poll-interval: 0\n",
+                                  "file.yaml");
+  REQUIRE(all.devices.size() == 1);
+  CHECK(all.devices[0].backend.type() == "file");
+  const auto &o = all.devices[0].backend.as<vb::FileBackendOptions>();
+  CHECK(o.path == "/var/lib/images/disk0.raw");
+  CHECK(o.direct == vb::FileBackendOptions::Direct::off);
+  CHECK(o.queue_depth == 64);
+  CHECK(o.resize_poll_interval.count() == 0);
+  CHECK(o.read_only); // from the device's read-only
+  const Config defaults =
+      parse_config("devices:\n  - name: f\n    backend:\n      type: file\n      path: /dev/sdb\n", "file.yaml");
+  const auto &d = defaults.devices[0].backend.as<vb::FileBackendOptions>();
+  CHECK(d.direct == vb::FileBackendOptions::Direct::automatic);
+  CHECK(d.queue_depth == 128);
+  CHECK(d.resize_poll_interval == std::chrono::seconds(5));
+  CHECK_FALSE(d.read_only);
+  CHECK(all.devices[0].same_settings(all.devices[0]));
+  CHECK_FALSE(all.devices[0].same_settings(defaults.devices[0]));
+
+  auto error = [&](const std::string &keys) {
+    try {
+      (void)parse_config(head + keys, "file.yaml");
+    } catch (const vb::ConfigError &e) {
+      return std::string(e.what());
+    }
+    return std::string("(no error thrown)");
+  };
+  CHECK(error("") == "file.yaml:5:7: devices[0].backend.path: expected an absolute path (starting with '/'), got "
+                     "nothing (the key is missing)");
+  CHECK(error("      path: disk.raw\n") ==
+        "file.yaml:6:13: devices[0].backend.path: expected an absolute path (starting with '/'), got 'disk.raw'");
+  CHECK(error("      path: /d\n      direct: maybe\n") ==
+        "file.yaml:7:15: devices[0].backend.direct: expected auto, on or off, got 'maybe'");
+  CHECK(error("      path: /d\n      queue-depth: 0\n") ==
+        "file.yaml:7:20: devices[0].backend.queue-depth: expected an integer from 1 to 4096, got '0'");
+  CHECK(error("      path: /d\n      uri: nbd://x/\n") ==
+        "file.yaml:7:7: devices[0].backend.uri: expected a file backend key (type, path, direct, queue-depth, "
+        "resize-poll-interval), got 'uri'");
+  CHECK(error("      path: /d\n      queue_depth: 4\n") ==
+        "file.yaml:7:7: devices[0].backend.queue_depth: expected a file backend key (type, path, direct, queue-depth, "
+        "resize-poll-interval), got 'queue_depth' (did you mean 'queue-depth'?)");
 }

@@ -1,0 +1,66 @@
+// backend.type: file: its keys and their checks, and the backend it makes.
+#include "file/file_backend.h"
+#include "file/file_options.h"
+
+namespace vb {
+namespace {
+
+void apply_path(const ConfigChecker &check, const ConfigValue &v, const BackendDevice & /*device*/,
+                FileBackendOptions &out) {
+  // Only the form: the file is opened when the device starts, which names a missing one.
+  out.path = check.absolute_path(v);
+}
+
+void apply_direct(const ConfigChecker &check, const ConfigValue &v, const BackendDevice & /*device*/,
+                  FileBackendOptions &out) {
+  using D = FileBackendOptions::Direct;
+  static constexpr std::array<std::pair<std::string_view, D>, 3> choices{{
+      {"auto", D::automatic},
+      {"on", D::on},
+      {"off", D::off},
+  }};
+  // "on"/"off" are YAML 1.1 booleans: a plain on/off reaches here as the text "on"/"off" (yaml-cpp
+  // keeps scalars as written), which is what this key means.
+  out.direct = check.choice(v, choices);
+}
+
+void apply_queue_depth(const ConfigChecker &check, const ConfigValue &v, const BackendDevice & /*device*/,
+                       FileBackendOptions &out) {
+  out.queue_depth = check.count(v, 1, 4096);
+}
+
+void apply_resize_poll_interval(const ConfigChecker &check, const ConfigValue &v, const BackendDevice & /*device*/,
+                                FileBackendOptions &out) {
+  out.resize_poll_interval = check.duration(v);
+}
+
+constexpr std::array<BackendKey<FileBackendOptions>, 4> keys{{
+    {"path", true, &apply_path},
+    {"direct", false, &apply_direct},
+    {"queue-depth", false, &apply_queue_depth},
+    {"resize-poll-interval", false, &apply_resize_poll_interval},
+}};
+constexpr std::array<std::string_view, 4> key_names{"path", "direct", "queue-depth", "resize-poll-interval"};
+
+std::unique_ptr<BackendOptions> parse(const BackendKeys &in) {
+  auto out = std::make_unique<FileBackendOptions>();
+  apply_backend_keys(in, file_backend_module, keys, *out);
+  out->read_only = in.device.read_only; // a read-only disk opens its file read-only
+  return out;
+}
+
+std::unique_ptr<Backend> create(const BackendOptions &options, const BackendDevice & /*device*/) {
+  return std::make_unique<FileBackend>(dynamic_cast<const FileBackendOptions &>(options));
+}
+
+} // namespace
+
+const BackendModule file_backend_module{
+    .type = "file",
+    .article = "a",
+    .keys = key_names,
+    .parse = &parse,
+    .create = &create,
+};
+
+} // namespace vb
