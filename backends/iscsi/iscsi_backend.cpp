@@ -12,12 +12,12 @@ namespace vb {
 IscsiBackend::IscsiBackend(IscsiOptions options) : target_(std::make_shared<IscsiTarget>()) {
   target_->options = std::move(options);
   target_->size.set_handler([this](std::uint64_t bytes) { report_resize(bytes); });
-  target_->on_health = [this](State state, const std::string &why) { report_health(state, why); };
+  target_->sessions.set_sink([this](State state, const std::string &why) { report_health(state, why); });
 }
 
 IscsiBackend::~IscsiBackend() {
   target_->size.set_handler(nullptr); // a session that outlives the backend reports to nobody
-  target_->on_health = nullptr;
+  target_->sessions.set_sink(nullptr);
   if (first_)
     iscsi_destroy_context(first_);
 }

@@ -756,7 +756,7 @@ void IscsiSession::adopt_size(std::uint64_t blocks, const char *how) noexcept {
 
 void IscsiSession::become_ready() noexcept {
   state_ = State::ready;
-  target_->health(Backend::State::connected);
+  health_.set(Backend::State::connected);
   backoff_ = std::chrono::milliseconds(100);
   last_logged_failure_.clear();
   if (reconnects_ > 0 || !held_.empty() || fail_fast_) {
@@ -805,7 +805,7 @@ void IscsiSession::handle_failure() noexcept {
 void IscsiSession::connection_lost(const std::string &why) noexcept {
   VB_LOG_WARN("%s: session lost (%s); %zu request(s) in flight will be resubmitted, new I/O is held for up to %llds",
               name_.c_str(), why.c_str(), in_flight_.size(), seconds(target_->options.reconnect_timeout));
-  target_->health(Backend::State::reconnecting, "session lost: " + why);
+  health_.set(Backend::State::reconnecting, "session lost: " + why);
   close_context();
   std::vector<Job *> lost;
   lost.swap(in_flight_);
@@ -943,7 +943,7 @@ void IscsiSession::on_tick() noexcept {
                         backoff_);
   if (state_ != State::ready && !fail_fast_ && !cancelled_ && now - down_since_ >= options.reconnect_timeout) {
     fail_fast_ = true;
-    target_->health(Backend::State::failing, "unreachable for longer than reconnect-timeout");
+    health_.set(Backend::State::failing, "unreachable for longer than reconnect-timeout");
     VB_LOG_ERROR("%s: the target has been unreachable for %llds (reconnect-timeout): failing %zu held request(s) "
                  "and new I/O with EIO until it is back",
                  name_.c_str(), seconds(options.reconnect_timeout), held_.size());

@@ -113,6 +113,7 @@ private:
 
   EventLoop &loop_;
   std::shared_ptr<const IscsiTarget> target_;
+  SessionHealth::Session health_{target_->sessions}; // this session's part of the LUN's health
   std::string name_;
   unsigned index_;
   iscsi_context *ctx_ = nullptr;

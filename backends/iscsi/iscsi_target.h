@@ -7,6 +7,7 @@
 #pragma once
 
 #include "iscsi/iscsi_options.h"
+#include "session/session_health.h"
 #include "vduse-bridge/backend.h"
 
 #include <atomic>
@@ -143,12 +144,8 @@ struct IscsiTarget {
   // not once per request. Any thread.
   bool first_report(const std::string &kind) const;
 
-  // Where the sessions report their state (set before any session exists; may be empty).
-  std::function<void(Backend::State, const std::string &why)> on_health;
-  void health(Backend::State state, const std::string &why = {}) const {
-    if (on_health)
-      on_health(state, why);
-  }
+  // The LUN's state: the worst of its sessions' (one per queue).
+  mutable SessionHealth sessions;
 
 private:
   mutable std::mutex mu_;

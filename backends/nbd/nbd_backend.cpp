@@ -149,7 +149,7 @@ std::string redact(const std::string &uri) { return uri; } // passwords are refu
 
 NbdBackend::NbdBackend(NbdOptions options)
     : options_(std::move(options)), size_([this](std::uint64_t size) { report_resize(size); }) {
-  size_.on_health = [this](State state, const std::string &why) { report_health(state, why); };
+  size_.sessions.set_sink([this](State state, const std::string &why) { report_health(state, why); });
 }
 
 NbdBackend::~NbdBackend() {

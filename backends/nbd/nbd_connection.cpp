@@ -159,31 +159,6 @@ void NbdExportSize::observe(std::uint64_t server_size) noexcept {
     on_change_(size);
 }
 
-void NbdExportSize::health(Backend::State from, Backend::State to, const std::string &why) {
-  std::lock_guard lock(health_mu_);
-  if (from != Backend::State::connected)
-    --down_[static_cast<int>(from)];
-  if (to != Backend::State::connected)
-    ++down_[static_cast<int>(to)];
-  const Backend::State worst = down_[static_cast<int>(Backend::State::failing)] > 0 ? Backend::State::failing
-                               : down_[static_cast<int>(Backend::State::reconnecting)] > 0
-                                   ? Backend::State::reconnecting
-                                   : Backend::State::connected;
-  if (on_health)
-    on_health(worst, why);
-}
-
-void NbdConnection::set_health(Backend::State state, const std::string &why) noexcept {
-  if (state == health_ && why.empty())
-    return;
-  try {
-    size_.health(health_, state, why);
-  } catch (...) {
-    // Reporting is best effort; the connection's own state is what matters.
-  }
-  health_ = state;
-}
-
 std::string export_identity(const std::string &uri, nbd_handle *h) {
   std::string id = "nbd:" + uri + " (";
   if (char *name = nbd_get_canonical_export_name(h)) {

@@ -8,6 +8,7 @@
 
 #include "event/event_loop.h"
 #include "nbd/nbd_options.h"
+#include "session/session_health.h"
 #include "vduse-bridge/backend.h"
 
 #include <atomic>
@@ -36,16 +37,11 @@ public:
   std::uint64_t get() const noexcept { return size_.load(std::memory_order_relaxed); }
   // Records the size a server reported (rounded down to whole blocks) and reports a change once.
   void observe(std::uint64_t server_size) noexcept;
-  // Where the export's state goes (set before any connection exists; may be empty): the worst
-  // state of any connection, so one connection back does not hide another still down.
-  std::function<void(Backend::State, const std::string &why)> on_health;
-  // A connection's state changed from `from` to `to` (any thread).
-  void health(Backend::State from, Backend::State to, const std::string &why = {});
+  // The export's state: the worst of its connections'.
+  SessionHealth sessions;
 
 private:
   std::atomic<std::uint64_t> size_{0};
-  std::mutex health_mu_;
-  unsigned down_[3] = {0, 0, 0}; // connections per Backend::State (connected is not counted)
   std::uint32_t block_ = 512;
   std::function<void(std::uint64_t)> on_change_;
 };
@@ -127,10 +123,9 @@ private:
   NbdExportSize &size_;
   std::string name_;
   nbd_handle *h_ = nullptr;
-  std::uint64_t handle_size_ = 0;
-  Backend::State health_ = Backend::State::connected; // as last reported to size_
-  void set_health(Backend::State state,
-                  const std::string &why = {}) noexcept; // the export size h_ negotiated: commands past it are refused
+  std::uint64_t handle_size_ = 0; // the export size h_ negotiated: commands past it are refused
+  SessionHealth::Session health_{size_.sessions};
+  void set_health(Backend::State state, const std::string &why = {}) noexcept { health_.set(state, why); }
   std::unique_ptr<IoWatch> watch_;
   Timer reconnect_timer_;
   Deferred shutdown_; // the server answered ESHUTDOWN: replace the connection, outside libnbd's callback

@@ -60,7 +60,7 @@ bool have_nbdkit() { return vb::test::find_program("nbdkit").has_value(); }
 
 } // namespace
 
-TEST_CASE("nbd: read, write with FUA, flush, trim and zero against nbdkit memory") {
+TEST_CASE("nbd: read, write, flush, trim and zero against nbdkit memory") {
   if (!have_nbdkit())
     VB_SKIP("nbdkit not installed");
   TempDir dir;
