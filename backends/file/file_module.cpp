@@ -5,12 +5,6 @@
 namespace vb {
 namespace {
 
-void apply_path(const ConfigChecker &check, const ConfigValue &v, const BackendDevice & /*device*/,
-                FileBackendOptions &out) {
-  // Only the form: the file is opened when the device starts, which names a missing one.
-  out.path = check.absolute_path(v);
-}
-
 void apply_direct(const ConfigChecker &check, const ConfigValue &v, const BackendDevice & /*device*/,
                   FileBackendOptions &out) {
   using D = FileBackendOptions::Direct;
@@ -29,18 +23,14 @@ void apply_queue_depth(const ConfigChecker &check, const ConfigValue &v, const B
   out.queue_depth = check.count(v, 1, 4096);
 }
 
-void apply_resize_poll_interval(const ConfigChecker &check, const ConfigValue &v, const BackendDevice & /*device*/,
-                                FileBackendOptions &out) {
-  out.resize_poll_interval = check.duration(v);
-}
-
 constexpr std::array<BackendKey<FileBackendOptions>, 4> keys{{
-    {"path", true, &apply_path},
+    // Only the form: the file is opened when the device starts, which names a missing one.
+    {"path", true, &apply_absolute_path<FileBackendOptions, &FileBackendOptions::path>},
     {"direct", false, &apply_direct},
     {"queue-depth", false, &apply_queue_depth},
-    {"resize-poll-interval", false, &apply_resize_poll_interval},
+    {"resize-poll-interval", false, &apply_duration<FileBackendOptions, &FileBackendOptions::resize_poll_interval>},
 }};
-constexpr std::array<std::string_view, 4> key_names{"path", "direct", "queue-depth", "resize-poll-interval"};
+constexpr auto key_names = names_of(keys);
 
 std::unique_ptr<BackendOptions> parse(const BackendKeys &in) {
   auto out = std::make_unique<FileBackendOptions>();

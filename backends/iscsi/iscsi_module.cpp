@@ -162,23 +162,13 @@ void apply_header_digest(const ConfigChecker &check, const ConfigValue &v, const
   out.header_digest = check.choice(v, digests);
 }
 
-void apply_reconnect_timeout(const ConfigChecker &check, const ConfigValue &v, const BackendDevice & /*device*/,
-                             IscsiOptions &out) {
-  out.reconnect_timeout = check.duration(v);
-}
-
-void apply_request_timeout(const ConfigChecker &check, const ConfigValue &v, const BackendDevice & /*device*/,
-                           IscsiOptions &out) {
-  out.request_timeout = check.duration(v);
-}
-
 constexpr std::array<BackendKey<IscsiOptions>, 6> keys{{
     {"uri", true, &apply_uri},
     {"initiator-name", false, &apply_initiator_name},
     {"chap", false, &apply_chap},
     {"header-digest", false, &apply_header_digest},
-    {"reconnect-timeout", false, &apply_reconnect_timeout},
-    {"request-timeout", false, &apply_request_timeout},
+    {"reconnect-timeout", false, &apply_duration<IscsiOptions, &IscsiOptions::reconnect_timeout>},
+    {"request-timeout", false, &apply_duration<IscsiOptions, &IscsiOptions::request_timeout>},
 }};
 constexpr std::array<std::string_view, 10> key_names{"uri",
                                                      "initiator-name",
@@ -213,19 +203,7 @@ std::string discover_portal(const std::string &uri) {
 
 } // namespace
 
-void check_iscsi_uri(const std::string &uri) {
-  static const std::string source = "iscsi backend";
-  ConfigValue v;
-  v.name = v.key = "uri";
-  v.kind = ConfigValue::Kind::scalar;
-  v.tag = "?";
-  v.text = uri;
-  try {
-    check_uri(ConfigChecker(source), v);
-  } catch (const std::runtime_error &e) {
-    throw std::invalid_argument(e.what());
-  }
-}
+void check_iscsi_uri(const std::string &uri) { check_outside_file("iscsi backend", "uri", uri, &check_uri); }
 
 const BackendModule iscsi_backend_module{
     .type = "iscsi",

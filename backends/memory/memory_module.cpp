@@ -24,7 +24,7 @@ void apply_size(const ConfigChecker &check, const ConfigValue &v, const BackendD
 constexpr std::array<BackendKey<MemoryOptions>, 1> keys{{
     {"size", true, &apply_size},
 }};
-constexpr std::array<std::string_view, 1> key_names{"size"};
+constexpr auto key_names = names_of(keys);
 
 std::unique_ptr<BackendOptions> parse(const BackendKeys &in) {
   auto out = std::make_unique<MemoryOptions>();

@@ -124,55 +124,18 @@ void apply_connections(const ConfigChecker &check, const ConfigValue &v, const B
   out.connections = check.count(v, 1, max_connections);
 }
 
-void apply_tls_certificates(const ConfigChecker &check, const ConfigValue &v, const BackendDevice & /*device*/,
-                            NbdOptions &out) {
-  out.tls_certificates = check.absolute_path(v);
-}
-
-void apply_tls_psk_file(const ConfigChecker &check, const ConfigValue &v, const BackendDevice & /*device*/,
-                        NbdOptions &out) {
-  out.tls_psk_file = check.absolute_path(v);
-}
-
-void apply_reconnect_timeout(const ConfigChecker &check, const ConfigValue &v, const BackendDevice & /*device*/,
-                             NbdOptions &out) {
-  out.reconnect_timeout = check.duration(v);
-}
-
-void apply_request_timeout(const ConfigChecker &check, const ConfigValue &v, const BackendDevice & /*device*/,
-                           NbdOptions &out) {
-  out.request_timeout = check.duration(v);
-}
-
-void apply_resize_poll_interval(const ConfigChecker &check, const ConfigValue &v, const BackendDevice & /*device*/,
-                                NbdOptions &out) {
-  out.resize_poll_interval = check.duration(v);
-}
-
-void apply_structured_replies(const ConfigChecker &check, const ConfigValue &v, const BackendDevice & /*device*/,
-                              NbdOptions &out) {
-  out.structured_replies = check.boolean(v);
-}
-
 // uri comes first: the TLS keys are checked against its scheme.
 constexpr std::array<BackendKey<NbdOptions>, 8> keys{{
     {"uri", true, &apply_uri},
     {"connections", false, &apply_connections},
-    {"tls-certificates", false, &apply_tls_certificates},
-    {"tls-psk-file", false, &apply_tls_psk_file},
-    {"reconnect-timeout", false, &apply_reconnect_timeout},
-    {"request-timeout", false, &apply_request_timeout},
-    {"structured-replies", false, &apply_structured_replies},
-    {"resize-poll-interval", false, &apply_resize_poll_interval},
+    {"tls-certificates", false, &apply_absolute_path<NbdOptions, &NbdOptions::tls_certificates>},
+    {"tls-psk-file", false, &apply_absolute_path<NbdOptions, &NbdOptions::tls_psk_file>},
+    {"reconnect-timeout", false, &apply_duration<NbdOptions, &NbdOptions::reconnect_timeout>},
+    {"request-timeout", false, &apply_duration<NbdOptions, &NbdOptions::request_timeout>},
+    {"structured-replies", false, &apply_boolean<NbdOptions, &NbdOptions::structured_replies>},
+    {"resize-poll-interval", false, &apply_duration<NbdOptions, &NbdOptions::resize_poll_interval>},
 }};
-constexpr std::array<std::string_view, 8> key_names{"uri",
-                                                    "connections",
-                                                    "tls-certificates",
-                                                    "tls-psk-file",
-                                                    "reconnect-timeout",
-                                                    "request-timeout",
-                                                    "structured-replies",
-                                                    "resize-poll-interval"};
+constexpr auto key_names = names_of(keys);
 
 void check_together(const BackendKeys &in, const NbdOptions &out) {
   const ConfigValue *uri = find_backend_key(in, "uri");
@@ -210,19 +173,7 @@ std::unique_ptr<Backend> create(const BackendOptions &options, const BackendDevi
 
 } // namespace
 
-void check_nbd_uri(const std::string &uri) {
-  static const std::string source = "nbd backend";
-  ConfigValue v;
-  v.name = v.key = "uri";
-  v.kind = ConfigValue::Kind::scalar;
-  v.tag = "?";
-  v.text = uri;
-  try {
-    check_uri(ConfigChecker(source), v);
-  } catch (const std::runtime_error &e) {
-    throw std::invalid_argument(e.what());
-  }
-}
+void check_nbd_uri(const std::string &uri) { check_outside_file("nbd backend", "uri", uri, &check_uri); }
 
 const BackendModule nbd_backend_module{
     .type = "nbd",

@@ -15,6 +15,7 @@
 #include "vduse-bridge/config_checker.h"
 
 #include <array>
+#include <chrono>
 #include <memory>
 #include <span>
 #include <string>
@@ -87,6 +88,36 @@ template <typename Options> struct BackendKey {
   bool required;
   void (*apply)(const ConfigChecker &check, const ConfigValue &v, const BackendDevice &device, Options &out);
 };
+
+// The names of a key table, in its order (for BackendModule::keys).
+template <typename Options, std::size_t N>
+constexpr std::array<std::string_view, N> names_of(const std::array<BackendKey<Options>, N> &keys) {
+  std::array<std::string_view, N> names{};
+  for (std::size_t i = 0; i < N; ++i)
+    names[i] = keys[i].name;
+  return names;
+}
+
+// Keys that only store what the checker read, for key tables:
+//   {"reconnect-timeout", false, &apply_duration<NbdOptions, &NbdOptions::reconnect_timeout>}
+template <typename Options, std::chrono::milliseconds Options::*member>
+void apply_duration(const ConfigChecker &check, const ConfigValue &v, const BackendDevice & /*device*/, Options &out) {
+  out.*member = check.duration(v);
+}
+template <typename Options, bool Options::*member>
+void apply_boolean(const ConfigChecker &check, const ConfigValue &v, const BackendDevice & /*device*/, Options &out) {
+  out.*member = check.boolean(v);
+}
+template <typename Options, std::string Options::*member>
+void apply_absolute_path(const ConfigChecker &check, const ConfigValue &v, const BackendDevice & /*device*/,
+                         Options &out) {
+  out.*member = check.absolute_path(v);
+}
+
+// A configuration check run on a value from elsewhere (the command line, a backend's options
+// built by hand): the same words, thrown as std::invalid_argument ("SOURCE: KEY: expected ...").
+void check_outside_file(const std::string &source, const std::string &key, const std::string &text,
+                        void (*check)(const ConfigChecker &, const ConfigValue &));
 
 // Refuses a key that is not one of names (with a near miss suggested), naming the module's keys.
 void refuse_unknown_backend_keys(const BackendKeys &in, const BackendModule &module,

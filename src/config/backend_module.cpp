@@ -1,6 +1,7 @@
 #include "vduse-bridge/backend_module.h"
 
 #include <algorithm>
+#include <stdexcept>
 #include <vector>
 
 namespace vb {
@@ -18,6 +19,20 @@ void refuse_unknown_backend_keys(const BackendKeys &in, const BackendModule &mod
     in.check.fail(v.key_at, v.key,
                   "expected " + std::string(module.article) + " " + std::string(module.type) + " backend key (" +
                       config_list(all) + "), got " + config_quoted(v.name, '\'') + hint);
+  }
+}
+
+void check_outside_file(const std::string &source, const std::string &key, const std::string &text,
+                        void (*check)(const ConfigChecker &, const ConfigValue &)) {
+  ConfigValue v;
+  v.name = v.key = key;
+  v.kind = ConfigValue::Kind::scalar;
+  v.tag = "?";
+  v.text = text;
+  try {
+    check(ConfigChecker(source), v);
+  } catch (const ConfigError &e) {
+    throw std::invalid_argument(e.what());
   }
 }
 
