@@ -4,6 +4,7 @@
 #include "backend_events.h"
 #include "event/event_loop.h"
 #include "file/file_backend.h"
+#include "loop_wait.h"
 #include "test_support.h"
 
 #include <doctest/doctest.h>
@@ -147,15 +148,7 @@ vb::FileBackendOptions options_for(const std::string &path, vb::FileBackendOptio
 // completions, signalled through the eventfd, wait for a later iteration. run_once(false) may go
 // round again and reap them; so may a queue whose eventfd has an edge left from earlier I/O.
 
-// Runs loop until pred holds; fails the test after timeout.
-template <typename Pred> void run_until(vb::EventLoop &loop, Pred pred, std::chrono::milliseconds timeout = 20s) {
-  bool expired = false;
-  vb::Timer deadline(loop, [&] { expired = true; });
-  deadline.arm(timeout);
-  while (!pred() && !expired)
-    loop.run_once(true);
-  REQUIRE_MESSAGE(pred(), "timed out");
-}
+using vb::test::run_until;
 
 int run(Disk &d, const vb::Request &req) {
   Result r;

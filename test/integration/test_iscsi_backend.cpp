@@ -11,6 +11,7 @@
 #include "iscsi/iscsi_backend.h"
 #include "iscsi/iscsi_discovery.h"
 #include "iscsi/iscsi_session.h"
+#include "loop_wait.h"
 #include "test_support.h"
 
 #include <doctest/doctest.h>
@@ -53,15 +54,7 @@ const bool debug_logging = [] {
 bool have_tgtd() { return vb::test::find_program("tgtd") && vb::test::find_program("tgtadm"); }
 constexpr const char *kNoTgtd = "tgtd/tgtadm not installed (package tgt; scripts/install-deps installs it)";
 
-// Runs loop until pred holds; fails the test after timeout.
-template <typename Pred> void run_until(vb::EventLoop &loop, Pred pred, std::chrono::milliseconds timeout = 30s) {
-  bool expired = false;
-  vb::Timer deadline(loop, [&] { expired = true; });
-  deadline.arm(timeout);
-  while (!pred() && !expired)
-    loop.run_once(true);
-  REQUIRE_MESSAGE(pred(), "timed out");
-}
+using vb::test::run_until;
 
 void run_for(vb::EventLoop &loop, std::chrono::milliseconds duration) {
   bool expired = false;

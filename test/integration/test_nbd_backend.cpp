@@ -2,6 +2,7 @@
 // size constraints, TLS (PSK and X.509), multi-conn, and a server that goes away and comes back.
 #include "backend_events.h"
 #include "event/event_loop.h"
+#include "loop_wait.h"
 #include "nbd/nbd_backend.h"
 #include "test_support.h"
 
@@ -27,15 +28,7 @@ namespace {
 
 using vb::test::Result;
 
-// Runs loop until pred holds; fails the test after timeout.
-template <typename Pred> void run_until(vb::EventLoop &loop, Pred pred, std::chrono::milliseconds timeout = 20s) {
-  bool expired = false;
-  vb::Timer deadline(loop, [&] { expired = true; });
-  deadline.arm(timeout);
-  while (!pred() && !expired)
-    loop.run_once(true);
-  REQUIRE_MESSAGE(pred(), "timed out");
-}
+using vb::test::run_until;
 
 int run(vb::EventLoop &loop, vb::BackendQueue &q, const vb::Request &req) {
   Result r;
