@@ -68,6 +68,11 @@ struct ConfigValue {
 // its message says what was expected and where it belongs.
 ConfigValue missing_config_value(const std::string &path, std::string_view name, ConfigPosition enclosing);
 
+// Values longer than this are cut short in messages, which then give their length.
+inline constexpr std::size_t config_shown_bytes = 40;
+// The dotted path of a key ("devices[0].backend" + "size"); names from the file are escaped.
+std::string config_join(const std::string &path, std::string_view name);
+
 // Text helpers for messages (all keep a message on one line).
 std::string config_escaped(std::string_view text, std::size_t limit = std::string_view::npos); // \xNN
 std::string config_quoted(std::string_view text, char quote);       // 'text', long text cut with its length

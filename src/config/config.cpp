@@ -50,14 +50,6 @@ std::optional<std::string_view> near_miss(std::string_view name, std::span<const
   return config_near_miss(name, known);
 }
 
-// Values longer than this are cut short in messages, which then give their length.
-constexpr std::size_t shown_bytes = 40;
-
-// The dotted path of a key; names from the file are escaped to keep messages on one line.
-std::string join(const std::string &path, std::string_view name) {
-  return path.empty() ? escaped(name) : path + "." + escaped(name);
-}
-
 Value missing_value(const std::string &path, std::string_view name, Position enclosing) {
   return missing_config_value(path, name, enclosing);
 }
@@ -238,12 +230,12 @@ private:
         std::string hint;
         if (auto k = near_miss(name, known))
           hint = " (did you mean '" + std::string(*k) + "'?)";
-        report_.fail(at, join(path, name),
+        report_.fail(at, config_join(path, name),
                      "expected a " + std::string(kind) + " key (" + list(known) + "), got " + quoted(name, '\'') +
                          hint);
       }
       if (auto [seen, inserted] = first_line.emplace(name, at.line); !inserted)
-        report_.fail(at, join(path, name),
+        report_.fail(at, config_join(path, name),
                      "expected each key once in a map, got it again (first on line " + std::to_string(seen->second) +
                          ")");
       out.push_back({name, key, it->second});
@@ -268,13 +260,13 @@ private:
       }
       for (const auto &k : device_scalar_keys)
         if (entry.name == k.name)
-          raw.*k.field = value_of(entry.value, entry.key, entry.name, join(path, entry.name));
+          raw.*k.field = value_of(entry.value, entry.key, entry.name, config_join(path, entry.name));
     }
     return raw;
   }
 
   RawBackend backend(const Entry &entry, const std::string &device_path) const {
-    const std::string path = join(device_path, "backend");
+    const std::string path = config_join(device_path, "backend");
     RawBackend raw;
     raw.self = value_of(entry.value, entry.key, "backend", path);
     if (raw.self.kind != Value::Kind::map)
@@ -282,10 +274,10 @@ private:
     raw.type = missing_value(path, "type", raw.self.at);
     // Which other keys are allowed depends on the type, so step two checks them.
     for (const auto &option : entries(entry.value, path, "backend", {})) {
-      Value v = value_of(option.value, option.key, option.name, join(path, option.name));
+      Value v = value_of(option.value, option.key, option.name, config_join(path, option.name));
       if (v.kind == Value::Kind::map)
         for (const auto &child : entries(option.value, v.key, "", {}))
-          v.children.push_back(value_of(child.value, child.key, child.name, join(v.key, child.name)));
+          v.children.push_back(value_of(child.value, child.key, child.name, config_join(v.key, child.name)));
       if (option.name == "type")
         raw.type = std::move(v);
       else
@@ -385,7 +377,7 @@ private:
     const std::string what = "at most " + std::to_string(max_serial_bytes) + " bytes of printable ASCII";
     const std::string &text = scalar(v, what);
     if (text.size() > max_serial_bytes)
-      report_.expected(v, what, text.size() > shown_bytes ? "" : " (" + std::to_string(text.size()) + " bytes)");
+      report_.expected(v, what, text.size() > config_shown_bytes ? "" : " (" + std::to_string(text.size()) + " bytes)");
     for (unsigned char c : text)
       if (c < 0x20 || c > 0x7e)
         report_.expected(v, what);

@@ -14,19 +14,14 @@ ConfigError::ConfigError(const std::string &file, int line, int column, const st
                          (key.empty() ? "" : key + ": ") + problem),
       line_(line), column_(column), key_(key) {}
 
-namespace {
-// Values longer than this are cut short in messages, which then give their length.
-constexpr std::size_t shown_bytes = 40;
-
-std::string join(const std::string &path, std::string_view name) {
+std::string config_join(const std::string &path, std::string_view name) {
   return path.empty() ? config_escaped(name) : path + "." + config_escaped(name);
 }
-} // namespace
 
 ConfigValue missing_config_value(const std::string &path, std::string_view name, ConfigPosition enclosing) {
   ConfigValue v;
   v.name = name;
-  v.key = join(path, name);
+  v.key = config_join(path, name);
   v.at = enclosing;
   v.key_at = enclosing;
   return v;
@@ -49,8 +44,8 @@ std::string config_escaped(std::string_view text, std::size_t limit) {
 }
 
 std::string config_quoted(std::string_view text, char quote) {
-  std::string out = quote + config_escaped(text, shown_bytes);
-  if (text.size() > shown_bytes)
+  std::string out = quote + config_escaped(text, config_shown_bytes);
+  if (text.size() > config_shown_bytes)
     return out + "..." + quote + " (" + std::to_string(text.size()) + " bytes)";
   return out + quote;
 }
