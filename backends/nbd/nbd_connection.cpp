@@ -14,20 +14,10 @@
 
 namespace vb {
 
-struct NbdConnection::Job {
+struct NbdConnection::Job : SessionJob {
   NbdConnection *conn = nullptr;
-  Request req;
-  CompletionFn done = nullptr;
-  void *ctx = nullptr;
-  const void *source = nullptr; // the submitting queue
-  bool fenced = false;          // the driver reset since: finish, never send again
-  std::uint64_t seq = 0;        // submission order, for resubmission oldest first
   std::uint64_t generation = 0; // handle the commands were issued on
   unsigned parts_left = 0;      // NBD commands still outstanding
-  int error = 0;                // first error of any part
-  std::size_t index = 0;        // position in in_flight_
-  std::chrono::steady_clock::time_point issued{};
-  std::chrono::steady_clock::time_point submitted{};
   // A contiguous copy of a scattered read/write (one NBD command instead of one per piece).
   char *bounce = nullptr;
   unsigned bounce_class = 0;
@@ -35,12 +25,8 @@ struct NbdConnection::Job {
 
 namespace {
 
-using Clock = std::chrono::steady_clock;
-constexpr auto kMaxBackoff = std::chrono::milliseconds(5000);
 // Largest NBD command when the server states no maximum: what the protocol calls always safe.
 constexpr std::uint64_t kDefaultMaxCommand = 32ULL << 20;
-
-void remove_from(std::vector<NbdConnection::Job *> &v, NbdConnection::Job *op);
 
 // Scattered requests with more pieces than this are copied into one buffer: a round trip per
 // 4 KiB page costs far more than a memcpy (128 KiB sequential I/O was 4x slower without it).
@@ -195,70 +181,65 @@ std::string export_mismatch(nbd_handle *h, const BackendCapabilities &caps, cons
   return {};
 }
 
+namespace {
+
+SessionSettings nbd_session_settings(const NbdOptions &options, std::string name) {
+  SessionSettings s;
+  s.name = std::move(name);
+  s.reconnect_timeout = options.reconnect_timeout;
+  s.request_timeout = options.request_timeout;
+  // The handshake gets request-timeout too (30 s without one): it carries no writes.
+  s.attempt_timeout = options.request_timeout.count() > 0 ? options.request_timeout : std::chrono::milliseconds(30000);
+  return s;
+}
+
+} // namespace
+
 NbdConnection::NbdConnection(EventLoop &loop, const NbdOptions &options, const BackendCapabilities &caps,
                              NbdExportSize &size, nbd_handle *handle, std::string name)
-    : loop_(loop), options_(options), caps_(caps), size_(size), name_(std::move(name)),
-      reconnect_timer_(loop, [this] { start_connect(); }), shutdown_(loop, [this] { on_server_shutdown(); }),
-      tick_(loop, [this] { on_tick(); }) {
-  tick_.arm_periodic(std::chrono::milliseconds(250));
+    : loop_(loop), options_(options), caps_(caps), size_(size), shutdown_(loop, [this] { on_server_shutdown(); }),
+      core_(loop, size.sessions, *this, nbd_session_settings(options, std::move(name))) {
   if (handle) {
     h_ = handle;
     ++generation_;
-    state_ = State::ready;
     handle_size_ = static_cast<std::uint64_t>(std::max<std::int64_t>(nbd_get_size(h_), 0));
     watch_ = std::make_unique<IoWatch>(loop_, nbd_aio_get_fd(h_), [this](short ev) { on_io(ev); });
+    core_.start(true);
     update_events();
   } else {
-    down_since_ = Clock::now();
-    start_connect();
+    core_.start(false);
   }
 }
 
-NbdConnection::~NbdConnection() {
-  cancel_all();
-  close_handle();
-  set_health(Backend::State::connected); // this connection no longer counts as down
-}
-
-NbdConnection::Job *NbdConnection::new_job() noexcept {
-  if (free_ops_.empty()) {
-    jobs_.push_back(std::make_unique<Job>());
-    jobs_.back()->conn = this;
-    return jobs_.back().get();
-  }
-  Job *op = free_ops_.back();
-  free_ops_.pop_back();
-  return op;
-}
+NbdConnection::~NbdConnection() { core_.cancel_all(); }
 
 int NbdConnection::submit(const Request &req, CompletionFn done, void *ctx, const void *source) noexcept {
   const std::uint64_t size = size_.get();
   if (req.offset > size || req.length > size - req.offset)
     return EIO;
-  if (state_ != State::ready && fail_fast_)
-    return EIO; // the server has been gone for longer than reconnect-timeout
-  Job *op = new_job();
+  if (const int rc = core_.admit(); rc != 0)
+    return rc;
+  Job *op = jobs_.take();
+  if (!op)
+    return ENOMEM;
+  op->conn = this;
   op->req = req;
   op->done = done;
   op->ctx = ctx;
   op->source = source;
-  op->fenced = false;
-  op->seq = ++seq_;
-  op->error = 0;
-  op->submitted = Clock::now();
-  if (state_ == State::ready && req.offset + req.length > handle_size_)
-    start_refresh();
-  if (state_ == State::ready) {
-    issue(op);
-    update_events();
-  } else {
-    held_.push_back(op);
+  // The export grew past what this handle negotiated: replace it once what is in flight is done.
+  if (core_.ready() && req.offset + req.length > handle_size_) {
+    VB_LOG_INFO("%s: the export grew past the size this connection negotiated", core_.name().c_str());
+    core_.drain();
   }
+  if (const int rc = core_.submit(op); rc != 0) {
+    jobs_.give(op);
+    return rc;
+  }
+  update_events();
   return 0;
 }
 
-// Issues op as one or more NBD commands on the current handle: one per contiguous piece of
-// memory (zero copy, no allocation), each no larger than the server's maximum.
 // Issues [offset, offset + length) of op as commands of at most max bytes; buf is the data for
 // reads and writes. Returns false after the first command that could not be issued.
 bool NbdConnection::issue_range(Job *op, char *buf, std::uint64_t offset, std::uint64_t length,
@@ -290,7 +271,7 @@ bool NbdConnection::issue_range(Job *op, char *buf, std::uint64_t offset, std::u
       --op->parts_left;
       if (op->error == 0)
         op->error = nbd_get_errno() ? nbd_get_errno() : EIO;
-      VB_LOG_WARN("%s: %s", name_.c_str(), nbd_get_error());
+      VB_LOG_WARN("%s: %s", core_.name().c_str(), nbd_get_error());
       return false;
     }
     done += n;
@@ -298,12 +279,12 @@ bool NbdConnection::issue_range(Job *op, char *buf, std::uint64_t offset, std::u
   return true;
 }
 
-void NbdConnection::issue(Job *op) noexcept {
+// Sends op as one or more NBD commands on the current handle: one per contiguous piece of memory
+// (zero copy, no allocation) or one from a bounce copy, each no larger than the server's maximum.
+void NbdConnection::send(SessionJob *job) noexcept {
+  auto *op = static_cast<Job *>(job);
   op->generation = generation_;
-  op->issued = Clock::now();
   op->parts_left = 1; // guard: the op cannot finish while parts are still being issued
-  op->index = in_flight_.size();
-  in_flight_.push_back(op);
   const Request &r = op->req;
   const std::uint64_t max_cmd = caps_.max_transfer ? caps_.max_transfer : kDefaultMaxCommand;
 
@@ -350,29 +331,17 @@ void NbdConnection::issue(Job *op) noexcept {
     // The connection died under us: the op is still in flight, so it is resubmitted after
     // reconnecting, whatever part of it was issued.
     op->error = 0;
-    connection_lost("the connection failed while sending");
+    core_.lost("the connection failed while sending");
     return;
   }
   if (--op->parts_left == 0)
-    retire(op);
+    core_.retire(op);
 }
 
-// The last command of op is done: it leaves the in-flight set and completes.
-void NbdConnection::retire(Job *op) noexcept {
-  remove_from(in_flight_, op);
-  finish(op, op->error);
-  if (state_ == State::refreshing && in_flight_.empty())
-    reconnect_timer_.arm(std::chrono::milliseconds(0));
-}
-
-void NbdConnection::start_refresh() noexcept {
-  VB_LOG_INFO("%s: the export grew past the size this connection negotiated; reconnecting once %zu request(s) in "
-              "flight are done",
-              name_.c_str(), in_flight_.size());
-  state_ = State::refreshing;
-  down_since_ = Clock::now();
-  if (in_flight_.empty())
-    reconnect_timer_.arm(std::chrono::milliseconds(0));
+void NbdConnection::requeue(SessionJob *job) noexcept {
+  // Resent whole: parts answered on the old handle count for nothing (NBD commands are idempotent
+  // when no later write to the same blocks was sent, which SessionCore's fencing guarantees).
+  job->error = 0;
 }
 
 int NbdConnection::on_command_done(void *user_data, int *error) noexcept {
@@ -383,7 +352,7 @@ int NbdConnection::on_command_done(void *user_data, int *error) noexcept {
     return 1;
   // When the connection dies libnbd retires every command in flight with ENOTCONN (no server
   // sends that); ESHUTDOWN is a server going down. Neither is an answer about the data: leave the
-  // job in flight, connection_lost() requeues it.
+  // job in flight, the loss of the connection requeues it.
   if (*error == ENOTCONN || (self->h_ && (nbd_aio_is_dead(self->h_) || nbd_aio_is_closed(self->h_))))
     return 1;
   if (*error == ESHUTDOWN) {
@@ -396,21 +365,18 @@ int NbdConnection::on_command_done(void *user_data, int *error) noexcept {
   if (*error != 0 && op->error == 0)
     op->error = *error;
   if (--op->parts_left == 0)
-    self->retire(op);
+    self->core_.retire(op);
   return 1;
 }
 
-void NbdConnection::finish(Job *op, int error) noexcept {
+void NbdConnection::release(SessionJob *job, int error) noexcept {
+  auto *op = static_cast<Job *>(job);
   if (op->bounce) {
     if (error == 0 && op->req.op == Op::read)
       copy_between(op->req, op->bounce, false);
     give_bounce(op);
   }
-  const CompletionFn done = op->done;
-  void *ctx = op->ctx;
-  op->done = nullptr;
-  free_ops_.push_back(op);
-  done(ctx, error);
+  jobs_.give(op);
 }
 
 void NbdConnection::update_events() noexcept {
@@ -434,48 +400,38 @@ void NbdConnection::on_io(short events) noexcept {
   if (!h_)
     return;
   if (rc == -1 || nbd_aio_is_dead(h_) || nbd_aio_is_closed(h_)) {
-    if (state_ == State::connecting) {
-      retry_connect_later("connect failed");
-      return;
-    }
-    connection_lost(nbd_get_error() ? nbd_get_error() : "connection closed");
+    const char *err = nbd_get_error();
+    if (core_.state() == SessionCore::State::connecting)
+      core_.attempt_failed(std::string("cannot connect: ") + (err ? err : "connection closed"));
+    else
+      core_.lost(err ? err : "connection closed");
     return;
   }
-  if (state_ == State::connecting && nbd_aio_is_ready(h_)) {
+  if (core_.state() == SessionCore::State::connecting && nbd_aio_is_ready(h_)) {
     on_connected();
     return;
   }
   update_events();
 }
 
-// Gives up on the current attempt and tries again after the backoff, which doubles up to 5 s.
-void NbdConnection::retry_connect_later(const char *what) noexcept {
-  const char *err = nbd_get_error();
-  VB_LOG_DEBUG("%s: %s: %s", name_.c_str(), what, err ? err : "");
-  close_handle();
-  state_ = State::down;
-  reconnect_timer_.arm(backoff_);
-  backoff_ = std::min(backoff_ * 2, std::chrono::duration_cast<std::chrono::milliseconds>(kMaxBackoff));
-}
-
-void NbdConnection::start_connect() noexcept {
-  close_handle();
-  state_ = State::connecting;
-  connect_started_ = Clock::now();
+void NbdConnection::connect() noexcept {
   try {
     h_ = make_nbd_handle(options_);
   } catch (const std::exception &e) {
-    VB_LOG_ERROR("%s: %s", name_.c_str(), e.what());
-    state_ = State::down;
-    reconnect_timer_.arm(kMaxBackoff);
+    core_.attempt_failed(e.what(), true); // the setup itself failed: retry slowly
     return;
   }
   ++generation_;
   if (nbd_aio_connect_uri(h_, options_.uri.c_str()) == -1) {
-    retry_connect_later("connect");
+    core_.attempt_failed(std::string("cannot connect: ") + nbd_get_error());
     return;
   }
-  watch_ = std::make_unique<IoWatch>(loop_, nbd_aio_get_fd(h_), [this](short ev) { on_io(ev); });
+  try {
+    watch_ = std::make_unique<IoWatch>(loop_, nbd_aio_get_fd(h_), [this](short ev) { on_io(ev); });
+  } catch (const std::exception &e) {
+    core_.attempt_failed(std::string("cannot watch the socket: ") + e.what());
+    return;
+  }
   if (nbd_aio_is_ready(h_)) {
     on_connected();
     return;
@@ -489,76 +445,23 @@ void NbdConnection::on_connected() noexcept {
   const std::int64_t size = nbd_get_size(h_);
   std::string mismatch = size <= 0 ? std::string("its size is unknown or 0") : export_mismatch(h_, caps_, options_.uri);
   if (!mismatch.empty()) {
-    VB_LOG_ERROR("%s: the server came back as a different export (%s); refusing it and retrying", name_.c_str(),
-                 mismatch.c_str());
-    set_health(fail_fast_ ? Backend::State::failing : Backend::State::reconnecting,
-               "the server came back as a different export: " + mismatch);
-    close_handle();
-    state_ = State::down;
-    reconnect_timer_.arm(kMaxBackoff);
+    core_.attempt_failed("the server came back as a different export: " + mismatch + "; refusing it", true);
     return;
   }
   size_.observe(static_cast<std::uint64_t>(size));
-  set_health(Backend::State::connected);
   handle_size_ = static_cast<std::uint64_t>(size);
-  state_ = State::ready;
-  backoff_ = std::chrono::milliseconds(100);
-  if (reconnects_ > 0 || !held_.empty() || fail_fast_) {
-    const double down_s = std::chrono::duration<double>(Clock::now() - down_since_).count();
-    VB_LOG_INFO("%s: reconnected after %.1fs; resubmitting %zu request(s)", name_.c_str(), down_s, held_.size());
-  }
-  fail_fast_ = false;
-  issue_held();
+  core_.connected();
   update_events();
 }
 
-void NbdConnection::issue_held() noexcept {
-  // Oldest first, as they were submitted.
-  std::vector<Job *> held;
-  held.swap(held_);
-  std::sort(held.begin(), held.end(), [](const Job *a, const Job *b) { return a->seq < b->seq; });
-  for (Job *op : held) {
-    if (state_ != State::ready) {
-      held_.push_back(op);
-      continue;
-    }
-    issue(op);
-  }
-}
-
 void NbdConnection::on_server_shutdown() noexcept {
-  if (state_ != State::ready && state_ != State::refreshing)
+  if (core_.state() != SessionCore::State::ready && core_.state() != SessionCore::State::draining)
     return;
-  connection_lost("the server is shutting down (ESHUTDOWN)");
   // Not at once: a server going down would answer the next handshake the same way.
-  reconnect_timer_.arm(std::chrono::milliseconds(500));
+  core_.lost("the server is shutting down (ESHUTDOWN)", std::chrono::milliseconds(500));
 }
 
-void NbdConnection::connection_lost(const char *why) noexcept {
-  VB_LOG_WARN(
-      "%s: connection lost (%s); %zu request(s) in flight will be resubmitted, new I/O is held for up to "
-      "%llds",
-      name_.c_str(), why, in_flight_.size(),
-      static_cast<long long>(std::chrono::duration_cast<std::chrono::seconds>(options_.reconnect_timeout).count()));
-  set_health(Backend::State::reconnecting, std::string("connection lost: ") + why);
-  close_handle();
-  std::vector<Job *> lost;
-  lost.swap(in_flight_);
-  for (Job *op : lost) {
-    if (op->fenced)
-      finish(op, ECANCELED); // from before a reset: may have reached the server, never sent again
-    else
-      held_.push_back(op);
-  }
-  state_ = State::down;
-  down_since_ = Clock::now();
-  ++reconnects_;
-  backoff_ = std::chrono::milliseconds(100);
-  // From the loop, not from here: this may run inside issue_held()'s loop.
-  reconnect_timer_.arm(std::chrono::milliseconds(0));
-}
-
-void NbdConnection::close_handle() noexcept {
+void NbdConnection::disconnect() noexcept {
   watch_.reset();
   if (h_) {
     closing_ = true;
@@ -567,96 +470,5 @@ void NbdConnection::close_handle() noexcept {
     h_ = nullptr;
   }
 }
-
-void NbdConnection::on_tick() noexcept {
-  const auto now = Clock::now();
-  if ((state_ == State::ready || state_ == State::refreshing) && options_.request_timeout.count() > 0) {
-    for (const Job *op : in_flight_) {
-      if (now - op->issued > options_.request_timeout) {
-        connection_lost("a request got no reply within request-timeout");
-        return;
-      }
-    }
-  }
-  // A server that accepts connections but never finishes the handshake (stopped, wedged) must
-  // not hold the connection in "connecting" for ever: the handshake gets request-timeout too.
-  // (A handshake carries no writes, so giving up on it is always safe: 30 s without a timeout.)
-  const auto handshake_timeout =
-      options_.request_timeout.count() > 0 ? options_.request_timeout : std::chrono::milliseconds(30000);
-  if (state_ == State::connecting && now - connect_started_ > handshake_timeout) {
-    retry_connect_later("the server did not complete the handshake in time");
-    return;
-  }
-  // A refresh (the export grew) is not an outage: it waits for in-flight requests, not the server.
-  if (state_ != State::ready && state_ != State::refreshing && !fail_fast_ &&
-      now - down_since_ >= options_.reconnect_timeout) {
-    fail_fast_ = true;
-    set_health(Backend::State::failing, "unreachable for longer than reconnect-timeout");
-    VB_LOG_ERROR(
-        "%s: the server has been unreachable for %llds (reconnect-timeout): failing %zu held request(s) "
-        "and new I/O with EIO until it is back",
-        name_.c_str(),
-        static_cast<long long>(std::chrono::duration_cast<std::chrono::seconds>(options_.reconnect_timeout).count()),
-        held_.size());
-    std::vector<Job *> held;
-    held.swap(held_);
-    for (Job *op : held)
-      finish(op, EIO);
-  }
-}
-
-void NbdConnection::cancel_all() noexcept {
-  // Close first: replies that arrive during the close must not complete these jobs again.
-  close_handle();
-  state_ = State::down;
-  std::vector<Job *> all;
-  all.swap(held_);
-  all.insert(all.end(), in_flight_.begin(), in_flight_.end());
-  in_flight_.clear();
-  for (Job *op : all)
-    finish(op, ECANCELED);
-}
-
-void NbdConnection::cancel(const void *source) noexcept {
-  fence(source);
-  // Commands of that queue on the wire would still read into its buffers: closing the handle
-  // retires them (fenced: completed with ECANCELED); the other queues' are resubmitted.
-  if (std::any_of(in_flight_.begin(), in_flight_.end(), [source](const Job *op) { return op->source == source; }))
-    connection_lost("a queue sharing this connection closed");
-}
-
-void NbdConnection::fence(const void *source) noexcept {
-  std::vector<Job *> unsent;
-  for (std::size_t i = 0; i < held_.size();) {
-    if (held_[i]->source == source) {
-      unsent.push_back(held_[i]);
-      held_[i] = held_.back();
-      held_.pop_back();
-    } else {
-      ++i;
-    }
-  }
-  for (Job *op : in_flight_)
-    if (op->source == source)
-      op->fenced = true;
-  if (!unsent.empty())
-    VB_LOG_INFO("%s: the driver reset the device: %zu request(s) held for the server are dropped", name_.c_str(),
-                unsent.size());
-  for (Job *op : unsent)
-    finish(op, ECANCELED);
-}
-
-namespace {
-
-void remove_from(std::vector<NbdConnection::Job *> &v, NbdConnection::Job *op) {
-  const std::size_t i = op->index;
-  if (i < v.size() && v[i] == op) {
-    v[i] = v.back();
-    v[i]->index = i;
-    v.pop_back();
-  }
-}
-
-} // namespace
 
 } // namespace vb

@@ -1,13 +1,16 @@
 // One NBD connection driven by one event loop, which survives the server: requests in flight when
 // the connection dies are resubmitted on the next one, new requests are held while it is down
 // (up to reconnect-timeout, then failed with EIO), and a request with no reply within
-// request-timeout counts the connection as dead.
+// request-timeout counts the connection as dead. Those rules are SessionCore's
+// (backends/session/); this file is what is NBD about it: libnbd's handle, its commands, the
+// export's identity and size, bounce buffers.
 //
 // Threading: everything runs on the owning loop's thread.
 #pragma once
 
 #include "event/event_loop.h"
 #include "nbd/nbd_options.h"
+#include "session/session_core.h"
 #include "session/session_health.h"
 #include "vduse-bridge/backend.h"
 
@@ -57,7 +60,7 @@ std::string export_mismatch(nbd_handle *h, const BackendCapabilities &caps, cons
 // name and description the server reports (either may be empty).
 std::string export_identity(const std::string &uri, nbd_handle *h);
 
-class NbdConnection {
+class NbdConnection final : private SessionProtocol {
 public:
   // Adopts handle if it is connected already (start-up), else connects in the background.
   // caps are what the export had at start-up: a server that comes back as another export
@@ -71,48 +74,38 @@ public:
 
   // Loop thread. Never fails synchronously except for an invalid request: held while
   // disconnected, resubmitted across reconnects, failed with EIO once the server has been
-  // unreachable for longer than reconnect-timeout.
+  // unreachable for longer than reconnect-timeout (the rules are SessionCore's).
   // source: the BackendQueue that submits (queues forwarding to this connection share it), for
   // fence() and cancel().
   int submit(const Request &req, CompletionFn done, void *ctx, const void *source = nullptr) noexcept;
-  // Completes everything in flight or held with ECANCELED.
-  void cancel_all() noexcept;
   // Completes source's requests, in flight or held, with ECANCELED (its queue goes away).
-  void cancel(const void *source) noexcept;
+  void cancel(const void *source) noexcept { core_.cancel(source); }
   // The driver reset (BackendQueue::fence) for source's requests: those not sent yet complete
   // with ECANCELED now; those on the wire complete with the server's answer, or with ECANCELED
   // if the connection is lost first (never sent again).
-  void fence(const void *source) noexcept;
+  void fence(const void *source) noexcept { core_.fence(source); }
 
-  bool connected() const noexcept { return state_ == State::ready; }
+  bool connected() const noexcept { return core_.ready(); }
   EventLoop &loop() const noexcept { return loop_; }
-  std::uint64_t reconnects() const noexcept { return reconnects_; }
+  std::uint64_t reconnects() const noexcept { return core_.reconnects(); }
   // Any thread: bounce memory allocated (in use or pooled); bounded by a fixed budget.
   std::size_t bounce_bytes() const noexcept { return bounce_bytes_.load(std::memory_order_relaxed); }
 
   struct Job; // one backend request, possibly several NBD commands
 
 private:
-  // refreshing: the export grew past what this handle negotiated; in-flight commands drain,
-  // new ones are held, then the connection is replaced to use the new size.
-  enum class State { connecting, ready, refreshing, down };
+  // SessionProtocol: libnbd's side of the reconnecting session.
+  void connect() noexcept override;
+  void disconnect() noexcept override;
+  void send(SessionJob *job) noexcept override;
+  void requeue(SessionJob *job) noexcept override;
+  void release(SessionJob *job, int error) noexcept override;
 
-  void start_connect() noexcept;
   void on_connected() noexcept;
-  void connection_lost(const char *why) noexcept;
   void on_server_shutdown() noexcept;
-  void close_handle() noexcept;
-  void issue(Job *op) noexcept;
   bool issue_range(Job *op, char *buf, std::uint64_t offset, std::uint64_t length, std::uint64_t max) noexcept;
-  void retry_connect_later(const char *what) noexcept;
-  void issue_held() noexcept;
-  void start_refresh() noexcept;
-  void retire(Job *op) noexcept;
-  void finish(Job *op, int error) noexcept;
   void update_events() noexcept;
   void on_io(short events) noexcept;
-  void on_tick() noexcept;
-  Job *new_job() noexcept;
   char *take_bounce(std::uint64_t length, unsigned &size_class) noexcept;
   void give_bounce(Job *job) noexcept;
   static int on_command_done(void *user_data, int *error) noexcept;
@@ -121,30 +114,16 @@ private:
   NbdOptions options_;
   BackendCapabilities caps_;
   NbdExportSize &size_;
-  std::string name_;
   nbd_handle *h_ = nullptr;
   std::uint64_t handle_size_ = 0; // the export size h_ negotiated: commands past it are refused
-  SessionHealth::Session health_{size_.sessions};
-  void set_health(Backend::State state, const std::string &why = {}) noexcept { health_.set(state, why); }
   std::unique_ptr<IoWatch> watch_;
-  Timer reconnect_timer_;
   Deferred shutdown_; // the server answered ESHUTDOWN: replace the connection, outside libnbd's callback
-  Timer tick_;
-  State state_ = State::down;
   bool closing_ = false;
   std::uint64_t generation_ = 0; // of the handle; commands of older handles are ignored
-  std::chrono::steady_clock::time_point down_since_{};
-  std::chrono::steady_clock::time_point connect_started_{}; // of the attempt in progress
-  bool fail_fast_ = false; // down for longer than reconnect-timeout: fail new I/O at once
-  std::chrono::milliseconds backoff_{100};
-  std::uint64_t reconnects_ = 0;
-  std::uint64_t seq_ = 0;
-  std::vector<Job *> in_flight_; // issued on the current handle
-  std::vector<Job *> held_;      // waiting for a connection, oldest first
-  std::vector<std::unique_ptr<Job>> jobs_;
-  std::vector<Job *> free_ops_;
+  JobPool<Job> jobs_;
   std::vector<std::unique_ptr<char[]>> bounce_pool_[10]; // 64 KiB .. 32 MiB, by power of two
   std::atomic<std::size_t> bounce_bytes_{0};             // allocated, in use or pooled (bounded)
+  SessionCore core_; // last: its timers go first
 };
 
 } // namespace vb
