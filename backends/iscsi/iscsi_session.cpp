@@ -28,25 +28,16 @@ struct IscsiSession::Part {
   std::chrono::steady_clock::time_point retry_at{};
 };
 
-struct IscsiSession::Job {
+struct IscsiSession::Job : SessionJob {
   IscsiSession *session = nullptr;
-  Request req;
-  CompletionFn done = nullptr;
-  void *ctx = nullptr;
-  std::uint64_t seq = 0; // submission order, for resubmission oldest first
-  int error = 0;         // the first error of any part
-  bool fenced = false;   // the driver reset since: finish, never send again
   unsigned parts_left = 0;
-  std::size_t index = 0;       // position in in_flight_
   std::vector<scsi_iovec> iov; // the request's buffers, cut at command boundaries
   std::vector<Part> parts;     // fixed while the job is in flight: libiscsi holds pointers to them
 };
 
 namespace {
 
-using Clock = std::chrono::steady_clock;
-constexpr auto kTick = std::chrono::milliseconds(250);
-constexpr auto kMaxBackoff = std::chrono::milliseconds(5000);
+using Clock = SessionClock;
 constexpr unsigned kMaxUnitAttentionRetries = 8;
 constexpr unsigned kMaxCommandsPerRequest = 1024;
 constexpr unsigned kMaxDelayedRetries = 40; // BUSY & co: 10 ms doubling to 1 s, about 30 s in all
@@ -68,98 +59,69 @@ const char *op_name(Op op) noexcept {
   return "?";
 }
 
-long long seconds(std::chrono::milliseconds d) {
-  return static_cast<long long>(std::chrono::duration_cast<std::chrono::seconds>(d).count());
-}
-
-void remove_from(std::vector<IscsiSession::Job *> &v, IscsiSession::Job *job, std::size_t IscsiSession::Job::*index) {
-  const std::size_t i = job->*index;
-  if (i < v.size() && v[i] == job) {
-    v[i] = v.back();
-    v[i]->*index = i;
-    v.pop_back();
-  }
-}
-
 } // namespace
+
+SessionSettings IscsiSession::settings(const IscsiTarget &target, unsigned index) {
+  SessionSettings s;
+  s.name = "iscsi session " + std::to_string(index);
+  s.peer = "target";
+  s.connection = "session";
+  s.back_again = "logged in again";
+  s.reconnect_timeout = target.options.reconnect_timeout;
+  s.request_timeout = target.options.request_timeout;
+  s.attempt_timeout = target.login_timeout;
+  return s;
+}
 
 IscsiSession::IscsiSession(EventLoop &loop, std::shared_ptr<const IscsiTarget> target, iscsi_context *ctx,
                            unsigned index, std::string name)
     : loop_(loop), target_(std::move(target)), name_(std::move(name)), index_(index),
-      reconnect_timer_(loop, [this] { start_connect(); }), failure_timer_(loop, [this] { handle_failure(); }),
-      retry_timer_(loop, [this] { on_retry_timer(); }), tick_(loop, [this] { on_tick(); }),
-      flush_(loop, [this] { flush(); }), zeros_(target_->caps.logical_block_size, 0) {
-  tick_.arm_periodic(kTick);
-  in_flight_.reserve(256); // a queue's depth: no allocation on the data path once warm
-  held_.reserve(256);
+      failure_timer_(loop, [this] { handle_failure(); }), retry_timer_(loop, [this] { on_retry_timer(); }),
+      flush_(loop, [this] { flush(); }), zeros_(target_->caps.logical_block_size, 0),
+      core_(loop, target_->sessions, *this, [&] {
+        SessionSettings s = settings(*target_, index_);
+        s.name = name_;
+        return s;
+      }()) {
   if (ctx) {
     ctx_ = ctx;
     ++generation_;
-    state_ = State::ready;
+    core_.start(true);
     update_events();
   } else {
-    down_since_ = Clock::now();
-    start_connect();
+    core_.start(false);
   }
 }
 
-IscsiSession::~IscsiSession() { cancel_all(); }
-
-IscsiSession::Job *IscsiSession::new_job() noexcept {
-  try {
-    if (free_jobs_.empty()) {
-      jobs_.push_back(std::make_unique<Job>());
-      jobs_.back()->session = this;
-      return jobs_.back().get();
-    }
-  } catch (...) {
-    return nullptr;
-  }
-  Job *job = free_jobs_.back();
-  free_jobs_.pop_back();
-  return job;
-}
+IscsiSession::~IscsiSession() { core_.cancel_all(); }
 
 int IscsiSession::submit(const Request &req, CompletionFn done, void *ctx) noexcept {
   const BackendCapabilities &caps = target_->caps;
-  if (cancelled_)
-    return ECANCELED;
   // The size now: it changes on resize.
   if (const std::uint64_t size = target_->size.get(); req.offset > size || req.length > size - req.offset)
     return EIO;
   if (req.offset % caps.logical_block_size != 0 || req.length % caps.logical_block_size != 0)
     return EINVAL;
-  if (state_ != State::ready && fail_fast_)
-    return EIO; // the target has been gone for longer than reconnect-timeout
+  if (const int rc = core_.admit(); rc != 0)
+    return rc;
   if (req.length == 0 && req.op != Op::flush) {
     done(ctx, 0); // nothing to do; a WRITE SAME of 0 blocks would mean "to the end"
     return 0;
   }
-  Job *job = new_job();
+  Job *job = jobs_.take();
   if (!job)
     return ENOMEM;
+  job->session = this;
   job->req = req;
   job->done = done;
   job->ctx = ctx;
-  job->seq = ++seq_;
-  job->error = 0;
-  job->fenced = false;
-  if (const int rc = plan(job); rc != 0) {
-    free_jobs_.push_back(job);
+  job->source = this;
+  if (int rc = plan(job); rc != 0 || (rc = core_.submit(job)) != 0) {
+    jobs_.give(job);
     return rc;
   }
-  if (state_ == State::ready) {
-    issue(job);
-    if (!in_service_)
-      flush_.schedule(); // inside iscsi_service(), service() writes it on its way out
-  } else {
-    try {
-      held_.push_back(job);
-    } catch (...) {
-      free_jobs_.push_back(job);
-      return ENOMEM;
-    }
-  }
+  if (core_.ready() && !in_service_)
+    flush_.schedule(); // inside iscsi_service(), service() writes it on its way out
   return 0;
 }
 
@@ -245,9 +207,8 @@ int IscsiSession::plan(Job *job) noexcept {
   return 0;
 }
 
-void IscsiSession::issue(Job *job) noexcept {
-  job->index = in_flight_.size();
-  in_flight_.push_back(job);
+void IscsiSession::send(SessionJob *sent) noexcept {
+  auto *job = static_cast<Job *>(sent);
   for (Part &p : job->parts)
     if (p.state == Part::State::pending)
       issue_part(&p);
@@ -258,7 +219,7 @@ void IscsiSession::issue_part(Part *part) noexcept {
     complete_part(part, ECANCELED); // a retry of the old driver's command, after a reset
     return;
   }
-  if (!ctx_ || state_ != State::ready || failure_)
+  if (!ctx_ || !core_.ready() || failure_)
     return; // stays pending; issued again on the next session
   const Request &r = part->job->req;
   const int lun = target_->uri.lun;
@@ -458,8 +419,16 @@ void IscsiSession::retry_later(Part *part, const std::string &why) noexcept {
 void IscsiSession::on_retry_timer() noexcept {
   const auto now = Clock::now();
   auto next = Clock::time_point::max();
-  for (std::size_t i = 0; i < in_flight_.size(); ++i) {
-    for (Part &p : in_flight_[i]->parts) {
+  std::vector<Job *> jobs; // issue_part() may complete a job, which leaves the in-flight list
+  try {
+    for (SessionJob *job : core_.in_flight())
+      jobs.push_back(static_cast<Job *>(job));
+  } catch (const std::bad_alloc &) {
+    retry_timer_.arm(std::chrono::milliseconds(10));
+    return;
+  }
+  for (Job *job : jobs) {
+    for (Part &p : job->parts) {
       if (p.state != Part::State::waiting)
         continue;
       if (p.retry_at <= now) {
@@ -482,37 +451,25 @@ void IscsiSession::complete_part(Part *part, int error) noexcept {
   Job *job = part->job;
   if (error != 0 && job->error == 0)
     job->error = error;
-  if (--job->parts_left == 0) {
-    remove_from(in_flight_, job, &Job::index);
-    finish(job, job->error);
-  }
+  if (--job->parts_left == 0)
+    core_.retire(job);
 }
 
-void IscsiSession::finish(Job *job, int error) noexcept {
-  const CompletionFn done = job->done;
-  void *ctx = job->ctx;
-  job->done = nullptr;
-  free_jobs_.push_back(job);
-  done(ctx, error);
-}
+void IscsiSession::release(SessionJob *job, int /*error*/) noexcept { jobs_.give(static_cast<Job *>(job)); }
 
-void IscsiSession::start_connect() noexcept {
-  if (cancelled_)
-    return;
-  close_context();
-  state_ = State::connecting;
-  attempt_started_ = Clock::now();
+void IscsiSession::connect() noexcept {
+  phase_ = Phase::login;
   try {
     ctx_ = make_iscsi_context(target_->options, target_->uri, index_);
   } catch (const std::exception &e) {
     // A password file that cannot be read now may be fixed while we wait.
-    retry_connect_later(e.what(), kMaxBackoff);
+    core_.attempt_failed(e.what(), true);
     return;
   }
   ++generation_;
   tcp_connected_ = false;
   if (iscsi_connect_async(ctx_, target_->uri.portal.c_str(), &on_tcp_connected, this) != 0) {
-    retry_connect_later(std::string("cannot connect: ") + iscsi_error(ctx_), backoff_);
+    core_.attempt_failed(std::string("cannot connect: ") + iscsi_error(ctx_));
     return;
   }
   update_events();
@@ -522,7 +479,7 @@ void IscsiSession::on_tcp_connected(iscsi_context * /*iscsi*/, int status, void 
                                     void *private_data) noexcept {
   auto *self = static_cast<IscsiSession *>(private_data);
   // libiscsi may call this again when the connection closes: the loss is noticed elsewhere.
-  if (self->closing_ || self->state_ != State::connecting || self->tcp_connected_)
+  if (self->closing_ || self->phase_ != Phase::login || self->tcp_connected_)
     return;
   if (status != SCSI_STATUS_GOOD) {
     self->fail("cannot connect: " + iscsi_error(self->ctx_));
@@ -536,7 +493,7 @@ void IscsiSession::on_tcp_connected(iscsi_context * /*iscsi*/, int status, void 
 void IscsiSession::on_logged_in(iscsi_context * /*iscsi*/, int status, void * /*command_data*/,
                                 void *private_data) noexcept {
   auto *self = static_cast<IscsiSession *>(private_data);
-  if (self->closing_ || self->state_ != State::connecting)
+  if (self->closing_ || self->phase_ != Phase::login)
     return;
   const char *moved = iscsi_get_target_address(self->ctx_);
   if (status == SCSI_STATUS_REDIRECT && moved && *moved) {
@@ -559,7 +516,7 @@ void IscsiSession::on_logged_in(iscsi_context * /*iscsi*/, int status, void * /*
 // The target must still be the LUN this disk was: serving another LUN's data under this one's
 // name would corrupt whatever uses it.
 void IscsiSession::start_probe() noexcept {
-  state_ = State::probing;
+  phase_ = Phase::probing;
   probed_ = LunInfo{};
   probe_ok_ = {};
   probes_left_ = 0;
@@ -600,7 +557,7 @@ void IscsiSession::on_probed(iscsi_context * /*iscsi*/, int status, void *comman
   for (std::size_t i = 0; i < self->probe_tasks_.size(); ++i)
     if (task && self->probe_tasks_[i] == task)
       which = i;
-  const bool current = task && !self->closing_ && self->state_ == State::probing && which < self->probe_tasks_.size();
+  const bool current = task && !self->closing_ && self->phase_ == Phase::probing && which < self->probe_tasks_.size();
   bool attention = false;
   if (current) {
     self->probe_tasks_[which] = nullptr;
@@ -672,7 +629,7 @@ void IscsiSession::check_probe() noexcept {
 // that got the unit attention is retried at once; requests are checked against the new size once
 // it is known).
 void IscsiSession::check_capacity() noexcept {
-  if (!ctx_ || state_ != State::ready || failure_)
+  if (!ctx_ || !core_.ready() || failure_)
     return; // a new session reads the capacity when it logs in
   if (capacity_task_) {
     capacity_again_ = true; // announced again while reading: read once more afterwards
@@ -755,29 +712,8 @@ void IscsiSession::adopt_size(std::uint64_t blocks, const char *how) noexcept {
 }
 
 void IscsiSession::become_ready() noexcept {
-  state_ = State::ready;
-  health_.set(Backend::State::connected);
-  backoff_ = std::chrono::milliseconds(100);
-  last_logged_failure_.clear();
-  if (reconnects_ > 0 || !held_.empty() || fail_fast_) {
-    const double down_s = std::chrono::duration<double>(Clock::now() - down_since_).count();
-    VB_LOG_INFO("%s: logged in again after %.1fs; resubmitting %zu request(s)", name_.c_str(), down_s, held_.size());
-  }
-  fail_fast_ = false;
-  issue_held();
-}
-
-void IscsiSession::issue_held() noexcept {
-  std::vector<Job *> held;
-  held.swap(held_);
-  std::sort(held.begin(), held.end(), [](const Job *a, const Job *b) { return a->seq < b->seq; });
-  for (std::size_t i = 0; i < held.size(); ++i) {
-    if (state_ != State::ready || failure_) {
-      held_.insert(held_.end(), held.begin() + static_cast<std::ptrdiff_t>(i), held.end());
-      return;
-    }
-    issue(held[i]);
-  }
+  phase_ = Phase::none;
+  core_.connected();
 }
 
 // Called wherever a failure is noticed; acted on once iscsi_service() has returned (the context
@@ -796,50 +732,24 @@ void IscsiSession::handle_failure() noexcept {
     return;
   const Failure f = std::move(*failure_);
   failure_.reset();
-  if (state_ == State::ready)
-    connection_lost(f.why);
+  if (core_.ready())
+    core_.lost(f.why);
   else
-    retry_connect_later(f.why, f.refused ? kMaxBackoff : backoff_);
+    core_.attempt_failed(f.why, f.refused);
 }
 
-void IscsiSession::connection_lost(const std::string &why) noexcept {
-  VB_LOG_WARN("%s: session lost (%s); %zu request(s) in flight will be resubmitted, new I/O is held for up to %llds",
-              name_.c_str(), why.c_str(), in_flight_.size(), seconds(target_->options.reconnect_timeout));
-  health_.set(Backend::State::reconnecting, "session lost: " + why);
+void IscsiSession::requeue(SessionJob *lost) noexcept {
+  for (Part &p : static_cast<Job *>(lost)->parts)
+    if (p.state != Part::State::done)
+      p.state = Part::State::pending;
+}
+
+void IscsiSession::disconnect() noexcept {
   close_context();
-  std::vector<Job *> lost;
-  lost.swap(in_flight_);
-  for (Job *job : lost) {
-    if (job->fenced) {
-      finish(job, ECANCELED); // from before a reset: may have reached the target, never sent again
-      continue;
-    }
-    for (Part &p : job->parts)
-      if (p.state != Part::State::done)
-        p.state = Part::State::pending;
-    held_.push_back(job);
-  }
+  phase_ = Phase::none;
   retry_timer_.cancel();
-  state_ = State::down;
-  down_since_ = Clock::now();
-  ++reconnects_;
-  backoff_ = std::chrono::milliseconds(100);
-  reconnect_timer_.arm(std::chrono::milliseconds(0));
-}
-
-void IscsiSession::retry_connect_later(const std::string &why, std::chrono::milliseconds delay) noexcept {
-  if (why != last_logged_failure_) {
-    VB_LOG_WARN("%s: %s; retrying (every %llds at most)", name_.c_str(), why.c_str(),
-                seconds(std::chrono::duration_cast<std::chrono::milliseconds>(kMaxBackoff)));
-    last_logged_failure_ = why;
-  } else {
-    VB_LOG_DEBUG("%s: %s", name_.c_str(), why.c_str());
-  }
-  close_context();
-  state_ = State::down;
-  if (!cancelled_)
-    reconnect_timer_.arm(delay);
-  backoff_ = std::min(backoff_ * 2, std::chrono::duration_cast<std::chrono::milliseconds>(kMaxBackoff));
+  failure_timer_.cancel();
+  failure_.reset(); // whatever it was, this connection is gone now
 }
 
 void IscsiSession::close_context() noexcept {
@@ -866,12 +776,12 @@ void IscsiSession::service(int revents) noexcept {
   int rc = iscsi_service(ctx_, revents);
   // Commands queued meanwhile (new requests submitted from completions, retries): written now,
   // while the socket most likely has room, rather than after another trip through the loop.
-  if (rc >= 0 && !failure_ && (revents & POLLOUT) == 0 && state_ == State::ready &&
+  if (rc >= 0 && !failure_ && (revents & POLLOUT) == 0 && core_.ready() &&
       (iscsi_which_events(ctx_) & POLLOUT) != 0)
     rc = iscsi_service(ctx_, POLLOUT);
   in_service_ = false;
   if (rc < 0 && !failure_)
-    fail((state_ == State::ready ? "connection lost: " : "cannot log in: ") + iscsi_error(ctx_));
+    fail((core_.ready() ? "connection lost: " : "cannot log in: ") + iscsi_error(ctx_));
   if (failure_) {
     handle_failure();
     return;
@@ -880,7 +790,7 @@ void IscsiSession::service(int revents) noexcept {
 }
 
 void IscsiSession::flush() noexcept {
-  if (ctx_ && state_ == State::ready && (iscsi_which_events(ctx_) & POLLOUT) != 0)
+  if (ctx_ && core_.ready() && (iscsi_which_events(ctx_) & POLLOUT) != 0)
     service(POLLOUT); // writes what it can; POLLOUT is watched only if the socket is full
   else
     update_events();
@@ -923,74 +833,33 @@ void IscsiSession::update_events() noexcept {
   }
 }
 
-void IscsiSession::on_tick() noexcept {
-  // libiscsi does its own timekeeping (timeouts of its PDUs) only when serviced.
-  service(0);
-  const auto now = Clock::now();
-  const auto &options = target_->options;
-  if (state_ == State::ready && options.request_timeout.count() > 0) {
-    for (const Job *job : in_flight_)
-      for (const Part &p : job->parts)
-        if (p.state == Part::State::issued && now - p.issued_at > options.request_timeout) {
-          fail("a command got no response within request-timeout (" + std::to_string(seconds(options.request_timeout)) +
-               "s)");
-          handle_failure();
-          return;
-        }
-  }
-  if ((state_ == State::connecting || state_ == State::probing) && now - attempt_started_ > target_->login_timeout)
-    retry_connect_later("the login got no answer within " + std::to_string(seconds(target_->login_timeout)) + "s",
-                        backoff_);
-  if (state_ != State::ready && !fail_fast_ && !cancelled_ && now - down_since_ >= options.reconnect_timeout) {
-    fail_fast_ = true;
-    health_.set(Backend::State::failing, "unreachable for longer than reconnect-timeout");
-    VB_LOG_ERROR("%s: the target has been unreachable for %llds (reconnect-timeout): failing %zu held request(s) "
-                 "and new I/O with EIO until it is back",
-                 name_.c_str(), seconds(options.reconnect_timeout), held_.size());
-    std::vector<Job *> held;
-    held.swap(held_);
-    for (Job *job : held)
-      finish(job, EIO);
-  }
+// libiscsi does its own timekeeping (timeouts of its PDUs) only when serviced.
+void IscsiSession::on_tick() noexcept { service(0); }
+
+bool IscsiSession::overdue(const SessionJob &job, Clock::time_point issued_before) const noexcept {
+  for (const Part &p : static_cast<const Job &>(job).parts)
+    if (p.state == Part::State::issued && p.issued_at < issued_before)
+      return true;
+  return false;
 }
 
-void IscsiSession::fence() noexcept {
-  std::vector<Job *> unsent;
-  unsent.swap(held_);
-  std::size_t dropped = unsent.size();
-  for (Job *job : unsent)
-    finish(job, ECANCELED);
-  const std::vector<Job *> sent = in_flight_; // complete_part() may remove from in_flight_
-  for (Job *job : sent) {
-    job->fenced = true;
-    // A part answered BUSY or UNIT ATTENTION was not executed: sending it again now would be
-    // the old driver's I/O after the reset.
-    for (Part &p : job->parts)
-      if (p.state == Part::State::waiting || p.state == Part::State::pending) {
-        ++dropped;
-        complete_part(&p, ECANCELED);
-      }
+// A part answered BUSY or UNIT ATTENTION was not executed: sending it again now would be the old
+// driver's I/O after the reset.
+std::size_t IscsiSession::fence_job(SessionJob *fenced) noexcept {
+  auto *job = static_cast<Job *>(fenced);
+  std::size_t dropped = 0;
+  const std::size_t parts = job->parts.size();
+  for (std::size_t i = 0; i < parts; ++i) {
+    Part &p = job->parts[i];
+    if (p.state == Part::State::waiting || p.state == Part::State::pending) {
+      ++dropped;
+      const bool last = job->parts_left == 1;
+      complete_part(&p, ECANCELED);
+      if (last)
+        break; // the job is retired: its completion may already have reused it
+    }
   }
-  if (dropped > 0)
-    VB_LOG_INFO("%s: the driver reset the device: %zu request(s) or command(s) not yet at the target are dropped",
-                name_.c_str(), dropped);
-}
-
-void IscsiSession::cancel_all() noexcept {
-  cancelled_ = true;
-  // Destroy first: responses that arrive meanwhile must not complete these jobs again.
-  close_context();
-  state_ = State::down;
-  reconnect_timer_.cancel();
-  failure_timer_.cancel();
-  retry_timer_.cancel();
-  failure_.reset();
-  std::vector<Job *> all;
-  all.swap(held_);
-  all.insert(all.end(), in_flight_.begin(), in_flight_.end());
-  in_flight_.clear();
-  for (Job *job : all)
-    finish(job, ECANCELED);
+  return dropped;
 }
 
 } // namespace vb

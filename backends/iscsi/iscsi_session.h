@@ -20,6 +20,7 @@
 
 #include "event/event_loop.h"
 #include "iscsi/iscsi_target.h"
+#include "session/session_core.h"
 #include "vduse-bridge/backend.h"
 
 #include <array>
@@ -36,7 +37,7 @@ struct scsi_sense;
 
 namespace vb {
 
-class IscsiSession final : public BackendQueue {
+class IscsiSession final : public BackendQueue, private SessionProtocol {
 public:
   // Adopts ctx if given (logged in already, by IscsiBackend::open()), else logs in in the
   // background. target outlives the session. index: the queue's number, which fixes the
@@ -51,14 +52,14 @@ public:
   // (and with EIO once the target has been unreachable for longer than reconnect-timeout).
   int submit(const Request &req, CompletionFn done, void *ctx) noexcept override;
   // Completes everything in flight or held with ECANCELED and stops reconnecting.
-  void cancel_all() noexcept override;
+  void cancel_all() noexcept override { core_.cancel_all(); }
   // The driver reset: held requests, and commands waiting to be sent again (after BUSY, UNIT
   // ATTENTION...), complete with ECANCELED now; commands the target has complete with its
   // answer, or with ECANCELED if the session is lost first (never sent again).
-  void fence() noexcept override;
+  void fence() noexcept override { core_.fence(this); }
 
-  bool connected() const noexcept { return state_ == State::ready; }
-  std::uint64_t reconnects() const noexcept { return reconnects_; }
+  bool connected() const noexcept { return core_.ready(); }
+  std::uint64_t reconnects() const noexcept { return core_.reconnects(); }
   // Commands sent again after UNIT ATTENTION, BUSY, TASK SET FULL, NOT READY...
   std::uint64_t retries() const noexcept { return retries_; }
 
@@ -66,8 +67,20 @@ public:
   struct Part; // one SCSI command of a job
 
 private:
-  enum class State { down, connecting, probing, ready };
-  using Clock = std::chrono::steady_clock;
+  // Where an attempt is (SessionCore says whether one is in progress).
+  enum class Phase { none, login, probing };
+  using Clock = SessionClock;
+  static SessionSettings settings(const IscsiTarget &target, unsigned index);
+
+  // SessionProtocol: libiscsi's side of the reconnecting session.
+  void connect() noexcept override;
+  void disconnect() noexcept override;
+  void send(SessionJob *job) noexcept override;
+  void requeue(SessionJob *job) noexcept override;
+  std::size_t fence_job(SessionJob *job) noexcept override;
+  bool overdue(const SessionJob &job, Clock::time_point issued_before) const noexcept override;
+  void on_tick() noexcept override;
+  void release(SessionJob *job, int error) noexcept override;
 
   // Part results.
   static void on_task_done(iscsi_context *iscsi, int status, void *command_data, void *private_data) noexcept;
@@ -75,19 +88,14 @@ private:
   void on_check_condition(Part *part, const scsi_sense &sense) noexcept;
   void complete_part(Part *part, int error) noexcept;
   void retry_later(Part *part, const std::string &why) noexcept;
-  void finish(Job *job, int error) noexcept;
   void report(const Part *part, const std::string &kind, const std::string &what) noexcept;
 
   // Issuing.
   int plan(Job *job) noexcept;
-  void issue(Job *job) noexcept;
   void issue_part(Part *part) noexcept;
-  void issue_held() noexcept;
   void on_retry_timer() noexcept;
-  Job *new_job() noexcept;
 
   // The session.
-  void start_connect() noexcept;
   // Connect, log in, check the LUN: each step is a callback of the one before. (Not
   // iscsi_full_connect_async(): libiscsi leaks its state when a login is abandoned.)
   static void on_tcp_connected(iscsi_context *iscsi, int status, void *command_data, void *private_data) noexcept;
@@ -103,48 +111,34 @@ private:
   void adopt_size(std::uint64_t blocks, const char *how) noexcept;
   void fail(std::string why, bool refused = false) noexcept;
   void handle_failure() noexcept;
-  void connection_lost(const std::string &why) noexcept;
-  void retry_connect_later(const std::string &why, std::chrono::milliseconds delay) noexcept;
   void close_context() noexcept;
   void service(int revents) noexcept;
   void flush() noexcept;
   void update_events() noexcept;
-  void on_tick() noexcept;
 
   EventLoop &loop_;
   std::shared_ptr<const IscsiTarget> target_;
-  SessionHealth::Session health_{target_->sessions}; // this session's part of the LUN's health
   std::string name_;
   unsigned index_;
   iscsi_context *ctx_ = nullptr;
   std::unique_ptr<IoWatch> watch_;
   int watch_fd_ = -1;
-  Timer reconnect_timer_;
   Timer failure_timer_; // handles a failure noticed outside iscsi_service()
   Timer retry_timer_;
   Clock::time_point retry_due_{}; // when retry_timer_ fires, if pending
-  Timer tick_;
   // Writes the commands queued by a batch of submissions once the batch is over, straight to the
   // socket: no waiting for writability, no switching the watch to POLLOUT and back.
   Deferred flush_;
-  State state_ = State::down;
+  Phase phase_ = Phase::none;
   bool closing_ = false;    // destroying a context: its callbacks are ignored
   bool in_service_ = false; // inside iscsi_service(): the context must not be destroyed
-  bool cancelled_ = false;  // cancel_all(): no more reconnecting
   struct Failure {
     std::string why;
     bool refused = false; // the LUN came back different: retry slowly
   };
   std::optional<Failure> failure_;
   std::uint64_t generation_ = 0; // of the context; results of older ones are ignored
-  Clock::time_point down_since_{};
-  Clock::time_point attempt_started_{};
-  bool fail_fast_ = false; // down for longer than reconnect-timeout: fail new I/O at once
-  std::chrono::milliseconds backoff_{100};
-  std::string last_logged_failure_; // connect failures are logged once per reason per outage
-  std::uint64_t reconnects_ = 0;
   std::uint64_t retries_ = 0;
-  std::uint64_t seq_ = 0;
   // The checks of a LUN after each login: READ CAPACITY(16), VPD 0x83, MODE SENSE(6).
   std::array<scsi_task *, 3> probe_tasks_{};
   std::array<bool, 3> probe_ok_{};
@@ -158,10 +152,8 @@ private:
   unsigned capacity_attentions_ = 0;
   LunInfo probed_;
   std::vector<unsigned char> zeros_; // one logical block of zeros, the WRITE SAME data
-  std::vector<Job *> in_flight_;     // issued on the current session
-  std::vector<Job *> held_;          // waiting for a session, resubmitted oldest first
-  std::vector<std::unique_ptr<Job>> jobs_;
-  std::vector<Job *> free_jobs_;
+  JobPool<Job> jobs_;
+  SessionCore core_; // last: its timers go first; the held and in-flight jobs, health, backoff
 };
 
 } // namespace vb
