@@ -1,6 +1,7 @@
 #include "session/session_core.h"
 
 #include "common/log.h"
+#include "common/units.h"
 
 #include <algorithm>
 #include <cerrno>
@@ -8,10 +9,6 @@
 namespace vb {
 
 namespace {
-
-long long seconds(std::chrono::milliseconds d) {
-  return static_cast<long long>(std::chrono::duration_cast<std::chrono::seconds>(d).count());
-}
 
 // Room for extra more pointers, grown geometrically; false when out of memory. Done before a job
 // moves between lists, so that moving it cannot fail half-way.
@@ -151,7 +148,8 @@ void SessionCore::connected() noexcept {
 void SessionCore::attempt_failed(const std::string &why, bool refused) noexcept {
   try {
     if (why != last_logged_failure_) {
-      VB_LOG_WARN("%s: %s; retrying (every %llds at most)", settings_.name.c_str(), why.c_str(), seconds(kMaxBackoff));
+      VB_LOG_WARN("%s: %s; retrying (every %s at most)", settings_.name.c_str(), why.c_str(),
+                  format_duration(kMaxBackoff).c_str());
       last_logged_failure_ = why;
     } else {
       VB_LOG_DEBUG("%s: %s", settings_.name.c_str(), why.c_str());
@@ -173,9 +171,9 @@ void SessionCore::lost(const std::string &why, std::chrono::milliseconds delay) 
     attempt_failed(why); // no connection to lose: the attempt failed
     return;
   }
-  VB_LOG_WARN("%s: %s lost (%s); %zu request(s) in flight will be resubmitted, new I/O is held for up to %llds",
+  VB_LOG_WARN("%s: %s lost (%s); %zu request(s) in flight will be resubmitted, new I/O is held for up to %s",
               settings_.name.c_str(), settings_.connection, why.c_str(), in_flight_.size(),
-              seconds(settings_.reconnect_timeout));
+              format_duration(settings_.reconnect_timeout).c_str());
   try {
     set_health(Backend::State::reconnecting, std::string(settings_.connection) + " lost: " + why);
   } catch (...) {
@@ -281,8 +279,7 @@ void SessionCore::on_tick() noexcept {
     const auto cutoff = now - settings_.request_timeout;
     for (const SessionJob *job : in_flight_)
       if (protocol_.overdue(*job, cutoff)) {
-        lost("a request got no reply within request-timeout (" + std::to_string(seconds(settings_.request_timeout)) +
-             "s)");
+        lost("a request got no reply within request-timeout (" + format_duration(settings_.request_timeout) + ")");
         return;
       }
   }
@@ -290,7 +287,7 @@ void SessionCore::on_tick() noexcept {
   // hold the session in "connecting" for ever. (An attempt carries no writes: giving up is safe.)
   if (state_ == State::connecting && now - attempt_started_ > settings_.attempt_timeout) {
     attempt_failed(std::string("the ") + settings_.peer + " did not complete the handshake within " +
-                   std::to_string(seconds(settings_.attempt_timeout)) + "s");
+                   format_duration(settings_.attempt_timeout));
     return;
   }
   // A drain (the connection is being replaced) is not an outage: it waits for requests, not the peer.
@@ -298,9 +295,10 @@ void SessionCore::on_tick() noexcept {
       now - down_since_ >= settings_.reconnect_timeout) {
     fail_fast_ = true;
     set_health(Backend::State::failing, "unreachable for longer than reconnect-timeout");
-    VB_LOG_ERROR("%s: the %s has been unreachable for %llds (reconnect-timeout): failing %zu held request(s) "
+    VB_LOG_ERROR("%s: the %s has been unreachable for %s (reconnect-timeout): failing %zu held request(s) "
                  "and new I/O with EIO until it is back",
-                 settings_.name.c_str(), settings_.peer, seconds(settings_.reconnect_timeout), held_.size());
+                 settings_.name.c_str(), settings_.peer, format_duration(settings_.reconnect_timeout).c_str(),
+                 held_.size());
     std::vector<SessionJob *> held;
     held.swap(held_);
     for (SessionJob *job : held)

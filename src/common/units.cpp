@@ -118,4 +118,16 @@ std::string format_size(std::uint64_t bytes) {
   return buf;
 }
 
+std::string format_duration(std::chrono::milliseconds d) {
+  const long long ms = static_cast<long long>(d.count());
+  if (ms == 0 || ms % 1000 != 0)
+    return std::to_string(ms) + "ms";
+  const long long s = ms / 1000;
+  if (s % 3600 == 0)
+    return std::to_string(s / 3600) + "h";
+  if (s % 60 == 0)
+    return std::to_string(s / 60) + "m";
+  return std::to_string(s) + "s";
+}
+
 } // namespace vb

@@ -33,4 +33,7 @@ Parsed<std::chrono::milliseconds> parse_duration(std::string_view text);
 // "1 GiB", "512 B", "1.5 MiB" for log lines.
 std::string format_size(std::uint64_t bytes);
 
+// "250ms", "30s", "2m", "1h": a duration as the configuration writes it (the largest exact unit).
+std::string format_duration(std::chrono::milliseconds d);
+
 } // namespace vb

@@ -63,3 +63,15 @@ TEST_CASE("format_size") {
   CHECK(vb::format_size(1ULL << 30) == "1 GiB");
   CHECK(vb::format_size(3ULL << 19) == "1.5 MiB");
 }
+
+TEST_CASE("format_duration writes the largest exact unit, and parses back to the same value") {
+  using std::chrono::milliseconds;
+  CHECK(vb::format_duration(milliseconds(0)) == "0ms");
+  CHECK(vb::format_duration(milliseconds(250)) == "250ms");
+  CHECK(vb::format_duration(milliseconds(1500)) == "1500ms");
+  CHECK(vb::format_duration(milliseconds(30000)) == "30s");
+  CHECK(vb::format_duration(milliseconds(120000)) == "2m");
+  CHECK(vb::format_duration(milliseconds(7200000)) == "2h");
+  for (long long ms : {1LL, 999LL, 1000LL, 61000LL, 3600000LL, 86400000LL})
+    CHECK(vb::parse_duration(vb::format_duration(milliseconds(ms))).value == milliseconds(ms));
+}
