@@ -776,8 +776,7 @@ void IscsiSession::service(int revents) noexcept {
   int rc = iscsi_service(ctx_, revents);
   // Commands queued meanwhile (new requests submitted from completions, retries): written now,
   // while the socket most likely has room, rather than after another trip through the loop.
-  if (rc >= 0 && !failure_ && (revents & POLLOUT) == 0 && core_.ready() &&
-      (iscsi_which_events(ctx_) & POLLOUT) != 0)
+  if (rc >= 0 && !failure_ && (revents & POLLOUT) == 0 && core_.ready() && (iscsi_which_events(ctx_) & POLLOUT) != 0)
     rc = iscsi_service(ctx_, POLLOUT);
   in_service_ = false;
   if (rc < 0 && !failure_)

@@ -123,7 +123,7 @@ private:
   JobPool<Job> jobs_;
   std::vector<std::unique_ptr<char[]>> bounce_pool_[10]; // 64 KiB .. 32 MiB, by power of two
   std::atomic<std::size_t> bounce_bytes_{0};             // allocated, in use or pooled (bounded)
-  SessionCore core_; // last: its timers go first
+  SessionCore core_;                                     // last: its timers go first
 };
 
 } // namespace vb

@@ -195,7 +195,8 @@ TEST_CASE("session core: past reconnect-timeout held jobs and new ones fail with
   REQUIRE(f.submit(0) == 0);
   f.protocol.connect_at_once = false;
   f.core->lost("test");
-  vb::test::run_until(f.loop, [&] { return !f.done(0).empty(); }, 3s);
+  vb::test::run_until(
+      f.loop, [&] { return !f.done(0).empty(); }, 3s);
   CHECK(f.done(0) == std::vector<int>{EIO});
   CHECK(f.health.worst() == vb::SessionHealth::State::failing);
   CHECK(f.submit(4096) == EIO);
@@ -211,7 +212,8 @@ TEST_CASE("session core: a request without an answer within request-timeout lose
   settings.request_timeout = 300ms;
   Fixture f(settings);
   REQUIRE(f.submit(0) == 0);
-  vb::test::run_until(f.loop, [&] { return f.core->reconnects() == 1; }, 3s);
+  vb::test::run_until(
+      f.loop, [&] { return f.core->reconnects() == 1; }, 3s);
   // Resent on the new connection (connect_at_once), not failed.
   vb::test::run_until(f.loop, [&] { return f.protocol.sent_order.size() == 2; });
   CHECK(f.done(0).empty());
@@ -228,7 +230,8 @@ TEST_CASE("session core: an attempt that never completes is abandoned, and failu
   f.core->lost("test");
   vb::test::run_until(f.loop, [&] { return f.protocol.attempts == 2; });
   CHECK(f.core->state() == SessionCore::State::connecting);
-  vb::test::run_until(f.loop, [&] { return f.core->state() == SessionCore::State::down; }, 3s);
+  vb::test::run_until(
+      f.loop, [&] { return f.core->state() == SessionCore::State::down; }, 3s);
   CHECK(f.core->backoff() == 200ms);
   for (auto expected : {400ms, 800ms, 1600ms, 3200ms, 5000ms, 5000ms}) {
     f.core->attempt_failed("test: refused by the test");
