@@ -31,7 +31,6 @@ constexpr std::size_t max_file_bytes = 1 << 20; // a config file is a few KiB; s
 
 using Position = ConfigPosition;
 using Value = ConfigValue;
-using Reporter = ConfigChecker;
 
 Position position_of(const YAML::Mark &mark) {
   if (mark.is_null())
@@ -40,19 +39,6 @@ Position position_of(const YAML::Mark &mark) {
 }
 
 Position position_of(const YAML::Node &node) { return position_of(node.Mark()); }
-
-std::string escaped(std::string_view text, std::size_t limit = std::string_view::npos) {
-  return config_escaped(text, limit);
-}
-std::string quoted(std::string_view text, char quote) { return config_quoted(text, quote); }
-std::string list(std::span<const std::string_view> names) { return config_list(names); }
-std::optional<std::string_view> near_miss(std::string_view name, std::span<const std::string_view> known) {
-  return config_near_miss(name, known);
-}
-
-Value missing_value(const std::string &path, std::string_view name, Position enclosing) {
-  return missing_config_value(path, name, enclosing);
-}
 
 // key_node is the node the value hangs from, for the position of an empty value (yaml-cpp puts
 // the mark of "key:" with nothing after it on the next token, often the next line).
@@ -168,7 +154,7 @@ private:
 
 class ShapeReader {
 public:
-  explicit ShapeReader(const Reporter &report) : report_(report) {}
+  explicit ShapeReader(const ConfigChecker &report) : report_(report) {}
 
   std::vector<RawDevice> document(const std::string &text) const {
     YAML::Node top;
@@ -176,7 +162,7 @@ public:
       check_one_document(text);
       top = YAML::Load(text); // the first document only, now known to be the only one
     } catch (const YAML::Exception &e) {
-      report_.fail(position_of(e.mark), {}, "invalid YAML: " + escaped(e.msg));
+      report_.fail(position_of(e.mark), {}, "invalid YAML: " + config_escaped(e.msg));
     }
     if (top.IsNull())
       report_.fail({1, 1}, {}, "expected a map with the key 'devices', got an empty file");
@@ -186,7 +172,7 @@ public:
       report_.expected(whole, "a map with the key 'devices'");
     const std::vector<Entry> top_entries = entries(top, {}, "top-level", top_keys);
     if (top_entries.empty()) // "devices" is the only key entries() lets through
-      report_.expected(missing_value({}, "devices", position_of(top)), "a sequence of devices");
+      report_.expected(missing_config_value({}, "devices", position_of(top)), "a sequence of devices");
     const YAML::Node &sequence = top_entries.front().value;
     const Value list_value = value_of(sequence, top_entries.front().key, "devices", "devices");
     if (list_value.kind != Value::Kind::sequence)
@@ -228,11 +214,11 @@ private:
       const Position at = position_of(key);
       if (!known.empty() && std::find(known.begin(), known.end(), name) == known.end()) {
         std::string hint;
-        if (auto k = near_miss(name, known))
+        if (auto k = config_near_miss(name, known))
           hint = " (did you mean '" + std::string(*k) + "'?)";
         report_.fail(at, config_join(path, name),
-                     "expected a " + std::string(kind) + " key (" + list(known) + "), got " + quoted(name, '\'') +
-                         hint);
+                     "expected a " + std::string(kind) + " key (" + config_list(known) + "), got " +
+                         config_quoted(name, '\'') + hint);
       }
       if (auto [seen, inserted] = first_line.emplace(name, at.line); !inserted)
         report_.fail(at, config_join(path, name),
@@ -251,8 +237,8 @@ private:
     if (self.kind != Value::Kind::map)
       report_.expected(self, "a map of device keys (name, backend, ...)");
     for (const auto &k : device_scalar_keys)
-      raw.*k.field = missing_value(path, k.name, raw.at);
-    raw.backend.self = missing_value(path, "backend", raw.at);
+      raw.*k.field = missing_config_value(path, k.name, raw.at);
+    raw.backend.self = missing_config_value(path, "backend", raw.at);
     for (const auto &entry : entries(node, path, "device", device_keys)) {
       if (entry.name == "backend") {
         raw.backend = backend(entry, path);
@@ -271,7 +257,7 @@ private:
     raw.self = value_of(entry.value, entry.key, "backend", path);
     if (raw.self.kind != Value::Kind::map)
       report_.expected(raw.self, "a map with the key 'type'");
-    raw.type = missing_value(path, "type", raw.self.at);
+    raw.type = missing_config_value(path, "type", raw.self.at);
     // Which other keys are allowed depends on the type, so step two checks them.
     for (const auto &option : entries(entry.value, path, "backend", {})) {
       Value v = value_of(option.value, option.key, option.name, config_join(path, option.name));
@@ -286,7 +272,7 @@ private:
     return raw;
   }
 
-  const Reporter &report_;
+  const ConfigChecker &report_;
 };
 
 // ---- Step two: the values -----------------------------------------------------------------
@@ -298,7 +284,7 @@ bool is_name_char(char c) {
 
 class Validator {
 public:
-  explicit Validator(const Reporter &report) : report_(report) {}
+  explicit Validator(const ConfigChecker &report) : report_(report) {}
 
   Config config(const std::vector<RawDevice> &raw_devices, const std::string &source) const {
     Config config;
@@ -314,16 +300,7 @@ public:
     return config;
   }
 
-  const Reporter &report() const { return report_; }
-
-  const std::string &scalar(const Value &v, const std::string &what) const { return report_.scalar(v, what); }
-  unsigned count(const Value &v, unsigned min, unsigned max) const { return report_.count(v, min, max); }
-  unsigned power_of_two(const Value &v, unsigned min, unsigned max) const { return report_.power_of_two(v, min, max); }
-  bool boolean(const Value &v) const { return report_.boolean(v); }
-  template <typename E, std::size_t N>
-  E choice(const Value &v, const std::array<std::pair<std::string_view, E>, N> &choices) const {
-    return report_.choice(v, choices);
-  }
+  const ConfigChecker &report() const { return report_; }
 
 private:
   DeviceConfig device(const RawDevice &raw) const {
@@ -331,13 +308,13 @@ private:
     d.line = raw.at.line;
     d.name = name(raw.name);
     if (raw.queues.present())
-      d.queues = count(raw.queues, 1, max_queues);
+      d.queues = report_.count(raw.queues, 1, max_queues);
     if (raw.queue_size.present())
-      d.queue_size = power_of_two(raw.queue_size, 2, max_queue_size);
+      d.queue_size = report_.power_of_two(raw.queue_size, 2, max_queue_size);
     if (raw.logical_block_size.present())
-      d.logical_block_size = power_of_two(raw.logical_block_size, 512, 4096);
+      d.logical_block_size = report_.power_of_two(raw.logical_block_size, 512, 4096);
     if (raw.read_only.present())
-      d.read_only = boolean(raw.read_only);
+      d.read_only = report_.boolean(raw.read_only);
     d.serial = raw.serial.present() ? serial(raw.serial) : d.name.substr(0, max_serial_bytes);
     if (raw.attach.present()) {
       static constexpr std::array<std::pair<std::string_view, DeviceConfig::Attach>, 3> attaches{{
@@ -345,13 +322,13 @@ private:
           {"vhost-vdpa", DeviceConfig::Attach::vhost_vdpa},
           {"none", DeviceConfig::Attach::none},
       }};
-      d.attach = choice(raw.attach, attaches);
+      d.attach = report_.choice(raw.attach, attaches);
     }
     if (raw.control_timeout.present()) {
       const auto parsed =
-          parse_duration(scalar(raw.control_timeout, "a duration such as 30s or 5m, or 0 (wait forever)"));
+          parse_duration(report_.scalar(raw.control_timeout, "a duration such as 30s or 5m, or 0 (wait forever)"));
       if (!parsed)
-        report_.fail(raw.control_timeout.at, raw.control_timeout.key, "expected " + escaped(parsed.error));
+        report_.fail(raw.control_timeout.at, raw.control_timeout.key, "expected " + config_escaped(parsed.error));
       d.control_timeout = std::chrono::duration_cast<std::chrono::seconds>(*parsed.value);
       if (parsed.value->count() > 0 && d.control_timeout.count() == 0)
         report_.expected(raw.control_timeout, "whole seconds (the kernel counts msg_timeout in seconds), or 0");
@@ -363,7 +340,7 @@ private:
 
   std::string name(const Value &v) const {
     const std::string what = "a name of 1 to " + std::to_string(max_name_bytes) + " letters, digits, '_' or '-'";
-    const std::string &text = scalar(v, what);
+    const std::string &text = report_.scalar(v, what);
     if (text.empty() || text.size() > max_name_bytes)
       report_.expected(v, what);
     for (char c : text)
@@ -375,7 +352,7 @@ private:
   // Printable ASCII so that it shows as is in sysfs (/sys/block/vdX/serial) and in logs.
   std::string serial(const Value &v) const {
     const std::string what = "at most " + std::to_string(max_serial_bytes) + " bytes of printable ASCII";
-    const std::string &text = scalar(v, what);
+    const std::string &text = report_.scalar(v, what);
     if (text.size() > max_serial_bytes)
       report_.expected(v, what, text.size() > config_shown_bytes ? "" : " (" + std::to_string(text.size()) + " bytes)");
     for (unsigned char c : text)
@@ -386,7 +363,7 @@ private:
 
   BackendConfig backend(const RawBackend &raw, const DeviceConfig &device) const;
 
-  const Reporter &report_;
+  const ConfigChecker &report_;
 };
 
 BackendConfig Validator::backend(const RawBackend &raw, const DeviceConfig &device) const {
@@ -396,8 +373,8 @@ BackendConfig Validator::backend(const RawBackend &raw, const DeviceConfig &devi
   std::vector<std::string_view> types;
   for (const BackendModule *m : backend_modules())
     types.push_back(m->type);
-  const std::string what = "a backend type (" + list(types) + ")";
-  const std::string &type = scalar(raw.type, what);
+  const std::string what = "a backend type (" + config_list(types) + ")";
+  const std::string &type = report_.scalar(raw.type, what);
   const BackendModule *module = find_backend_module(type);
   if (!module)
     report_.expected(raw.type, what);
@@ -439,7 +416,7 @@ std::string read_file(const std::string &path) {
 } // namespace
 
 Config parse_config(const std::string &text, const std::string &source_name) {
-  const Reporter report(source_name);
+  const ConfigChecker report(source_name);
   return Validator(report).config(ShapeReader(report).document(text), source_name);
 }
 
