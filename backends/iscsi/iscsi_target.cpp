@@ -4,6 +4,7 @@
 #include "common/errors.h"
 #include "common/log.h"
 #include "common/secret_file.h"
+#include "common/small_file.h"
 
 #include <algorithm>
 #include <array>
@@ -194,27 +195,10 @@ std::string default_initiator_name() {
 std::string read_secret_file(const std::string &path, const std::string &key) {
   const std::string what = "the " + key + " file " + path;
   check_secret_file(path, key);
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY);
-  if (fd < 0)
-    throw std::runtime_error(errno_message("cannot open " + what, errno));
-  std::string text;
-  std::array<char, 1024> buf{};
-  for (;;) {
-    const ssize_t n = ::read(fd, buf.data(), buf.size());
-    if (n < 0 && errno == EINTR)
-      continue;
-    if (n < 0) {
-      const int err = errno;
-      ::close(fd);
-      throw std::runtime_error(errno_message("cannot read " + what, err));
-    }
-    if (n == 0)
-      break;
-    text.append(buf.data(), static_cast<std::size_t>(n));
-    if (text.size() > kMaxSecretBytes + 2)
-      break;
-  }
-  ::close(fd);
+  SmallFile f = read_small_file(path, kMaxSecretBytes + 2, O_NOCTTY); // + a line end
+  if (f.error != 0)
+    throw std::runtime_error(errno_message(std::string("cannot ") + f.failed + " " + what, f.error));
+  std::string &text = f.text;
   if (text.ends_with("\r\n"))
     text.resize(text.size() - 2);
   else if (text.ends_with('\n'))

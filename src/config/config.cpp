@@ -2,6 +2,7 @@
 #include "common/text.h"
 
 #include "common/errors.h"
+#include "common/small_file.h"
 #include "common/units.h"
 
 #include <algorithm>
@@ -387,30 +388,12 @@ BackendConfig Validator::backend(const RawBackend &raw, const DeviceConfig &devi
 }
 
 std::string read_file(const std::string &path) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0)
-    throw ConfigError(path, 0, 0, {}, errno_message("cannot open", errno));
-  std::string text;
-  std::array<char, 16384> buf{};
-  for (;;) {
-    const ssize_t n = ::read(fd, buf.data(), buf.size());
-    if (n < 0 && errno == EINTR)
-      continue;
-    if (n < 0) {
-      const int err = errno;
-      ::close(fd);
-      throw ConfigError(path, 0, 0, {}, errno_message("cannot read", err));
-    }
-    if (n == 0)
-      break;
-    text.append(buf.data(), static_cast<std::size_t>(n));
-    if (text.size() > max_file_bytes) {
-      ::close(fd);
-      throw ConfigError(path, 0, 0, {}, "expected a configuration file of at most 1 MiB, got more");
-    }
-  }
-  ::close(fd);
-  return text;
+  SmallFile f = read_small_file(path, max_file_bytes);
+  if (f.error != 0)
+    throw ConfigError(path, 0, 0, {}, errno_message(std::string("cannot ") + f.failed, f.error));
+  if (f.too_large(max_file_bytes))
+    throw ConfigError(path, 0, 0, {}, "expected a configuration file of at most 1 MiB, got more");
+  return std::move(f.text);
 }
 
 } // namespace
