@@ -275,6 +275,20 @@ void BlockExport::open_state(std::uint64_t features) {
   }
 }
 
+namespace {
+
+// Where the driver put a queue's rings (the size was checked against the configuration first).
+virtio::RingLayout ring_layout_of(const vduse::VqInfo &info) {
+  virtio::RingLayout layout;
+  layout.desc = info.desc;
+  layout.avail = info.driver;
+  layout.used = info.device;
+  layout.num = static_cast<std::uint16_t>(info.num);
+  return layout;
+}
+
+} // namespace
+
 void BlockExport::resume_queues() noexcept {
   if (broken_)
     return;
@@ -286,12 +300,7 @@ void BlockExport::resume_queues() noexcept {
       const vduse::VqInfo info = device_->vq_info(i);
       if (!info.ready || info.num == 0 || info.num > config_.queue_size)
         continue;
-      virtio::RingLayout layout;
-      layout.desc = info.desc;
-      layout.avail = info.driver;
-      layout.used = info.device;
-      layout.num = static_cast<std::uint16_t>(info.num);
-      if (queues_[i]->resume_sync(layout, event_idx, info.avail_index, log_trusted_))
+      if (queues_[i]->resume_sync(ring_layout_of(info), event_idx, info.avail_index, log_trusted_))
         ++resumed;
     }
     if (resumed > 0) {
@@ -487,17 +496,12 @@ void BlockExport::start_queues() noexcept {
       const vduse::VqInfo info = device_->vq_info(i);
       if (!info.ready)
         continue;
-      virtio::RingLayout layout;
-      layout.desc = info.desc;
-      layout.avail = info.driver;
-      layout.used = info.device;
-      layout.num = static_cast<std::uint16_t>(info.num);
       if (info.num == 0 || info.num > config_.queue_size) {
         VB_LOG_ERROR("%s: queue %u has an invalid size %u", config_.name.c_str(), i, info.num);
         continue;
       }
       // A fresh queue starts where the driver's state says (0, or what a VMM restored).
-      queues_[i]->start_sync(layout, info.avail_index, event_idx);
+      queues_[i]->start_sync(ring_layout_of(info), info.avail_index, event_idx);
     }
     queues_running_ = true;
     VB_LOG_DEBUG("%s: driver ready, features 0x%llx", config_.name.c_str(), static_cast<unsigned long long>(features));

@@ -27,11 +27,10 @@ bool total_length(const iovec *iov, unsigned n, std::uint64_t &total) noexcept {
   return true;
 }
 
-// Copies len bytes from byte position pos of the buffers iov[0, n) into dst, each byte read
-// once, so that dst can be checked without the driver changing it underneath. False if the
-// buffers hold fewer bytes.
-bool gather(const iovec *iov, unsigned n, std::uint64_t pos, void *dst, std::uint64_t len) noexcept {
-  auto *out = static_cast<std::uint8_t *>(dst);
+// Calls piece(base, length) for each non-empty piece of bytes [pos, pos + len) of the buffers
+// iov[0, n), in order. Returns how many of the len bytes the buffers did not hold.
+template <typename Piece>
+std::uint64_t for_each_piece(const iovec *iov, unsigned n, std::uint64_t pos, std::uint64_t len, Piece piece) {
   for (unsigned i = 0; i < n && len > 0; ++i) {
     const std::uint64_t l = iov[i].iov_len;
     if (pos >= l) {
@@ -39,12 +38,22 @@ bool gather(const iovec *iov, unsigned n, std::uint64_t pos, void *dst, std::uin
       continue;
     }
     const std::uint64_t take = std::min(l - pos, len);
-    std::memcpy(out, base_of(iov[i]) + pos, take);
-    out += take;
+    piece(base_of(iov[i]) + pos, take);
     len -= take;
     pos = 0;
   }
-  return len == 0;
+  return len;
+}
+
+// Copies len bytes from byte position pos of the buffers iov[0, n) into dst, each byte read
+// once, so that dst can be checked without the driver changing it underneath. False if the
+// buffers hold fewer bytes.
+bool gather(const iovec *iov, unsigned n, std::uint64_t pos, void *dst, std::uint64_t len) noexcept {
+  auto *out = static_cast<std::uint8_t *>(dst);
+  return for_each_piece(iov, n, pos, len, [&out](std::uint8_t *base, std::uint64_t take) {
+           std::memcpy(out, base, take);
+           out += take;
+         }) == 0;
 }
 
 // Copies len bytes from src to byte position 0 of the buffers iov[0, n), as far as they go.
@@ -64,17 +73,7 @@ void scatter(const iovec *iov, unsigned n, const void *src, std::uint64_t len) n
 // Returns the number of iovecs written: at most n.
 int slice(const iovec *iov, unsigned n, std::uint64_t pos, std::uint64_t len, iovec *out) noexcept {
   int count = 0;
-  for (unsigned i = 0; i < n && len > 0; ++i) {
-    const std::uint64_t l = iov[i].iov_len;
-    if (pos >= l) {
-      pos -= l;
-      continue;
-    }
-    const std::uint64_t take = std::min(l - pos, len);
-    out[count++] = iovec{base_of(iov[i]) + pos, take};
-    len -= take;
-    pos = 0;
-  }
+  for_each_piece(iov, n, pos, len, [&](std::uint8_t *base, std::uint64_t take) { out[count++] = iovec{base, take}; });
   return count;
 }
 
