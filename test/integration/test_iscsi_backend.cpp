@@ -72,6 +72,22 @@ vb::Request rw(vb::Op op, std::uint64_t offset, std::vector<char> &buf, iovec &i
   return {op, offset, buf.size(), &iov, 1};
 }
 
+// Reads at offset 0 into in, again every 100 ms (at most 100 times) while new I/O fails at once
+// because no session is up yet; whether a read succeeded.
+bool read_when_back(vb::EventLoop &loop, vb::BackendQueue &q, std::vector<char> &in, iovec &iov) {
+  bool back = false;
+  for (int attempt = 0; attempt < 100 && !back; ++attempt) {
+    Result r;
+    if (q.submit(rw(vb::Op::read, 0, in, iov), &Result::on_done, &r) == 0) {
+      run_until(loop, [&] { return r.calls > 0; });
+      back = r.error == 0;
+    }
+    if (!back)
+      run_for(loop, 100ms);
+  }
+  return back;
+}
+
 vb::IscsiOptions options_for(const std::string &uri) {
   vb::IscsiOptions o;
   o.uri = uri;
@@ -817,16 +833,7 @@ TEST_CASE("iscsi: a deleted target: I/O is held, fails with EIO after reconnect-
 
   d.tgt.create_target();
   // New I/O fails at once until a session is up again (within the 5 s backoff), then works.
-  bool recovered = false;
-  for (int attempt = 0; attempt < 100 && !recovered; ++attempt) {
-    Result back;
-    if (d.q->submit(rw(vb::Op::read, 0, in, rv), &Result::on_done, &back) == 0) {
-      run_until(d.loop, [&] { return back.calls > 0; });
-      recovered = back.error == 0;
-    }
-    if (!recovered)
-      run_for(d.loop, 100ms);
-  }
+  const bool recovered = read_when_back(d.loop, *d.q, in, rv);
   CHECK(recovered);
   CHECK(in == buf);
 }
@@ -1109,16 +1116,7 @@ TEST_CASE("iscsi: after a fence, requests held for a new session or lost with th
   proxy.release();
   std::vector<char> in(4096);
   iovec iv{};
-  bool read_back = false;
-  for (int attempt = 0; attempt < 100 && !read_back; ++attempt) {
-    Result r;
-    if (client.q->submit(rw(vb::Op::read, 0, in, iv), &Result::on_done, &r) == 0) {
-      run_until(client.loop, [&] { return r.calls > 0; });
-      read_back = r.error == 0;
-    }
-    if (!read_back)
-      run_for(client.loop, 100ms);
-  }
+  const bool read_back = read_when_back(client.loop, *client.q, in, iv);
   REQUIRE(read_back);
   run_for(client.loop, 300ms);
   CHECK(stored(tgt.backing_file(1), 0, 4096) == a);

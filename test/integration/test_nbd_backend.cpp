@@ -71,6 +71,23 @@ private:
   }
 };
 
+// dir's disk.img for the file plugin: size bytes, sparse (reading as zeros).
+std::string sparse_image(const TempDir &dir, std::uintmax_t size) {
+  const std::string image = dir.file("disk.img");
+  std::ofstream(image).close();
+  std::filesystem::resize_file(image, size);
+  return image;
+}
+
+// dir's disk.img for the file plugin: size bytes, each of them fill.
+std::string filled_image(const TempDir &dir, std::size_t size, char fill) {
+  const std::string image = dir.file("disk.img");
+  std::ofstream f(image);
+  const std::string data(size, fill);
+  f.write(data.data(), static_cast<std::streamsize>(data.size()));
+  return image;
+}
+
 // nbdkit again on the socket of one that is gone: the stale socket file removed, then started.
 std::unique_ptr<NbdkitServer> serve_again(const TempDir &dir, const std::string &socket,
                                           const std::vector<std::string> &plugin,
@@ -308,9 +325,7 @@ TEST_CASE("nbd: a server that dies and comes back: in-flight and held I/O comple
   if (!have_nbdkit())
     VB_SKIP("nbdkit not installed");
   TempDir dir;
-  const std::string image = dir.file("disk.img");
-  std::ofstream(image).close();
-  std::filesystem::resize_file(image, 4 << 20);
+  const std::string image = sparse_image(dir, 4 << 20);
   NbdDisk d(dir, {"file", image});
   const std::string socket = d.server->socket();
   std::vector<char> buf(4096, 'r'), in(4096);
@@ -340,12 +355,7 @@ TEST_CASE("nbd: requests in flight when the server is killed are resubmitted, no
   if (!have_nbdkit())
     VB_SKIP("nbdkit not installed");
   TempDir dir;
-  const std::string image = dir.file("disk.img");
-  {
-    std::ofstream f(image);
-    std::vector<char> data(1 << 20, 'k');
-    f.write(data.data(), static_cast<std::streamsize>(data.size()));
-  }
+  const std::string image = filled_image(dir, 1 << 20, 'k');
   // Slow reads keep requests in flight long enough to kill the server under them.
   NbdDisk d(dir, {"file", image, "delay-read=2"}, {"--filter=delay"});
   const std::string socket = d.server->socket();
@@ -405,9 +415,7 @@ TEST_CASE("nbd: a grown or shrunk export is found by the size poll and reported"
   if (!have_nbdkit())
     VB_SKIP("nbdkit not installed");
   TempDir dir;
-  const std::string image = dir.file("disk.img");
-  std::ofstream(image).close();
-  std::filesystem::resize_file(image, 4 << 20);
+  const std::string image = sparse_image(dir, 4 << 20);
   // Declared before the backend that reports to them, so they outlive it.
   std::atomic<std::uint64_t> reported{0};
   std::atomic<int> reports{0};
@@ -437,9 +445,7 @@ TEST_CASE("nbd: a server back with another size is a resize, back as another exp
   if (!have_nbdkit())
     VB_SKIP("nbdkit not installed");
   TempDir dir;
-  const std::string image = dir.file("disk.img");
-  std::ofstream(image).close();
-  std::filesystem::resize_file(image, 4 << 20);
+  const std::string image = sparse_image(dir, 4 << 20);
   std::atomic<std::uint64_t> reported{0}; // outlives the backend that reports to it
   NbdDisk d(
       dir, {"file", image}, {},
@@ -477,12 +483,7 @@ TEST_CASE("nbd: a server that stops answering is given up on, also mid-handshake
   if (!have_nbdkit())
     VB_SKIP("nbdkit not installed");
   TempDir dir;
-  const std::string image = dir.file("disk.img");
-  {
-    std::ofstream f(image);
-    std::vector<char> data(1 << 20, 's');
-    f.write(data.data(), static_cast<std::streamsize>(data.size()));
-  }
+  const std::string image = filled_image(dir, 1 << 20, 's');
   NbdDisk d(dir, {"file", image}, {}, [](vb::NbdOptions &o) {
     o.request_timeout = 1s;
     o.resize_poll_interval = 0ms;
@@ -527,12 +528,7 @@ TEST_CASE("nbd: after a fence, writes held for a reconnect or lost on the wire n
   if (!have_nbdkit())
     VB_SKIP("nbdkit not installed");
   TempDir dir;
-  const std::string image = dir.file("disk.img");
-  {
-    std::ofstream f(image);
-    std::string data(1 << 20, 'o');
-    f.write(data.data(), static_cast<std::streamsize>(data.size()));
-  }
+  const std::string image = filled_image(dir, 1 << 20, 'o');
   // Slow writes keep one on the wire long enough to kill the server under it.
   const std::vector<std::string> plugin{"file", image, "delay-write=2"};
   const std::vector<std::string> filter{"--filter=delay"};
