@@ -6,6 +6,7 @@
 // tgtd never raises it), a target that stops answering (request-timeout), several queues, and
 // discovery.
 #include "backend_events.h"
+#include "backend_fixture.h"
 #include "common/log.h"
 #include "event/event_loop.h"
 #include "iscsi/iscsi_backend.h"
@@ -26,6 +27,7 @@
 #include <fcntl.h>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <netinet/in.h>
@@ -54,6 +56,7 @@ const bool debug_logging = [] {
 bool have_tgtd() { return vb::test::find_program("tgtd") && vb::test::find_program("tgtadm"); }
 constexpr const char *kNoTgtd = "tgtd/tgtadm not installed (package tgt; scripts/install-deps installs it)";
 
+using vb::test::run;
 using vb::test::run_until;
 
 void run_for(vb::EventLoop &loop, std::chrono::milliseconds duration) {
@@ -64,19 +67,25 @@ void run_for(vb::EventLoop &loop, std::chrono::milliseconds duration) {
     loop.run_once(true);
 }
 
-int run(vb::EventLoop &loop, vb::BackendQueue &q, const vb::Request &req) {
-  Result r;
-  const int rc = q.submit(req, &Result::on_done, &r);
-  if (rc != 0)
-    return rc; // the same errno the completion would have given
-  run_until(loop, [&] { return r.calls > 0; });
-  CHECK(r.calls == 1);
-  return r.error;
-}
-
 vb::Request rw(vb::Op op, std::uint64_t offset, std::vector<char> &buf, iovec &iov) {
   iov = {buf.data(), buf.size()};
   return {op, offset, buf.size(), &iov, 1};
+}
+
+// Reads at offset 0 into in, again every 100 ms (at most 100 times) while new I/O fails at once
+// because no session is up yet; whether a read succeeded.
+bool read_when_back(vb::EventLoop &loop, vb::BackendQueue &q, std::vector<char> &in, iovec &iov) {
+  bool back = false;
+  for (int attempt = 0; attempt < 100 && !back; ++attempt) {
+    Result r;
+    if (q.submit(rw(vb::Op::read, 0, in, iov), &Result::on_done, &r) == 0) {
+      run_until(loop, [&] { return r.calls > 0; });
+      back = r.error == 0;
+    }
+    if (!back)
+      run_for(loop, 100ms);
+  }
+  return back;
 }
 
 vb::IscsiOptions options_for(const std::string &uri) {
@@ -87,6 +96,40 @@ vb::IscsiOptions options_for(const std::string &uri) {
   o.request_timeout = 10s;
   return o;
 }
+
+// LUN 1 as tgtd serves it: a backing file of size bytes, its block size, tgtadm --params.
+struct LunSpec {
+  LunSpec(std::uint64_t bytes, unsigned block = 512, std::string tgtadm_params = {})
+      : size(bytes), block_size(block), params(std::move(tgtadm_params)) {}
+  std::uint64_t size;
+  unsigned block_size;
+  std::string params;
+};
+
+// tgtd in a directory of its own, serving LUN 1.
+struct TgtdLun {
+  explicit TgtdLun(const LunSpec &lun) { tgt.add_lun(1, lun.size, lun.block_size, lun.params); }
+  TempDir dir;
+  TgtdServer tgt{dir};
+};
+
+// TgtdLun (a base: started first, stopped last), then an IscsiBackend on LUN 1 (options_for its
+// URI, then adjust), opened, with an event loop and queue 0 (see OpenedBackend; on_resize is set
+// before queue 0 opens).
+struct IscsiDisk : TgtdLun, vb::test::OpenedBackend<vb::IscsiBackend> {
+  using Adjust = std::function<void(vb::IscsiOptions &)>;
+  explicit IscsiDisk(const LunSpec &lun, const Adjust &adjust = {},
+                     vb::RecordingBackendEvents::ResizeHandler on_resize = {})
+      : TgtdLun(lun), OpenedBackend(options(tgt, adjust), std::move(on_resize)) {}
+
+private:
+  static vb::IscsiOptions options(const TgtdServer &server, const Adjust &adjust) {
+    auto o = options_for(server.uri(1));
+    if (adjust)
+      adjust(o);
+    return o;
+  }
+};
 
 std::vector<char> pattern(std::size_t size, unsigned seed) {
   std::vector<char> v(size);
@@ -134,12 +177,8 @@ void write_file(const std::string &path, const std::string &text) {
 // Every operation on a thin-provisioned LUN with the given block size, each checked by reading
 // back through the backend and, for writes, in the backing file.
 void every_operation(unsigned block_size) {
-  TempDir dir;
-  TgtdServer tgt(dir);
-  tgt.add_lun(1, 16 << 20, block_size, "thin_provisioning=1");
-  vb::IscsiBackend backend(options_for(tgt.uri(1)));
-  backend.open(vb::test::new_events(backend));
-  const auto &caps = backend.capabilities();
+  IscsiDisk d({16 << 20, block_size, "thin_provisioning=1"});
+  const auto &caps = d.backend.capabilities(); // constant from open() on: queue 0 changes nothing
   CHECK(caps.size == 16 << 20);
   CHECK(caps.logical_block_size == block_size);
   CHECK(caps.physical_block_size >= block_size);
@@ -149,10 +188,8 @@ void every_operation(unsigned block_size) {
   CHECK(caps.can_write_zeroes);
   CHECK(caps.can_zero_unmap);
   CHECK(caps.identity.rfind("naa.", 0) == 0);
-  CHECK_FALSE(backend.lun().identity.empty());
+  CHECK_FALSE(d.backend.lun().identity.empty());
 
-  vb::EventLoop loop;
-  auto q = backend.open_queue(loop, 0);
   const std::uint64_t base = 1 << 20;
   // Scattered buffers, one of them not a whole block.
   std::vector<char> out = pattern(12 * block_size, block_size);
@@ -160,48 +197,48 @@ void every_operation(unsigned block_size) {
                  {out.data() + block_size + 512, 3 * block_size - 512},
                  {out.data() + 4 * block_size, 8 * block_size}};
   vb::Request w{vb::Op::write, base, out.size(), wv, 3};
-  CHECK(run(loop, *q, w) == 0);
-  CHECK(stored(tgt.backing_file(1), base, out.size()) == out);
+  CHECK(d.run(w) == 0);
+  CHECK(stored(d.tgt.backing_file(1), base, out.size()) == out);
   std::vector<char> in(out.size());
   iovec rv{};
-  CHECK(run(loop, *q, rw(vb::Op::read, base, in, rv)) == 0);
+  CHECK(d.run(rw(vb::Op::read, base, in, rv)) == 0);
   CHECK(in == out);
 
   // A plain write, then flush.
   std::vector<char> more = pattern(4 * block_size, 99);
   iovec mv{};
-  CHECK(run(loop, *q, rw(vb::Op::write, base + 16 * block_size, more, mv)) == 0);
-  CHECK(run(loop, *q, {vb::Op::flush, 0, 0, nullptr, 0}) == 0);
-  CHECK(stored(tgt.backing_file(1), base + 16 * block_size, more.size()) == more);
+  CHECK(d.run(rw(vb::Op::write, base + 16 * block_size, more, mv)) == 0);
+  CHECK(d.run({vb::Op::flush, 0, 0, nullptr, 0}) == 0);
+  CHECK(stored(d.tgt.backing_file(1), base + 16 * block_size, more.size()) == more);
 
   // Write zeroes without and with unmap, on parts of what was written.
   vb::Request z{vb::Op::write_zeroes, base, 2 * block_size, nullptr, 0};
   z.may_unmap = false;
-  CHECK(run(loop, *q, z) == 0);
+  CHECK(d.run(z) == 0);
   vb::Request zu{vb::Op::write_zeroes, base + 2 * block_size, 2 * block_size, nullptr, 0};
   zu.may_unmap = true;
-  CHECK(run(loop, *q, zu) == 0);
-  CHECK(run(loop, *q, rw(vb::Op::read, base, in, rv)) == 0);
+  CHECK(d.run(zu) == 0);
+  CHECK(d.run(rw(vb::Op::read, base, in, rv)) == 0);
   CHECK(all_zero(std::vector<char>(in.begin(), in.begin() + 4 * block_size)));
   CHECK(std::equal(in.begin() + 4 * block_size, in.end(), out.begin() + 4 * block_size));
 
   // Discard: tgtd punches a hole (LBPRZ: unmapped blocks read as zeros).
-  CHECK(run(loop, *q, {vb::Op::discard, base + 4 * block_size, 4 * block_size, nullptr, 0}) == 0);
-  CHECK(run(loop, *q, rw(vb::Op::read, base, in, rv)) == 0);
+  CHECK(d.run({vb::Op::discard, base + 4 * block_size, 4 * block_size, nullptr, 0}) == 0);
+  CHECK(d.run(rw(vb::Op::read, base, in, rv)) == 0);
   CHECK(all_zero(std::vector<char>(in.begin(), in.begin() + 8 * block_size)));
   CHECK(std::equal(in.begin() + 8 * block_size, in.end(), out.begin() + 8 * block_size));
-  CHECK(all_zero(stored(tgt.backing_file(1), base, 8 * block_size)));
+  CHECK(all_zero(stored(d.tgt.backing_file(1), base, 8 * block_size)));
 
   // Refused before anything is sent: out of range, not whole blocks.
   std::vector<char> one(block_size);
   iovec ov{};
-  CHECK(run(loop, *q, rw(vb::Op::read, (16 << 20) - block_size / 2, one, ov)) == EIO);
-  CHECK(run(loop, *q, rw(vb::Op::read, (16 << 20), one, ov)) == EIO);
+  CHECK(d.run(rw(vb::Op::read, (16 << 20) - block_size / 2, one, ov)) == EIO);
+  CHECK(d.run(rw(vb::Op::read, (16 << 20), one, ov)) == EIO);
   if (block_size > 512)
-    CHECK(run(loop, *q, rw(vb::Op::read, 512, one, ov)) == EINVAL);
+    CHECK(d.run(rw(vb::Op::read, 512, one, ov)) == EINVAL);
   // The last block and the first are reachable.
-  CHECK(run(loop, *q, rw(vb::Op::write, (16 << 20) - block_size, one, ov)) == 0);
-  CHECK(run(loop, *q, rw(vb::Op::read, 0, one, ov)) == 0);
+  CHECK(d.run(rw(vb::Op::write, (16 << 20) - block_size, one, ov)) == 0);
+  CHECK(d.run(rw(vb::Op::read, 0, one, ov)) == 0);
 }
 
 // What a backend reported through its resize handler (any thread).
@@ -497,6 +534,11 @@ private:
   std::thread thread_;
 };
 
+// tgt's LUN 1 through proxy.
+std::string through(const UnitAttentionProxy &proxy, const TgtdServer &tgt) {
+  return "iscsi://127.0.0.1:" + std::to_string(proxy.port()) + "/" + tgt.iqn() + "/1";
+}
+
 } // namespace
 
 TEST_CASE("iscsi: every operation on a 512-byte LUN, data read back") {
@@ -514,10 +556,8 @@ TEST_CASE("iscsi: every operation on a 4096-byte LUN, data read back") {
 TEST_CASE("iscsi: a LUN without thin provisioning offers neither discard nor write-zeroes") {
   if (!have_tgtd())
     VB_SKIP(kNoTgtd);
-  TempDir dir;
-  TgtdServer tgt(dir);
-  tgt.add_lun(1, 8 << 20);
-  vb::IscsiBackend backend(options_for(tgt.uri(1)));
+  TgtdLun lun(8 << 20);
+  vb::IscsiBackend backend(options_for(lun.tgt.uri(1)));
   backend.open(vb::test::new_events(backend));
   const auto &caps = backend.capabilities();
   CHECK(caps.size == 8 << 20);
@@ -531,29 +571,23 @@ TEST_CASE("iscsi: a LUN without thin provisioning offers neither discard nor wri
 TEST_CASE("iscsi: a read-only LUN is reported read-only and refuses writes") {
   if (!have_tgtd())
     VB_SKIP(kNoTgtd);
-  TempDir dir;
-  TgtdServer tgt(dir);
-  tgt.add_lun(1, 4 << 20, 512, "readonly=1");
-  vb::IscsiBackend backend(options_for(tgt.uri(1)));
-  backend.open(vb::test::new_events(backend));
-  CHECK(backend.capabilities().read_only);
-  vb::EventLoop loop;
-  auto q = backend.open_queue(loop, 0);
+  IscsiDisk d({4 << 20, 512, "readonly=1"});
+  CHECK(d.backend.capabilities().read_only); // constant from open() on: queue 0 changes nothing
   std::vector<char> buf(4096, 'w');
   iovec v{};
-  CHECK(run(loop, *q, rw(vb::Op::read, 0, buf, v)) == 0);
+  CHECK(d.run(rw(vb::Op::read, 0, buf, v)) == 0);
   CHECK(all_zero(buf));
   std::fill(buf.begin(), buf.end(), 'w');
-  CHECK(run(loop, *q, rw(vb::Op::write, 0, buf, v)) == EROFS); // DATA PROTECT from the target
-  CHECK(all_zero(stored(tgt.backing_file(1), 0, 4096)));
+  CHECK(d.run(rw(vb::Op::write, 0, buf, v)) == EROFS); // DATA PROTECT from the target
+  CHECK(all_zero(stored(d.tgt.backing_file(1), 0, 4096)));
 }
 
 TEST_CASE("iscsi: CHAP one-way and mutual, and a wrong password or file fails with a clear message") {
   if (!have_tgtd())
     VB_SKIP(kNoTgtd);
-  TempDir dir;
-  TgtdServer tgt(dir);
-  tgt.add_lun(1, 4 << 20);
+  TgtdLun lun(4 << 20);
+  TempDir &dir = lun.dir;
+  TgtdServer &tgt = lun.tgt;
   tgt.add_account("vbuser", "initiator-secret1");
   tgt.add_account("vbtarget", "target-secret-22", true);
   const std::string good = dir.file("chap.secret");
@@ -572,18 +606,15 @@ TEST_CASE("iscsi: CHAP one-way and mutual, and a wrong password or file fails wi
   o.chap_username = "vbuser";
   o.chap_password_file = good;
   {
-    vb::IscsiBackend backend(o);
-    backend.open(vb::test::new_events(backend));
-    vb::EventLoop loop;
-    auto q = backend.open_queue(loop, 0);
+    vb::test::OpenedBackend<vb::IscsiBackend> client(o);
     std::vector<char> buf = pattern(4096, 5), in(4096);
     iovec wv{}, rv{};
-    CHECK(run(loop, *q, rw(vb::Op::write, 8192, buf, wv)) == 0);
-    CHECK(run(loop, *q, rw(vb::Op::read, 8192, in, rv)) == 0);
+    CHECK(client.run(rw(vb::Op::write, 8192, buf, wv)) == 0);
+    CHECK(client.run(rw(vb::Op::read, 8192, in, rv)) == 0);
     CHECK(in == buf);
     // Another queue logs in on its own, with the password read again.
-    auto q1 = backend.open_queue(loop, 1);
-    CHECK(run(loop, *q1, rw(vb::Op::read, 8192, in, rv)) == 0);
+    auto q1 = client.backend.open_queue(client.loop, 1);
+    CHECK(run(client.loop, *q1, rw(vb::Op::read, 8192, in, rv)) == 0);
     CHECK(in == buf);
   }
   {
@@ -655,22 +686,16 @@ TEST_CASE("iscsi: URIs with credentials or without a LUN are refused with an exp
 TEST_CASE("iscsi: a UNIT ATTENTION (a LUN reset by another initiator) is retried and the request succeeds") {
   if (!have_tgtd())
     VB_SKIP(kNoTgtd);
-  TempDir dir;
-  TgtdServer tgt(dir);
-  tgt.add_lun(1, 4 << 20);
-  vb::IscsiBackend backend(options_for(tgt.uri(1)));
-  backend.open(vb::test::new_events(backend));
-  vb::EventLoop loop;
-  auto q = backend.open_queue(loop, 0);
-  auto *session = dynamic_cast<vb::IscsiSession *>(q.get());
+  IscsiDisk d(4 << 20);
+  auto *session = dynamic_cast<vb::IscsiSession *>(d.q.get());
   REQUIRE(session);
   std::vector<char> buf = pattern(8192, 12), in(8192);
   iovec wv{}, rv{};
-  CHECK(run(loop, *q, rw(vb::Op::write, 4096, buf, wv)) == 0);
+  CHECK(d.run(rw(vb::Op::write, 4096, buf, wv)) == 0);
   CHECK(session->retries() == 0);
   {
     // Another initiator resets the LUN: tgtd reports it to every other session.
-    auto o = options_for(tgt.uri(1));
+    auto o = options_for(d.tgt.uri(1));
     o.initiator_name = "iqn.2026-11.org.vduse-bridge.test:other";
     const auto uri = vb::parse_iscsi_uri(o.uri);
     iscsi_context *other = vb::make_iscsi_context(o, uri);
@@ -679,7 +704,7 @@ TEST_CASE("iscsi: a UNIT ATTENTION (a LUN reset by another initiator) is retried
     iscsi_logout_sync(other);
     iscsi_destroy_context(other);
   }
-  CHECK(run(loop, *q, rw(vb::Op::read, 4096, in, rv)) == 0);
+  CHECK(d.run(rw(vb::Op::read, 4096, in, rv)) == 0);
   CHECK(in == buf);
   CHECK(session->retries() >= 1);
   CHECK(session->reconnects() == 0);
@@ -688,49 +713,33 @@ TEST_CASE("iscsi: a UNIT ATTENTION (a LUN reset by another initiator) is retried
 TEST_CASE("iscsi: header digests (crc32c) are negotiated and used") {
   if (!have_tgtd())
     VB_SKIP(kNoTgtd);
-  TempDir dir;
-  TgtdServer tgt(dir);
-  tgt.add_lun(1, 4 << 20);
-  auto o = options_for(tgt.uri(1));
-  o.header_digest = vb::IscsiOptions::HeaderDigest::crc32c;
-  vb::IscsiBackend backend(o);
-  backend.open(vb::test::new_events(backend));
-  vb::EventLoop loop;
-  auto q = backend.open_queue(loop, 0);
+  IscsiDisk d(4 << 20, [](vb::IscsiOptions &o) { o.header_digest = vb::IscsiOptions::HeaderDigest::crc32c; });
   std::vector<char> buf = pattern(64 * 1024, 3), in(64 * 1024);
   iovec wv{}, rv{};
-  CHECK(run(loop, *q, rw(vb::Op::write, 0, buf, wv)) == 0);
-  CHECK(run(loop, *q, rw(vb::Op::read, 0, in, rv)) == 0);
+  CHECK(d.run(rw(vb::Op::write, 0, buf, wv)) == 0);
+  CHECK(d.run(rw(vb::Op::read, 0, in, rv)) == 0);
   CHECK(in == buf);
 }
 
 TEST_CASE("iscsi: requests above the transfer limit are split, scattered buffers cut at the boundaries") {
   if (!have_tgtd())
     VB_SKIP(kNoTgtd);
-  TempDir dir;
-  TgtdServer tgt(dir);
-  tgt.add_lun(1, 8 << 20);
-  auto o = options_for(tgt.uri(1));
-  o.max_command_bytes = 64 * 1024;
-  vb::IscsiBackend backend(o);
-  backend.open(vb::test::new_events(backend));
-  CHECK(backend.capabilities().max_transfer == 64 * 1024);
-  vb::EventLoop loop;
-  auto q = backend.open_queue(loop, 0);
+  IscsiDisk d(8 << 20, [](vb::IscsiOptions &o) { o.max_command_bytes = 64 * 1024; });
+  CHECK(d.backend.capabilities().max_transfer == 64 * 1024); // constant from open() on
   // 1 MiB in 5 pieces of odd sizes (multiples of 512), none aligned to 64 KiB.
   std::vector<char> out = pattern(1 << 20, 11);
   const std::size_t cuts[] = {0, 3 * 512, 100 * 1024, 300 * 1024 + 512, 700 * 1024, 1 << 20};
   std::vector<iovec> wv;
   for (std::size_t i = 0; i + 1 < std::size(cuts); ++i)
     wv.push_back({out.data() + cuts[i], cuts[i + 1] - cuts[i]});
-  CHECK(run(loop, *q, {vb::Op::write, 2 << 20, out.size(), wv.data(), static_cast<int>(wv.size())}) == 0);
-  CHECK(stored(tgt.backing_file(1), 2 << 20, out.size()) == out);
+  CHECK(d.run({vb::Op::write, 2 << 20, out.size(), wv.data(), static_cast<int>(wv.size())}) == 0);
+  CHECK(stored(d.tgt.backing_file(1), 2 << 20, out.size()) == out);
   // Read back in 4 KiB pieces spread over a larger buffer.
   std::vector<char> in(2 << 20, 'x');
   std::vector<iovec> rv;
   for (std::size_t i = 0; i < 256; ++i)
     rv.push_back({in.data() + i * 8192, 4096});
-  CHECK(run(loop, *q, {vb::Op::read, 2 << 20, out.size(), rv.data(), static_cast<int>(rv.size())}) == 0);
+  CHECK(d.run({vb::Op::read, 2 << 20, out.size(), rv.data(), static_cast<int>(rv.size())}) == 0);
   for (std::size_t i = 0; i < 256; ++i) {
     CAPTURE(i);
     REQUIRE(std::memcmp(in.data() + i * 8192, out.data() + i * 4096, 4096) == 0);
@@ -741,13 +750,7 @@ TEST_CASE("iscsi: requests above the transfer limit are split, scattered buffers
 TEST_CASE("iscsi: many requests in flight at once complete once each, with the right data") {
   if (!have_tgtd())
     VB_SKIP(kNoTgtd);
-  TempDir dir;
-  TgtdServer tgt(dir);
-  tgt.add_lun(1, 32 << 20);
-  vb::IscsiBackend backend(options_for(tgt.uri(1)));
-  backend.open(vb::test::new_events(backend));
-  vb::EventLoop loop;
-  auto q = backend.open_queue(loop, 0);
+  IscsiDisk d(32 << 20);
   constexpr int kRequests = 128;
   struct Ctx {
     Result r;
@@ -770,9 +773,9 @@ TEST_CASE("iscsi: many requests in flight at once complete once each, with the r
     ctx[i] = {{}, &order, i};
     data[i] = pattern(size_of(i), static_cast<unsigned>(i));
     iov[i] = {data[i].data(), data[i].size()};
-    REQUIRE(q->submit({vb::Op::write, offset_of(i), data[i].size(), &iov[i], 1}, &Ctx::on_done, &ctx[i]) == 0);
+    REQUIRE(d.q->submit({vb::Op::write, offset_of(i), data[i].size(), &iov[i], 1}, &Ctx::on_done, &ctx[i]) == 0);
   }
-  run_until(loop, [&] { return order.size() == kRequests; });
+  run_until(d.loop, [&] { return order.size() == kRequests; });
   for (auto &c : ctx) {
     CHECK(c.r.calls == 1);
     CHECK(c.r.error == 0);
@@ -786,11 +789,11 @@ TEST_CASE("iscsi: many requests in flight at once complete once each, with the r
     biov[i] = {back[i].data(), back[i].size()};
     bctx[i] = {{}, &order, i};
     ctx[i] = {{}, &order, 1000 + i};
-    REQUIRE(q->submit({vb::Op::read, offset_of(i), back[i].size(), &biov[i], 1}, &Ctx::on_done, &bctx[i]) == 0);
+    REQUIRE(d.q->submit({vb::Op::read, offset_of(i), back[i].size(), &biov[i], 1}, &Ctx::on_done, &bctx[i]) == 0);
     // A write elsewhere (the last 128 KiB of each 256 KiB slot) between every two reads.
-    REQUIRE(q->submit({vb::Op::write, offset_of(i) + 128 * 1024, 4096, &iov[0], 1}, &Ctx::on_done, &ctx[i]) == 0);
+    REQUIRE(d.q->submit({vb::Op::write, offset_of(i) + 128 * 1024, 4096, &iov[0], 1}, &Ctx::on_done, &ctx[i]) == 0);
   }
-  run_until(loop, [&] { return order.size() == 2 * kRequests; });
+  run_until(d.loop, [&] { return order.size() == 2 * kRequests; });
   for (int i = 0; i < kRequests; ++i) {
     CAPTURE(i);
     CHECK(bctx[i].r.calls == 1);
@@ -811,43 +814,26 @@ TEST_CASE("iscsi: many requests in flight at once complete once each, with the r
 TEST_CASE("iscsi: a deleted target: I/O is held, fails with EIO after reconnect-timeout, works when it is back") {
   if (!have_tgtd())
     VB_SKIP(kNoTgtd);
-  TempDir dir;
-  TgtdServer tgt(dir);
-  tgt.add_lun(1, 4 << 20);
-  auto o = options_for(tgt.uri(1));
-  o.reconnect_timeout = 3s;
-  vb::IscsiBackend backend(o);
-  backend.open(vb::test::new_events(backend));
-  vb::EventLoop loop;
-  auto q = backend.open_queue(loop, 0);
+  IscsiDisk d(4 << 20, [](vb::IscsiOptions &o) { o.reconnect_timeout = 3s; });
   std::vector<char> buf = pattern(4096, 8), in(4096);
   iovec wv{}, rv{};
-  CHECK(run(loop, *q, rw(vb::Op::write, 0, buf, wv)) == 0);
+  CHECK(d.run(rw(vb::Op::write, 0, buf, wv)) == 0);
 
-  tgt.delete_target();
+  d.tgt.delete_target();
   const auto t0 = std::chrono::steady_clock::now();
   Result held;
-  REQUIRE(q->submit(rw(vb::Op::read, 0, in, rv), &Result::on_done, &held) == 0);
-  run_until(loop, [&] { return held.calls > 0; });
+  REQUIRE(d.q->submit(rw(vb::Op::read, 0, in, rv), &Result::on_done, &held) == 0);
+  run_until(d.loop, [&] { return held.calls > 0; });
   const auto waited = std::chrono::steady_clock::now() - t0;
   CHECK(held.error == EIO);
   CHECK(waited >= 2500ms); // held, not failed at once
   CHECK(waited < 10s);
   // Past reconnect-timeout new I/O fails at once, until the target is back.
-  CHECK(q->submit(rw(vb::Op::read, 0, in, rv), &Result::on_done, &held) == EIO);
+  CHECK(d.q->submit(rw(vb::Op::read, 0, in, rv), &Result::on_done, &held) == EIO);
 
-  tgt.create_target();
+  d.tgt.create_target();
   // New I/O fails at once until a session is up again (within the 5 s backoff), then works.
-  bool recovered = false;
-  for (int attempt = 0; attempt < 100 && !recovered; ++attempt) {
-    Result back;
-    if (q->submit(rw(vb::Op::read, 0, in, rv), &Result::on_done, &back) == 0) {
-      run_until(loop, [&] { return back.calls > 0; });
-      recovered = back.error == 0;
-    }
-    if (!recovered)
-      run_for(loop, 100ms);
-  }
+  const bool recovered = read_when_back(d.loop, *d.q, in, rv);
   CHECK(recovered);
   CHECK(in == buf);
 }
@@ -855,16 +841,10 @@ TEST_CASE("iscsi: a deleted target: I/O is held, fails with EIO after reconnect-
 TEST_CASE("iscsi: tgtd killed with requests in flight that complete once it is back within reconnect-timeout") {
   if (!have_tgtd())
     VB_SKIP(kNoTgtd);
-  TempDir dir;
-  TgtdServer tgt(dir);
-  tgt.add_lun(1, 16 << 20);
-  vb::IscsiBackend backend(options_for(tgt.uri(1)));
-  backend.open(vb::test::new_events(backend));
-  vb::EventLoop loop;
-  auto q = backend.open_queue(loop, 0);
+  IscsiDisk d(16 << 20);
   std::vector<char> first = pattern(1 << 20, 21);
   iovec fv{};
-  CHECK(run(loop, *q, rw(vb::Op::write, 0, first, fv)) == 0);
+  CHECK(d.run(rw(vb::Op::write, 0, first, fv)) == 0);
 
   // Large requests submitted, then tgtd killed before the loop runs: they are in flight (queued
   // or on the wire) when the session dies.
@@ -877,19 +857,19 @@ TEST_CASE("iscsi: tgtd killed with requests in flight that complete once it is b
     bufs[i] = write ? pattern(1 << 20, 100 + i) : std::vector<char>(1 << 20);
     iov[i] = {bufs[i].data(), bufs[i].size()};
     const std::uint64_t offset = write ? static_cast<std::uint64_t>(i) << 20 : 0;
-    REQUIRE(q->submit({write ? vb::Op::write : vb::Op::read, offset, bufs[i].size(), &iov[i], 1}, &Result::on_done,
-                      &results[i]) == 0);
+    REQUIRE(d.q->submit({write ? vb::Op::write : vb::Op::read, offset, bufs[i].size(), &iov[i], 1}, &Result::on_done,
+                        &results[i]) == 0);
   }
-  loop.run_once(false); // some of it reaches the socket
-  tgt.kill();
+  d.loop.run_once(false); // some of it reaches the socket
+  d.tgt.kill();
   // Submitted while it is down: held.
   std::vector<char> late(8192);
   iovec lv{};
   Result held;
-  REQUIRE(q->submit(rw(vb::Op::read, 0, late, lv), &Result::on_done, &held) == 0);
-  vb::Timer restart(loop, [&] { tgt.start(); });
+  REQUIRE(d.q->submit(rw(vb::Op::read, 0, late, lv), &Result::on_done, &held) == 0);
+  vb::Timer restart(d.loop, [&] { d.tgt.start(); });
   restart.arm(1500ms);
-  run_until(loop, [&] {
+  run_until(d.loop, [&] {
     return held.calls > 0 && std::all_of(results.begin(), results.end(), [](const Result &r) { return r.calls > 0; });
   });
   CHECK(held.error == 0);
@@ -901,23 +881,18 @@ TEST_CASE("iscsi: tgtd killed with requests in flight that complete once it is b
     if (i % 2 == 0)
       CHECK(bufs[i] == first);
     else
-      CHECK(stored(tgt.backing_file(1), static_cast<std::uint64_t>(i) << 20, 1 << 20) == bufs[i]);
+      CHECK(stored(d.tgt.backing_file(1), static_cast<std::uint64_t>(i) << 20, 1 << 20) == bufs[i]);
   }
 }
 
 TEST_CASE("iscsi: a LUN that comes back bigger or smaller after a reconnection is resized, reported once") {
   if (!have_tgtd())
     VB_SKIP(kNoTgtd);
-  TempDir dir;
-  TgtdServer tgt(dir);
-  tgt.add_lun(1, 4 << 20);
-  vb::IscsiBackend backend(options_for(tgt.uri(1)));
-  backend.open(vb::test::new_events(backend));
-  Resizes resizes;
-  vb::test::events_of(backend).set_resize_handler(resizes.handler());
-  vb::EventLoop loop;
-  auto q0 = backend.open_queue(loop, 0);
-  auto q1 = backend.open_queue(loop, 1); // a second session, on the same loop here
+  Resizes resizes; // outlives the backend that reports to it
+  IscsiDisk d(4 << 20, {}, resizes.handler());
+  vb::EventLoop &loop = d.loop;
+  std::unique_ptr<vb::BackendQueue> &q0 = d.q;
+  auto q1 = d.backend.open_queue(loop, 1); // a second session, on the same loop here
   std::vector<char> out = pattern(65536, 31), in(65536);
   iovec wv{}, rv{};
   CHECK(run(loop, *q0, rw(vb::Op::write, 1 << 20, out, wv)) == 0);
@@ -925,110 +900,95 @@ TEST_CASE("iscsi: a LUN that comes back bigger or smaller after a reconnection i
   CHECK(in == out);
 
   // The same target name, LUN number and identity, a bigger disk.
-  tgt.delete_target();
-  tgt.resize_lun(1, 8 << 20);
-  tgt.create_target();
+  d.tgt.delete_target();
+  d.tgt.resize_lun(1, 8 << 20);
+  d.tgt.create_target();
   // Past the old end is refused until a session has seen the new size.
   CHECK(run(loop, *q0, rw(vb::Op::read, 6 << 20, in, rv)) == EIO);
   CHECK(resizes.count() == 0);
   CHECK(run(loop, *q0, rw(vb::Op::read, 1 << 20, in, rv)) == 0); // held, sent again on the new session
   CHECK(in == out);
   CHECK(resizes.sizes() == std::vector<std::uint64_t>{8 << 20});
-  CHECK(backend.current_size() == 8 << 20);
-  CHECK(backend.capabilities().size == 4 << 20); // what the disk started with
+  CHECK(d.backend.current_size() == 8 << 20);
+  CHECK(d.backend.capabilities().size == 4 << 20); // what the disk started with
   CHECK(run(loop, *q0, rw(vb::Op::write, 7 << 20, out, wv)) == 0);
-  CHECK(stored(tgt.backing_file(1), 7 << 20, out.size()) == out);
+  CHECK(stored(d.tgt.backing_file(1), 7 << 20, out.size()) == out);
   // The other session logs in again too and finds the same size: no second report.
   CHECK(run(loop, *q1, rw(vb::Op::read, 7 << 20, in, rv)) == 0);
   CHECK(in == out);
   CHECK(resizes.count() == 1);
 
   // Smaller: requests past the new end are refused at once.
-  tgt.delete_target();
-  tgt.resize_lun(1, 2 << 20);
-  tgt.create_target();
+  d.tgt.delete_target();
+  d.tgt.resize_lun(1, 2 << 20);
+  d.tgt.create_target();
   CHECK(run(loop, *q1, rw(vb::Op::read, 1 << 20, in, rv)) == 0);
   CHECK(in == out);
   CHECK(resizes.sizes() == std::vector<std::uint64_t>{8 << 20, 2 << 20});
   CHECK(run(loop, *q0, rw(vb::Op::read, 3 << 20, in, rv)) == EIO);
   CHECK(run(loop, *q0, rw(vb::Op::read, (2 << 20) - 65536, in, rv)) == 0);
-  vb::test::events_of(backend).set_resize_handler(nullptr);
+  vb::test::events_of(d.backend).set_resize_handler(nullptr);
 }
 
 TEST_CASE("iscsi: CAPACITY DATA HAS CHANGED: the capacity is read again, the new size reported once") {
   if (!have_tgtd())
     VB_SKIP(kNoTgtd);
-  TempDir dir;
-  TgtdServer tgt(dir);
-  tgt.add_lun(1, 4 << 20);
+  TgtdLun lun(4 << 20);
+  TgtdServer &tgt = lun.tgt;
   const std::string control = tgtd_control_port();
   REQUIRE_FALSE(control.empty());
-  const std::string portal = tgt.portal();
-  UnitAttentionProxy proxy(static_cast<std::uint16_t>(std::stoi(portal.substr(portal.rfind(':') + 1))));
-  const std::string uri = "iscsi://127.0.0.1:" + std::to_string(proxy.port()) + "/" + tgt.iqn() + "/1";
-  vb::IscsiBackend backend(options_for(uri));
-  backend.open(vb::test::new_events(backend));
-  Resizes resizes;
-  vb::test::events_of(backend).set_resize_handler(resizes.handler());
-  vb::EventLoop loop;
-  auto q = backend.open_queue(loop, 0);
-  auto *session = dynamic_cast<vb::IscsiSession *>(q.get());
+  UnitAttentionProxy proxy(port_of(tgt));
+  Resizes resizes; // outlives the backend that reports to it
+  vb::test::OpenedBackend<vb::IscsiBackend> client(options_for(through(proxy, tgt)), resizes.handler());
+  auto *session = dynamic_cast<vb::IscsiSession *>(client.q.get());
   REQUIRE(session);
   std::vector<char> out = pattern(8192, 41), in(8192);
   iovec wv{}, rv{};
-  CHECK(run(loop, *q, rw(vb::Op::write, 0, out, wv)) == 0);
+  CHECK(client.run(rw(vb::Op::write, 0, out, wv)) == 0);
 
   // The LUN grows while the session is up: tgtd takes the bigger file (offline, re-open, online)
   // and answers READ CAPACITY with the new size, but announces nothing; the proxy announces it.
   tgt.resize_lun(1, 8 << 20);
   REQUIRE(vb::test::run_command({"tgtadm", "-C", control, "--lld", "iscsi", "--mode", "logicalunit", "--op", "update",
                                  "--tid", "1", "--lun", "1", "--params", "online=0,path=" + tgt.backing_file(1)}) == 0);
-  CHECK(run(loop, *q, rw(vb::Op::read, 6 << 20, in, rv)) == EIO); // not known yet
+  CHECK(client.run(rw(vb::Op::read, 6 << 20, in, rv)) == EIO); // not known yet
   proxy.arm();
-  CHECK(run(loop, *q, rw(vb::Op::write, 4096, out, wv)) == 0); // retried after the unit attention
+  CHECK(client.run(rw(vb::Op::write, 4096, out, wv)) == 0); // retried after the unit attention
   CHECK(proxy.injected() == 1);
   CHECK(session->retries() >= 1);
-  run_until(loop, [&] { return resizes.count() > 0; });
+  run_until(client.loop, [&] { return resizes.count() > 0; });
   CHECK(resizes.sizes() == std::vector<std::uint64_t>{8 << 20});
-  CHECK(backend.current_size() == 8 << 20);
+  CHECK(client.backend.current_size() == 8 << 20);
   CHECK(session->reconnects() == 0); // no new session was needed
-  CHECK(run(loop, *q, rw(vb::Op::write, 6 << 20, out, wv)) == 0);
-  CHECK(run(loop, *q, rw(vb::Op::read, 6 << 20, in, rv)) == 0);
+  CHECK(client.run(rw(vb::Op::write, 6 << 20, out, wv)) == 0);
+  CHECK(client.run(rw(vb::Op::read, 6 << 20, in, rv)) == 0);
   CHECK(in == out);
   CHECK(stored(tgt.backing_file(1), 6 << 20, out.size()) == out);
 
   // Announced again without a change (or for a second session): read again, nothing reported.
   proxy.arm();
-  CHECK(run(loop, *q, {vb::Op::flush, 0, 0, nullptr, 0}) == 0);
+  CHECK(client.run({vb::Op::flush, 0, 0, nullptr, 0}) == 0);
   CHECK(proxy.injected() == 2);
-  run_for(loop, 300ms); // the READ CAPACITY(16) it sent
-  CHECK(run(loop, *q, rw(vb::Op::read, 0, in, rv)) == 0);
+  run_for(client.loop, 300ms); // the READ CAPACITY(16) it sent
+  CHECK(client.run(rw(vb::Op::read, 0, in, rv)) == 0);
   CHECK(resizes.count() == 1);
-  vb::test::events_of(backend).set_resize_handler(nullptr);
+  vb::test::events_of(client.backend).set_resize_handler(nullptr);
 }
 
 TEST_CASE("iscsi: a target that stops answering: request-timeout replaces the session, the request completes") {
   if (!have_tgtd())
     VB_SKIP(kNoTgtd);
-  TempDir dir;
-  TgtdServer tgt(dir);
-  tgt.add_lun(1, 4 << 20);
-  auto o = options_for(tgt.uri(1));
-  o.request_timeout = 1s;
-  vb::IscsiBackend backend(o);
-  backend.open(vb::test::new_events(backend));
-  vb::EventLoop loop;
-  auto q = backend.open_queue(loop, 0);
+  IscsiDisk d(4 << 20, [](vb::IscsiOptions &o) { o.request_timeout = 1s; });
   std::vector<char> buf = pattern(65536, 4), in(65536);
   iovec wv{}, rv{};
-  CHECK(run(loop, *q, rw(vb::Op::write, 0, buf, wv)) == 0);
+  CHECK(d.run(rw(vb::Op::write, 0, buf, wv)) == 0);
 
-  tgt.pause();
+  d.tgt.pause();
   Result r;
-  REQUIRE(q->submit(rw(vb::Op::read, 0, in, rv), &Result::on_done, &r) == 0);
-  vb::Timer resume(loop, [&] { tgt.resume(); });
+  REQUIRE(d.q->submit(rw(vb::Op::read, 0, in, rv), &Result::on_done, &r) == 0);
+  vb::Timer resume(d.loop, [&] { d.tgt.resume(); });
   resume.arm(3s); // after the request timed out and a new login started
-  run_until(loop, [&] { return r.calls > 0; });
+  run_until(d.loop, [&] { return r.calls > 0; });
   CHECK(r.error == 0);
   CHECK(in == buf);
 }
@@ -1036,18 +996,13 @@ TEST_CASE("iscsi: a target that stops answering: request-timeout replaces the se
 TEST_CASE("iscsi: two queues on two threads, each with its own session") {
   if (!have_tgtd())
     VB_SKIP(kNoTgtd);
-  TempDir dir;
-  TgtdServer tgt(dir);
-  tgt.add_lun(1, 4 << 20);
-  vb::IscsiBackend backend(options_for(tgt.uri(1)));
-  backend.open(vb::test::new_events(backend));
-  vb::EventLoop loop0, loop1;
-  auto q0 = backend.open_queue(loop0, 0);
+  IscsiDisk d(4 << 20); // queue 0 on d.loop
+  vb::EventLoop loop1;
   std::unique_ptr<vb::BackendQueue> q1;
   std::vector<char> buf = pattern(8192, 6), in(8192);
   int rc = -1;
   std::thread t1([&] {
-    q1 = backend.open_queue(loop1, 1); // logs in in the background on its own loop
+    q1 = d.backend.open_queue(loop1, 1); // logs in in the background on its own loop
     iovec wv{};
     Result r;
     if (q1->submit(rw(vb::Op::write, 8192, buf, wv), &Result::on_done, &r) == 0) {
@@ -1063,28 +1018,22 @@ TEST_CASE("iscsi: two queues on two threads, each with its own session") {
   t1.join();
   CHECK(rc == 0);
   iovec rv{};
-  CHECK(run(loop0, *q0, rw(vb::Op::read, 8192, in, rv)) == 0);
+  CHECK(d.run(rw(vb::Op::read, 8192, in, rv)) == 0);
   CHECK(in == buf);
 }
 
 TEST_CASE("iscsi: cancel_all completes held requests with ECANCELED") {
   if (!have_tgtd())
     VB_SKIP(kNoTgtd);
-  TempDir dir;
-  TgtdServer tgt(dir);
-  tgt.add_lun(1, 4 << 20);
-  vb::IscsiBackend backend(options_for(tgt.uri(1)));
-  backend.open(vb::test::new_events(backend));
-  vb::EventLoop loop;
-  auto q = backend.open_queue(loop, 0);
-  tgt.delete_target();
+  IscsiDisk d(4 << 20);
+  d.tgt.delete_target();
   std::vector<char> in(4096);
   iovec rv{};
   Result r;
-  REQUIRE(q->submit(rw(vb::Op::read, 0, in, rv), &Result::on_done, &r) == 0);
-  vb::Timer cancel(loop, [&] { q->cancel_all(); });
+  REQUIRE(d.q->submit(rw(vb::Op::read, 0, in, rv), &Result::on_done, &r) == 0);
+  vb::Timer cancel(d.loop, [&] { d.q->cancel_all(); });
   cancel.arm(500ms);
-  run_until(loop, [&] { return r.calls > 0; });
+  run_until(d.loop, [&] { return r.calls > 0; });
   CHECK(r.calls == 1);
   CHECK(r.error == ECANCELED);
 }
@@ -1092,9 +1041,8 @@ TEST_CASE("iscsi: cancel_all completes held requests with ECANCELED") {
 TEST_CASE("iscsi: discovery lists the targets of a portal and their LUNs") {
   if (!have_tgtd())
     VB_SKIP(kNoTgtd);
-  TempDir dir;
-  TgtdServer tgt(dir);
-  tgt.add_lun(1, 8 << 20);
+  TgtdLun lun(8 << 20);
+  TgtdServer &tgt = lun.tgt;
   tgt.add_lun(2, 4 << 20, 4096);
   auto o = options_for({});
   const auto targets = vb::discover_iscsi("iscsi://" + tgt.portal(), o);
@@ -1139,51 +1087,38 @@ TEST_CASE("iscsi: each queue's session keeps one ISID across logins, distinct fr
 TEST_CASE("iscsi: after a fence, requests held for a new session or lost with the old one never reach the target") {
   if (!have_tgtd())
     VB_SKIP(kNoTgtd);
-  TempDir dir;
-  TgtdServer tgt(dir);
-  tgt.add_lun(1, 4 << 20);
+  TgtdLun lun(4 << 20);
+  TgtdServer &tgt = lun.tgt;
   UnitAttentionProxy proxy(port_of(tgt));
-  auto o = options_for("iscsi://127.0.0.1:" + std::to_string(proxy.port()) + "/" + tgt.iqn() + "/1");
+  auto o = options_for(through(proxy, tgt));
   o.request_timeout = 1s;
-  vb::IscsiBackend backend(o);
-  backend.open(vb::test::new_events(backend));
-  vb::EventLoop loop;
-  auto q = backend.open_queue(loop, 0);
+  vb::test::OpenedBackend<vb::IscsiBackend> client(o);
   std::vector<char> a = pattern(4096, 1), b = pattern(4096, 2), c = pattern(4096, 3);
   iovec av{}, bv{}, cv{};
-  CHECK(run(loop, *q, rw(vb::Op::write, 0, a, av)) == 0);
+  CHECK(client.run(rw(vb::Op::write, 0, a, av)) == 0);
 
   proxy.freeze();
   Result on_wire;
-  REQUIRE(q->submit(rw(vb::Op::write, 0, b, bv), &Result::on_done, &on_wire) == 0);
-  loop.run_once(false);
-  q->fence();                                         // the driver resets with B sent
-  run_until(loop, [&] { return on_wire.calls > 0; }); // request-timeout loses the session
+  REQUIRE(client.q->submit(rw(vb::Op::write, 0, b, bv), &Result::on_done, &on_wire) == 0);
+  client.loop.run_once(false);
+  client.q->fence();                                         // the driver resets with B sent
+  run_until(client.loop, [&] { return on_wire.calls > 0; }); // request-timeout loses the session
   CHECK(on_wire.error == ECANCELED);
 
   tgt.delete_target(); // now requests are held for a session
   Result held;
-  REQUIRE(q->submit(rw(vb::Op::write, 4096, c, cv), &Result::on_done, &held) == 0);
-  run_for(loop, 300ms);
-  q->fence();
-  run_until(loop, [&] { return held.calls > 0; });
+  REQUIRE(client.q->submit(rw(vb::Op::write, 4096, c, cv), &Result::on_done, &held) == 0);
+  run_for(client.loop, 300ms);
+  client.q->fence();
+  run_until(client.loop, [&] { return held.calls > 0; });
   CHECK(held.error == ECANCELED);
   tgt.create_target();
   proxy.release();
   std::vector<char> in(4096);
   iovec iv{};
-  bool read_back = false;
-  for (int attempt = 0; attempt < 100 && !read_back; ++attempt) {
-    Result r;
-    if (q->submit(rw(vb::Op::read, 0, in, iv), &Result::on_done, &r) == 0) {
-      run_until(loop, [&] { return r.calls > 0; });
-      read_back = r.error == 0;
-    }
-    if (!read_back)
-      run_for(loop, 100ms);
-  }
+  const bool read_back = read_when_back(client.loop, *client.q, in, iv);
   REQUIRE(read_back);
-  run_for(loop, 300ms);
+  run_for(client.loop, 300ms);
   CHECK(stored(tgt.backing_file(1), 0, 4096) == a);
   CHECK(all_zero(stored(tgt.backing_file(1), 4096, 4096)));
 }

@@ -1,6 +1,7 @@
 // The NBD backend against a real nbdkit: every operation, errors, out-of-order replies, block
 // size constraints, TLS (PSK and X.509), multi-conn, and a server that goes away and comes back.
 #include "backend_events.h"
+#include "backend_fixture.h"
 #include "event/event_loop.h"
 #include "loop_wait.h"
 #include "nbd/nbd_backend.h"
@@ -15,6 +16,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <memory>
 #include <numeric>
 #include <thread>
@@ -28,17 +30,8 @@ namespace {
 
 using vb::test::Result;
 
+using vb::test::run;
 using vb::test::run_until;
-
-int run(vb::EventLoop &loop, vb::BackendQueue &q, const vb::Request &req) {
-  Result r;
-  const int rc = q.submit(req, &Result::on_done, &r);
-  if (rc != 0)
-    return rc; // the same errno the completion would have given
-  run_until(loop, [&] { return r.calls > 0; });
-  CHECK(r.calls == 1);
-  return r.error;
-}
 
 vb::NbdOptions options_for(const std::string &uri) {
   vb::NbdOptions o;
@@ -51,27 +44,75 @@ vb::NbdOptions options_for(const std::string &uri) {
 
 bool have_nbdkit() { return vb::test::find_program("nbdkit").has_value(); }
 
+// NbdDisk's server, in a base of its own: started before the backend is made, stopped after the
+// backend is gone.
+struct NbdkitHolder {
+  std::unique_ptr<NbdkitServer> server;
+};
+
+// nbdkit serving plugin (with nbdkit_options) on a new socket in dir, an NbdBackend on it
+// (options_for its URI, then adjust), opened, with an event loop and queue 0 (see OpenedBackend;
+// on_resize is set before queue 0 opens). A test may reset server (the server goes away) and
+// make it again on the same socket (serve_again).
+struct NbdDisk : NbdkitHolder, vb::test::OpenedBackend<vb::NbdBackend> {
+  using Adjust = std::function<void(vb::NbdOptions &)>;
+  NbdDisk(const TempDir &dir, const std::vector<std::string> &plugin,
+          const std::vector<std::string> &nbdkit_options = {}, const Adjust &adjust = {},
+          vb::RecordingBackendEvents::ResizeHandler on_resize = {})
+      : NbdkitHolder{std::make_unique<NbdkitServer>(dir, plugin, nbdkit_options)},
+        OpenedBackend(options(*server, adjust), std::move(on_resize)) {}
+
+private:
+  static vb::NbdOptions options(const NbdkitServer &nbdkit, const Adjust &adjust) {
+    auto o = options_for(nbdkit.uri());
+    if (adjust)
+      adjust(o);
+    return o;
+  }
+};
+
+// dir's disk.img for the file plugin: size bytes, sparse (reading as zeros).
+std::string sparse_image(const TempDir &dir, std::uintmax_t size) {
+  const std::string image = dir.file("disk.img");
+  std::ofstream(image).close();
+  std::filesystem::resize_file(image, size);
+  return image;
+}
+
+// dir's disk.img for the file plugin: size bytes, each of them fill.
+std::string filled_image(const TempDir &dir, std::size_t size, char fill) {
+  const std::string image = dir.file("disk.img");
+  std::ofstream f(image);
+  const std::string data(size, fill);
+  f.write(data.data(), static_cast<std::streamsize>(data.size()));
+  return image;
+}
+
+// nbdkit again on the socket of one that is gone: the stale socket file removed, then started.
+std::unique_ptr<NbdkitServer> serve_again(const TempDir &dir, const std::string &socket,
+                                          const std::vector<std::string> &plugin,
+                                          const std::vector<std::string> &nbdkit_options = {}) {
+  std::filesystem::remove(socket);
+  return std::make_unique<NbdkitServer>(dir, plugin, nbdkit_options, socket);
+}
+
 } // namespace
 
 TEST_CASE("nbd: read, write, flush, trim and zero against nbdkit memory") {
   if (!have_nbdkit())
     VB_SKIP("nbdkit not installed");
   TempDir dir;
-  NbdkitServer server(dir, {"memory", "16M"});
-  vb::NbdBackend backend(options_for(server.uri()));
-  backend.open(vb::test::new_events(backend));
-  const auto &caps = backend.capabilities();
+  NbdDisk d(dir, {"memory", "16M"});
+  const auto &caps = d.backend.capabilities(); // constant from open() on: queue 0 changes nothing
   CHECK(caps.size == 16 << 20);
   CHECK(caps.logical_block_size == 512);
   CHECK(caps.can_flush);
   CHECK(caps.can_discard);
   CHECK(caps.can_write_zeroes);
   CHECK_FALSE(caps.read_only);
-  CHECK(backend.connections() == 4);                                // nbdkit memory advertises multi-conn
-  CHECK(caps.identity.rfind("nbd:" + server.uri() + " (", 0) == 0); // the URI, then name|description
+  CHECK(d.backend.connections() == 4);                                 // nbdkit memory advertises multi-conn
+  CHECK(caps.identity.rfind("nbd:" + d.server->uri() + " (", 0) == 0); // the URI, then name|description
 
-  vb::EventLoop loop;
-  auto q = backend.open_queue(loop, 0);
   // Scattered buffers: three iovecs, two of them adjacent in memory (merged into one command).
   std::vector<char> out(12288);
   for (std::size_t i = 0; i < out.size(); ++i)
@@ -79,55 +120,47 @@ TEST_CASE("nbd: read, write, flush, trim and zero against nbdkit memory") {
   std::vector<char> other(4096, 'z');
   iovec wv[3] = {{out.data(), 4096}, {out.data() + 4096, 4096}, {other.data(), 4096}};
   vb::Request w{vb::Op::write, 1 << 20, 12288, wv, 3};
-  CHECK(run(loop, *q, w) == 0);
+  CHECK(d.run(w) == 0);
 
   std::vector<char> in(12288);
   iovec rv[1] = {{in.data(), in.size()}};
-  CHECK(run(loop, *q, {vb::Op::read, 1 << 20, 12288, rv, 1}) == 0);
+  CHECK(d.run({vb::Op::read, 1 << 20, 12288, rv, 1}) == 0);
   CHECK(std::memcmp(in.data(), out.data(), 8192) == 0);
   CHECK(std::memcmp(in.data() + 8192, other.data(), 4096) == 0);
 
-  CHECK(run(loop, *q, {vb::Op::flush, 0, 0, nullptr, 0}) == 0);
+  CHECK(d.run({vb::Op::flush, 0, 0, nullptr, 0}) == 0);
   vb::Request z{vb::Op::write_zeroes, 1 << 20, 4096, nullptr, 0};
   z.may_unmap = false;
-  CHECK(run(loop, *q, z) == 0);
-  CHECK(run(loop, *q, {vb::Op::discard, (1 << 20) + 4096, 4096, nullptr, 0}) == 0);
-  CHECK(run(loop, *q, {vb::Op::read, 1 << 20, 12288, rv, 1}) == 0);
+  CHECK(d.run(z) == 0);
+  CHECK(d.run({vb::Op::discard, (1 << 20) + 4096, 4096, nullptr, 0}) == 0);
+  CHECK(d.run({vb::Op::read, 1 << 20, 12288, rv, 1}) == 0);
   CHECK(std::all_of(in.begin(), in.begin() + 8192, [](char c) { return c == 0; })); // memory trims to zero
   CHECK(std::memcmp(in.data() + 8192, other.data(), 4096) == 0);
 
   // Out of range: refused before anything is sent.
-  CHECK(run(loop, *q, {vb::Op::read, (16 << 20) - 512, 4096, rv, 1}) == EIO);
+  CHECK(d.run({vb::Op::read, (16 << 20) - 512, 4096, rv, 1}) == EIO);
 }
 
 TEST_CASE("nbd: server errors surface as errors and the connection keeps working") {
   if (!have_nbdkit())
     VB_SKIP("nbdkit not installed");
   TempDir dir;
-  NbdkitServer server(
+  NbdDisk d(
       dir,
       {"memory", "1M", "error-pread=EIO", "error-pread-rate=100%", "error-pwrite=ENOSPC", "error-pwrite-rate=100%"},
       {"--filter=error"});
-  vb::NbdBackend backend(options_for(server.uri()));
-  backend.open(vb::test::new_events(backend));
-  vb::EventLoop loop;
-  auto q = backend.open_queue(loop, 0);
   std::vector<char> buf(4096);
   iovec v[1] = {{buf.data(), buf.size()}};
-  CHECK(run(loop, *q, {vb::Op::read, 0, 4096, v, 1}) == EIO);
-  CHECK(run(loop, *q, {vb::Op::write, 0, 4096, v, 1}) == ENOSPC);
-  CHECK(run(loop, *q, {vb::Op::flush, 0, 0, nullptr, 0}) == 0);
+  CHECK(d.run({vb::Op::read, 0, 4096, v, 1}) == EIO);
+  CHECK(d.run({vb::Op::write, 0, 4096, v, 1}) == ENOSPC);
+  CHECK(d.run({vb::Op::flush, 0, 0, nullptr, 0}) == 0);
 }
 
 TEST_CASE("nbd: out-of-order replies complete the right requests (delay filter)") {
   if (!have_nbdkit())
     VB_SKIP("nbdkit not installed");
   TempDir dir;
-  NbdkitServer server(dir, {"memory", "4M", "delay-write=400ms"}, {"--filter=delay"});
-  vb::NbdBackend backend(options_for(server.uri()));
-  backend.open(vb::test::new_events(backend));
-  vb::EventLoop loop;
-  auto q = backend.open_queue(loop, 0);
+  NbdDisk d(dir, {"memory", "4M", "delay-write=400ms"}, {"--filter=delay"});
   std::vector<std::vector<char>> bufs(8, std::vector<char>(4096));
   std::vector<Result> results(8);
   std::vector<iovec> iov(8);
@@ -152,9 +185,9 @@ TEST_CASE("nbd: out-of-order replies complete the right requests (delay filter)"
     iov[static_cast<std::size_t>(i)] = {b.data(), b.size()};
     const vb::Request r{i % 2 ? vb::Op::read : vb::Op::write, static_cast<std::uint64_t>(i) * 4096, 4096,
                         &iov[static_cast<std::size_t>(i)], 1};
-    REQUIRE(q->submit(r, &Ctx::on_done, &ctx[static_cast<std::size_t>(i)]) == 0);
+    REQUIRE(d.q->submit(r, &Ctx::on_done, &ctx[static_cast<std::size_t>(i)]) == 0);
   }
-  run_until(loop, [&] { return order.size() == 8; });
+  run_until(d.loop, [&] { return order.size() == 8; });
   for (auto &r : results) {
     CHECK(r.calls == 1);
     CHECK(r.error == 0);
@@ -170,24 +203,20 @@ TEST_CASE("nbd: block size constraints set the logical block size and split larg
   if (!have_nbdkit())
     VB_SKIP("nbdkit not installed");
   TempDir dir;
-  NbdkitServer server(dir,
-                      {"memory", "8M", "blocksize-minimum=4096", "blocksize-preferred=65536",
-                       "blocksize-maximum=262144", "blocksize-error-policy=error"},
-                      {"--filter=blocksize-policy"});
-  vb::NbdBackend backend(options_for(server.uri()));
-  backend.open(vb::test::new_events(backend));
-  const auto &caps = backend.capabilities();
+  NbdDisk d(dir,
+            {"memory", "8M", "blocksize-minimum=4096", "blocksize-preferred=65536", "blocksize-maximum=262144",
+             "blocksize-error-policy=error"},
+            {"--filter=blocksize-policy"});
+  const auto &caps = d.backend.capabilities(); // constant from open() on: queue 0 changes nothing
   CHECK(caps.logical_block_size == 4096);
   CHECK(caps.physical_block_size == 65536);
   CHECK(caps.max_transfer == 262144);
-  vb::EventLoop loop;
-  auto q = backend.open_queue(loop, 0);
   // 1 MiB: four commands of 256 KiB; the server errors on anything larger.
   std::vector<char> out(1 << 20), in(1 << 20);
   std::iota(out.begin(), out.end(), 0);
   iovec wv[1] = {{out.data(), out.size()}}, rv[1] = {{in.data(), in.size()}};
-  CHECK(run(loop, *q, {vb::Op::write, 1 << 20, out.size(), wv, 1}) == 0);
-  CHECK(run(loop, *q, {vb::Op::read, 1 << 20, in.size(), rv, 1}) == 0);
+  CHECK(d.run({vb::Op::write, 1 << 20, out.size(), wv, 1}) == 0);
+  CHECK(d.run({vb::Op::read, 1 << 20, in.size(), rv, 1}) == 0);
   CHECK(in == out);
 }
 
@@ -195,24 +224,21 @@ TEST_CASE("nbd: multi-conn is used only when the server advertises it") {
   if (!have_nbdkit())
     VB_SKIP("nbdkit not installed");
   TempDir dir;
-  NbdkitServer server(dir, {"memory", "4M", "multi-conn-mode=disable"}, {"--filter=multi-conn"});
-  vb::NbdBackend backend(options_for(server.uri()));
-  backend.open(vb::test::new_events(backend));
-  CHECK(backend.connections() == 1);
+  NbdDisk d(dir, {"memory", "4M", "multi-conn-mode=disable"}, {"--filter=multi-conn"});
+  CHECK(d.backend.connections() == 1); // constant from open() on: queue 0 changes nothing
   // Two queues on two threads share the one connection (the second forwards to the first).
-  vb::EventLoop loop0, loop1;
-  auto q0 = backend.open_queue(loop0, 0);
-  auto q1 = backend.open_queue(loop1, 1);
-  std::thread t0([&] { loop0.run(); });
+  vb::EventLoop loop1;
+  auto q1 = d.backend.open_queue(loop1, 1);
+  std::thread t0([&] { d.loop.run(); });
   std::vector<char> buf(4096, 'q'), in(4096);
   iovec wv[1] = {{buf.data(), buf.size()}}, rv[1] = {{in.data(), in.size()}};
   CHECK(run(loop1, *q1, {vb::Op::write, 8192, 4096, wv, 1}) == 0);
   CHECK(run(loop1, *q1, {vb::Op::read, 8192, 4096, rv, 1}) == 0);
   CHECK(in == buf);
-  loop0.stop_from_any_thread();
+  d.loop.stop_from_any_thread();
   t0.join();
   q1.reset();
-  q0.reset();
+  d.q.reset();
 }
 
 TEST_CASE("nbd: a URI with a password is refused with an explanation") {
@@ -237,13 +263,10 @@ TEST_CASE("nbd: TLS with a pre-shared key") {
   const std::string uri = "nbds+unix://vbtest@/?socket=" + server.socket();
   auto o = options_for(uri);
   o.tls_psk_file = keys;
-  vb::NbdBackend backend(o);
-  backend.open(vb::test::new_events(backend));
-  vb::EventLoop loop;
-  auto q = backend.open_queue(loop, 0);
+  vb::test::OpenedBackend<vb::NbdBackend> client(o);
   std::vector<char> buf(4096, 't');
   iovec v[1] = {{buf.data(), buf.size()}};
-  CHECK(run(loop, *q, {vb::Op::write, 0, 4096, v, 1}) == 0);
+  CHECK(client.run({vb::Op::write, 0, 4096, v, 1}) == 0);
 
   // Without the key the connection is refused, with libnbd's reason.
   vb::NbdBackend nokey(options_for(uri));
@@ -292,91 +315,65 @@ TEST_CASE("nbd: TLS with X.509 certificates made by the test") {
                       "none");
   auto o = options_for("nbds://localhost:" + std::to_string(port) + "/");
   o.tls_certificates = pki;
-  vb::NbdBackend backend(o);
-  backend.open(vb::test::new_events(backend));
-  vb::EventLoop loop;
-  auto q = backend.open_queue(loop, 0);
+  vb::test::OpenedBackend<vb::NbdBackend> client(o);
   std::vector<char> buf(4096, 'x');
   iovec v[1] = {{buf.data(), buf.size()}};
-  CHECK(run(loop, *q, {vb::Op::write, 0, 4096, v, 1}) == 0);
+  CHECK(client.run({vb::Op::write, 0, 4096, v, 1}) == 0);
 }
 
 TEST_CASE("nbd: a server that dies and comes back: in-flight and held I/O completes, nothing fails") {
   if (!have_nbdkit())
     VB_SKIP("nbdkit not installed");
   TempDir dir;
-  const std::string image = dir.file("disk.img");
-  std::ofstream(image).close();
-  std::filesystem::resize_file(image, 4 << 20);
-  auto server = std::make_unique<NbdkitServer>(dir, std::vector<std::string>{"file", image});
-  const std::string socket = server->socket();
-  auto o = options_for("nbd+unix:///?socket=" + socket);
-  vb::NbdBackend backend(o);
-  backend.open(vb::test::new_events(backend));
-  vb::EventLoop loop;
-  auto q = backend.open_queue(loop, 0);
+  const std::string image = sparse_image(dir, 4 << 20);
+  NbdDisk d(dir, {"file", image});
+  const std::string socket = d.server->socket();
   std::vector<char> buf(4096, 'r'), in(4096);
   iovec wv[1] = {{buf.data(), buf.size()}}, rv[1] = {{in.data(), in.size()}};
-  CHECK(run(loop, *q, {vb::Op::write, 0, 4096, wv, 1}) == 0);
+  CHECK(d.run({vb::Op::write, 0, 4096, wv, 1}) == 0);
 
-  server.reset(); // SIGTERM: the connection drops
+  d.server.reset(); // SIGTERM: the connection drops
   // Submitted while the server is down: held, not failed.
   Result held;
-  REQUIRE(q->submit({vb::Op::read, 0, 4096, rv, 1}, &Result::on_done, &held) == 0);
+  REQUIRE(d.q->submit({vb::Op::read, 0, 4096, rv, 1}, &Result::on_done, &held) == 0);
   vb::RecordingBackendEvents::Health while_down;
-  vb::Timer restart(loop, [&] {
-    while_down = vb::test::events_of(backend).health();
-    std::filesystem::remove(socket);
-    server = std::make_unique<NbdkitServer>(dir, std::vector<std::string>{"file", image}, std::vector<std::string>{},
-                                            socket);
+  vb::Timer restart(d.loop, [&] {
+    while_down = vb::test::events_of(d.backend).health();
+    d.server = serve_again(dir, socket, {"file", image});
   });
   restart.arm(1500ms);
-  run_until(loop, [&] { return held.calls > 0; });
+  run_until(d.loop, [&] { return held.calls > 0; });
   CHECK(held.error == 0);
   CHECK(in == buf);
   // What `vduse-bridge status` shows: reconnecting while the server was away, then connected.
   CHECK(while_down.state == vb::Backend::State::reconnecting);
   CHECK(while_down.last_error.find("connection lost") != std::string::npos);
-  CHECK(vb::test::events_of(backend).health().state == vb::Backend::State::connected);
+  CHECK(vb::test::events_of(d.backend).health().state == vb::Backend::State::connected);
 }
 
 TEST_CASE("nbd: requests in flight when the server is killed are resubmitted, not failed") {
   if (!have_nbdkit())
     VB_SKIP("nbdkit not installed");
   TempDir dir;
-  const std::string image = dir.file("disk.img");
-  {
-    std::ofstream f(image);
-    std::vector<char> data(1 << 20, 'k');
-    f.write(data.data(), static_cast<std::streamsize>(data.size()));
-  }
+  const std::string image = filled_image(dir, 1 << 20, 'k');
   // Slow reads keep requests in flight long enough to kill the server under them.
-  auto server = std::make_unique<NbdkitServer>(dir, std::vector<std::string>{"file", image, "delay-read=2"},
-                                               std::vector<std::string>{"--filter=delay"});
-  const std::string socket = server->socket();
-  vb::NbdBackend backend(options_for("nbd+unix:///?socket=" + socket));
-  backend.open(vb::test::new_events(backend));
-  vb::EventLoop loop;
-  auto q = backend.open_queue(loop, 0);
+  NbdDisk d(dir, {"file", image, "delay-read=2"}, {"--filter=delay"});
+  const std::string socket = d.server->socket();
   std::vector<std::vector<char>> bufs(4, std::vector<char>(4096));
   std::vector<iovec> iov(4);
   std::vector<Result> results(4);
   for (std::size_t i = 0; i < 4; ++i) {
     iov[i] = {bufs[i].data(), 4096};
-    REQUIRE(q->submit({vb::Op::read, i * 4096, 4096, &iov[i], 1}, &Result::on_done, &results[i]) == 0);
+    REQUIRE(d.q->submit({vb::Op::read, i * 4096, 4096, &iov[i], 1}, &Result::on_done, &results[i]) == 0);
   }
-  vb::Timer kill(loop, [&] {
-    ::kill(server->process().pid(), SIGKILL);
-    server->process().stop();
+  vb::Timer kill(d.loop, [&] {
+    ::kill(d.server->process().pid(), SIGKILL);
+    d.server->process().stop();
   });
   kill.arm(300ms);
-  vb::Timer restart(loop, [&] {
-    std::filesystem::remove(socket);
-    server = std::make_unique<NbdkitServer>(dir, std::vector<std::string>{"file", image}, std::vector<std::string>{},
-                                            socket);
-  });
+  vb::Timer restart(d.loop, [&] { d.server = serve_again(dir, socket, {"file", image}); });
   restart.arm(1500ms);
-  run_until(loop, [&] { return std::all_of(results.begin(), results.end(), [](auto &r) { return r.calls > 0; }); });
+  run_until(d.loop, [&] { return std::all_of(results.begin(), results.end(), [](auto &r) { return r.calls > 0; }); });
   for (std::size_t i = 0; i < 4; ++i) {
     CAPTURE(i);
     CHECK(results[i].calls == 1);
@@ -389,11 +386,7 @@ TEST_CASE("nbd: a request scattered over many buffers goes through a bounce copy
   if (!have_nbdkit())
     VB_SKIP("nbdkit not installed");
   TempDir dir;
-  NbdkitServer server(dir, {"memory", "8M"});
-  vb::NbdBackend backend(options_for(server.uri()));
-  backend.open(vb::test::new_events(backend));
-  vb::EventLoop loop;
-  auto q = backend.open_queue(loop, 0);
+  NbdDisk d(dir, {"memory", "8M"});
   // 32 non-adjacent 4 KiB pieces (every other page of a buffer), as a 128 KiB request.
   std::vector<char> out(256 * 1024), in(256 * 1024, 0);
   for (std::size_t i = 0; i < out.size(); ++i)
@@ -403,8 +396,8 @@ TEST_CASE("nbd: a request scattered over many buffers goes through a bounce copy
     wv[i] = {out.data() + i * 8192, 4096};
     rv[i] = {in.data() + i * 8192, 4096};
   }
-  CHECK(run(loop, *q, {vb::Op::write, 1 << 20, 128 * 1024, wv.data(), 32}) == 0);
-  CHECK(run(loop, *q, {vb::Op::read, 1 << 20, 128 * 1024, rv.data(), 32}) == 0);
+  CHECK(d.run({vb::Op::write, 1 << 20, 128 * 1024, wv.data(), 32}) == 0);
+  CHECK(d.run({vb::Op::read, 1 << 20, 128 * 1024, rv.data(), 32}) == 0);
   for (std::size_t i = 0; i < 32; ++i) {
     CAPTURE(i);
     CHECK(std::memcmp(in.data() + i * 8192, out.data() + i * 8192, 4096) == 0);
@@ -413,7 +406,7 @@ TEST_CASE("nbd: a request scattered over many buffers goes through a bounce copy
   // What reached the server is the pieces back to back.
   std::vector<char> flat(128 * 1024);
   iovec fv[1] = {{flat.data(), flat.size()}};
-  CHECK(run(loop, *q, {vb::Op::read, 1 << 20, flat.size(), fv, 1}) == 0);
+  CHECK(d.run({vb::Op::read, 1 << 20, flat.size(), fv, 1}) == 0);
   for (std::size_t i = 0; i < 32; ++i)
     CHECK(std::memcmp(flat.data() + i * 4096, out.data() + i * 8192, 4096) == 0);
 }
@@ -422,126 +415,100 @@ TEST_CASE("nbd: a grown or shrunk export is found by the size poll and reported"
   if (!have_nbdkit())
     VB_SKIP("nbdkit not installed");
   TempDir dir;
-  const std::string image = dir.file("disk.img");
-  std::ofstream(image).close();
-  std::filesystem::resize_file(image, 4 << 20);
-  NbdkitServer server(dir, {"file", image});
-  auto o = options_for(server.uri());
-  o.resize_poll_interval = 100ms;
-  vb::NbdBackend backend(o);
-  backend.open(vb::test::new_events(backend));
+  const std::string image = sparse_image(dir, 4 << 20);
+  // Declared before the backend that reports to them, so they outlive it.
   std::atomic<std::uint64_t> reported{0};
   std::atomic<int> reports{0};
-  vb::test::events_of(backend).set_resize_handler([&](std::uint64_t size) {
-    reported = size;
-    ++reports;
-  });
-  vb::EventLoop loop;
-  auto q = backend.open_queue(loop, 0);
+  NbdDisk d(
+      dir, {"file", image}, {}, [](vb::NbdOptions &o) { o.resize_poll_interval = 100ms; },
+      [&](std::uint64_t size) {
+        reported = size;
+        ++reports;
+      });
   std::vector<char> buf(4096, 'g');
   iovec v[1] = {{buf.data(), buf.size()}};
   // Past the end: refused before the resize.
-  CHECK(run(loop, *q, {vb::Op::write, 6 << 20, 4096, v, 1}) == EIO);
+  CHECK(d.run({vb::Op::write, 6 << 20, 4096, v, 1}) == EIO);
 
   std::filesystem::resize_file(image, (8 << 20) + 100); // not a whole block: rounded down
   REQUIRE(vb::test::wait_until([&] { return reported == 8u << 20; }));
-  CHECK(backend.current_size() == 8u << 20);
-  CHECK(run(loop, *q, {vb::Op::write, 6 << 20, 4096, v, 1}) == 0);
+  CHECK(d.backend.current_size() == 8u << 20);
+  CHECK(d.run({vb::Op::write, 6 << 20, 4096, v, 1}) == 0);
 
   std::filesystem::resize_file(image, 2 << 20);
   REQUIRE(vb::test::wait_until([&] { return reported == 2u << 20; }));
   CHECK(reports == 2); // once per change, not once per poll
-  CHECK(run(loop, *q, {vb::Op::write, 3 << 20, 4096, v, 1}) == EIO);
+  CHECK(d.run({vb::Op::write, 3 << 20, 4096, v, 1}) == EIO);
 }
 
 TEST_CASE("nbd: a server back with another size is a resize, back as another export is refused") {
   if (!have_nbdkit())
     VB_SKIP("nbdkit not installed");
   TempDir dir;
-  const std::string image = dir.file("disk.img");
-  std::ofstream(image).close();
-  std::filesystem::resize_file(image, 4 << 20);
-  auto server = std::make_unique<NbdkitServer>(dir, std::vector<std::string>{"file", image});
-  const std::string socket = server->socket();
-  auto o = options_for("nbd+unix:///?socket=" + socket);
-  o.resize_poll_interval = 0ms; // only the reconnect may notice
-  vb::NbdBackend backend(o);
-  backend.open(vb::test::new_events(backend));
-  std::atomic<std::uint64_t> reported{0};
-  vb::test::events_of(backend).set_resize_handler([&](std::uint64_t size) { reported = size; });
-  vb::EventLoop loop;
-  auto q = backend.open_queue(loop, 0);
+  const std::string image = sparse_image(dir, 4 << 20);
+  std::atomic<std::uint64_t> reported{0}; // outlives the backend that reports to it
+  NbdDisk d(
+      dir, {"file", image}, {},
+      [](vb::NbdOptions &o) { o.resize_poll_interval = 0ms; }, // only the reconnect may notice
+      [&](std::uint64_t size) { reported = size; });
+  const std::string socket = d.server->socket();
   std::vector<char> buf(4096, 'w');
   iovec v[1] = {{buf.data(), buf.size()}};
-  CHECK(run(loop, *q, {vb::Op::write, 0, 4096, v, 1}) == 0);
+  CHECK(d.run({vb::Op::write, 0, 4096, v, 1}) == 0);
 
   // Back read-only: not the export we were writing to. The write is held, not sent.
-  server.reset();
-  std::filesystem::remove(socket);
-  server = std::make_unique<NbdkitServer>(dir, std::vector<std::string>{"file", image},
-                                          std::vector<std::string>{"--readonly"}, socket);
+  d.server.reset();
+  d.server = serve_again(dir, socket, {"file", image}, {"--readonly"});
   Result held;
-  REQUIRE(q->submit({vb::Op::write, 4096, 4096, v, 1}, &Result::on_done, &held) == 0);
+  REQUIRE(d.q->submit({vb::Op::write, 4096, 4096, v, 1}, &Result::on_done, &held) == 0);
   bool waited = false;
-  vb::Timer wait(loop, [&] { waited = true; });
+  vb::Timer wait(d.loop, [&] { waited = true; });
   wait.arm(2500ms);
-  run_until(loop, [&] { return waited || held.calls > 0; });
+  run_until(d.loop, [&] { return waited || held.calls > 0; });
   CHECK(held.calls == 0);
 
   // Back writable and bigger: accepted, the held write completes, the resize is reported.
-  server.reset();
+  d.server.reset();
   std::filesystem::remove(socket);
   std::filesystem::resize_file(image, 6 << 20);
-  server =
+  d.server =
       std::make_unique<NbdkitServer>(dir, std::vector<std::string>{"file", image}, std::vector<std::string>{}, socket);
-  run_until(loop, [&] { return held.calls > 0; });
+  run_until(d.loop, [&] { return held.calls > 0; });
   CHECK(held.error == 0);
   CHECK(reported == 6u << 20);
-  CHECK(backend.current_size() == 6u << 20);
+  CHECK(d.backend.current_size() == 6u << 20);
 }
 
 TEST_CASE("nbd: a server that stops answering is given up on, also mid-handshake, and I/O moves to its successor") {
   if (!have_nbdkit())
     VB_SKIP("nbdkit not installed");
   TempDir dir;
-  const std::string image = dir.file("disk.img");
-  {
-    std::ofstream f(image);
-    std::vector<char> data(1 << 20, 's');
-    f.write(data.data(), static_cast<std::streamsize>(data.size()));
-  }
-  auto frozen = std::make_unique<NbdkitServer>(dir, std::vector<std::string>{"file", image});
-  const std::string socket = frozen->socket();
-  auto o = options_for("nbd+unix:///?socket=" + socket);
-  o.request_timeout = 1s;
-  o.resize_poll_interval = 0ms;
-  vb::NbdBackend backend(o);
-  backend.open(vb::test::new_events(backend));
-  vb::EventLoop loop;
-  auto q = backend.open_queue(loop, 0);
+  const std::string image = filled_image(dir, 1 << 20, 's');
+  NbdDisk d(dir, {"file", image}, {}, [](vb::NbdOptions &o) {
+    o.request_timeout = 1s;
+    o.resize_poll_interval = 0ms;
+  });
+  NbdkitServer &frozen = *d.server;
+  const std::string socket = frozen.socket();
   std::vector<char> in(4096);
   iovec rv[1] = {{in.data(), in.size()}};
-  CHECK(run(loop, *q, {vb::Op::read, 0, 4096, rv, 1}) == 0);
+  CHECK(d.run({vb::Op::read, 0, 4096, rv, 1}) == 0);
 
   // Stopped, not dead: connections are still accepted (the listen backlog) but nothing answers.
-  REQUIRE(::kill(frozen->process().pid(), SIGSTOP) == 0);
+  REQUIRE(::kill(frozen.process().pid(), SIGSTOP) == 0);
   Result r;
   std::fill(in.begin(), in.end(), 0);
-  REQUIRE(q->submit({vb::Op::read, 4096, 4096, rv, 1}, &Result::on_done, &r) == 0);
+  REQUIRE(d.q->submit({vb::Op::read, 4096, 4096, rv, 1}, &Result::on_done, &r) == 0);
   // After request-timeout the connection is replaced; the new one hangs in the handshake with
   // the stopped server. Then a working server takes over the socket path.
   std::unique_ptr<NbdkitServer> successor;
-  vb::Timer replace(loop, [&] {
-    std::filesystem::remove(socket);
-    successor = std::make_unique<NbdkitServer>(dir, std::vector<std::string>{"file", image}, std::vector<std::string>{},
-                                               socket);
-  });
+  vb::Timer replace(d.loop, [&] { successor = serve_again(dir, socket, {"file", image}); });
   replace.arm(2000ms);
   run_until(
-      loop, [&] { return r.calls > 0; }, 30s);
+      d.loop, [&] { return r.calls > 0; }, 30s);
   CHECK(r.error == 0);
   CHECK(in[0] == 's');
-  ::kill(frozen->process().pid(), SIGCONT);
+  ::kill(frozen.process().pid(), SIGCONT);
 }
 
 namespace {
@@ -561,48 +528,35 @@ TEST_CASE("nbd: after a fence, writes held for a reconnect or lost on the wire n
   if (!have_nbdkit())
     VB_SKIP("nbdkit not installed");
   TempDir dir;
-  const std::string image = dir.file("disk.img");
-  {
-    std::ofstream f(image);
-    std::string data(1 << 20, 'o');
-    f.write(data.data(), static_cast<std::streamsize>(data.size()));
-  }
+  const std::string image = filled_image(dir, 1 << 20, 'o');
   // Slow writes keep one on the wire long enough to kill the server under it.
   const std::vector<std::string> plugin{"file", image, "delay-write=2"};
   const std::vector<std::string> filter{"--filter=delay"};
-  auto server = std::make_unique<NbdkitServer>(dir, plugin, filter);
-  const std::string socket = server->socket();
-  auto o = options_for("nbd+unix:///?socket=" + socket);
-  o.connections = 1;
-  vb::NbdBackend backend(o);
-  backend.open(vb::test::new_events(backend));
-  vb::EventLoop loop;
-  auto q = backend.open_queue(loop, 0);
+  NbdDisk d(dir, plugin, filter, [](vb::NbdOptions &o) { o.connections = 1; });
+  const std::string socket = d.server->socket();
   std::string a(4096, 'A'), b(4096, 'B'), c(4096, 'C');
   iovec av[1] = {{a.data(), a.size()}}, bv[1] = {{b.data(), b.size()}}, cv[1] = {{c.data(), c.size()}};
 
   // On the wire: C is sent, the server sleeps on it, then dies before writing it.
   Result on_wire;
-  REQUIRE(q->submit({vb::Op::write, 8192, 4096, cv, 1}, &Result::on_done, &on_wire) == 0);
-  loop.run_once(false);
-  q->fence();
+  REQUIRE(d.q->submit({vb::Op::write, 8192, 4096, cv, 1}, &Result::on_done, &on_wire) == 0);
+  d.loop.run_once(false);
+  d.q->fence();
   CHECK(on_wire.calls == 0); // sent: it finishes with the server's answer or the connection
-  ::kill(server->process().pid(), SIGKILL);
-  server->process().stop();
-  run_until(loop, [&] { return on_wire.calls > 0; });
+  ::kill(d.server->process().pid(), SIGKILL);
+  d.server->process().stop();
+  run_until(d.loop, [&] { return on_wire.calls > 0; });
   CHECK(on_wire.error == ECANCELED);
 
   // Held: the server is away, A waits for the reconnect; the reset drops it.
   Result held;
-  REQUIRE(q->submit({vb::Op::write, 0, 4096, av, 1}, &Result::on_done, &held) == 0);
-  q->fence();
-  run_until(loop, [&] { return held.calls > 0; });
+  REQUIRE(d.q->submit({vb::Op::write, 0, 4096, av, 1}, &Result::on_done, &held) == 0);
+  d.q->fence();
+  run_until(d.loop, [&] { return held.calls > 0; });
   CHECK(held.error == ECANCELED);
 
-  std::filesystem::remove(socket);
-  server =
-      std::make_unique<NbdkitServer>(dir, std::vector<std::string>{"file", image}, std::vector<std::string>{}, socket);
-  CHECK(run(loop, *q, {vb::Op::write, 4096, 4096, bv, 1}) == 0); // the new driver's write
+  d.server = serve_again(dir, socket, {"file", image});
+  CHECK(d.run({vb::Op::write, 4096, 4096, bv, 1}) == 0); // the new driver's write
   CHECK(bytes_at(image, 0, 4096) == std::string(4096, 'o'));
   CHECK(bytes_at(image, 4096, 4096) == b);
   CHECK(bytes_at(image, 8192, 4096) == std::string(4096, 'o'));
@@ -616,23 +570,17 @@ TEST_CASE("nbd: a request answered with ESHUTDOWN is resubmitted on a new connec
   TempDir dir;
   const std::string trigger = dir.file("shutting-down");
   std::ofstream(trigger).close();
-  NbdkitServer server(dir, {"memory", "1M", "error=ESHUTDOWN", "error-rate=100%", "error-file=" + trigger},
-                      {"--filter=error"});
-  auto o = options_for(server.uri());
-  o.request_timeout = 0ms;
-  vb::NbdBackend backend(o);
-  backend.open(vb::test::new_events(backend));
-  vb::EventLoop loop;
-  auto q = backend.open_queue(loop, 0);
+  NbdDisk d(dir, {"memory", "1M", "error=ESHUTDOWN", "error-rate=100%", "error-file=" + trigger}, {"--filter=error"},
+            [](vb::NbdOptions &o) { o.request_timeout = 0ms; });
   std::vector<char> buf(4096, 'x');
   iovec v[1] = {{buf.data(), buf.size()}};
   Result r;
-  REQUIRE(q->submit({vb::Op::read, 0, 4096, v, 1}, &Result::on_done, &r) == 0);
-  run_until(loop,
-            [&] { return vb::test::events_of(backend).health().last_error.find("ESHUTDOWN") != std::string::npos; });
+  REQUIRE(d.q->submit({vb::Op::read, 0, 4096, v, 1}, &Result::on_done, &r) == 0);
+  run_until(d.loop,
+            [&] { return vb::test::events_of(d.backend).health().last_error.find("ESHUTDOWN") != std::string::npos; });
   CHECK(r.calls == 0); // not failed: the server only said it is going away
   std::filesystem::remove(trigger);
-  run_until(loop, [&] { return r.calls > 0; });
+  run_until(d.loop, [&] { return r.calls > 0; });
   CHECK(r.error == 0);
   CHECK(buf == std::vector<char>(4096, 0));
 }
@@ -643,17 +591,13 @@ TEST_CASE("nbd: a forwarding queue's cancel_all completes its own requests now a
   if (!have_nbdkit())
     VB_SKIP("nbdkit not installed");
   TempDir dir;
-  auto server = std::make_unique<NbdkitServer>(dir, std::vector<std::string>{"memory", "1M"});
-  const std::string socket = server->socket();
-  auto o = options_for("nbd+unix:///?socket=" + socket);
-  o.connections = 1;
-  vb::NbdBackend backend(o);
-  backend.open(vb::test::new_events(backend));
-  vb::EventLoop owner_loop, forward_loop;
+  vb::EventLoop forward_loop; // before d: it outlives both queues (the owner, queue 0, is d's), as it did
+  NbdDisk d(dir, {"memory", "1M"}, {}, [](vb::NbdOptions &o) { o.connections = 1; });
+  vb::EventLoop &owner_loop = d.loop;
+  std::unique_ptr<vb::BackendQueue> &owner = d.q; // queue 0
   std::thread owner_thread;
-  std::unique_ptr<vb::BackendQueue> owner = backend.open_queue(owner_loop, 0);
-  std::unique_ptr<vb::BackendQueue> forwarder = backend.open_queue(forward_loop, 1);
-  server.reset(); // both queues' requests are held for a reconnect
+  std::unique_ptr<vb::BackendQueue> forwarder = d.backend.open_queue(forward_loop, 1);
+  d.server.reset(); // both queues' requests are held for a reconnect
   std::vector<char> b1(4096), b2(4096);
   iovec v1[1] = {{b1.data(), b1.size()}}, v2[1] = {{b2.data(), b2.size()}};
   Result mine, theirs;
@@ -684,13 +628,7 @@ TEST_CASE("nbd: many large scattered requests in flight stay within the bounce b
   if (!have_nbdkit())
     VB_SKIP("nbdkit not installed");
   TempDir dir;
-  NbdkitServer server(dir, {"memory", "256M"});
-  auto o = options_for(server.uri());
-  o.connections = 1;
-  vb::NbdBackend backend(o);
-  backend.open(vb::test::new_events(backend));
-  vb::EventLoop loop;
-  auto q = backend.open_queue(loop, 0);
+  NbdDisk d(dir, {"memory", "256M"}, {}, [](vb::NbdOptions &o) { o.connections = 1; });
   constexpr int kRequests = 48;
   constexpr std::size_t kPiece = 1 << 20, kPieces = 4; // 4 MiB in 4 separate pieces
   std::vector<std::vector<char>> pieces(kPieces);
@@ -701,12 +639,12 @@ TEST_CASE("nbd: many large scattered requests in flight stay within the bounce b
   }
   std::vector<Result> results(kRequests);
   for (int i = 0; i < kRequests; ++i)
-    REQUIRE(q->submit({vb::Op::write, static_cast<std::uint64_t>(i) * kPiece * kPieces, kPiece * kPieces, iov.data(),
-                       static_cast<int>(kPieces)},
-                      &Result::on_done, &results[i]) == 0);
-  std::size_t peak = backend.bounce_bytes();
-  run_until(loop, [&] {
-    peak = std::max(peak, backend.bounce_bytes());
+    REQUIRE(d.q->submit({vb::Op::write, static_cast<std::uint64_t>(i) * kPiece * kPieces, kPiece * kPieces, iov.data(),
+                         static_cast<int>(kPieces)},
+                        &Result::on_done, &results[i]) == 0);
+  std::size_t peak = d.backend.bounce_bytes();
+  run_until(d.loop, [&] {
+    peak = std::max(peak, d.backend.bounce_bytes());
     return std::all_of(results.begin(), results.end(), [](const Result &r) { return r.calls > 0; });
   });
   CHECK(peak <= 64u << 20);
@@ -717,8 +655,7 @@ TEST_CASE("nbd: many large scattered requests in flight stay within the bounce b
   std::vector<iovec> rv(kPieces);
   for (std::size_t p = 0; p < kPieces; ++p)
     rv[p] = {back[p].data(), kPiece};
-  CHECK(run(loop, *q,
-            {vb::Op::read, (kRequests - 1) * kPiece * kPieces, kPiece * kPieces, rv.data(),
-             static_cast<int>(kPieces)}) == 0);
+  CHECK(d.run({vb::Op::read, (kRequests - 1) * kPiece * kPieces, kPiece * kPieces, rv.data(),
+               static_cast<int>(kPieces)}) == 0);
   CHECK(back == pieces);
 }
