@@ -131,27 +131,34 @@ memory_config() {
   } >"$file"
 }
 
-# fio_verify_matrix DISK LABEL: fio with crc32c verification, random writes and mixed
-# read/write, 4k and 64k blocks, iodepth 32, two jobs in disjoint ranges (0-48M, 64M-112M).
-# Any I/O or verify error fails the test. Runs in $work (fio leaves verify state files there).
-fio_verify_matrix() {
-  local disk=$1 label=$2 rw bs errors out
+# fio_verify_runs DISK LABEL SIZE RUN...: fio with crc32c verification, one run per RUN ("RW BS",
+# e.g. "randwrite 4k" or "randrw 16k"), iodepth 32, two jobs of SIZE each in disjoint ranges (0 and
+# 64M on). Any I/O or verify error fails the test. Runs in $work (fio leaves verify state files there).
+fio_verify_runs() {
+  local disk=$1 label=$2 size=$3 run rw bs errors read_kib write_kib out
+  shift 3
   command -v fio >/dev/null || skip "fio not installed"
   (
     cd "$work"
-    for rw in randwrite randrw; do
-      for bs in 4k 64k; do
-        out=$work/fio-$rw-$bs
-        fio --eta=never --name="verify-$rw-$bs" --filename="$disk" --direct=1 --ioengine=libaio --iodepth=32 \
-          --numjobs=2 --offset_increment=64M --size=48M --rw="$rw" --bs="$bs" \
-          --verify=crc32c --verify_fatal=1 --do_verify=1 --group_reporting --output-format=terse \
-          --terse-version=3 --output="$out.txt" 2>"$out.err" ||
-          { cat "$out.err" "$out.txt"; fail "$label: fio $rw $bs failed"; }
-        # Terse v3 field 5 is the job's error code.
-        errors=$(awk -F';' '$1 == 3 {print $5}' "$out.txt")
-        [ "$errors" = 0 ] || { cat "$out.txt"; fail "$label: fio $rw $bs reported error '$errors'"; }
-        echo "ok: $label: fio $rw bs=$bs iodepth=32 numjobs=2 verify=crc32c"
-      done
+    for run in "$@"; do
+      read -r rw bs <<<"$run"
+      out=$work/fio-$rw-$bs
+      fio --eta=never --name="verify-$rw-$bs" --filename="$disk" --direct=1 --ioengine=libaio --iodepth=32 \
+        --numjobs=2 --offset_increment=64M --size="$size" --rw="$rw" --bs="$bs" \
+        --verify=crc32c --verify_fatal=1 --do_verify=1 --group_reporting --output-format=terse \
+        --terse-version=3 --output="$out.txt" 2>"$out.err" ||
+        { cat "$out.err" "$out.txt"; fail "$label: fio $rw $bs failed"; }
+      # Terse v3: field 5 error, 6 KiB read (including the verify reads), 47 KiB written.
+      read -r errors read_kib write_kib < <(awk -F';' '$1 == 3 { print $5, $6, $47 }' "$out.txt")
+      [ "${errors:-}" = 0 ] || { cat "$out.txt"; fail "$label: fio $rw $bs reported error '${errors:-none}'"; }
+      echo "ok: $label: fio $rw bs=$bs iodepth=32 numjobs=2 size=$size verify=crc32c:" \
+        "${write_kib} KiB written, ${read_kib} KiB read"
     done
   ) || exit 1
+}
+
+# fio_verify_matrix DISK LABEL: fio_verify_runs with random writes and mixed read/write, 4k and 64k
+# blocks, 48M per job (ranges 0-48M, 64M-112M).
+fio_verify_matrix() {
+  fio_verify_runs "$1" "$2" 48M "randwrite 4k" "randwrite 64k" "randrw 4k" "randrw 64k"
 }

@@ -200,3 +200,45 @@ tgtd_stop() {
   wait "$tgtd_pid" 2>/dev/null || true
   tgtd_pid=''
 }
+
+# --- the backend interface of lib/backend.sh (iscsi_be_*; see there) ------------------------------
+# tgtd with LUN 1 backed by $work/iscsi.img (iscsi_be_block_size bytes per block, default 512);
+# tgtd reads a LUN's size when the LUN is made, so growing restarts it. Variables only set when a
+# check asks, since bench/suite.sh sources both this and lib/nbd.sh.
+iscsi_be_block_size=512
+iscsi_be_init() {
+  be_label=iscsi be_server=tgtd
+  be_img=$work/iscsi.img
+  be_keys=("backend.request-timeout: 30s")
+  be_fio_size=32M be_fio_runs=("randwrite 4k" "randwrite 64k" "randrw 16k")
+  be_restart_fio_seconds=${VDUSE_BRIDGE_RESTART_FIO_SECONDS:-20}
+  be_reconnect_log_res=("session lost" "logged in again")
+  be_has_server=1 be_can_shrink=1 be_eio_after_timeout=1
+}
+iscsi_be_server_start() {
+  rm -f "$be_img"
+  truncate -s "$1" "$be_img"
+  tgtd_start
+  tgt_lun_add 1 "$be_img" "$iscsi_be_block_size"
+  be_where="$(iscsi_uri 1) (tgtd pid $tgtd_pid, LUN 1 on $(stat -f -c %T "$be_img"), $iscsi_be_block_size-byte blocks)"
+}
+iscsi_be_server_kill() { tgtd_kill "${1:-KILL}"; }
+iscsi_be_server_restart() { tgtd_start; } # the same port, target and LUNs
+iscsi_be_server_stop() { # the next iscsi_be_server_start picks a new port and makes the target anew
+  tgtd_stop
+  tgt_luns=() tgtd_port=''
+}
+iscsi_be_config() {
+  local file=$1 name=$2
+  shift 2
+  iscsi_config "$file" "$name" "$(iscsi_uri 1)" "$@"
+}
+iscsi_be_require() { require_iscsi_backend "$1"; }
+iscsi_be_resize() {
+  tgtd_kill KILL
+  truncate -s "$1" "$be_img"
+  tgtd_start
+}
+iscsi_be_server_read_check() { :; }
+# The backing file: what tgtd stored (no initiator in the path but tgtd's own writes).
+iscsi_be_server_read() { dd if="$be_img" of="$3" bs=64k skip="$1" count="$2" iflag=skip_bytes,count_bytes status=none; }

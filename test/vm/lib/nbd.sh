@@ -189,3 +189,60 @@ knbd_detach() {
   nbd-client -d "$dev" >/dev/null 2>&1 || return 1
   for i in "${!knbd_devs[@]}"; do [ "${knbd_devs[$i]}" != "$dev" ] || unset "knbd_devs[$i]"; done
 }
+
+# --- the backend interface of lib/backend.sh (nbd_be_*; see there) --------------------------------
+# One nbdkit (id "be") serving the image $work/nbd.img with its file plugin (the data outlives
+# nbdkit), on the unix socket $work/nbd.sock or, with nbd_be_transport=tcp, a free 127.0.0.1 port
+# that a restart keeps. Variables only set when a check asks, since bench/suite.sh sources both
+# this and lib/iscsi.sh.
+nbd_be_transport=unix nbd_be_uri='' nbd_be_port=''
+nbd_be_init() {
+  be_label=nbd be_server=nbdkit
+  be_img=$work/nbd.img
+  be_keys=("backend.connections: 4" "backend.request-timeout: 30s")
+  be_fio_size=48M be_fio_runs=("randwrite 4k" "randwrite 64k" "randrw 4k" "randrw 64k")
+  be_restart_fio_seconds=${VDUSE_BRIDGE_RESTART_FIO_SECONDS:-25}
+  be_reconnect_log_res=("${VDUSE_BRIDGE_RECONNECT_LOG_RE:-reconnect}")
+  be_has_server=1 be_can_shrink=1 be_eio_after_timeout=1
+}
+nbd_be_spawn() {
+  if [ "$nbd_be_transport" = tcp ]; then
+    if [ -z "$nbd_be_port" ]; then
+      nbdkit_start_tcp be file file="$be_img"
+      nbd_be_port=${nbdkit_ports[be]}
+    else
+      nbdkit_start be -i 127.0.0.1 -p "$nbd_be_port" file file="$be_img"
+    fi
+    nbd_be_uri=$(nbd_tcp_uri "$nbd_be_port")
+  else
+    rm -f "$work/nbd.sock" # a SIGKILLed nbdkit leaves its socket behind
+    nbdkit_start be -U "$work/nbd.sock" file file="$be_img"
+    nbd_be_uri=$(nbd_unix_uri "$work/nbd.sock")
+  fi
+}
+nbd_be_server_start() {
+  rm -f "$be_img"
+  truncate -s "$1" "$be_img"
+  nbd_be_port=''
+  nbd_be_spawn
+  be_where="$nbd_be_uri (nbdkit file plugin, pid ${nbdkit_pids[be]})"
+}
+nbd_be_server_kill() { nbdkit_kill be "${1:-KILL}" && rm -f "$work/nbd.sock"; }
+nbd_be_server_restart() { nbd_be_spawn; }
+nbd_be_server_stop() {
+  nbdkit_kill be TERM
+  rm -f "$work/nbd.sock"
+}
+nbd_be_config() {
+  local file=$1 name=$2
+  shift 2
+  nbd_config "$file" "$name" "$nbd_be_uri" "$@"
+}
+nbd_be_require() { require_nbd_backend "$1"; }
+nbd_be_resize() { # SIZE: nbdkit reads the image's size when a client connects
+  nbdkit_kill be TERM
+  truncate -s "$1" "$be_img"
+  nbd_be_spawn
+}
+nbd_be_server_read_check() { command -v nbdcopy >/dev/null || skip "nbdcopy not installed (libnbd-bin)"; }
+nbd_be_server_read() { nbd_server_read "$nbd_be_uri" "$@"; }
