@@ -5,6 +5,8 @@ run), OUT/readme-tables.md (the tables of README.md's "Performance" section, pas
 are) and, with gnuplot, OUT/iops-ratio.png and OUT/p99.png.
 
 usage: report.py RAW OUT
+       report.py --splice README TABLES   (what scripts/bench --update-readme runs: replaces the
+                                           lines between README's bench-tables markers by TABLES)
 """
 import csv
 import json
@@ -143,7 +145,28 @@ def readme_tables(agg, facts, prov, workloads):
     return "\n".join(L)
 
 
+BEGIN_MARK = "<!-- bench-tables:begin"
+END_MARK = "<!-- bench-tables:end -->"
+
+
+def splice(readme, tables):
+    with open(readme) as f:
+        lines = f.read().split("\n")
+    b = next((i for i, x in enumerate(lines) if x.startswith(BEGIN_MARK)), None)
+    e = next((i for i, x in enumerate(lines) if x.startswith(END_MARK)), None)
+    if b is None or e is None or e < b:
+        sys.exit(f"report.py: {readme} has no {BEGIN_MARK} ... {END_MARK} block")
+    with open(tables) as f:
+        new = f.read().rstrip("\n").split("\n")
+    lines[b + 1:e] = new
+    with open(readme, "w") as f:
+        f.write("\n".join(lines))
+
+
 def main():
+    if len(sys.argv) == 4 and sys.argv[1] == "--splice":
+        splice(sys.argv[2], sys.argv[3])
+        return
     raw, out = sys.argv[1], sys.argv[2]
     with open(os.path.join(raw, "runs.csv")) as f:
         rows = list(csv.DictReader(f))
