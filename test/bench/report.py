@@ -118,6 +118,9 @@ def readme_tables(agg, facts, prov, workloads):
              f"kernel {facts.get('kernel', '?')}; medians over the rounds, ratios against the peers "
              f"measured in the same run (IOPS, MiB/s at 128k; above 1.00x vduse-bridge is faster). "
              f"CPU µs/IO: the serving daemon's CPU time per completed I/O (vduse-bridge / qemu-storage-daemon).")
+    if prov.get("note"):
+        L.append("")
+        L.append(prov["note"])
     L.append("")
     store = facts.get("file_store", "?")
     main_wls = [w for w in workloads if not w.startswith("scaling")]
@@ -158,7 +161,7 @@ def splice(readme, tables):
         sys.exit(f"report.py: {readme} has no {BEGIN_MARK} ... {END_MARK} block")
     with open(tables) as f:
         new = f.read().rstrip("\n").split("\n")
-    lines[b + 1:e] = new
+    lines[b + 1:e] = new + [""]  # a blank line ends the last table before the marker
     with open(readme, "w") as f:
         f.write("\n".join(lines))
 
