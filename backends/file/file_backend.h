@@ -30,8 +30,9 @@
 //
 // Queueing: a queue's ring has queue_depth entries and at most that many requests are in the
 // kernel; the rest wait in a FIFO. submit() only queues and schedules a Deferred, which
-// prepares the SQEs and makes one io_uring_submit per loop iteration; the eventfd wakes the
-// loop, which reaps every CQE there is.
+// prepares the SQEs (on the file registered with the ring) and makes one io_uring_submit per
+// loop iteration, then reaps the CQEs already there (O_DIRECT on a fast device completes inside
+// the submit); the ring's fd, watched level-triggered, wakes the loop for the others.
 //
 // Cancel and fence: cancel_all() waits for what the kernel holds instead of cancelling it (a
 // local file always answers, IORING_OP_ASYNC_CANCEL cannot stop a read or write already
@@ -46,7 +47,7 @@
 // flush: a guest that only reads never flushes.
 //
 // Threading: open() and the constructor at start-up; open_queue() on each queue's loop thread,
-// which then owns that queue (its ring, eventfd, FIFO and bounce memory) alone. What queues
+// which then owns that queue (its ring, the ioctl worker's eventfd, FIFO and bounce memory) alone. What queues
 // share is fixed at open() except the size and one capability probe (atomics). capabilities(),
 // current_size() and direct() from any thread after open().
 #pragma once

@@ -1,9 +1,12 @@
 // One virtqueue's requests on the file (the design is in file_backend.h): an io_uring of its
-// own, completions signalled through an eventfd the queue's loop watches, SQEs submitted once
-// per loop iteration, at most `depth` requests in the kernel and the rest held in arrival order.
+// own with the file registered, SQEs submitted once per loop iteration and the completions that
+// are already there reaped right after (O_DIRECT on a fast device completes inside
+// io_uring_enter), the rest found by the queue's loop watching the ring's fd; at most `depth`
+// requests in the kernel and the rest held in arrival order. The ioctl worker signals through an
+// eventfd of its own.
 //
 // Threading: every method runs on the loop thread that created the queue. The ioctl worker's
-// thread only runs block-device discards and writes the same eventfd when one is done.
+// thread only runs block-device discards and writes its eventfd when one is done.
 #pragma once
 
 #include "common/unique_fd.h"
@@ -80,7 +83,7 @@ private:
   bool issue(Job *job) noexcept;
   void prepare_rw(Job *job, io_uring_sqe *sqe) noexcept;
   void submit_ring() noexcept;
-  void on_ring_event() noexcept;
+  void on_worker_event() noexcept;
   void reap() noexcept;
   void on_cqe(Job *job, int res) noexcept;
   void on_rw_done(Job *job, int res) noexcept;
@@ -99,9 +102,12 @@ private:
   const std::size_t bounce_limit_;
   std::size_t bounce_chunk_; // the most one request bounces at a time
   io_uring ring_{};
-  UniqueFd event_fd_;  // the ring's completions and the worker's
+  int file_ = -1;           // in SQEs: 0 with IOSQE_FIXED_FILE (registered), else target_.fd
+  std::uint8_t sqe_flags_ = 0;
+  UniqueFd event_fd_;  // the worker's completions
   IoctlWorker worker_; // after event_fd_: stopped before it closes
-  std::unique_ptr<IoWatch> watch_;
+  std::unique_ptr<IoWatch> ring_watch_;   // the ring's fd: CQEs waiting (level-triggered)
+  std::unique_ptr<IoWatch> worker_watch_; // event_fd_
   Deferred kick_; // submits once per loop iteration
   Timer retry_;   // the kernel refused a submission (out of memory): try again
   std::unique_ptr<Timer> size_timer_;

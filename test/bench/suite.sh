@@ -7,6 +7,9 @@
 #   nbd:    vduse-bridge nbd backend           | qsd vduse-blk over driver=nbd | kernel nbd-client
 #           | fio's libnbd engine (the userspace ceiling), all on one `nbdkit memory` unix socket
 #   iscsi:  vduse-bridge iscsi backend         | qsd vduse-blk over driver=iscsi, one tgtd LUN (tmpfs)
+#   file:   vduse-bridge file backend (O_DIRECT, io_uring) | qsd vduse-blk over driver=file
+#           (aio=io_uring, cache.direct=on) | a loop device (losetup --direct-io=on), all on one
+#           256 MiB file on ext4 on a brd ramdisk (see file_store below for why not tmpfs)
 #   scaling: vduse-bridge memory with 1, 2, 4 queues (4k randread qd32, numjobs = queues)
 # plus daemon CPU time per I/O (/proc/PID/stat utime+stime around each run over the completed I/Os
 # of /sys/block/DEV/stat), VmRSS, and the time to create and attach 32 memory devices.
@@ -15,7 +18,8 @@
 #   facts.csv    key,value (RSS, attach times, settings)
 #   skipped.tsv  path<TAB>reason for each path that could not be measured
 # Settings: VDUSE_BRIDGE_BENCH_SECONDS (default 3), VDUSE_BRIDGE_BENCH_RAMP (fio ramp_time, default
-# 1s), VDUSE_BRIDGE_BENCH_ROUNDS (default 3).
+# 1s), VDUSE_BRIDGE_BENCH_ROUNDS (default 3), VDUSE_BRIDGE_BENCH_BACKENDS (default "memory nbd iscsi
+# file": the backends whose paths are measured; the queue-scaling runs come with memory).
 # shellcheck source-path=SCRIPTDIR/../vm/lib
 HERE=$(cd "$(dirname "$0")" && pwd)
 LIB=$HERE/../vm/lib
@@ -26,14 +30,23 @@ if [ -z "${VM_OUT:-}" ] || [ ! -d "$VM_OUT" ]; then fail "VM_OUT is not set (run
 declare -A missing=()
 # The nbd and iscsi helpers skip the whole script when their server is missing; here that only
 # leaves their paths out.
+BACKENDS=${VDUSE_BRIDGE_BENCH_BACKENDS:-memory nbd iscsi file}
+for b in $BACKENDS; do
+  case $b in memory | nbd | iscsi | file) ;; *) fail "VDUSE_BRIDGE_BENCH_BACKENDS: unknown backend '$b'" ;; esac
+done
+want() { [[ " $BACKENDS " == *" $1 "* ]]; }
 have_nbd=0 have_iscsi=0
-if command -v nbdkit >/dev/null; then
+if ! want nbd; then
+  :
+elif command -v nbdkit >/dev/null; then
   source "$LIB/nbd.sh"
   have_nbd=1
 else
   for p in vb-nbd qsd-nbd knbd fio-libnbd; do missing[$p]="nbdkit not installed (Debian: nbdkit)"; done
 fi
-if command -v tgtd >/dev/null && command -v tgtadm >/dev/null; then
+if ! want iscsi; then
+  :
+elif command -v tgtd >/dev/null && command -v tgtadm >/dev/null; then
   source "$LIB/iscsi.sh"
   have_iscsi=1
 else
@@ -58,6 +71,7 @@ fact ramp "$RAMP"
 fact rounds "$ROUNDS"
 fact kernel "$(uname -r)"
 fact clk_tck "$(getconf CLK_TCK)"
+fact backends "$BACKENDS"
 fact fio "$(fio --version)"
 CLK=$(getconf CLK_TCK)
 
@@ -80,7 +94,11 @@ suite_stop_all() {
     wait "${vb_pid[$id]}" 2>/dev/null || true
     unset "vb_pid[$id]"
   done
+  # The file store's loop device; the store itself ($work/mnt-file) is unmounted by lib/daemon.sh.
+  if [ -n "${loop_dev:-}" ]; then losetup -d "$loop_dev" 2>/dev/null || true; fi
+  loop_dev=''
 }
+loop_dev=''
 on_cleanup suite_stop_all
 
 usec() { printf '%s' "${EPOCHREALTIME/./}"; }
@@ -140,22 +158,24 @@ qsd_start() {
 }
 
 # --- 1. 32 memory devices: time to create and attach them, RSS --------------------------------
-N32=32
-{
-  echo "devices:"
-  for ((i = 0; i < N32; i++)); do
-    printf '  - name: bm32d%d\n    backend:\n      type: memory\n      size: 64M\n    queues: 1\n    attach: virtio-vdpa\n' "$i"
-  done
-} >"$work/m32.yaml"
-vb_start m32 "$work/m32.yaml"
-fact attach32_ms $((vb_start_us / 1000))
-for ((i = 0; i < N32; i++)); do wait_for 60 "the disk of bm32d$i" disk_ready "bm32d$i"; done
-read -r r a < <(rss "${vb_pid[m32]}")
-fact rss32_kb "$r"
-fact rssanon32_kb "$a"
-echo "bench: 32 memory devices of 64M: serving after $((vb_start_us / 1000)) ms, VmRSS $r kB (anon $a kB)"
-vb_stop m32
-rm -f /dev/shm/vduse-bridge/bm32d*.mem
+if want memory; then
+  N32=32
+  {
+    echo "devices:"
+    for ((i = 0; i < N32; i++)); do
+      printf '  - name: bm32d%d\n    backend:\n      type: memory\n      size: 64M\n    queues: 1\n    attach: virtio-vdpa\n' "$i"
+    done
+  } >"$work/m32.yaml"
+  vb_start m32 "$work/m32.yaml"
+  fact attach32_ms $((vb_start_us / 1000))
+  for ((i = 0; i < N32; i++)); do wait_for 60 "the disk of bm32d$i" disk_ready "bm32d$i"; done
+  read -r r a < <(rss "${vb_pid[m32]}")
+  fact rss32_kb "$r"
+  fact rssanon32_kb "$a"
+  echo "bench: 32 memory devices of 64M: serving after $((vb_start_us / 1000)) ms, VmRSS $r kB (anon $a kB)"
+  vb_stop m32
+  rm -f /dev/shm/vduse-bridge/bm32d*.mem
+fi
 
 # --- 2. the paths -----------------------------------------------------------------------------
 paths=()
@@ -164,42 +184,44 @@ QSD=$(command -v qemu-storage-daemon || true)
 qsd_missing="qemu-storage-daemon not installed (Debian: qemu-system-common)"
 
 # memory
-{
-  echo "devices:"
+if want memory; then
+  {
+    echo "devices:"
+    for q in 1 2 4; do
+      printf '  - name: bmemq%d\n    backend:\n      type: memory\n      size: 256M\n    queues: %d\n    queue-size: 256\n' "$q" "$q"
+    done
+  } >"$work/mem.yaml"
+  vb_start mem "$work/mem.yaml"
+  fact attach_mem3_ms $((vb_start_us / 1000))
   for q in 1 2 4; do
-    printf '  - name: bmemq%d\n    backend:\n      type: memory\n      size: 256M\n    queues: %d\n    queue-size: 256\n' "$q" "$q"
+    wait_for 30 "the disk of bmemq$q" disk_ready "bmemq$q"
+    d=/dev/$(disk_of "bmemq$q")
+    # Reading never-written memory costs a page fault per page, which null-co does not pay.
+    dd if=/dev/zero of="$d" bs=1M count=256 oflag=direct status=none || fail "prefilling $d failed"
+    dev[vb-mem-q$q]=$d
+    backend[vb-mem-q$q]=scaling
+    cpu_pid[vb-mem-q$q]=${vb_pid[mem]}
   done
-} >"$work/mem.yaml"
-vb_start mem "$work/mem.yaml"
-fact attach_mem3_ms $((vb_start_us / 1000))
-for q in 1 2 4; do
-  wait_for 30 "the disk of bmemq$q" disk_ready "bmemq$q"
-  d=/dev/$(disk_of "bmemq$q")
-  # Reading never-written memory costs a page fault per page, which null-co does not pay.
-  dd if=/dev/zero of="$d" bs=1M count=256 oflag=direct status=none || fail "prefilling $d failed"
-  dev[vb-mem-q$q]=$d
-  backend[vb-mem-q$q]=scaling
-  cpu_pid[vb-mem-q$q]=${vb_pid[mem]}
-done
-dev[vb-mem]=${dev[vb-mem-q1]}
-backend[vb-mem]=memory
-cpu_pid[vb-mem]=${vb_pid[mem]}
-paths+=(vb-mem)
-read -r r a < <(rss "${vb_pid[mem]}")
-fact rss_mem_daemon_3dev_kb "$r"
-fact rssanon_mem_daemon_3dev_kb "$a"
-echo "ok: vduse-bridge memory: ${dev[vb-mem]} (1 queue), ${dev[vb-mem-q2]} (2), ${dev[vb-mem-q4]} (4)"
-if [ -n "$QSD" ]; then
-  if qsd_start null qsdnull0 "driver=null-co,node-name=n0,size=268435456,read-zeroes=on"; then
-    dev[qsd-null]=/dev/$(disk_of qsdnull0)
-    backend[qsd-null]=memory
-    cpu_pid[qsd-null]=${qsd_pid[null]}
-    paths+=(qsd-null)
+  dev[vb-mem]=${dev[vb-mem-q1]}
+  backend[vb-mem]=memory
+  cpu_pid[vb-mem]=${vb_pid[mem]}
+  paths+=(vb-mem)
+  read -r r a < <(rss "${vb_pid[mem]}")
+  fact rss_mem_daemon_3dev_kb "$r"
+  fact rssanon_mem_daemon_3dev_kb "$a"
+  echo "ok: vduse-bridge memory: ${dev[vb-mem]} (1 queue), ${dev[vb-mem-q2]} (2), ${dev[vb-mem-q4]} (4)"
+  if [ -n "$QSD" ]; then
+    if qsd_start null qsdnull0 "driver=null-co,node-name=n0,size=268435456,read-zeroes=on"; then
+      dev[qsd-null]=/dev/$(disk_of qsdnull0)
+      backend[qsd-null]=memory
+      cpu_pid[qsd-null]=${qsd_pid[null]}
+      paths+=(qsd-null)
+    else
+      missing[qsd-null]=$qsd_error
+    fi
   else
-    missing[qsd-null]=$qsd_error
+    missing[qsd-null]=$qsd_missing
   fi
-else
-  missing[qsd-null]=$qsd_missing
 fi
 
 # nbd
@@ -285,6 +307,78 @@ if [ "$have_iscsi" = 1 ]; then
   fi
 fi
 
+# file
+# file_store: makes $file_img, a 256 MiB file (every block written) on a store where O_DIRECT is
+# real, and sets file_store_what; status 1 with file_error set if there is none. The store is ext4
+# on a 384 MiB brd ramdisk: O_DIRECT reads and writes go to brd's pages without the page cache and
+# complete inline, so io_uring (the bridge's and qsd's) never needs a worker thread. tmpfs (6.6+)
+# takes O_DIRECT but serves it from the page cache without IOCB_NOWAIT support, so io_uring hands
+# every read to an io-wq thread there (measured: fio's io_uring engine on a tmpfs file 2,331 IOPS
+# at 4k qd1 against 6,140 on ext4 on brd): it would compare the peers' io-wq handling, not the
+# paths. brd is not in the harness's initramfs (its module would be loaded at boot with the
+# default 16 MiB disks): it is loaded here from the kernel tree run-vm booted, with rd_size set.
+# Without it the store falls back to the guest's tmpfs, and the report says so.
+file_store() {
+  local kver ko
+  mkdir -p "$work/mnt-file"
+  kver=$(uname -r)
+  ko=${VDUSE_BRIDGE_VM_CACHE:-/var/cache/vduse-bridge/vm}/kernel-$kver/lib/modules/$kver/kernel/drivers/block/brd.ko.xz
+  if [ ! -e /sys/module/brd ] && [ -r "$ko" ] && xz -dc "$ko" >"$work/brd.ko" &&
+    insmod "$work/brd.ko" rd_nr=1 rd_size=$((384 * 1024)) && [ -b /dev/ram0 ] &&
+    mkfs.ext4 -q -F /dev/ram0 && mount /dev/ram0 "$work/mnt-file"; then
+    file_store_what="ext4 on a 384 MiB brd ramdisk"
+  else
+    echo "bench: file: no brd ramdisk ($ko), using the guest's tmpfs (O_DIRECT there goes through the page cache and io-wq)"
+    file_store_what="tmpfs (no brd module: O_DIRECT is served from the page cache)"
+  fi
+  file_img=$work/mnt-file/disk.img
+  dd if=/dev/zero of="$file_img" bs=1M count=256 oflag=direct status=none || {
+    file_error="writing $file_img with O_DIRECT failed (store: $file_store_what)"
+    return 1
+  }
+}
+if want file; then
+  if ! file_store; then
+    for p in vb-file qsd-file loop-file; do missing[$p]=$file_error; done
+  else
+    fact file_store "$file_store_what"
+    echo "ok: file: $file_img, 256 MiB on $file_store_what"
+    {
+      printf 'devices:\n  - name: bfile0\n    queues: 1\n    queue-size: 256\n'
+      printf '    backend:\n      type: file\n      path: %s\n      direct: on\n' "$file_img"
+    } >"$work/file.yaml"
+    vb_start file "$work/file.yaml"
+    wait_for 30 "the disk of bfile0" disk_ready bfile0
+    dev[vb-file]=/dev/$(disk_of bfile0)
+    backend[vb-file]="file"
+    cpu_pid[vb-file]=${vb_pid[file]}
+    paths+=(vb-file)
+    grep -m1 'file: ' "${vb_log[file]}" || true
+    if [ -z "$QSD" ]; then
+      missing[qsd-file]=$qsd_missing
+    elif qsd_start file qsdfile0 "driver=file,node-name=n0,filename=$file_img,aio=io_uring,cache.direct=on"; then
+      dev[qsd-file]=/dev/$(disk_of qsdfile0)
+      backend[qsd-file]="file"
+      cpu_pid[qsd-file]=${qsd_pid[file]}
+      paths+=(qsd-file)
+    else
+      missing[qsd-file]=$qsd_error
+    fi
+    if ! command -v losetup >/dev/null; then
+      missing[loop-file]="losetup not installed (Debian: mount)"
+    elif ! loop_dev=$(losetup -f --show --direct-io=on "$file_img"); then
+      loop_dev=''
+      missing[loop-file]="losetup --direct-io=on $file_img failed"
+    elif [ "$(cat "/sys/block/${loop_dev#/dev/}/loop/dio" 2>/dev/null)" != 1 ]; then
+      missing[loop-file]="the loop device does not use direct I/O on $file_store_what"
+    else
+      dev[loop-file]=$loop_dev
+      backend[loop-file]="file"
+      paths+=(loop-file)
+    fi
+  fi
+fi
+
 for p in "${!missing[@]}"; do
   printf '%s\t%s\n' "$p" "${missing[$p]}" >>"$OUT/skipped.tsv"
   echo "bench: $p: skipped: ${missing[$p]}"
@@ -348,8 +442,10 @@ run_one() {
   printf '  round %d %-24s %-12s %8s IOPS  cpu %s ticks / %s I/Os\n' "$round" "$name" "$p" "$v" "$((c1 - c0))" "$((i1 - i0))"
 }
 
-nruns=$((ROUNDS * (${#workloads[@]} * ${#paths[@]} + 3)))
-echo "bench: ${#paths[@]} paths, ${#workloads[@]} workloads + 3 scaling runs, $ROUNDS rounds: $nruns fio runs" \
+nscale=0
+if [ -n "${dev[vb-mem-q1]:-}" ]; then nscale=3; fi
+nruns=$((ROUNDS * (${#workloads[@]} * ${#paths[@]} + nscale)))
+echo "bench: ${#paths[@]} paths, ${#workloads[@]} workloads + $nscale scaling runs, $ROUNDS rounds: $nruns fio runs" \
   "of ${RUNTIME}s after $RAMP ramp"
 t_runs=$SECONDS
 for ((r = 1; r <= ROUNDS; r++)); do
@@ -361,7 +457,7 @@ for ((r = 1; r <= ROUNDS; r++)); do
     done
   done
   qs=(1 2 4)
-  for ((i = 0; i < 3; i++)); do
+  for ((i = 0; i < nscale; i++)); do
     q=${qs[$(((i + r - 1) % 3))]}
     run_one "$r" "scaling-4k-randread-qd32" "vb-mem-q$q" randread 4k 32 "$q"
   done
@@ -385,3 +481,7 @@ echo "bench: done: $nrun runs in $((SECONDS - t_runs)) s; results in \$VM_OUT"
 if [ "$have_nbd" = 1 ] && [ -n "${dev[knbd]:-}" ]; then knbd_detach "${dev[knbd]}" || true; fi
 suite_stop_all
 rm -f /dev/shm/vduse-bridge/bmemq*.mem
+if [ -n "${file_img:-}" ] && mountpoint -q "$work/mnt-file"; then
+  umount "$work/mnt-file" || fail "umount $work/mnt-file failed"
+  rmmod brd || true
+fi
