@@ -102,14 +102,14 @@ private:
   const std::size_t bounce_limit_;
   std::size_t bounce_chunk_; // the most one request bounces at a time
   io_uring ring_{};
-  int file_ = -1;           // in SQEs: 0 with IOSQE_FIXED_FILE (registered), else target_.fd
+  int file_ = -1; // in SQEs: 0 with IOSQE_FIXED_FILE (registered), else target_.fd
   std::uint8_t sqe_flags_ = 0;
-  UniqueFd event_fd_;  // the worker's completions
-  IoctlWorker worker_; // after event_fd_: stopped before it closes
+  UniqueFd event_fd_;                     // the worker's completions
+  IoctlWorker worker_;                    // after event_fd_: stopped before it closes
   std::unique_ptr<IoWatch> ring_watch_;   // the ring's fd: CQEs waiting (level-triggered)
   std::unique_ptr<IoWatch> worker_watch_; // event_fd_
-  Deferred kick_; // submits once per loop iteration
-  Timer retry_;   // the kernel refused a submission (out of memory): try again
+  Deferred kick_;                         // submits once per loop iteration
+  Timer retry_;                           // the kernel refused a submission (out of memory): try again
   std::unique_ptr<Timer> size_timer_;
   unsigned in_flight_ = 0;  // jobs holding a slot: in the kernel, in the SQ ring or in resume_
   unsigned kernel_ops_ = 0; // SQEs prepared whose CQE has not been reaped
