@@ -117,18 +117,49 @@ stop_daemon() {
   [ "$rc" -eq 0 ] || fail "the daemon exited with status $rc after SIGTERM"
 }
 
-# memory_config FILE NAME SIZE [extra device keys as "key: value" lines...]
-memory_config() {
-  local file=$1 name=$2 size=$3 line
+# device_config FILE NAME TYPE [LINE...]: a one-device configuration with a backend of TYPE; LINE
+# is "backend.KEY: VALUE" for the backend map or "KEY: VALUE" for the device, e.g.
+# "backend.reconnect-timeout: 60s" "queues: 2". Every backend library's *_config writes through it.
+device_config() {
+  local file=$1 name=$2 type=$3 line
   shift 3
   {
     echo "devices:"
     echo "  - name: $name"
     echo "    backend:"
-    echo "      type: memory"
-    echo "      size: $size"
-    for line in "$@"; do echo "    $line"; done
+    echo "      type: $type"
+    for line in "$@"; do [[ $line != backend.* ]] || echo "      ${line#backend.}"; done
+    for line in "$@"; do [[ $line == backend.* ]] || echo "    $line"; done
   } >"$file"
+}
+
+# memory_config FILE NAME SIZE [extra device keys as "key: value" lines...]
+memory_config() { device_config "$1" "$2" memory "backend.size: $3" "${@:4}"; }
+
+# backend_check TYPE CONFIG: 0 if --check accepts CONFIG; 77, with the daemon's words in
+# $backend_unavailable, if it says backend TYPE is not in this build; any other rejection fails.
+backend_unavailable=''
+backend_check() {
+  local type=$1 config=$2 out rc=0
+  out=$("$DAEMON" --config "$config" --check 2>&1) || rc=$?
+  [ "$rc" -ne 0 ] || return 0
+  out=${out//$'\n'/ }
+  case $out in
+  *"not available"*)
+    # The daemon's words without the file:line:column and key that precede them.
+    [[ $out != *"backend type "* ]] || out="backend type ${out##*backend type }"
+    backend_unavailable="the $type backend is not available in this build of vduse-bridge (--check: $out)"
+    return 77
+    ;;
+  esac
+  fail "vduse-bridge --check rejected $config (exit $rc): $out"
+}
+
+# require_backend TYPE CONFIG: skips the script (exit 77) if backend TYPE is not built.
+require_backend() {
+  local rc=0
+  backend_check "$1" "$2" || rc=$?
+  [ "$rc" -eq 0 ] || skip "$backend_unavailable"
 }
 
 # fio_verify_runs DISK LABEL SIZE RUN...: fio with crc32c verification, one run per RUN ("RW BS",

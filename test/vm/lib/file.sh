@@ -11,20 +11,7 @@
 file_sh_sourced=1
 source "$(dirname "${BASH_SOURCE[0]}")/daemon.sh" # a no-op if the script sourced it
 
-file_config() {
-  local file=$1 name=$2 path=$3 line
-  shift 3
-  {
-    echo "devices:"
-    echo "  - name: $name"
-    for line in "$@"; do [[ $line == backend.* ]] || echo "    $line"; done
-    echo "    backend:"
-    echo "      type: file"
-    echo "      path: $path"
-    echo "      resize-poll-interval: 500ms"
-    for line in "$@"; do [[ $line != backend.* ]] || echo "      ${line#backend.}"; done
-  } >"$file"
-}
+file_config() { device_config "$1" "$2" file "backend.path: $3" "backend.resize-poll-interval: 500ms" "${@:4}"; }
 
 # --- the backend interface of lib/backend.sh (file_be_*; see there) -------------------------------
 file_be_init() {

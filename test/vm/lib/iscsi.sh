@@ -49,46 +49,21 @@ iscsi_uri() { printf 'iscsi://127.0.0.1:%s/%s/%s' "$tgtd_port" "$TGT_IQN" "$1"; 
 # iscsi_config FILE NAME URI [LINE...]: LINE is "backend.KEY: VALUE" for the backend map or
 # "KEY: VALUE" for the device, e.g. "backend.reconnect-timeout: 60s" "queues: 2".
 iscsi_config() {
-  local file=$1 name=$2 uri=$3 line
-  shift 3
-  {
-    echo "devices:"
-    echo "  - name: $name"
-    echo "    backend:"
-    echo "      type: iscsi"
-    echo "      uri: \"$uri\""
-    echo "      initiator-name: iqn.2026-11.org.vduse-bridge.vmtest:initiator"
-    for line in "$@"; do
-      case $line in backend.*) echo "      ${line#backend.}" ;; esac
-    done
-    for line in "$@"; do
-      case $line in backend.*) ;; *) echo "    $line" ;; esac
-    done
-  } >"$file"
+  device_config "$1" "$2" iscsi "backend.uri: \"$3\"" \
+    "backend.initiator-name: iqn.2026-11.org.vduse-bridge.vmtest:initiator" "${@:4}"
 }
 
-# iscsi_backend_check CONFIG: 0 if --check accepts CONFIG; 77 with the daemon's words in
-# $iscsi_unavailable if it says the backend type is not available; any other rejection fails.
+# iscsi_backend_check CONFIG: backend_check iscsi CONFIG (lib/daemon.sh), the reason also in
+# $iscsi_unavailable.
 iscsi_backend_check() {
-  local out rc=0
-  out=$("$DAEMON" --config "$1" --check 2>&1) || rc=$?
-  [ "$rc" -ne 0 ] || return 0
-  out=${out//$'\n'/ }
-  case $out in
-  *"not available"*)
-    [[ $out != *"backend type "* ]] || out="backend type ${out##*backend type }"
-    iscsi_unavailable="the iscsi backend is not available in this build of vduse-bridge (--check: $out)"
-    return 77
-    ;;
-  esac
-  fail "vduse-bridge --check rejected $1 (exit $rc): $out"
+  local rc=0
+  backend_check iscsi "$1" || rc=$?
+  iscsi_unavailable=$backend_unavailable
+  return "$rc"
 }
 
-require_iscsi_backend() {
-  local rc=0
-  iscsi_backend_check "$1" || rc=$?
-  [ "$rc" -eq 0 ] || skip "$iscsi_unavailable"
-}
+# require_iscsi_backend CONFIG: skips the script (exit 77) if the iscsi backend is not built.
+require_iscsi_backend() { require_backend iscsi "$1"; }
 
 tgtadm_() { tgtadm -C "$tgtd_control" --lld iscsi "$@"; }
 

@@ -54,48 +54,19 @@ nbd_tcp_uri() { printf 'nbd://127.0.0.1:%s/' "$1"; }
 
 # nbd_config FILE NAME URI [LINE...]: LINE is "backend.KEY: VALUE" for the backend map or
 # "KEY: VALUE" for the device, e.g. "backend.reconnect-timeout: 60s" "queues: 2".
-nbd_config() {
-  local file=$1 name=$2 uri=$3 line
-  shift 3
-  {
-    echo "devices:"
-    echo "  - name: $name"
-    echo "    backend:"
-    echo "      type: nbd"
-    echo "      uri: \"$uri\""
-    for line in "$@"; do
-      case $line in backend.*) echo "      ${line#backend.}" ;; esac
-    done
-    for line in "$@"; do
-      case $line in backend.*) ;; *) echo "    $line" ;; esac
-    done
-  } >"$file"
-}
+nbd_config() { device_config "$1" "$2" nbd "backend.uri: \"$3\"" "${@:4}"; }
 
-# nbd_backend_check CONFIG: 0 if --check accepts CONFIG; 77 with the daemon's words in
-# $nbd_unavailable if it says the backend type is not available; any other rejection fails.
+# nbd_backend_check CONFIG: backend_check nbd CONFIG (lib/daemon.sh), the reason also in
+# $nbd_unavailable.
 nbd_backend_check() {
-  local out rc=0
-  out=$("$DAEMON" --config "$1" --check 2>&1) || rc=$?
-  [ "$rc" -ne 0 ] || return 0
-  out=${out//$'\n'/ }
-  case $out in
-  *"not available"*)
-    # The daemon's words without the file:line:column and key that precede them.
-    [[ $out != *"backend type "* ]] || out="backend type ${out##*backend type }"
-    nbd_unavailable="the nbd backend is not available in this build of vduse-bridge (--check: $out)"
-    return 77
-    ;;
-  esac
-  fail "vduse-bridge --check rejected $1 (exit $rc): $out"
+  local rc=0
+  backend_check nbd "$1" || rc=$?
+  nbd_unavailable=$backend_unavailable
+  return "$rc"
 }
 
-# require_nbd_backend CONFIG: skips the script (exit 77) if the nbd backend is not built yet.
-require_nbd_backend() {
-  local rc=0
-  nbd_backend_check "$1" || rc=$?
-  [ "$rc" -eq 0 ] || skip "$nbd_unavailable"
-}
+# require_nbd_backend CONFIG: skips the script (exit 77) if the nbd backend is not built.
+require_nbd_backend() { require_backend nbd "$1"; }
 
 nbdkit_ready_or_dead() { [ -s "$work/nbdkit-$1.pid" ] || ! alive "${nbdkit_pids[$1]}"; }
 
