@@ -23,6 +23,12 @@ bool make_room(std::vector<SessionJob *> &v, std::size_t extra) noexcept {
   }
 }
 
+// Whether d has passed between since and now. Compared in milliseconds: a configured duration may
+// be far longer than the clock's nanoseconds can hold (99999999h), and converting it would wrap.
+bool passed(SessionClock::time_point since, SessionClock::time_point now, std::chrono::milliseconds d) {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(now - since) >= d;
+}
+
 } // namespace
 
 SessionCore::SessionCore(EventLoop &loop, SessionHealth &health, SessionProtocol &protocol, SessionSettings settings)
@@ -276,7 +282,9 @@ void SessionCore::on_tick() noexcept {
   protocol_.on_tick();
   const auto now = SessionClock::now();
   if ((state_ == State::ready || state_ == State::draining) && settings_.request_timeout.count() > 0) {
-    const auto cutoff = now - settings_.request_timeout;
+    // Not before the clock's epoch: subtracting a longer timeout would wrap.
+    const auto since_epoch = std::chrono::duration_cast<std::chrono::milliseconds>(now.time_since_epoch());
+    const auto cutoff = now - std::min(settings_.request_timeout, since_epoch);
     for (const SessionJob *job : in_flight_)
       if (protocol_.overdue(*job, cutoff)) {
         lost("a request got no reply within request-timeout (" + format_duration(settings_.request_timeout) + ")");
@@ -285,14 +293,14 @@ void SessionCore::on_tick() noexcept {
   }
   // A peer that accepts connections but never finishes the handshake (stopped, wedged) must not
   // hold the session in "connecting" for ever. (An attempt carries no writes: giving up is safe.)
-  if (state_ == State::connecting && now - attempt_started_ > settings_.attempt_timeout) {
+  if (state_ == State::connecting && passed(attempt_started_, now, settings_.attempt_timeout)) {
     attempt_failed(std::string("the ") + settings_.peer + " did not complete the handshake within " +
                    format_duration(settings_.attempt_timeout));
     return;
   }
   // A drain (the connection is being replaced) is not an outage: it waits for requests, not the peer.
   if ((state_ == State::down || state_ == State::connecting) && !fail_fast_ && !cancelled_ &&
-      now - down_since_ >= settings_.reconnect_timeout) {
+      passed(down_since_, now, settings_.reconnect_timeout)) {
     fail_fast_ = true;
     set_health(Backend::State::failing, "unreachable for longer than reconnect-timeout");
     VB_LOG_ERROR("%s: the %s has been unreachable for %s (reconnect-timeout): failing %zu held request(s) "

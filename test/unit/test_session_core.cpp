@@ -279,3 +279,30 @@ TEST_CASE("session core: cancel completes every job once and refuses new ones, c
   CHECK(f.submit(12288) == ECANCELED);
   CHECK(f.done(0).size() == 1);
 }
+
+TEST_CASE("session core: timeouts longer than the clock's nanoseconds hold I/O instead of failing it at once") {
+  // 99999999h is 3.6e20 ns: converted to the clock's nanoseconds it wraps (issue 14: it became
+  // "fail after 1 s").
+  auto settings = Fixture::defaults();
+  settings.reconnect_timeout = std::chrono::hours(99999999);
+  settings.request_timeout = std::chrono::hours(99999999);
+  settings.attempt_timeout = std::chrono::hours(99999999);
+  Fixture f(settings);
+  REQUIRE(f.submit(0) == 0);
+  // Three ticks with a request on the wire: not overdue.
+  bool waited = false;
+  vb::Timer wait(f.loop, [&] { waited = true; });
+  wait.arm(800ms);
+  vb::test::run_until(f.loop, [&] { return waited; });
+  CHECK(f.core->reconnects() == 0);
+  f.protocol.connect_at_once = false;
+  f.core->lost("test");
+  REQUIRE(f.submit(4096) == 0);
+  waited = false;
+  wait.arm(800ms);
+  vb::test::run_until(f.loop, [&] { return waited; });
+  CHECK(f.done(0).empty()); // held, not failed
+  CHECK(f.done(4096).empty());
+  CHECK(f.core->state() == SessionCore::State::connecting); // the attempt is not abandoned either
+  CHECK(f.health.worst() == vb::SessionHealth::State::reconnecting);
+}
