@@ -61,9 +61,11 @@ const char *op_name(Op op) noexcept {
 
 } // namespace
 
-SessionSettings IscsiSession::settings(const IscsiTarget &target, unsigned index) {
+namespace {
+
+SessionSettings iscsi_session_settings(const IscsiTarget &target, std::string name) {
   SessionSettings s;
-  s.name = "iscsi session " + std::to_string(index);
+  s.name = std::move(name);
   s.peer = "target";
   s.connection = "session";
   s.back_again = "logged in again";
@@ -73,16 +75,14 @@ SessionSettings IscsiSession::settings(const IscsiTarget &target, unsigned index
   return s;
 }
 
+} // namespace
+
 IscsiSession::IscsiSession(EventLoop &loop, std::shared_ptr<const IscsiTarget> target, iscsi_context *ctx,
                            unsigned index, std::string name)
     : loop_(loop), target_(std::move(target)), name_(std::move(name)), index_(index),
       failure_timer_(loop, [this] { handle_failure(); }), retry_timer_(loop, [this] { on_retry_timer(); }),
       flush_(loop, [this] { flush(); }), zeros_(target_->caps.logical_block_size, 0),
-      core_(loop, target_->sessions, *this, [&] {
-        SessionSettings s = settings(*target_, index_);
-        s.name = name_;
-        return s;
-      }()) {
+      core_(loop, target_->sessions, *this, iscsi_session_settings(*target_, name_)) {
   if (ctx) {
     ctx_ = ctx;
     ++generation_;

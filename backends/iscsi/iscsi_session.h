@@ -70,7 +70,6 @@ private:
   // Where an attempt is (SessionCore says whether one is in progress).
   enum class Phase { none, login, probing };
   using Clock = SessionClock;
-  static SessionSettings settings(const IscsiTarget &target, unsigned index);
 
   // SessionProtocol: libiscsi's side of the reconnecting session.
   void connect() noexcept override;
