@@ -33,6 +33,20 @@ const char *to_string(BackendState state) noexcept {
   return "failing";
 }
 
+const char *to_string(DeviceState state) noexcept {
+  switch (state) {
+  case DeviceState::waiting:
+    return "waiting";
+  case DeviceState::starting:
+    return "starting";
+  case DeviceState::serving:
+    return "serving";
+  case DeviceState::stopping:
+    break;
+  }
+  return "stopping";
+}
+
 double Rates::total_iops() const noexcept {
   double n = 0;
   for (double r : iops)

@@ -22,6 +22,16 @@ enum class BackendState : std::uint8_t {
 };
 const char *to_string(BackendState state) noexcept; // "connected", "reconnecting", "failing"
 
+// Where the daemon is with the device itself.
+enum class DeviceState : std::uint8_t {
+  waiting,  // not serving yet: its backend could not be opened or the device not created; retried
+            // in the background with backoff (last_error says why, next_attempt when)
+  starting, // being created (or taken over) and attached
+  serving,  // created and attached (or attach: none): I/O flows, subject to backend_state
+  stopping, // being detached and destroyed, or left for the next daemon
+};
+const char *to_string(DeviceState state) noexcept; // "waiting", "starting", "serving", "stopping"
+
 // Rates over an interval between two snapshots of the same counters.
 struct Rates {
   double seconds = 0; // length of the interval
@@ -46,9 +56,13 @@ struct DeviceStatus {
   std::string attach;           // "virtio-vdpa", "vhost-vdpa", "none"
   std::string backend;          // backend kind: "memory", "nbd", "iscsi"
   std::string backend_identity; // what it serves, e.g. the URI without secrets
+  DeviceState state = DeviceState::serving;
+  std::chrono::system_clock::time_point state_since{};  // when it entered state
+  unsigned start_attempts = 0;                          // tries to open/create it so far (waiting)
+  std::chrono::system_clock::time_point next_attempt{}; // waiting: when it is tried again
   BackendState backend_state = BackendState::connected;
   std::chrono::system_clock::time_point backend_state_since{}; // when it entered backend_state
-  std::string last_error;                                      // the backend's latest error text, may be empty
+  std::string last_error; // the backend's latest error text, or why the device is waiting; may be empty
   std::uint64_t capacity_bytes = 0;
   bool read_only = false;
   std::chrono::system_clock::time_point started{}; // when this daemon began serving the device
@@ -57,6 +71,8 @@ struct DeviceStatus {
 
   // Every queue merged.
   QueueSnapshot total() const noexcept;
+  // Serving with its backend connected: what `status` exits 0 for.
+  bool healthy() const noexcept { return state == DeviceState::serving && backend_state == BackendState::connected; }
 };
 
 // "connected", "reconnecting since 2026-11-02 10:11:12 CET (35s ago): <last error>",
