@@ -28,7 +28,7 @@ void IscsiBackend::connect() {
   t.name = describe_lun(t.uri);
   iscsi_context *ctx = make_iscsi_context(t.options, t.uri, 0u); // queue 0's session
   try {
-    t.lun = login_and_probe(ctx, t.uri, t.options);
+    t.lun = login_and_probe(ctx, t.uri, t.options, [this] { return open_cancelled(); });
     derive_capabilities(t);
   } catch (...) {
     iscsi_destroy_context(ctx);

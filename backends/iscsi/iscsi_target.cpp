@@ -10,12 +10,15 @@
 #include <array>
 #include <bit>
 #include <cerrno>
+#include <chrono>
 #include <cstdio>
+#include <cstring>
 #include <fcntl.h>
 #include <iscsi/iscsi.h>
 #include <iscsi/scsi-lowlevel.h>
 #include <limits>
 #include <memory>
+#include <poll.h>
 #include <stdexcept>
 #include <string_view>
 #include <unistd.h>
@@ -424,14 +427,60 @@ bool parse_provisioning(scsi_task *task, LunInfo &info) {
   return true;
 }
 
-LunInfo login_and_probe(iscsi_context *ctx, const IscsiUri &uri, const IscsiOptions &options) {
+namespace {
+
+// iscsi_full_connect_sync, but polled here: it gives up at the deadline, and within 100 ms of
+// cancelled() turning true (a daemon stopping, a device removed while its target is away).
+// 0 when logged in; else -1 with the reason in `why` (empty: libiscsi's error says it).
+int full_connect_within(iscsi_context *ctx, const IscsiUri &uri, int seconds, const std::function<bool()> &cancelled,
+                        std::string &why) {
+  struct Login {
+    bool done = false;
+    int status = 0;
+  } login;
+  auto on_done = [](iscsi_context *, int status, void *, void *p) {
+    auto *l = static_cast<Login *>(p);
+    l->done = true;
+    l->status = status;
+  };
+  if (iscsi_full_connect_async(ctx, uri.portal.c_str(), uri.lun, on_done, &login) != 0)
+    return -1;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(seconds);
+  while (!login.done) {
+    if (cancelled && cancelled()) {
+      why = "cancelled";
+      return -1;
+    }
+    if (std::chrono::steady_clock::now() >= deadline) {
+      why = "no answer within " + std::to_string(seconds) + "s (the login bound: request-timeout, or 30s)";
+      return -1;
+    }
+    // libiscsi may change sockets during a login (a redirect to another portal).
+    pollfd pfd{iscsi_get_fd(ctx), static_cast<short>(iscsi_which_events(ctx)), 0};
+    const int n = ::poll(&pfd, 1, 100);
+    if (n < 0 && errno != EINTR) {
+      why = std::string("poll: ") + std::strerror(errno);
+      return -1;
+    }
+    if (iscsi_service(ctx, n > 0 ? pfd.revents : 0) < 0)
+      return -1;
+  }
+  return login.status == 0 ? 0 : -1;
+}
+
+} // namespace
+
+LunInfo login_and_probe(iscsi_context *ctx, const IscsiUri &uri, const IscsiOptions &options,
+                        const std::function<bool()> &cancelled) {
   const std::string name = describe_lun(uri);
-  // libiscsi times out the login and these commands itself while it runs its own loop.
-  // Without a request-timeout a start-up that hangs is still worse than one that fails.
+  // libiscsi times out these commands itself while it runs its own loop. Without a
+  // request-timeout a start-up that hangs is still worse than one that fails.
   const long long ms = options.request_timeout.count();
-  iscsi_set_timeout(ctx, ms > 0 ? static_cast<int>(std::clamp<long long>((ms + 999) / 1000, 1, 3600)) : 30);
-  if (iscsi_full_connect_sync(ctx, uri.portal.c_str(), uri.lun) != 0) {
-    std::string msg = std::string("cannot log in to ") + name + ": " + iscsi_error(ctx);
+  const int seconds = ms > 0 ? static_cast<int>(std::clamp<long long>((ms + 999) / 1000, 1, 3600)) : 30;
+  iscsi_set_timeout(ctx, seconds);
+  std::string why;
+  if (full_connect_within(ctx, uri, seconds, cancelled, why) != 0) {
+    std::string msg = std::string("cannot log in to ") + name + ": " + (why.empty() ? iscsi_error(ctx) : why);
     if (msg.find("uthentication") != std::string::npos)
       msg += options.chap_username.empty()
                  ? " (the target wants CHAP: set chap.username and chap.password-file)"

@@ -99,9 +99,11 @@ bool parse_mode_sense(scsi_task *task, LunInfo &info);
 bool parse_block_limits(scsi_task *task, LunInfo &info);
 bool parse_provisioning(scsi_task *task, LunInfo &info);
 
-// Logs ctx in to uri's LUN and reads everything LunInfo holds. Blocking: setup only. Throws
-// std::runtime_error with libiscsi's reason (and a hint for authentication failures).
-LunInfo login_and_probe(iscsi_context *ctx, const IscsiUri &uri, const IscsiOptions &options);
+// Logs ctx in to uri's LUN and reads everything LunInfo holds. Blocking (each step bounded by
+// request-timeout, 30 s without one; the login also gives up once cancelled() is true): setup
+// only. Throws std::runtime_error with libiscsi's reason (and a hint for authentication failures).
+LunInfo login_and_probe(iscsi_context *ctx, const IscsiUri &uri, const IscsiOptions &options,
+                        const std::function<bool()> &cancelled = {});
 
 // The LUN's size now, shared by the sessions of one device: it changes when a session learns of
 // a new capacity (a CAPACITY DATA HAS CHANGED unit attention, or a login that finds another size),

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <bit>
 #include <cerrno>
+#include <functional>
 #include <future>
 #include <libnbd.h>
 #include <memory>
@@ -145,6 +146,28 @@ private:
 
 std::string redact(const std::string &uri) { return uri; } // passwords are refused, nothing to hide
 
+// Connects h to uri without ever waiting longer than `limit` or 100 ms past stop() turning true:
+// a server that accepts and never answers (or a firewall that drops) must not hold a thread
+// longer than the handshake bound, nor a daemon that is stopping. "" when connected, else why not.
+std::string connect_within(nbd_handle *h, const std::string &uri, std::chrono::milliseconds limit,
+                           const std::function<bool()> &stop) {
+  const auto deadline = std::chrono::steady_clock::now() + limit;
+  if (nbd_aio_connect_uri(h, uri.c_str()) == -1)
+    return nbd_get_error() ? nbd_get_error() : "cannot start connecting";
+  while (nbd_aio_is_connecting(h)) {
+    if (stop())
+      return "cancelled";
+    if (std::chrono::steady_clock::now() >= deadline)
+      return "no answer within " + format_duration(limit) + " (the handshake bound: request-timeout, or 30s)";
+    if (nbd_poll(h, 100) == -1)
+      break;
+  }
+  if (nbd_aio_is_ready(h))
+    return {};
+  const char *why = nbd_get_error();
+  return why && *why ? why : "the server closed the connection during the handshake";
+}
+
 } // namespace
 
 NbdBackend::NbdBackend(NbdOptions options)
@@ -186,21 +209,15 @@ std::int64_t NbdBackend::probe_size() noexcept {
     VB_LOG_DEBUG("nbd: size poll: %s", e.what());
     return -1;
   }
-  const auto deadline = std::chrono::steady_clock::now() + kProbeTimeout;
   std::int64_t size = -1;
-  if (nbd_aio_connect_uri(h, options_.uri.c_str()) != -1) {
-    while (nbd_aio_is_connecting(h) && !stopping_ && std::chrono::steady_clock::now() < deadline)
-      if (nbd_poll(h, 200) == -1)
-        break;
-    if (nbd_aio_is_ready(h)) {
-      if (export_mismatch(h, caps_, options_.uri).empty())
-        size = nbd_get_size(h);
-      // A polite NBD_CMD_DISC, so the server does not log an abrupt disconnect.
-      if (nbd_aio_disconnect(h, 0) != -1)
-        for (int i = 0; i < 10 && !nbd_aio_is_closed(h) && !nbd_aio_is_dead(h); ++i)
-          if (nbd_poll(h, 100) == -1)
-            break;
-    }
+  if (connect_within(h, options_.uri, kProbeTimeout, [this] { return stopping_.load(); }).empty()) {
+    if (export_mismatch(h, caps_, options_.uri).empty())
+      size = nbd_get_size(h);
+    // A polite NBD_CMD_DISC, so the server does not log an abrupt disconnect.
+    if (nbd_aio_disconnect(h, 0) != -1)
+      for (int i = 0; i < 10 && !nbd_aio_is_closed(h) && !nbd_aio_is_dead(h); ++i)
+        if (nbd_poll(h, 100) == -1)
+          break;
   }
   if (size < 0)
     VB_LOG_DEBUG("nbd: size poll failed: %s", nbd_get_error() ? nbd_get_error() : "timed out");
@@ -215,10 +232,12 @@ void NbdBackend::connect() {
   if (!options_.tls_certificates.empty())
     check_secret_file(options_.tls_certificates + "/key.pem", "tls-certificates private key");
   nbd_handle *h = make_nbd_handle(options_);
-  if (nbd_connect_uri(h, options_.uri.c_str()) == -1) {
-    std::string msg = std::string("cannot connect to ") + redact(options_.uri) + ": " + nbd_get_error();
+  // The handshake bound of every later connection (nbd_connection.cpp), here too.
+  const auto limit = options_.request_timeout.count() > 0 ? options_.request_timeout : std::chrono::milliseconds(30000);
+  const std::string error = connect_within(h, options_.uri, limit, [this] { return open_cancelled(); });
+  if (!error.empty()) {
     nbd_close(h);
-    throw std::runtime_error(msg);
+    throw std::runtime_error("cannot connect to " + redact(options_.uri) + ": " + error);
   }
   first_ = h;
   const std::int64_t size = nbd_get_size(h);

@@ -12,6 +12,7 @@
 // EOPNOTSUPP becomes VIRTIO_BLK_S_UNSUPP, anything else (a negative number too) VIRTIO_BLK_S_IOERR.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <functional>
@@ -148,12 +149,18 @@ public:
   using State = BackendEvents::State;
 
   virtual ~Backend() = default;
-  // Required. Connects (may block: called at start-up, never from a data-path loop) and fixes
-  // the capabilities. Throws with a message on failure. events must outlive the backend: every
-  // health change and resize from now on goes there (see report_health, report_resize).
-  void open(BackendEvents &events) {
+  // Required. Connects (may block: called on the device's control thread before the device
+  // exists, never from a data-path loop) and fixes the capabilities. Throws with a message on
+  // failure; the daemon then tries again later with a new Backend. events must outlive the
+  // backend: every health change and resize from now on goes there (see report_health,
+  // report_resize). A backend that waits on the network bounds the wait (its handshake timeout)
+  // and gives up soon, throwing, once *cancelled (set from another thread: the device is being
+  // removed or the daemon stops) is true; cancelled, if given, outlives the call.
+  void open(BackendEvents &events, const std::atomic<bool> *cancelled = nullptr) {
     events_ = &events;
+    cancelled_ = cancelled;
     connect();
+    cancelled_ = nullptr;
   }
   // Required. Valid after open(); constant afterwards.
   virtual const BackendCapabilities &capabilities() const = 0;
@@ -168,6 +175,8 @@ public:
 protected:
   // open()'s work, once events are known.
   virtual void connect() = 0;
+  // During connect(): whether open() was cancelled (poll it in every wait, at least every 100 ms).
+  bool open_cancelled() const noexcept { return cancelled_ && cancelled_->load(std::memory_order_relaxed); }
   // Any thread (a backend's own threads too); nothing happens before open().
   void report_health(State state, const std::string &error = {}) noexcept {
     if (events_)
@@ -180,6 +189,7 @@ protected:
 
 private:
   BackendEvents *events_ = nullptr;
+  const std::atomic<bool> *cancelled_ = nullptr;
 };
 
 } // namespace vb

@@ -79,8 +79,7 @@ public:
     SignalWatch hup(loop_, SIGHUP, [this] { reload(); });
     loop_.post([this] {
       for (const auto &device : config_.devices)
-        if (!add(device, true))
-          return;
+        add(device);
       step();
     });
     loop_.run();
@@ -108,47 +107,27 @@ private:
       throw std::runtime_error(errno_message("mkdir " + dir, errno));
   }
 
-  // Creates and starts one device. At start-up a failure fails the daemon; on reload it only
-  // drops that device. Returns false when start-up failed.
-  bool add(const DeviceConfig &device, bool at_startup) {
-    bool started = false;            // its on_ready is pending: counted in starting_
-    DeviceRunner *created = nullptr; // this call's export, the only one a failure may drop
+  // Creates one device's runner and starts its first attempt (on the device's own thread: this
+  // never blocks). A device whose backend cannot be reached, or whose device cannot be created,
+  // is retried by its runner in the background; the others are not affected.
+  void add(const DeviceConfig &device) {
     try {
-      auto e = std::make_unique<DeviceRunner>(loop_, device, make_backend(device), state_dir_);
+      auto e = std::make_unique<DeviceRunner>(
+          loop_, device, [device] { return make_backend(device); }, state_dir_);
       DeviceRunner *raw = e.get();
-      created = raw;
       exports_.push_back(std::move(e));
       ++starting_;
-      started = true;
-      raw->start([this, raw, at_startup](const std::string &error) {
-        --starting_;
-        if (!error.empty()) {
-          VB_LOG_ERROR("%s: %s", raw->name().c_str(), error.c_str());
-          if (at_startup)
-            fail();
-          else
-            removals_.push_back(raw->name());
+      raw->start([this, first = true](metrics::DeviceState, const std::string &) mutable {
+        if (first) {
+          first = false;
+          --starting_;
         }
+        announced_ = false;
         step();
       });
-      return true;
     } catch (const std::exception &ex) {
-      if (started)
-        --starting_; // start() threw: its on_ready never runs
-      VB_LOG_ERROR("%s: %s", device.name.c_str(), ex.what());
-      if (at_startup) {
-        fail();
-        return false;
-      }
-      // This call's export (if it got that far) never got a device: drop it quietly.
-      std::erase_if(exports_, [&](const auto &e) { return e.get() == created; });
-      return true;
+      VB_LOG_ERROR("%s: %s", device.name.c_str(), ex.what()); // out of threads or memory
     }
-  }
-
-  void fail() {
-    status_ = 1;
-    shutdown(nullptr, false);
   }
 
   // SIGTERM/SIGINT: detach and destroy every device. SIGUSR1 (leave): a planned restart, every
@@ -223,19 +202,17 @@ private:
                 kept);
     config_ = std::move(fresh);
     announced_ = false;
+    ready_sent_ = false; // RELOADING=1 is answered by READY=1
+    last_status_.clear();
     step();
   }
 
-  // The one place that moves devices along, one at a time (each detach/attach is a synchronous
-  // kernel operation on a helper thread): removals first, then additions; when stopping and
-  // nothing is left, the loop ends.
+  // The one place that moves devices along: removals first, one at a time (each detach is a
+  // synchronous kernel operation on a helper thread), then additions (each starts on its own
+  // thread). When stopping and nothing is left, the loop ends.
   void step() {
     if (busy_)
       return;
-    if (starting_ > 0) {
-      retry_.arm(std::chrono::milliseconds(10)); // an attach is in progress
-      return;
-    }
     if (!removals_.empty()) {
       const std::string name = removals_.front();
       removals_.erase(removals_.begin());
@@ -251,10 +228,7 @@ private:
         std::erase_if(exports_, [&](const auto &x) { return x.get() == target; });
         step();
       };
-      // A device this daemon took over from a predecessor is left attached when starting
-      // failed: the disks that were fine must not vanish because another one's configuration
-      // is wrong.
-      if (leaving_ || (stopping_ && status_ != 0 && e.reattached()))
+      if (leaving_)
         e.leave(done);
       else
         e.stop(done);
@@ -264,22 +238,42 @@ private:
       loop_.stop();
       return;
     }
-    if (!additions_.empty()) {
+    while (!additions_.empty()) {
       const DeviceConfig device = additions_.front();
       additions_.erase(additions_.begin());
-      add(device, false);
-      step();
-      return;
+      add(device);
     }
-    if (announced_)
+    announce();
+  }
+
+  // READY=1 once every device has had its first attempt: each is serving or waiting (retried in
+  // the background). STATUS= says which, again whenever that changes.
+  void announce() {
+    if (announced_ || starting_ > 0)
       return;
     announced_ = true;
-    const std::string status = "STATUS=serving " + std::to_string(exports_.size()) + " device(s)";
-    VB_LOG_INFO("serving %zu device(s)", exports_.size());
-    if (!notify_service_manager("READY=1\n" + status) && !notify_failed_) {
+    std::size_t serving = 0;
+    std::string waiting;
+    for (const auto &e : exports_) {
+      const auto d = e->status();
+      if (d.state == metrics::DeviceState::serving)
+        ++serving;
+      else
+        waiting += (waiting.empty() ? "" : ", ") + d.name;
+    }
+    std::string status = "serving " + std::to_string(serving) + " device(s)";
+    if (!waiting.empty())
+      status += "; waiting for " + waiting;
+    if (status == last_status_)
+      return;
+    last_status_ = status;
+    VB_LOG_INFO("%s", status.c_str());
+    if (!notify_service_manager((ready_sent_ ? "" : "READY=1\n") + std::string("STATUS=") + status) &&
+        !notify_failed_) {
       notify_failed_ = true;
       VB_LOG_WARN("cannot notify the service manager ($NOTIFY_SOCKET)");
     }
+    ready_sent_ = true;
   }
 
   Config config_;
@@ -300,7 +294,9 @@ private:
   bool stopping_ = false;
   bool leaving_ = false;
   bool notify_failed_ = false;
-  bool announced_ = false; // "serving" said for the current set of devices
+  bool announced_ = false; // STATUS= is up to date with the devices' states
+  bool ready_sent_ = false;
+  std::string last_status_; // the STATUS= last sent
   int status_ = 0;
 };
 

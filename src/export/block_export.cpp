@@ -24,13 +24,13 @@ constexpr std::uint64_t kBounceMax = 1ULL << 30;
 } // namespace
 
 BlockExport::BlockExport(EventLoop &control, const DeviceConfig &config, std::unique_ptr<Backend> backend,
-                         std::string state_dir)
+                         std::string state_dir, const std::atomic<bool> *cancelled)
     : control_(control), config_(config), backend_(std::move(backend)), state_dir_(std::move(state_dir)) {
   // No device of that name: whatever an earlier one kept for a successor (a memory disk's
   // contents) belongs to a disk that is gone.
   if (!vduse::VduseDevice::exists(config_.name))
     backend_->device_destroyed();
-  backend_->open(backend_events_);
+  backend_->open(backend_events_, cancelled);
   blk::DeviceSettings settings;
   settings.queues = config_.queues;
   settings.queue_size = config_.queue_size;

@@ -29,11 +29,12 @@ namespace vb {
 
 class BlockExport final : private vduse::ControlHandler {
 public:
-  // Opens the backend (may block: start-up only) and computes the device parameters.
+  // Opens the backend (may block: start-up only; gives up once *cancelled is true, see
+  // Backend::open) and computes the device parameters.
   // state_dir: where the device's recovery state lives (recovery/recovery_state.h), so that a
   // daemon that dies can be replaced without losing or repeating a request; empty = none.
   BlockExport(EventLoop &control, const DeviceConfig &config, std::unique_ptr<Backend> backend,
-              std::string state_dir = {});
+              std::string state_dir = {}, const std::atomic<bool> *cancelled = nullptr);
   ~BlockExport() override;
   BlockExport(const BlockExport &) = delete;
   BlockExport &operator=(const BlockExport &) = delete;

@@ -18,8 +18,11 @@
 #include <fstream>
 #include <functional>
 #include <memory>
+#include <netinet/in.h>
 #include <numeric>
+#include <sys/socket.h>
 #include <thread>
+#include <unistd.h>
 #include <vector>
 
 using namespace std::chrono_literals;
@@ -658,4 +661,48 @@ TEST_CASE("nbd: many large scattered requests in flight stay within the bounce b
   CHECK(d.run({vb::Op::read, (kRequests - 1) * kPiece * kPieces, kPiece * kPieces, rv.data(),
                static_cast<int>(kPieces)}) == 0);
   CHECK(back == pieces);
+}
+
+// A server that accepts and never answers (here: a listening socket nobody reads; in the VM
+// test a SIGSTOPped nbdkit): the first connect gives up at the handshake bound, and at once
+// when the open is cancelled (the daemon stopping, the device removed), never blocking for long.
+TEST_CASE("nbd: the first connect to a server that never answers is bounded and can be cancelled") {
+  const int listener = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  REQUIRE(listener >= 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  REQUIRE(::bind(listener, reinterpret_cast<sockaddr *>(&addr), sizeof addr) == 0);
+  REQUIRE(::listen(listener, 8) == 0);
+  socklen_t len = sizeof addr;
+  REQUIRE(::getsockname(listener, reinterpret_cast<sockaddr *>(&addr), &len) == 0);
+  const std::string uri = "nbd://127.0.0.1:" + std::to_string(ntohs(addr.sin_port)) + "/";
+
+  SUBCASE("bounded by request-timeout") {
+    vb::NbdOptions o = options_for(uri);
+    o.request_timeout = 1s;
+    vb::NbdBackend backend(o);
+    vb::RecordingBackendEvents events;
+    const auto t0 = std::chrono::steady_clock::now();
+    CHECK_THROWS_WITH_AS(backend.open(events), doctest::Contains("no answer within 1s"), std::runtime_error);
+    const auto took = std::chrono::steady_clock::now() - t0;
+    CHECK(took >= 900ms);
+    CHECK(took < 3s);
+  }
+  SUBCASE("cancelled from another thread") {
+    vb::NbdOptions o = options_for(uri); // no request-timeout: the bound is 30 s
+    vb::NbdBackend backend(o);
+    vb::RecordingBackendEvents events;
+    std::atomic<bool> cancelled{false};
+    std::thread canceller([&] {
+      std::this_thread::sleep_for(300ms);
+      cancelled = true;
+    });
+    const auto t0 = std::chrono::steady_clock::now();
+    CHECK_THROWS_WITH_AS(backend.open(events, &cancelled), doctest::Contains("cancelled"), std::runtime_error);
+    const auto took = std::chrono::steady_clock::now() - t0;
+    canceller.join();
+    CHECK(took < 1s);
+  }
+  ::close(listener);
 }
