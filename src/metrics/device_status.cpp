@@ -1,6 +1,7 @@
 #include "metrics/device_status.h"
 
 #include <ctime>
+#include <string_view>
 
 namespace vb::metrics {
 namespace {
@@ -8,6 +9,8 @@ namespace {
 std::uint64_t delta(std::uint64_t current, std::uint64_t previous) noexcept {
   return current >= previous ? current - previous : current;
 }
+
+} // namespace
 
 std::string format_time(std::chrono::system_clock::time_point t) {
   const std::time_t tt = std::chrono::system_clock::to_time_t(t);
@@ -18,8 +21,6 @@ std::string format_time(std::chrono::system_clock::time_point t) {
   const std::size_t n = std::strftime(buf, sizeof buf, "%Y-%m-%d %H:%M:%S %Z", &tm);
   return n == 0 ? std::string("?") : std::string(buf, n);
 }
-
-} // namespace
 
 const char *to_string(BackendState state) noexcept {
   switch (state) {
@@ -57,7 +58,7 @@ double Rates::total_iops() const noexcept {
 Rates compute_rates(const QueueSnapshot &previous, const QueueSnapshot &current, double elapsed_seconds) noexcept {
   Rates r;
   r.seconds = elapsed_seconds;
-  for (std::size_t i = 0; i < kLatencyGroups; ++i)
+  for (std::size_t i = 0; i < kRequestKinds; ++i)
     r.latency[i] = current.latency[i].since(previous.latency[i]);
   if (elapsed_seconds <= 0)
     return r;
@@ -77,6 +78,25 @@ QueueSnapshot DeviceStatus::total() const noexcept {
   for (const QueueSnapshot &q : queues)
     t.merge(q);
   return t;
+}
+
+std::string device_node(const DeviceStatus &device) {
+  if (device.disk.empty())
+    return {};
+  return "/dev/" + device.disk;
+}
+
+std::string by_id_link(const DeviceStatus &device) {
+  if (device.serial.empty() || device.attach != "virtio-vdpa")
+    return {};
+  std::string name;
+  for (char ch : device.serial) {
+    const auto c = static_cast<unsigned char>(ch);
+    const bool plain = (c >= '0' && c <= '9') || (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') ||
+                       std::string_view("#+-.:=@_").find(ch) != std::string_view::npos;
+    name += plain ? ch : '_';
+  }
+  return "/dev/disk/by-id/virtio-" + name;
 }
 
 std::string format_elapsed(std::chrono::seconds elapsed) {
@@ -113,6 +133,29 @@ std::string describe_backend_state(const DeviceStatus &device, std::chrono::syst
   }
   if (!device.last_error.empty())
     text += (device.backend_state == BackendState::connected ? "; last error: " : ": ") + device.last_error;
+  return text;
+}
+
+std::string describe_device_state(const DeviceStatus &device, std::chrono::system_clock::time_point now) {
+  using std::chrono::duration_cast;
+  using std::chrono::seconds;
+  if (device.state == DeviceState::serving)
+    return "serving";
+  std::string text = device.state == DeviceState::waiting ? "waiting for its backend" : to_string(device.state);
+  if (device.state_since != std::chrono::system_clock::time_point{})
+    text += " since " + format_time(device.state_since) + " (" +
+            format_elapsed(duration_cast<seconds>(now - device.state_since)) + " ago)";
+  if (device.state == DeviceState::waiting) {
+    text += " (" + std::to_string(device.start_attempts) + (device.start_attempts == 1 ? " attempt" : " attempts");
+    if (device.next_attempt != std::chrono::system_clock::time_point{}) {
+      // Rounded up: "next in 0s" only once it is due.
+      const auto left = device.next_attempt > now ? std::chrono::ceil<seconds>(device.next_attempt - now) : seconds{0};
+      text += ", next in " + format_elapsed(left);
+    }
+    text += ")";
+    if (!device.last_error.empty())
+      text += ": " + device.last_error;
+  }
   return text;
 }
 

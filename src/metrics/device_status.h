@@ -39,7 +39,7 @@ struct Rates {
   double read_bytes_per_second = 0;
   double write_bytes_per_second = 0;
   double errors_per_second = 0;
-  std::array<HistogramSnapshot, kLatencyGroups> latency; // what completed within the interval
+  std::array<HistogramSnapshot, kRequestKinds> latency; // what completed within the interval, by kind
 
   double total_iops() const noexcept;
   double iops_of(RequestKind kind) const noexcept { return iops[static_cast<std::size_t>(kind)]; }
@@ -56,13 +56,16 @@ struct DeviceStatus {
   std::string attach;           // "virtio-vdpa", "vhost-vdpa", "none"
   std::string backend;          // backend kind: "memory", "nbd", "iscsi"
   std::string backend_identity; // what it serves, e.g. the URI without secrets
+  std::string serial;           // the serial the driver reads (config `serial`): /dev/disk/by-id/virtio-SERIAL
   DeviceState state = DeviceState::serving;
   std::chrono::system_clock::time_point state_since{};  // when it entered state
   unsigned start_attempts = 0;                          // tries to open/create it so far (waiting)
   std::chrono::system_clock::time_point next_attempt{}; // waiting: when it is tried again
   BackendState backend_state = BackendState::connected;
   std::chrono::system_clock::time_point backend_state_since{}; // when it entered backend_state
-  std::string last_error; // the backend's latest error text, or why the device is waiting; may be empty
+  std::string last_error;          // the backend's latest error text, or why the device is waiting; may be empty
+  std::uint64_t reconnects = 0;    // new backend connections made after a lost one, since started
+  std::uint64_t held_requests = 0; // requests held (not failed) while the backend reconnects, now
   std::uint64_t capacity_bytes = 0;
   bool read_only = false;
   std::chrono::system_clock::time_point started{}; // when this daemon began serving the device
@@ -79,9 +82,23 @@ struct DeviceStatus {
 // "failing I/O since ...". The last error is added whenever it is not empty.
 std::string describe_backend_state(const DeviceStatus &device, std::chrono::system_clock::time_point now);
 
+// "serving", "starting since ... (3s ago)", "stopping since ...", and for a waiting device
+// "waiting for its backend since 2026-11-02 10:11:12 CET (35s ago) (3 attempts, next in 8s): <last error>".
+std::string describe_device_state(const DeviceStatus &device, std::chrono::system_clock::time_point now);
+
+// "2026-11-02 10:11:12 CET": local time, for humans; "?" if it cannot be converted.
+std::string format_time(std::chrono::system_clock::time_point t);
+
 // Sets current[i].rates from the device of the same name in previous (sampled elapsed_seconds
 // earlier); devices without a predecessor keep no rates.
 void fill_rates(std::vector<DeviceStatus> &current, const std::vector<DeviceStatus> &previous, double elapsed_seconds);
+
+// The device's node: "/dev/vda" for disk "vda", "/dev/vhost-vdpa-0"; empty if it has none (yet).
+std::string device_node(const DeviceStatus &device);
+// The udev link to a virtio-vdpa disk by its serial, "/dev/disk/by-id/virtio-SERIAL" (udev's
+// usual rule: every character but [0-9A-Za-z#+-.:=@_] becomes '_'); empty without a serial or
+// for other attach modes (vhost-vdpa disks are the guest's).
+std::string by_id_link(const DeviceStatus &device);
 
 // "2d 3h", "1h 2m", "3m 4s", "5s": a duration for humans, two units at most.
 std::string format_elapsed(std::chrono::seconds elapsed);

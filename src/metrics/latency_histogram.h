@@ -2,7 +2,8 @@
 // read by any thread as a snapshot.
 //
 // Buckets: [0, 1.024 us), then 8 linear sub-buckets per power of two from 2^10 ns (1.024 us) up to
-// 2^37 ns (137 s), then [137 s, inf). Each log-linear bucket is 1/8 of its lower edge wide, so a
+// 2^39 ns (550 s, past the longest a request is held while its backend reconnects with the usual
+// reconnect-timeout), then [550 s, inf). Each log-linear bucket is 1/8 of its lower edge wide, so a
 // value known only by its bucket is known within 12.5%. Alongside them the histogram counts the
 // Prometheus export bounds (kExportBoundsNs) exactly, because those decimal bounds cannot fall
 // on power-of-two bucket edges.
@@ -25,16 +26,18 @@ namespace vb::metrics {
 inline constexpr unsigned kSubBucketBits = 3; // 8 sub-buckets per power of two
 inline constexpr unsigned kSubBuckets = 1u << kSubBucketBits;
 inline constexpr unsigned kMinShift = 10; // the first log-linear bucket starts at 2^10 ns
-inline constexpr unsigned kPowers = 27;   // 2^10 ns .. 2^37 ns (137 s)
+inline constexpr unsigned kPowers = 29;   // 2^10 ns .. 2^39 ns (550 s)
 // Underflow, the log-linear buckets, overflow.
 inline constexpr std::size_t kLatencyBuckets = 1 + std::size_t{kPowers} * kSubBuckets + 1;
 inline constexpr std::uint64_t kOverflowNs = std::uint64_t{1} << (kMinShift + kPowers);
 
-// The upper bounds ("le") of the exported Prometheus histogram, in nanoseconds; a last, implicit
-// bucket holds everything above 10 s (le="+Inf").
-inline constexpr std::array<std::uint64_t, 15> kExportBoundsNs = {
-    50'000,     100'000,    250'000,     500'000,     1'000'000,     2'500'000,     5'000'000,     10'000'000,
-    25'000'000, 50'000'000, 100'000'000, 250'000'000, 1'000'000'000, 2'500'000'000, 10'000'000'000};
+// The upper bounds ("le") of the exported Prometheus histogram, in nanoseconds: 50 us to 1 s for
+// I/O, then 2.5 s to 300 s for requests held while the backend reconnects (up to reconnect-timeout);
+// a last, implicit bucket holds everything above 300 s (le="+Inf").
+inline constexpr std::array<std::uint64_t, 19> kExportBoundsNs = {
+    50'000,         100'000,        250'000,        500'000,         1'000'000,      2'500'000,     5'000'000,
+    10'000'000,     25'000'000,     50'000'000,     100'000'000,     250'000'000,    1'000'000'000, 2'500'000'000,
+    10'000'000'000, 30'000'000'000, 60'000'000'000, 120'000'000'000, 300'000'000'000};
 inline constexpr std::size_t kExportBuckets = kExportBoundsNs.size() + 1;
 
 // The bucket that holds ns. Pure, any thread.
@@ -57,7 +60,7 @@ std::uint64_t latency_bucket_upper(std::size_t i) noexcept;
 struct HistogramSnapshot {
   std::array<std::uint64_t, kLatencyBuckets> buckets{};
   // Per export bound, not cumulative: export_buckets[i] counts kExportBoundsNs[i-1] < ns <= kExportBoundsNs[i];
-  // the last one counts ns > 10 s.
+  // the last one counts ns above the last bound.
   std::array<std::uint64_t, kExportBuckets> export_buckets{};
   std::uint64_t sum_ns = 0;
 
@@ -71,7 +74,7 @@ struct HistogramSnapshot {
   // The p-th percentile (0..100, nearest rank) in nanoseconds, 0 if empty. Interpolated linearly
   // within the bucket holding the sample of that rank, so for values >= 1.024 us the result is
   // within 12.5% of the true nearest-rank value (bucket width / lower edge = 1/8); below 1.024 us
-  // within 1.024 us; samples >= 137 s are reported as 137 s.
+  // within 1.024 us; samples >= 550 s are reported as 550 s.
   double percentile(double p) const noexcept;
 
   // Adds other's counts to this one (queues of a device, devices of a host).
@@ -97,7 +100,7 @@ public:
   HistogramSnapshot snapshot() const noexcept;
 
   static std::size_t export_bucket(std::uint64_t ns) noexcept {
-    std::size_t i = 0; // 15 bounds: a linear scan is as fast as a binary search and branch-friendly
+    std::size_t i = 0; // 19 bounds: a linear scan is as fast as a binary search and branch-friendly
     while (i < kExportBoundsNs.size() && ns > kExportBoundsNs[i])
       ++i;
     return i;

@@ -24,6 +24,13 @@ std::string seconds_bound(std::uint64_t ns) {
   return std::string(buf, r.ptr);
 }
 
+constexpr std::array kDeviceStates = {DeviceState::waiting, DeviceState::starting, DeviceState::serving,
+                                      DeviceState::stopping};
+constexpr std::array kBackendStates = {BackendState::connected, BackendState::reconnecting, BackendState::failing};
+
+// A device whose backend is open: serving, or stopping after it served.
+bool has_backend(const DeviceStatus &d) { return d.state == DeviceState::serving || d.state == DeviceState::stopping; }
+
 std::string escape_help(std::string_view text) {
   std::string out;
   for (char c : text) {
@@ -100,13 +107,18 @@ std::string escape_label_value(std::string_view value) {
   return out;
 }
 
-std::string format_prometheus(const std::vector<DeviceStatus> &devices) {
+std::string format_prometheus(const std::vector<DeviceStatus> &devices, const BuildInfo &build) {
   std::vector<QueueSnapshot> totals;
   totals.reserve(devices.size());
   for (const DeviceStatus &d : devices)
     totals.push_back(d.total());
 
   Writer w;
+  w.family("build_info", "gauge", "The running vduse-bridge; the labels say which build, the value is always 1.");
+  w.sample("build_info", {{"version", build.version}, {"commit", build.commit}}, 1);
+
+  // Only what the daemon itself names: the disk node, the attach mode and the backend kind. What
+  // the configuration's author wrote (URI, export, serial) stays out of the labels.
   w.family("device_info", "gauge", "A device served by this daemon; the labels describe it, the value is always 1.");
   for (const DeviceStatus &d : devices)
     w.sample("device_info",
@@ -114,13 +126,20 @@ std::string format_prometheus(const std::vector<DeviceStatus> &devices) {
               {"disk", d.disk},
               {"attach", d.attach},
               {"backend", d.backend},
-              {"identity", d.backend_identity},
               {"read_only", d.read_only ? "true" : "false"}},
              1);
 
-  w.family("capacity_bytes", "gauge", "Size of the device in bytes.");
+  w.family("device_state", "gauge",
+           "Where the daemon is with the device: 1 for its state (waiting, starting, serving, stopping), 0 for the "
+           "others.");
   for (const DeviceStatus &d : devices)
-    w.sample("capacity_bytes", {{"device", d.name}}, d.capacity_bytes);
+    for (DeviceState s : kDeviceStates)
+      w.sample("device_state", {{"device", d.name}, {"state", to_string(s)}}, d.state == s ? 1 : 0);
+
+  w.family("capacity_bytes", "gauge", "Size of the device in bytes (devices whose size is known).");
+  for (const DeviceStatus &d : devices)
+    if (d.capacity_bytes != 0)
+      w.sample("capacity_bytes", {{"device", d.name}}, d.capacity_bytes);
 
   w.family("start_time_seconds", "gauge", "When this daemon began serving the device, in seconds since the epoch.");
   for (const DeviceStatus &d : devices) {
@@ -130,10 +149,22 @@ std::string format_prometheus(const std::vector<DeviceStatus> &devices) {
     w.sample("start_time_seconds", {{"device", d.name}}, std::to_string(s));
   }
 
-  w.family("backend_up", "gauge", "1 if the backend is connected, 0 while it reconnects or fails I/O.");
+  w.family("backend_up", "gauge",
+           "1 if the device is serving with its backend connected; 0 while it reconnects, fails I/O, or the device "
+           "waits for it.");
   for (const DeviceStatus &d : devices)
-    w.sample("backend_up", {{"device", d.name}, {"backend", d.backend}},
-             d.backend_state == BackendState::connected ? 1 : 0);
+    w.sample("backend_up", {{"device", d.name}}, has_backend(d) && d.backend_state == BackendState::connected ? 1 : 0);
+
+  w.family("backend_state", "gauge",
+           "The backend of a serving device: 1 for its state (connected, reconnecting, failing), 0 for the others.");
+  for (const DeviceStatus &d : devices)
+    if (has_backend(d))
+      for (BackendState s : kBackendStates)
+        w.sample("backend_state", {{"device", d.name}, {"state", to_string(s)}}, d.backend_state == s ? 1 : 0);
+
+  w.family("backend_reconnects_total", "counter", "New backend connections made after a lost one.");
+  for (const DeviceStatus &d : devices)
+    w.sample("backend_reconnects_total", {{"device", d.name}}, d.reconnects);
 
   w.family("requests_total", "counter", "Requests completed, by operation.");
   for (std::size_t i = 0; i < devices.size(); ++i)
@@ -141,10 +172,11 @@ std::string format_prometheus(const std::vector<DeviceStatus> &devices) {
       w.sample("requests_total", {{"device", devices[i].name}, {"op", to_string(static_cast<RequestKind>(k))}},
                totals[i].requests[k]);
 
-  w.family("bytes_total", "counter", "Data bytes of successful reads and writes.");
+  w.family("bytes_total", "counter", "Data bytes of successful reads and writes, by operation.");
   for (std::size_t i = 0; i < devices.size(); ++i) {
-    w.sample("bytes_total", {{"device", devices[i].name}, {"direction", "read"}}, totals[i].bytes_read);
-    w.sample("bytes_total", {{"device", devices[i].name}, {"direction", "write"}}, totals[i].bytes_written);
+    w.sample("bytes_total", {{"device", devices[i].name}, {"op", to_string(RequestKind::read)}}, totals[i].bytes_read);
+    w.sample("bytes_total", {{"device", devices[i].name}, {"op", to_string(RequestKind::write)}},
+             totals[i].bytes_written);
   }
 
   w.family("errors_total", "counter", "Requests completed with an error status.");
@@ -159,9 +191,13 @@ std::string format_prometheus(const std::vector<DeviceStatus> &devices) {
   for (std::size_t i = 0; i < devices.size(); ++i)
     w.sample("interrupts_total", {{"device", devices[i].name}}, totals[i].interrupts);
 
-  w.family("in_flight", "gauge", "Requests submitted to the backend and not yet completed.");
+  w.family("requests_in_flight", "gauge", "Requests taken off the rings and not yet completed, every queue together.");
   for (std::size_t i = 0; i < devices.size(); ++i)
-    w.sample("in_flight", {{"device", devices[i].name}}, totals[i].in_flight);
+    w.sample("requests_in_flight", {{"device", devices[i].name}}, totals[i].in_flight);
+
+  w.family("requests_held", "gauge", "Requests held, neither sent nor failed, while the backend reconnects.");
+  for (const DeviceStatus &d : devices)
+    w.sample("requests_held", {{"device", d.name}}, d.held_requests);
 
   static const std::array<std::string, kExportBoundsNs.size()> bounds = [] {
     std::array<std::string, kExportBoundsNs.size()> b;
@@ -170,12 +206,12 @@ std::string format_prometheus(const std::vector<DeviceStatus> &devices) {
     return b;
   }();
   w.family("request_duration_seconds", "histogram",
-           "Time from taking a request off the ring to its completion (op other: flush, discard, write_zeroes, "
-           "others).");
+           "Time from taking a request off the ring to its completion, by operation; a request held while the "
+           "backend reconnects counts its wait.");
   for (std::size_t i = 0; i < devices.size(); ++i) {
-    for (std::size_t g = 0; g < kLatencyGroups; ++g) {
-      const std::string_view op = to_string(static_cast<LatencyGroup>(g));
-      const HistogramSnapshot &h = totals[i].latency[g];
+    for (std::size_t k = 0; k < kRequestKinds; ++k) {
+      const std::string_view op = to_string(static_cast<RequestKind>(k));
+      const HistogramSnapshot &h = totals[i].latency[k];
       const auto cumulative = h.cumulative_export();
       for (std::size_t b = 0; b < bounds.size(); ++b)
         w.sample("request_duration_seconds_bucket", {{"device", devices[i].name}, {"op", op}, {"le", bounds[b]}},

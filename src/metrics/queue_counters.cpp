@@ -20,18 +20,6 @@ const char *to_string(RequestKind kind) noexcept {
   return "other";
 }
 
-const char *to_string(LatencyGroup group) noexcept {
-  switch (group) {
-  case LatencyGroup::read:
-    return "read";
-  case LatencyGroup::write:
-    return "write";
-  case LatencyGroup::other:
-    break;
-  }
-  return "other";
-}
-
 std::uint64_t QueueSnapshot::total_requests() const noexcept {
   std::uint64_t n = 0;
   for (std::uint64_t r : requests)
@@ -48,7 +36,7 @@ void QueueSnapshot::merge(const QueueSnapshot &other) noexcept {
   bad_chains += other.bad_chains;
   interrupts += other.interrupts;
   in_flight += other.in_flight;
-  for (std::size_t i = 0; i < kLatencyGroups; ++i)
+  for (std::size_t i = 0; i < kRequestKinds; ++i)
     latency[i].merge(other.latency[i]);
 }
 
@@ -62,7 +50,7 @@ QueueSnapshot QueueCounters::snapshot() const noexcept {
   s.bad_chains = bad_chains_.load(std::memory_order_relaxed);
   s.interrupts = interrupts_.load(std::memory_order_relaxed);
   s.in_flight = in_flight_.load(std::memory_order_relaxed);
-  for (std::size_t i = 0; i < kLatencyGroups; ++i)
+  for (std::size_t i = 0; i < kRequestKinds; ++i)
     s.latency[i] = latency_[i].snapshot();
   return s;
 }

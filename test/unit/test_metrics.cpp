@@ -1,4 +1,5 @@
 #include "metrics/device_status.h"
+#include "metrics/json_writer.h"
 #include "metrics/latency_histogram.h"
 #include "metrics/prometheus.h"
 #include "metrics/queue_counters.h"
@@ -14,6 +15,8 @@
 #include <cstdint>
 #include <limits>
 #include <map>
+#include <memory>
+#include <optional>
 #include <random>
 #include <set>
 #include <sstream>
@@ -131,12 +134,257 @@ std::string family_of(const std::string &name, const std::map<std::string, std::
   return name;
 }
 
+// The whole text in the exposition format, checked as it is read: HELP then TYPE once per
+// family, every sample after its family's TYPE, each family's samples together.
+struct Exposition {
+  std::map<std::string, std::string> types; // family -> type
+  std::vector<Sample> samples;
+  std::vector<std::string> families; // in order
+};
+
+Exposition parse_exposition(const std::string &text) {
+  Exposition e;
+  std::set<std::string> helped, finished;
+  std::string current_family;
+  std::istringstream in(text);
+  std::string line;
+  while (std::getline(in, line)) {
+    REQUIRE_MESSAGE(!line.empty(), "empty line in output");
+    if (line.rfind("# HELP ", 0) == 0) {
+      const std::string name = line.substr(7, line.find(' ', 7) - 7);
+      CHECK(name.rfind("vduse_bridge_", 0) == 0);
+      CHECK(helped.insert(name).second);
+      continue;
+    }
+    if (line.rfind("# TYPE ", 0) == 0) {
+      std::istringstream f(line.substr(7));
+      std::string name, type;
+      f >> name >> type;
+      CHECK_MESSAGE(helped.count(name) == 1, "TYPE before HELP for " << name);
+      CHECK((type == "counter" || type == "gauge" || type == "histogram"));
+      CHECK(e.types.emplace(name, type).second);
+      e.families.push_back(name);
+      continue;
+    }
+    REQUIRE_MESSAGE(line[0] != '#', line);
+    Sample s = parse_sample(line);
+    const std::string family = family_of(s.name, e.types);
+    REQUIRE_MESSAGE(e.types.count(family) == 1, "sample before its # TYPE: " << line);
+    if (family != current_family) {
+      CHECK_MESSAGE(finished.count(family) == 0, "family " << family << " is not contiguous");
+      if (!current_family.empty())
+        finished.insert(current_family);
+      current_family = family;
+    }
+    if (e.types[family] == "counter")
+      CHECK(s.name.size() > 6);
+    e.samples.push_back(std::move(s));
+  }
+
+  return e;
+}
+
+// A strict JSON (RFC 8259) reader for checking the writers' output: the whole text must be one
+// value; objects keep their member order and refuse duplicate names.
+struct Json {
+  enum class Type { null, boolean, number, string, array, object } type = Type::null;
+  bool b = false;
+  double n = 0;
+  std::string s;
+  std::vector<Json> items;                           // array
+  std::vector<std::pair<std::string, Json>> members; // object
+
+  const Json &operator[](const std::string &key) const {
+    for (const auto &[k, v] : members)
+      if (k == key)
+        return v;
+    FAIL("no member " << key);
+    static const Json none;
+    return none;
+  }
+  bool has(const std::string &key) const {
+    return std::any_of(members.begin(), members.end(), [&](const auto &m) { return m.first == key; });
+  }
+  bool is_null() const { return type == Type::null; }
+};
+
+class JsonReader {
+public:
+  explicit JsonReader(std::string text) : t_(std::move(text)) {}
+  Json parse() {
+    Json v = value();
+    ws();
+    REQUIRE_MESSAGE(i_ == t_.size(), "trailing text at " << i_ << " in " << t_);
+    return v;
+  }
+
+private:
+  void ws() {
+    while (i_ < t_.size() && (t_[i_] == ' ' || t_[i_] == '\n' || t_[i_] == '\t' || t_[i_] == '\r'))
+      ++i_;
+  }
+  char peek() {
+    REQUIRE_MESSAGE(i_ < t_.size(), "unexpected end of " << t_);
+    return t_[i_];
+  }
+  void expect(const char *word) {
+    const std::string w = word;
+    REQUIRE_MESSAGE(t_.compare(i_, w.size(), w) == 0, "expected " << w << " at " << i_ << " in " << t_);
+    i_ += w.size();
+  }
+  Json value() {
+    ws();
+    Json v;
+    const char c = peek();
+    if (c == '{') {
+      v.type = Json::Type::object;
+      ++i_;
+      ws();
+      if (peek() == '}') {
+        ++i_;
+        return v;
+      }
+      for (;;) {
+        ws();
+        REQUIRE(peek() == '"');
+        std::string k = string();
+        REQUIRE_MESSAGE(!v.has(k), "duplicate member " << k);
+        ws();
+        expect(":");
+        Json m = value();
+        v.members.emplace_back(std::move(k), std::move(m));
+        ws();
+        if (peek() == ',') {
+          ++i_;
+          continue;
+        }
+        expect("}");
+        return v;
+      }
+    }
+    if (c == '[') {
+      v.type = Json::Type::array;
+      ++i_;
+      ws();
+      if (peek() == ']') {
+        ++i_;
+        return v;
+      }
+      for (;;) {
+        v.items.push_back(value());
+        ws();
+        if (peek() == ',') {
+          ++i_;
+          continue;
+        }
+        expect("]");
+        return v;
+      }
+    }
+    if (c == '"') {
+      v.type = Json::Type::string;
+      v.s = string();
+      return v;
+    }
+    if (c == 't' || c == 'f') {
+      v.type = Json::Type::boolean;
+      v.b = c == 't';
+      expect(v.b ? "true" : "false");
+      return v;
+    }
+    if (c == 'n') {
+      expect("null");
+      return v;
+    }
+    // -?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?
+    const std::size_t start = i_;
+    auto digits = [&] {
+      const std::size_t from = i_;
+      while (i_ < t_.size() && std::isdigit(static_cast<unsigned char>(t_[i_])))
+        ++i_;
+      REQUIRE_MESSAGE(i_ > from, "bad number at " << start << " in " << t_);
+    };
+    if (peek() == '-')
+      ++i_;
+    if (peek() == '0')
+      ++i_;
+    else
+      digits();
+    if (i_ < t_.size() && t_[i_] == '.') {
+      ++i_;
+      digits();
+    }
+    if (i_ < t_.size() && (t_[i_] == 'e' || t_[i_] == 'E')) {
+      ++i_;
+      if (peek() == '+' || peek() == '-')
+        ++i_;
+      digits();
+    }
+    v.type = Json::Type::number;
+    v.n = std::stod(t_.substr(start, i_ - start));
+    return v;
+  }
+  std::string string() {
+    expect("\"");
+    std::string out;
+    for (;;) {
+      const auto c = static_cast<unsigned char>(peek());
+      ++i_;
+      if (c == '"')
+        return out;
+      REQUIRE_MESSAGE(c >= 0x20, "raw control character in a string: " << t_);
+      if (c != '\\') {
+        out += static_cast<char>(c);
+        continue;
+      }
+      const char e = peek();
+      ++i_;
+      switch (e) {
+      case '"':
+      case '\\':
+      case '/':
+        out += e;
+        break;
+      case 'b':
+        out += '\b';
+        break;
+      case 'f':
+        out += '\f';
+        break;
+      case 'n':
+        out += '\n';
+        break;
+      case 'r':
+        out += '\r';
+        break;
+      case 't':
+        out += '\t';
+        break;
+      case 'u': {
+        REQUIRE(i_ + 4 <= t_.size());
+        const unsigned code = static_cast<unsigned>(std::stoul(t_.substr(i_, 4), nullptr, 16));
+        i_ += 4;
+        REQUIRE_MESSAGE(code < 0x80, "only \\u00XX expected from the writer");
+        out += static_cast<char>(code);
+        break;
+      }
+      default:
+        FAIL("bad escape \\" << e);
+      }
+    }
+  }
+  std::string t_;
+  std::size_t i_ = 0;
+};
+
+Json parse_json(const std::string &text) { return JsonReader(text).parse(); }
+
 DeviceStatus make_device(const std::string &name, std::uint64_t reads, std::uint64_t latency_ns) {
   QueueCounters q0, q1;
   for (std::uint64_t i = 0; i < reads; ++i)
     q0.record_completion(RequestKind::read, 4096, latency_ns, true);
   q1.record_completion(RequestKind::write, 8192, 2 * latency_ns, true);
-  q1.record_completion(RequestKind::write, 8192, 20'000'000'000, false); // over 10 s
+  q1.record_completion(RequestKind::write, 8192, 400'000'000'000, false); // over 300 s
   q1.record_completion(RequestKind::flush, 0, 1'000'000, true);
   q1.record_bad_chain();
   q1.record_interrupt();
@@ -156,7 +404,7 @@ DeviceStatus make_device(const std::string &name, std::uint64_t reads, std::uint
 
 } // namespace
 
-TEST_CASE("histogram buckets tile 0 to 137 s with 8 sub-buckets per power of two") {
+TEST_CASE("histogram buckets tile 0 to 550 s with 8 sub-buckets per power of two") {
   CHECK(latency_bucket(0) == 0);
   CHECK(latency_bucket(1023) == 0);
   CHECK(latency_bucket(1024) == 1);
@@ -165,7 +413,8 @@ TEST_CASE("histogram buckets tile 0 to 137 s with 8 sub-buckets per power of two
   CHECK(latency_bucket(std::numeric_limits<std::uint64_t>::max()) == kLatencyBuckets - 1);
   CHECK(latency_bucket(kOverflowNs) == kLatencyBuckets - 1);
   CHECK(latency_bucket(kOverflowNs - 1) == kLatencyBuckets - 2);
-  CHECK(kOverflowNs >= 100'000'000'000ull); // at least 100 s
+  CHECK(kOverflowNs >= 300'000'000'000ull); // at least 300 s: a request held for a reconnect-timeout
+  CHECK(kLatencyBuckets <= 256);            // and still about 2 KiB a histogram
   for (std::size_t i = 1; i + 1 < kLatencyBuckets; ++i) {
     const std::uint64_t lo = latency_bucket_lower(i), hi = latency_bucket_upper(i);
     INFO("bucket " << i << " [" << lo << ", " << hi << ")");
@@ -179,11 +428,11 @@ TEST_CASE("histogram buckets tile 0 to 137 s with 8 sub-buckets per power of two
 
 TEST_CASE("export buckets count the Prometheus bounds exactly") {
   LatencyHistogram h;
-  h.record(50'000);         // le 50us
-  h.record(50'001);         // le 100us
-  h.record(1'000'000);      // le 1ms
-  h.record(10'000'000'000); // le 10s
-  h.record(10'000'000'001); // only +Inf
+  h.record(50'000);          // le 50us
+  h.record(50'001);          // le 100us
+  h.record(1'000'000);       // le 1ms
+  h.record(10'000'000'000);  // le 10s
+  h.record(300'000'000'001); // only +Inf
   const auto snap = h.snapshot();
   const auto cum = snap.cumulative_export();
   CHECK(cum[0] == 1);
@@ -193,7 +442,7 @@ TEST_CASE("export buckets count the Prometheus bounds exactly") {
   CHECK(cum.back() == 5);
   CHECK(snap.export_count() == 5);
   CHECK(snap.count() == 5);
-  CHECK(snap.sum_ns == 50'000 + 50'001 + 1'000'000 + 10'000'000'000ull + 10'000'000'001ull);
+  CHECK(snap.sum_ns == 50'000 + 50'001 + 1'000'000 + 10'000'000'000ull + 300'000'000'001ull);
   CHECK(std::is_sorted(cum.begin(), cum.end()));
 }
 
@@ -242,7 +491,7 @@ TEST_CASE("percentile edge cases: empty sub-microsecond overflow and one sample"
     CHECK(std::abs(one.snapshot().percentile(p) - 3e6) <= 3e6 / 8);
 
   LatencyHistogram huge;
-  huge.record(500'000'000'000ull); // 500 s
+  huge.record(600'000'000'000ull); // 600 s
   CHECK(huge.snapshot().percentile(50) == static_cast<double>(kOverflowNs));
   CHECK(huge.snapshot().percentile(150) == static_cast<double>(kOverflowNs)); // p clamped
 }
@@ -296,15 +545,19 @@ TEST_CASE("queue counters count by kind and group latency") {
   CHECK(s.bad_chains == 1);
   CHECK(s.interrupts == 2);
   CHECK(s.in_flight == 7);
-  CHECK(s.latency_of(LatencyGroup::read).count() == 2);
-  CHECK(s.latency_of(LatencyGroup::write).count() == 1);
-  CHECK(s.latency_of(LatencyGroup::other).count() == 4);
+  CHECK(s.latency_of(RequestKind::read).count() == 2);
+  CHECK(s.latency_of(RequestKind::write).count() == 1);
+  CHECK(s.latency_of(RequestKind::flush).count() == 1);
+  CHECK(s.latency_of(RequestKind::discard).count() == 1);
+  CHECK(s.latency_of(RequestKind::write_zeroes).count() == 1);
+  CHECK(s.latency_of(RequestKind::other).count() == 1);
+  CHECK(s.latency_of(RequestKind::write_zeroes).sum_ns == 50'000);
 
   QueueSnapshot merged = s;
   merged.merge(s);
   CHECK(merged.total_requests() == 14);
   CHECK(merged.in_flight == 14);
-  CHECK(merged.latency_of(LatencyGroup::other).count() == 8);
+  CHECK(merged.latency_of(RequestKind::flush).count() == 2);
   CHECK(std::string(to_string(RequestKind::write_zeroes)) == "write_zeroes");
 }
 
@@ -319,8 +572,8 @@ TEST_CASE("a reader thread sees monotonic snapshots while one writer records") {
     QueueSnapshot prev;
     while (!done.load(std::memory_order_acquire)) {
       const QueueSnapshot s = q.snapshot();
-      const auto h = s.latency_of(LatencyGroup::read);
-      const auto hp = prev.latency_of(LatencyGroup::read);
+      const auto h = s.latency_of(RequestKind::read);
+      const auto hp = prev.latency_of(RequestKind::read);
       for (std::size_t i = 0; i < kLatencyBuckets; ++i)
         if (h.buckets[i] < hp.buckets[i])
           went_back = true;
@@ -348,9 +601,9 @@ TEST_CASE("a reader thread sees monotonic snapshots while one writer records") {
   CHECK(s.requests_of(RequestKind::read) == kN);
   CHECK(s.errors == kN / 1000);
   CHECK(s.bytes_read == (kN - kN / 1000) * 4096);
-  CHECK(s.latency_of(LatencyGroup::read).count() == kN);
-  CHECK(s.latency_of(LatencyGroup::read).export_count() == kN);
-  CHECK(s.latency_of(LatencyGroup::read).sum_ns == sum);
+  CHECK(s.latency_of(RequestKind::read).count() == kN);
+  CHECK(s.latency_of(RequestKind::read).export_count() == kN);
+  CHECK(s.latency_of(RequestKind::read).sum_ns == sum);
 }
 
 TEST_CASE("rates come from two snapshots and the elapsed time") {
@@ -395,43 +648,8 @@ TEST_CASE("prometheus output parses back with families typed and histograms cumu
   REQUIRE(!text.empty());
   REQUIRE(text.back() == '\n');
 
-  std::map<std::string, std::string> types; // family -> type
-  std::set<std::string> helped, finished;
-  std::string current_family;
-  std::vector<Sample> samples;
-  std::istringstream in(text);
-  std::string line;
-  while (std::getline(in, line)) {
-    REQUIRE_MESSAGE(!line.empty(), "empty line in output");
-    if (line.rfind("# HELP ", 0) == 0) {
-      const std::string name = line.substr(7, line.find(' ', 7) - 7);
-      CHECK(name.rfind("vduse_bridge_", 0) == 0);
-      CHECK(helped.insert(name).second);
-      continue;
-    }
-    if (line.rfind("# TYPE ", 0) == 0) {
-      std::istringstream f(line.substr(7));
-      std::string name, type;
-      f >> name >> type;
-      CHECK_MESSAGE(helped.count(name) == 1, "TYPE before HELP for " << name);
-      CHECK((type == "counter" || type == "gauge" || type == "histogram"));
-      CHECK(types.emplace(name, type).second);
-      continue;
-    }
-    REQUIRE_MESSAGE(line[0] != '#', line);
-    Sample s = parse_sample(line);
-    const std::string family = family_of(s.name, types);
-    REQUIRE_MESSAGE(types.count(family) == 1, "sample before its # TYPE: " << line);
-    if (family != current_family) {
-      CHECK_MESSAGE(finished.count(family) == 0, "family " << family << " is not contiguous");
-      if (!current_family.empty())
-        finished.insert(current_family);
-      current_family = family;
-    }
-    if (types[family] == "counter")
-      CHECK(s.name.size() > 6);
-    samples.push_back(std::move(s));
-  }
+  const Exposition parsed = parse_exposition(text);
+  const std::vector<Sample> &samples = parsed.samples;
 
   auto value = [&](const std::string &name, std::map<std::string, std::string> labels) {
     for (const Sample &s : samples)
@@ -446,14 +664,14 @@ TEST_CASE("prometheus output parses back with families typed and histograms cumu
   CHECK(value("vduse_bridge_requests_total", {{"device", "disk0"}, {"op", "read"}}) == 1000);
   CHECK(value("vduse_bridge_requests_total", {{"device", "disk0"}, {"op", "write"}}) == 2);
   CHECK(value("vduse_bridge_requests_total", {{"device", "disk0"}, {"op", "flush"}}) == 1);
-  CHECK(value("vduse_bridge_bytes_total", {{"device", "disk0"}, {"direction", "read"}}) == 1000 * 4096);
-  CHECK(value("vduse_bridge_bytes_total", {{"device", "disk0"}, {"direction", "write"}}) == 8192);
+  CHECK(value("vduse_bridge_bytes_total", {{"device", "disk0"}, {"op", "read"}}) == 1000 * 4096);
+  CHECK(value("vduse_bridge_bytes_total", {{"device", "disk0"}, {"op", "write"}}) == 8192);
   CHECK(value("vduse_bridge_errors_total", {{"device", "disk0"}}) == 1);
   CHECK(value("vduse_bridge_bad_chains_total", {{"device", "disk0"}}) == 1);
-  CHECK(value("vduse_bridge_in_flight", {{"device", "disk0"}}) == 5);
+  CHECK(value("vduse_bridge_requests_in_flight", {{"device", "disk0"}}) == 5);
   CHECK(value("vduse_bridge_capacity_bytes", {{"device", "disk0"}}) == 1073741824.0);
   CHECK(value("vduse_bridge_start_time_seconds", {{"device", "disk0"}}) == 1.7e9);
-  CHECK(value("vduse_bridge_backend_up", {{"device", "disk0"}, {"backend", "nbd"}}) == 1);
+  CHECK(value("vduse_bridge_backend_up", {{"device", "disk0"}}) == 1);
   // Escaping round-trips: the odd device name comes back intact.
   CHECK(value("vduse_bridge_backend_up", {{"device", "we\"ird\\name\nx"}}) == 0);
   CHECK(value("vduse_bridge_device_info", {{"device", "we\"ird\\name\nx"}, {"disk", ""}}) == 1);
@@ -475,7 +693,7 @@ TEST_CASE("prometheus output parses back with families typed and histograms cumu
       sums[series] = s.value;
     }
   }
-  CHECK(buckets.size() == 6); // 2 devices x read/write/other
+  CHECK(buckets.size() == 12); // 2 devices x 6 ops
   for (const auto &[series, b] : buckets) {
     INFO(series);
     REQUIRE(b.size() == kExportBuckets);
@@ -492,7 +710,7 @@ TEST_CASE("prometheus output parses back with families typed and histograms cumu
   CHECK(buckets.at("disk0/read")[2] == std::make_pair(0.00025, 0.0));
   CHECK(buckets.at("disk0/read")[3] == std::make_pair(0.0005, 1000.0));
   CHECK(sums.at("disk0/read") == doctest::Approx(1000 * 300e-6));
-  // The 20 s write is only in +Inf.
+  // The 400 s write is only in +Inf.
   CHECK(buckets.at("disk0/write")[kExportBuckets - 2].second == 1);
   CHECK(buckets.at("disk0/write").back().second == 2);
   CHECK(escape_label_value("a\\b\"c\nd") == "a\\\\b\\\"c\\nd");
@@ -502,7 +720,10 @@ TEST_CASE("prometheus output of no devices still declares the families") {
   const std::string text = format_prometheus({});
   CHECK(text.find("# TYPE vduse_bridge_requests_total counter\n") != std::string::npos);
   CHECK(text.find("# TYPE vduse_bridge_request_duration_seconds histogram\n") != std::string::npos);
-  CHECK(text.find("\nvduse_bridge_") == std::string::npos);
+  // No device samples: only the daemon's own build_info.
+  const Exposition e = parse_exposition(text);
+  REQUIRE(e.samples.size() == 1);
+  CHECK(e.samples[0].name == "vduse_bridge_build_info");
 }
 
 TEST_CASE("status text shows the numbers of every device") {
@@ -561,4 +782,337 @@ TEST_CASE("latency and duration formatting for humans") {
   CHECK(s.find("(1m 30s ago): reconnect-timeout passed") != std::string::npos);
   d.backend_state = BackendState::connected;
   CHECK(describe_backend_state(d, now) == "connected; last error: reconnect-timeout passed");
+}
+
+namespace {
+
+// A device whose backend could not be opened at start-up: listed, no queues.
+DeviceStatus waiting_device(std::chrono::system_clock::time_point now) {
+  DeviceStatus d;
+  d.name = "disk9";
+  d.attach = "virtio-vdpa";
+  d.backend = "iscsi";
+  d.backend_identity = "iscsi://storage.example/iqn.2026-01.example:tank/1";
+  d.serial = "tank 1";
+  d.state = DeviceState::waiting;
+  d.state_since = now - 95s;
+  d.start_attempts = 4;
+  d.next_attempt = now + 7500ms;
+  d.last_error = "iscsi://storage.example: connection refused";
+  d.backend_state = BackendState::connected; // what a default leaves: not reported while waiting
+  return d;
+}
+
+std::vector<const Sample *> samples_of(const Exposition &e, const std::string &name, const std::string &device) {
+  std::vector<const Sample *> out;
+  for (const Sample &s : e.samples)
+    if (s.name == name && s.labels.count("device") && s.labels.at("device") == device)
+      out.push_back(&s);
+  return out;
+}
+
+} // namespace
+
+TEST_CASE("prometheus names: counters end in _total, base units, one label name per concept") {
+  const auto now = std::chrono::system_clock::time_point(std::chrono::seconds(1'700'000'000));
+  const std::vector<DeviceStatus> devices{make_device("disk0", 10, 300'000), waiting_device(now)};
+  const Exposition e = parse_exposition(format_prometheus(devices, {"1.2.3", "abc123"}));
+  const std::set<std::string> allowed_labels{"device", "disk", "attach", "backend", "read_only",
+                                             "state",  "op",   "le",     "version", "commit"};
+  for (const auto &[family, type] : e.types) {
+    INFO(family);
+    if (type == "counter")
+      CHECK(family.ends_with("_total"));
+    else
+      CHECK_FALSE(family.ends_with("_total"));
+    for (const char *bad : {"_ms", "milli", "micro", "_us", "_ns", "kib", "mib", "direction"})
+      CHECK(family.find(bad) == std::string::npos);
+    if (family.find("duration") != std::string::npos || family.find("time") != std::string::npos)
+      CHECK(family.ends_with("_seconds"));
+  }
+  std::map<std::string, std::set<std::string>> ops; // family -> op values
+  for (const Sample &s : e.samples) {
+    INFO(s.name);
+    for (const auto &[k, v] : s.labels)
+      CHECK_MESSAGE(allowed_labels.count(k) == 1, "label " << k);
+    if (s.labels.count("op"))
+      ops[family_of(s.name, e.types)].insert(s.labels.at("op"));
+  }
+  const std::set<std::string> all{"read", "write", "flush", "discard", "write_zeroes", "other"};
+  CHECK(ops.at("vduse_bridge_requests_total") == all);
+  CHECK(ops.at("vduse_bridge_request_duration_seconds") == all);
+  CHECK(ops.at("vduse_bridge_bytes_total") == std::set<std::string>{"read", "write"});
+  // Every family is declared once, in order.
+  CHECK(std::set<std::string>(e.families.begin(), e.families.end()).size() == e.families.size());
+  for (const char *f :
+       {"vduse_bridge_requests_in_flight", "vduse_bridge_requests_held", "vduse_bridge_backend_reconnects_total",
+        "vduse_bridge_backend_state", "vduse_bridge_device_state", "vduse_bridge_build_info"})
+    CHECK_MESSAGE(e.types.count(f) == 1, f);
+}
+
+TEST_CASE("prometheus labels carry no user-written text but the device name") {
+  const auto now = std::chrono::system_clock::time_point(std::chrono::seconds(1'700'000'000));
+  std::vector<DeviceStatus> devices{make_device("disk0", 10, 300'000), waiting_device(now)};
+  devices[0].serial = "SER-4242";
+  devices[0].backend_identity = "nbd://user@host.example:10809/export-name";
+  const std::string text = format_prometheus(devices, {"1.2.3", "abc123"});
+  for (const char *secretish : {"SER-4242", "host.example", "export-name", "storage.example", "tank", "iqn."})
+    CHECK_MESSAGE(text.find(secretish) == std::string::npos, secretish);
+  const Exposition e = parse_exposition(text);
+  for (const Sample &s : e.samples)
+    for (const auto &[k, v] : s.labels)
+      if (k != "device" && k != "le" && k != "version" && k != "commit")
+        CHECK_MESSAGE(v.size() <= 16, s.name << " " << k << "=" << v); // enum values, "vda", "virtio-vdpa"
+}
+
+TEST_CASE("prometheus state sets: one sample per state, exactly one of them 1") {
+  const auto now = std::chrono::system_clock::time_point(std::chrono::seconds(1'700'000'000));
+  std::vector<DeviceStatus> devices{make_device("disk0", 10, 300'000), make_device("disk1", 1, 1000),
+                                    waiting_device(now)};
+  devices[1].backend_state = BackendState::reconnecting;
+  devices[1].reconnects = 3;
+  devices[1].held_requests = 17;
+  const Exposition e = parse_exposition(format_prometheus(devices, {}));
+  auto states = [&](const std::string &family, const std::string &device) {
+    std::map<std::string, double> m;
+    for (const Sample *s : samples_of(e, family, device))
+      CHECK(m.emplace(s->labels.at("state"), s->value).second);
+    return m;
+  };
+  using M = std::map<std::string, double>;
+  CHECK(states("vduse_bridge_device_state", "disk0") ==
+        M{{"waiting", 0}, {"starting", 0}, {"serving", 1}, {"stopping", 0}});
+  CHECK(states("vduse_bridge_device_state", "disk9") ==
+        M{{"waiting", 1}, {"starting", 0}, {"serving", 0}, {"stopping", 0}});
+  CHECK(states("vduse_bridge_backend_state", "disk0") == M{{"connected", 1}, {"reconnecting", 0}, {"failing", 0}});
+  CHECK(states("vduse_bridge_backend_state", "disk1") == M{{"connected", 0}, {"reconnecting", 1}, {"failing", 0}});
+  // A waiting device has no backend to report on; backend_up says it is not up.
+  CHECK(states("vduse_bridge_backend_state", "disk9").empty());
+  auto one = [&](const std::string &family, const std::string &device) {
+    const auto v = samples_of(e, family, device);
+    REQUIRE_MESSAGE(v.size() == 1, family << " " << device);
+    return v[0]->value;
+  };
+  CHECK(one("vduse_bridge_backend_up", "disk0") == 1);
+  CHECK(one("vduse_bridge_backend_up", "disk1") == 0);
+  CHECK(one("vduse_bridge_backend_up", "disk9") == 0);
+  CHECK(one("vduse_bridge_backend_reconnects_total", "disk1") == 3);
+  CHECK(one("vduse_bridge_backend_reconnects_total", "disk0") == 0);
+  CHECK(one("vduse_bridge_requests_held", "disk1") == 17);
+  CHECK(one("vduse_bridge_requests_in_flight", "disk1") == 5);
+  CHECK(one("vduse_bridge_requests_in_flight", "disk9") == 0);
+  CHECK(samples_of(e, "vduse_bridge_capacity_bytes", "disk9").empty()); // not known yet
+  CHECK(samples_of(e, "vduse_bridge_requests_total", "disk9").size() == kRequestKinds);
+}
+
+TEST_CASE("prometheus build_info carries the version and commit, escaped") {
+  const Exposition e = parse_exposition(format_prometheus({}, {"0.5.0~rc\"1", "0123abc"}));
+  std::vector<Sample> info;
+  for (const Sample &s : e.samples)
+    if (s.name == "vduse_bridge_build_info")
+      info.push_back(s);
+  REQUIRE(info.size() == 1);
+  CHECK(info[0].value == 1);
+  CHECK(info[0].labels == std::map<std::string, std::string>{{"version", "0.5.0~rc\"1"}, {"commit", "0123abc"}});
+  CHECK(e.types.at("vduse_bridge_build_info") == "gauge");
+}
+
+TEST_CASE("prometheus latency buckets reach 300 s for requests held through a reconnect") {
+  QueueCounters q;
+  q.record_completion(RequestKind::write, 4096, 200'000'000'000, true); // 200 s
+  q.record_completion(RequestKind::flush, 0, 45'000'000'000, true);     // 45 s
+  DeviceStatus d;
+  d.name = "disk0";
+  d.queues = {q.snapshot()};
+  const Exposition e = parse_exposition(format_prometheus({d}));
+  auto bucket = [&](const std::string &op, const std::string &le) {
+    for (const Sample &s : e.samples)
+      if (s.name == "vduse_bridge_request_duration_seconds_bucket" && s.labels.at("op") == op &&
+          s.labels.at("le") == le)
+        return s.value;
+    FAIL("no bucket " << op << " le=" << le);
+    return -1.0;
+  };
+  CHECK(bucket("write", "120") == 0);
+  CHECK(bucket("write", "300") == 1);
+  CHECK(bucket("write", "+Inf") == 1);
+  CHECK(bucket("flush", "30") == 0);
+  CHECK(bucket("flush", "60") == 1);
+  CHECK(kExportBoundsNs.back() >= 300'000'000'000ull);
+}
+
+TEST_CASE("json writer escapes quotes backslashes and control characters") {
+  CHECK(json_quote("plain") == "\"plain\"");
+  CHECK(json_quote("a\"b\\c") == "\"a\\\"b\\\\c\"");
+  CHECK(json_quote("\b\f\n\r\t") == "\"\\b\\f\\n\\r\\t\"");
+  CHECK(json_quote(std::string("\0\x01\x1f", 3)) == "\"\\u0000\\u0001\\u001f\"");
+  CHECK(json_quote("\x7f/") == "\"\x7f/\"");
+  CHECK(json_quote("caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80") == "\"caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80\"");
+  // Not UTF-8: a lone continuation byte, a truncated sequence, an overlong '/', a surrogate.
+  CHECK(json_quote("a\x80z") == "\"a\xef\xbf\xbdz\"");
+  CHECK(json_quote("\xe2\x82") == "\"\xef\xbf\xbd\xef\xbf\xbd\"");
+  CHECK(json_quote("\xc0\xaf") == "\"\xef\xbf\xbd\xef\xbf\xbd\"");
+  CHECK(json_quote("\xed\xa0\x80") == "\"\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd\"");
+  // Every byte value round-trips through a strict reader (control characters escaped).
+  std::string all;
+  for (int c = 0; c < 0x80; ++c)
+    all += static_cast<char>(c);
+  CHECK(parse_json(json_quote(all)).s == all);
+}
+
+TEST_CASE("json writer nests arrays and objects with numbers booleans and null") {
+  JsonWriter w;
+  w.begin_object();
+  w.member("s", "x");
+  w.member("u", std::uint64_t{18446744073709551615ull});
+  w.member("i", std::int64_t{-5});
+  w.member("d", 0.25);
+  w.member("inf", std::numeric_limits<double>::infinity());
+  w.member("t", true).member("f", false);
+  w.key("n").null();
+  w.key("a").begin_array().value(1).begin_array().end_array().begin_object().end_object().value("z").end_array();
+  w.key("o").begin_object().key("deep").begin_array().value(2.5e-7).end_array().end_object();
+  w.end_object();
+  const std::string text = w.take();
+  CHECK(text == "{\"s\":\"x\",\"u\":18446744073709551615,\"i\":-5,\"d\":0.25,\"inf\":null,\"t\":true,\"f\":false,"
+                "\"n\":null,\"a\":[1,[],{},\"z\"],\"o\":{\"deep\":[2.5e-07]}}");
+  const Json j = parse_json(text);
+  CHECK(j["a"].items.size() == 4);
+  CHECK(j["o"]["deep"].items[0].n == doctest::Approx(2.5e-7));
+  CHECK(j["inf"].is_null());
+  JsonWriter empty;
+  CHECK(empty.begin_array().end_array().take() == "[]");
+}
+
+TEST_CASE("status text shows a waiting device's attempts next try and last error") {
+  const auto now = std::chrono::system_clock::time_point(std::chrono::seconds(1'700'000'000));
+  const std::vector<DeviceStatus> devices{waiting_device(now), make_device("disk0", 1, 1000)};
+  const std::string text = format_status_text(devices, now);
+  INFO(text);
+  CHECK(text.rfind("disk9: iscsi iscsi://storage.example/iqn.2026-01.example:tank/1, virtio-vdpa\n", 0) == 0);
+  const std::string state = "State: waiting for its backend since " + format_time(now - 95s) +
+                            " (1m 35s ago) (4 attempts, next in 8s): iscsi://storage.example: connection refused\n";
+  CHECK(text.find(state) != std::string::npos);
+  // Nothing about queues or a backend connection it does not have.
+  const std::string first = text.substr(0, text.find("\n\n"));
+  CHECK(first.find("Queue depth") == std::string::npos);
+  CHECK(first.find("Backend:") == std::string::npos);
+  CHECK(first.find("Capacity") == std::string::npos);
+  CHECK(text.find("State: serving\n") != std::string::npos);
+  CHECK(text.find("Queue depth: 2 queues") != std::string::npos);
+
+  DeviceStatus d = waiting_device(now);
+  d.start_attempts = 1;
+  d.next_attempt = now - 1s; // due
+  d.last_error.clear();
+  CHECK(describe_device_state(d, now).ends_with("(1m 35s ago) (1 attempt, next in 0s)"));
+  d.state = DeviceState::starting;
+  d.state_since = now - 3s;
+  CHECK(describe_device_state(d, now) == "starting since " + format_time(now - 3s) + " (3s ago)");
+}
+
+TEST_CASE("status json holds every device with its state counters and latency") {
+  const auto now = std::chrono::system_clock::time_point(std::chrono::seconds(1'700'000'000)) + 1h;
+  std::vector<DeviceStatus> prev{make_device("disk0", 10, 300'000)};
+  std::vector<DeviceStatus> devices{make_device("we\"ird\\name\x01", 30, 300'000), waiting_device(now)};
+  devices[0].serial = "disk0";
+  devices[0].last_error = "caf\xc3\xa9\n";
+  devices[0].reconnects = 2;
+  prev[0].name = devices[0].name;
+  fill_rates(devices, prev, 2.0);
+  const std::string text = format_status_json(devices, now);
+  REQUIRE(text.back() == '\n');
+  CHECK(std::count(text.begin(), text.end(), '\n') == 1);
+  const Json j = parse_json(text);
+  CHECK(j["time"].n == 1'700'003'600);
+  REQUIRE(j["devices"].items.size() == 2);
+  const Json &a = j["devices"].items[0];
+  CHECK(a["name"].s == "we\"ird\\name\x01");
+  CHECK(a["dev"].s == "/dev/vda");
+  CHECK(a["by_id"].s == "/dev/disk/by-id/virtio-disk0");
+  CHECK(a["attach"].s == "virtio-vdpa");
+  CHECK(a["backend"].s == "nbd");
+  CHECK(a["identity"].s == "nbd+unix:///export?socket=/run/nbd.sock");
+  CHECK(a["state"].s == "serving");
+  CHECK(a["backend_state"].s == "connected");
+  CHECK(a["healthy"].b);
+  CHECK(a["last_error"].s == "caf\xc3\xa9\n");
+  CHECK(a["reconnects"].n == 2);
+  CHECK(a["capacity_bytes"].n == 1073741824.0);
+  CHECK(a["started"].n == 1'700'000'000);
+  CHECK(a["uptime_seconds"].n == 3600);
+  CHECK(a["in_flight"].n == 5);
+  CHECK(a["queues"].items.size() == 2);
+  CHECK(a["queues"].items[0]["in_flight"].n == 3);
+  CHECK(a["requests"]["read"].n == 30);
+  CHECK(a["requests"]["write_zeroes"].n == 0);
+  CHECK(a["bytes"]["read"].n == 30 * 4096);
+  CHECK(a["errors"].n == 1);
+  CHECK(a["latency_seconds"]["interval_seconds"].n == 2.0);
+  CHECK(a["latency_seconds"]["read"]["count"].n == 20); // over the interval
+  CHECK(std::abs(a["latency_seconds"]["read"]["p99"].n - 300e-6) <= 300e-6 / 8);
+  CHECK(a["latency_seconds"]["discard"]["p50"].is_null());
+  CHECK(a["rates"]["iops"]["read"].n == doctest::Approx(10));
+  const Json &w = j["devices"].items[1];
+  CHECK(w["state"].s == "waiting");
+  CHECK(w["backend_state"].is_null());
+  CHECK_FALSE(w["healthy"].b);
+  CHECK(w["dev"].is_null());
+  CHECK(w["start_attempts"].n == 4);
+  CHECK(w["state_since"].n == 1'700'003'600 - 95);
+  CHECK(w["next_attempt"].n == 1'700'003'607); // whole seconds, rounded down
+  CHECK(w["last_error"].s == "iscsi://storage.example: connection refused");
+  CHECK(w["queues"].items.empty());
+  CHECK(w["rates"].is_null());
+  CHECK(w["started"].is_null());
+  CHECK(parse_json(format_status_json({}, now))["devices"].items.empty());
+}
+
+TEST_CASE("device list: one line per device with its node by-id link backend and state") {
+  const auto now = std::chrono::system_clock::time_point(std::chrono::seconds(1'700'000'000));
+  std::vector<DeviceStatus> devices{make_device("disk0", 1, 1000), waiting_device(now), make_device("vm0", 1, 1)};
+  devices[0].serial = "disk0";
+  devices[0].backend_state = BackendState::reconnecting;
+  devices[2].disk = "vhost-vdpa-0";
+  devices[2].attach = "vhost-vdpa";
+  devices[2].serial = "vm0";
+  devices[2].backend = "memory";
+  devices[2].backend_identity.clear();
+  const std::string text = format_device_list(devices, false);
+  INFO(text);
+  std::vector<std::vector<std::string>> rows;
+  std::istringstream in(text);
+  for (std::string l; std::getline(in, l);) {
+    std::istringstream f(l);
+    rows.emplace_back();
+    for (std::string word; f >> word;)
+      rows.back().push_back(word);
+  }
+  REQUIRE(rows.size() == 3);
+  CHECK(rows[0] == std::vector<std::string>{"disk0", "/dev/vda", "/dev/disk/by-id/virtio-disk0", "virtio-vdpa",
+                                            "nbd:nbd+unix:///export?socket=/run/nbd.sock", "serving,reconnecting"});
+  CHECK(rows[1] == std::vector<std::string>{"disk9", "-", "/dev/disk/by-id/virtio-tank_1", "virtio-vdpa",
+                                            "iscsi:iscsi://storage.example/iqn.2026-01.example:tank/1", "waiting"});
+  CHECK(rows[2] == std::vector<std::string>{"vm0", "/dev/vhost-vdpa-0", "-", "vhost-vdpa", "memory", "serving"});
+  // Columns line up.
+  const auto second = [&](std::size_t line) {
+    std::size_t start = 0;
+    for (std::size_t i = 0; i < line; ++i)
+      start = text.find('\n', start) + 1;
+    return text.find('/', start) - start;
+  };
+  CHECK(second(0) == second(2));
+  CHECK(format_device_list({}, false).empty());
+
+  const Json j = parse_json(format_device_list(devices, true));
+  REQUIRE(j["devices"].items.size() == 3);
+  CHECK(j["devices"].items[0]["by_id"].s == "/dev/disk/by-id/virtio-disk0");
+  CHECK(j["devices"].items[0]["backend_state"].s == "reconnecting");
+  CHECK_FALSE(j["devices"].items[0]["healthy"].b);
+  CHECK(j["devices"].items[1]["dev"].is_null());
+  CHECK(j["devices"].items[1]["state"].s == "waiting");
+  CHECK(j["devices"].items[2]["dev"].s == "/dev/vhost-vdpa-0");
+  CHECK(j["devices"].items[2]["by_id"].is_null());
+  CHECK(j["devices"].items[2]["identity"].is_null());
+  CHECK(j["devices"].items[2].members.size() == 9);
 }
