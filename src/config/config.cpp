@@ -390,7 +390,7 @@ BackendConfig Validator::backend(const RawBackend &raw, const DeviceConfig &devi
 std::string read_file(const std::string &path) {
   SmallFile f = read_small_file(path, max_file_bytes);
   if (f.error != 0)
-    throw ConfigError(path, 0, 0, {}, errno_message(std::string("cannot ") + f.failed, f.error));
+    throw ConfigError(path, 0, 0, {}, f.problem());
   if (f.too_large(max_file_bytes))
     throw ConfigError(path, 0, 0, {}, "expected a configuration file of at most 1 MiB, got more");
   return std::move(f.text);

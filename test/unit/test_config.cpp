@@ -10,7 +10,9 @@
 #include <doctest/doctest.h>
 #include <fstream>
 #include <string>
+#include <sys/stat.h>
 #include <typeinfo>
+#include <unistd.h>
 
 using vb::BackendConfig;
 using vb::Config;
@@ -594,8 +596,24 @@ TEST_CASE("load_config names a file it cannot read") {
     vb::load_config(dir.path());
     FAIL("no error thrown");
   } catch (const ConfigError &e) {
-    CHECK(std::string(e.what()) == dir.path() + ": cannot read: Is a directory");
+    CHECK(std::string(e.what()) == dir.path() + ": expected a regular file, got a directory");
   }
+}
+
+TEST_CASE("load_config refuses a FIFO or a device at once instead of waiting to read it") {
+  vb::test::TempDir dir;
+  const std::string fifo = dir.file("fifo.yaml");
+  REQUIRE(::mkfifo(fifo.c_str(), 0600) == 0);
+  // Without a writer, a blocking open() of the FIFO would never return.
+  CHECK_THROWS_WITH_AS(vb::load_config(fifo), (fifo + ": expected a regular file, got a FIFO").c_str(), ConfigError);
+  CHECK_THROWS_WITH_AS(vb::load_config("/dev/null"), "/dev/null: expected a regular file, got a character device",
+                       ConfigError);
+  // A symbolic link to a regular file is fine: configurations are often linked into /etc.
+  const std::string real = dir.file("real.yaml");
+  const std::string link = dir.file("link.yaml");
+  write_file(real, head);
+  REQUIRE(::symlink(real.c_str(), link.c_str()) == 0);
+  CHECK(vb::load_config(link).devices.size() == 1);
 }
 
 TEST_CASE("load_config reads a file and names it in errors") {
