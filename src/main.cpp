@@ -51,12 +51,18 @@ int main(int argc, char **argv) {
       return 1;
     }
   }
+  if (options.check_only) {
+    // Every problem of the file, one a line, in file order.
+    const vb::ConfigCheck checked = vb::check_config(options.config_path);
+    for (const auto &e : checked.errors)
+      (void)std::fprintf(stderr, "vduse-bridge: %s\n", e.what());
+    if (!checked.config)
+      return 1;
+    std::printf("%s: OK, %zu device(s)\n", checked.config->path.c_str(), checked.config->devices.size());
+    return 0;
+  }
   try {
     const vb::Config config = vb::load_config(options.config_path);
-    if (options.check_only) {
-      std::printf("%s: OK, %zu device(s)\n", config.path.c_str(), config.devices.size());
-      return 0;
-    }
     return vb::run_daemon(config, options);
   } catch (const std::exception &e) {
     // Setup errors: one line, already naming the file/line/key or the device.

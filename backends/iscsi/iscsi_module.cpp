@@ -167,8 +167,8 @@ constexpr std::array<BackendKey<IscsiOptions>, 6> keys{{
     {"initiator-name", false, &apply_initiator_name},
     {"chap", false, &apply_chap},
     {"header-digest", false, &apply_header_digest},
-    {"reconnect-timeout", false, &apply_duration<IscsiOptions, &IscsiOptions::reconnect_timeout>},
-    {"request-timeout", false, &apply_duration<IscsiOptions, &IscsiOptions::request_timeout>},
+    {"reconnect-timeout", false, &apply_timeout<IscsiOptions, &IscsiOptions::reconnect_timeout, Forever::unlimited>},
+    {"request-timeout", false, &apply_timeout<IscsiOptions, &IscsiOptions::request_timeout, Forever::zero>},
 }};
 constexpr std::array<std::string_view, 10> key_names{"uri",
                                                      "initiator-name",

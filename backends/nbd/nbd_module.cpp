@@ -130,8 +130,8 @@ constexpr std::array<BackendKey<NbdOptions>, 8> keys{{
     {"connections", false, &apply_connections},
     {"tls-certificates", false, &apply_absolute_path<NbdOptions, &NbdOptions::tls_certificates>},
     {"tls-psk-file", false, &apply_absolute_path<NbdOptions, &NbdOptions::tls_psk_file>},
-    {"reconnect-timeout", false, &apply_duration<NbdOptions, &NbdOptions::reconnect_timeout>},
-    {"request-timeout", false, &apply_duration<NbdOptions, &NbdOptions::request_timeout>},
+    {"reconnect-timeout", false, &apply_timeout<NbdOptions, &NbdOptions::reconnect_timeout, Forever::unlimited>},
+    {"request-timeout", false, &apply_timeout<NbdOptions, &NbdOptions::request_timeout, Forever::zero>},
     {"structured-replies", false, &apply_boolean<NbdOptions, &NbdOptions::structured_replies>},
     {"resize-poll-interval", false, &apply_duration<NbdOptions, &NbdOptions::resize_poll_interval>},
 }};

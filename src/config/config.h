@@ -12,6 +12,7 @@
 #include <chrono>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -62,8 +63,23 @@ struct Config {
   std::vector<DeviceConfig> devices; // at least one, names unique
 };
 
-// Reads and parses the file. Throws ConfigError naming the file (with the errno text when it
-// cannot be read) or the file, line, column and key of the first problem in it.
+// What checking a file found: the configuration, or (when it cannot be used) every problem in
+// it, in file order, one ConfigError each (FILE:LINE:COLUMN: KEY: ...). One pass finds them all:
+// each key is checked even when another failed; only a problem with the document as a whole (a
+// YAML syntax error, no devices) or an unreadable file stops the check, as the only error.
+struct ConfigCheck {
+  std::optional<Config> config; // set exactly when errors is empty
+  std::vector<ConfigError> errors;
+};
+
+// What `vduse-bridge --check` reports: the file read and checked, never throwing ConfigError.
+ConfigCheck check_config(const std::string &path);
+ConfigCheck check_config_text(const std::string &text, const std::string &source_name);
+
+// Reads and parses the file, for the daemon (which refuses to start on any problem). Throws
+// ConfigError naming the file (with the errno text when it cannot be read), or the file, line,
+// column and key of the problem; with several, one ConfigError lists them all, a line each
+// (what() joins them with '\n'; count() says how many).
 Config load_config(const std::string &path);
 
 // Parses configuration text; source_name stands for the file in messages and Config::path.

@@ -6,6 +6,7 @@
 
 #include "test_support.h"
 
+#include <algorithm>
 #include <chrono>
 #include <doctest/doctest.h>
 #include <fstream>
@@ -525,7 +526,7 @@ TEST_CASE("bad files name the file, line, key and what was expected") {
       {"request-timeout a fraction", nbd_head + "      request-timeout: 1.5s\n", 6,
        "devices[0].backend.request-timeout", "expected a duration unit of ms, s, m or h, got '.5s'"},
       {"request-timeout a map", nbd_head + "      request-timeout: {s: 30}\n", 6, "devices[0].backend.request-timeout",
-       "expected a duration such as 500ms, 30s, 2m or 1h, or 0, got a map"},
+       "expected a duration such as 500ms, 30s, 2m or 1h, 0, or forever, got a map"},
       {"memory key for nbd", nbd_head + "      size: 1G\n", 6, "devices[0].backend.size",
        "expected an nbd backend key (type, uri, connections, tls-certificates, tls-psk-file, reconnect-timeout, "
        "request-timeout, structured-replies, resize-poll-interval), got 'size'"},
@@ -815,7 +816,8 @@ TEST_CASE("bad iscsi keys name the file, line, key and what was expected") {
        "devices[0].backend.chap.password-file", "expected an absolute path (starting with '/'), got 'chap.secret'"},
       {"chap username with a space", iscsi_head + "      chap: {username: \"a b\", password-file: /s}\n", 6,
        "devices[0].backend.chap.username", "got \"a b\""},
-      {"chap key twice", iscsi_head + "      chap:\n        username: u\n        username: v\n", 8,
+      {"chap key twice",
+       iscsi_head + "      chap:\n        username: u\n        username: v\n        password-file: /p\n", 8,
        "devices[0].backend.chap.username", "expected each key once in a map, got it again (first on line 7)"},
       {"mutual chap without a password file",
        iscsi_head + "      chap: {username: u, password-file: /s, target-username: t}\n", 6,
@@ -940,4 +942,128 @@ TEST_CASE("a file device: its keys, its defaults, and errors at the key") {
   CHECK(error("      path: /d\n      queue_depth: 4\n") ==
         "file.yaml:7:7: devices[0].backend.queue_depth: expected a file backend key (type, path, direct, queue-depth, "
         "resize-poll-interval), got 'queue_depth' (did you mean 'queue-depth'?)");
+}
+
+// ---- issue 14: every error at once, hints, URIs, durations, pre-flight ----------------------
+
+namespace {
+
+// The messages check_config_text() gives, one per problem.
+std::vector<std::string> errors_of(const std::string &yaml) {
+  std::vector<std::string> out;
+  for (const auto &e : vb::check_config_text(yaml, "test.yaml").errors)
+    out.emplace_back(e.what());
+  return out;
+}
+
+} // namespace
+
+TEST_CASE("check_config reports every problem of the file, in file order") {
+  const std::string yaml = "devices:\n"                   // 1
+                           "  - name: disk0\n"            // 2
+                           "    queues: 0\n"              // 3  value error
+                           "    backend:\n"               // 4
+                           "      type: memory\n"         // 5
+                           "      size: lots\n"           // 6  backend value error
+                           "      colour: red\n"          // 7  unknown backend key
+                           "  - name: disk0\n"            // 8  duplicate name
+                           "    queus: 2\n"               // 9  unknown device key (shape step)
+                           "    attach: host\n"           // 10 value error
+                           "    backend: {type: tape}\n"; // 11 unknown type
+  const auto checked = vb::check_config_text(yaml, "test.yaml");
+  CHECK_FALSE(checked.config);
+  std::vector<int> lines;
+  for (const auto &e : checked.errors)
+    lines.push_back(e.line());
+  CHECK(lines == std::vector<int>{3, 6, 7, 8, 9, 10, 11});
+  REQUIRE(checked.errors.size() == 7);
+  CHECK(std::string(checked.errors[0].what()).rfind("test.yaml:3:13: devices[0].queues: expected an integer", 0) == 0);
+  CHECK(std::string(checked.errors[4].what()).rfind("test.yaml:9:5: devices[1].queus: expected a device key", 0) == 0);
+  CHECK(checked.errors[6].key() == "devices[1].backend.type");
+
+  // The daemon's API: one ConfigError listing them all, a line each, the first one's position.
+  try {
+    parse_config(yaml, "test.yaml");
+    FAIL("no error thrown");
+  } catch (const ConfigError &e) {
+    CHECK(e.count() == 7);
+    CHECK(e.line() == 3);
+    const std::string what = e.what();
+    CHECK(std::count(what.begin(), what.end(), '\n') == 6);
+    CHECK(what.rfind(checked.errors[0].what(), 0) == 0);
+  }
+  // One problem: what() is that problem alone, as before.
+  CHECK(errors_of(head + "    queues: 0\n").size() == 1);
+  CHECK(error_of(head + "    queues: 0\n").find('\n') == std::string::npos);
+  // A good file: the configuration, no errors.
+  const auto good = vb::check_config_text(head, "test.yaml");
+  CHECK(good.errors.empty());
+  CHECK(good.config.has_value());
+}
+
+TEST_CASE("check_config stops at a YAML syntax error and reports an unreadable file as its only error") {
+  CHECK(errors_of("devices: [\n  - name: x\n").size() == 1);
+  vb::test::TempDir dir;
+  const auto missing = vb::check_config(dir.file("none.yaml"));
+  REQUIRE(missing.errors.size() == 1);
+  CHECK(std::string(missing.errors[0].what()) == dir.file("none.yaml") + ": cannot open: No such file or directory");
+}
+
+TEST_CASE("unknown keys get a near miss, or the level they belong to") {
+  struct Case {
+    std::string yaml;
+    std::string hint;
+  };
+  const Case cases[] = {
+      {head + "    queus: 2\n", "got 'queus' (did you mean 'queues'?)"},
+      {head + "    seral: abc\n", "got 'seral' (did you mean 'serial'?)"},
+      {head + "    read-onyl: true\n", "(did you mean 'read-only'?)"},
+      {head + "    uri: nbd://h/\n", "got 'uri' ('uri' belongs under backend:)"},
+      {head + "    reconnect-timeout: 5s\n", "('reconnect-timeout' belongs under backend:)"},
+      {head + "      queues: 2\n", "got 'queues' ('queues' belongs at the device level)"},
+      {head + "      serail: x\n", "(did you mean 'serial', which belongs at the device level?)"},
+      {head + "      szie: 1G\n", "(did you mean 'size'?)"},
+      {"devcies:\n  - name: x\n", "got 'devcies' (did you mean 'devices'?)"},
+      {head + "name: x\n", "got 'name' ('name' belongs under a device in devices:)"},
+      {iscsi_head + "      chap: {usernme: u, password-file: /p}\n", "got 'usernme' (did you mean 'username'?)"},
+  };
+  for (const auto &c : cases) {
+    const std::string msg = error_of(c.yaml);
+    CAPTURE(msg);
+    CHECK(msg.find(c.hint) != std::string::npos);
+  }
+  // Too far from every key: no hint.
+  CHECK(error_of(head + "    colour: blue\n").find("did you mean") == std::string::npos);
+  CHECK(error_of(head + "    q: 1\n").find("did you mean") == std::string::npos);
+  CHECK(vb::config_near_miss("queue_size", vb::config_device_keys) == "queue-size");
+  CHECK(vb::config_near_miss("Queue-Sise", vb::config_device_keys) == "queue-size");
+  CHECK(vb::config_near_miss("qeueus", vb::config_device_keys) == "queues"); // two neighbours swapped: 1
+}
+
+TEST_CASE("durations: forever for reconnect-timeout, 0's meaning per key, and a bound instead of overflow") {
+  const auto nbd = [](const std::string &extra) {
+    return parse_config(nbd_head + extra, "t.yaml").devices[0].backend.as<vb::NbdOptions>();
+  };
+  const auto iscsi = [](const std::string &extra) {
+    return parse_config(iscsi_head + extra, "t.yaml").devices[0].backend.as<vb::IscsiOptions>();
+  };
+  // Hold I/O for ever: the session core's "no limit".
+  CHECK(nbd("      reconnect-timeout: forever\n").reconnect_timeout == std::chrono::milliseconds::max());
+  CHECK(iscsi("      reconnect-timeout: forever\n").reconnect_timeout == std::chrono::milliseconds::max());
+  CHECK(nbd("      reconnect-timeout: 0\n").reconnect_timeout.count() == 0); // fail at once
+  // request-timeout: 0 already means no limit, and forever is the same.
+  CHECK(nbd("      request-timeout: forever\n").request_timeout.count() == 0);
+  CHECK(iscsi("      request-timeout: forever\n").request_timeout.count() == 0);
+  // control-timeout: 0 and forever: the kernel waits for ever.
+  const std::string base = "devices:\n  - name: d\n    backend:\n      type: memory\n      size: 1M\n";
+  CHECK(parse_config(base + "    control-timeout: forever\n", "t.yaml").devices[0].control_timeout.count() == 0);
+  // A key that has no forever says so; too long a duration is refused with the bound.
+  CHECK(error_of(nbd_head + "      resize-poll-interval: forever\n") ==
+        "test.yaml:6:29: devices[0].backend.resize-poll-interval: expected a duration such as 500ms, 30s, 2m or 1h, "
+        "got 'forever' (this key has no forever)");
+  CHECK(error_of(nbd_head + "      reconnect-timeout: 99999999h\n") ==
+        "test.yaml:6:26: devices[0].backend.reconnect-timeout: expected a duration of at most 1000000h (about 114 "
+        "years), got '99999999h' (for no limit write forever)");
+  CHECK(error_of(base + "    control-timeout: 99999999h\n").find("at most 1000000h") != std::string::npos);
+  CHECK(error_of(nbd_head + "      reconnect-timeout: Forever\n").find("got 'Forever'") != std::string::npos);
 }
