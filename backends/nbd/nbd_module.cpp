@@ -11,7 +11,10 @@
 namespace vb {
 namespace {
 
-constexpr unsigned max_connections = 16; // per device; more buys nothing on one server
+constexpr unsigned max_connections = 16;            // per device; more buys nothing on one server
+constexpr std::size_t max_export_name = 4096;       // NBD protocol: NBD_OPT_GO's name is at most 4096 bytes
+constexpr std::size_t max_socket_path = 107;        // sizeof(sockaddr_un::sun_path) less its NUL
+constexpr std::uint64_t vsock_cid_any = 0xffffffff; // VMADDR_CID_ANY: not a peer's address
 
 constexpr std::array<std::string_view, 6> schemes{"nbd", "nbds", "nbd+unix", "nbds+unix", "nbd+vsock", "nbds+vsock"};
 
@@ -36,6 +39,7 @@ std::string folded_name(std::string_view text) {
 struct UriParts {
   std::string_view scheme;    // before "://"
   std::string_view authority; // [userinfo@]host[:port], up to the path, query or fragment
+  std::string_view path;      // after the authority, up to '?' or '#': "/export"
   std::string_view query;     // after '?', up to '#'; empty when none
 };
 
@@ -47,12 +51,96 @@ std::optional<UriParts> split_uri(std::string_view text) {
   parts.scheme = text.substr(0, sep);
   const std::string_view rest = text.substr(sep + 3);
   parts.authority = rest.substr(0, rest.find_first_of("/?#"));
+  const std::string_view after_authority = rest.substr(parts.authority.size());
+  parts.path = after_authority.substr(0, after_authority.find_first_of("?#"));
   const auto question = rest.find('?');
   if (question != std::string_view::npos) {
     const std::string_view after = rest.substr(question + 1);
     parts.query = after.substr(0, after.find('#'));
   }
   return parts;
+}
+
+// %XX decoded as is (for lengths and the socket path).
+std::string percent_decoded(std::string_view text) {
+  std::string out;
+  for (std::size_t i = 0; i < text.size(); ++i) {
+    if (text[i] == '%' && i + 2 < text.size() && hex_digit(text[i + 1]) >= 0 && hex_digit(text[i + 2]) >= 0) {
+      out += static_cast<char>(hex_digit(text[i + 1]) * 16 + hex_digit(text[i + 2]));
+      i += 2;
+    } else {
+      out += text[i];
+    }
+  }
+  return out;
+}
+
+// The checks of the authority (host and port) and of the export name, by transport.
+void check_address(const ConfigChecker &check, const ConfigValue &v, const UriParts &parts,
+                   std::string_view export_name) {
+  const auto wrong = [&](const std::string &what, std::string_view part) {
+    check.fail(v.at, v.key, "expected " + what + ", got " + config_quoted(part, '\'') + " in " + config_describe(v));
+  };
+  std::string_view hostport = parts.authority;
+  if (const auto at = hostport.rfind('@'); at != std::string_view::npos)
+    hostport.remove_prefix(at + 1);
+  std::string_view host = hostport;
+  std::string_view port;
+  bool has_port = false;
+  if (host.starts_with('[')) {
+    const auto close = host.find(']');
+    if (close == std::string_view::npos)
+      wrong("an IPv6 address closed by ']' such as [::1]:10809", hostport);
+    const std::string_view inside = host.substr(1, close - 1);
+    if (inside.empty() || inside.find_first_not_of("0123456789abcdefABCDEF:.") != std::string_view::npos ||
+        inside.find(':') == std::string_view::npos)
+      wrong("an IPv6 address in brackets such as [::1]", host.substr(0, close + 1));
+    const std::string_view after = host.substr(close + 1);
+    if (!after.empty() && !after.starts_with(':'))
+      wrong("':' and a port after an IPv6 address in brackets", hostport);
+    has_port = !after.empty();
+    port = has_port ? after.substr(1) : after;
+    host = host.substr(0, close + 1);
+  } else if (const auto colon = host.find(':'); colon != std::string_view::npos) {
+    if (host.find(':', colon + 1) != std::string_view::npos)
+      wrong("an IPv6 address in brackets such as [::1]:10809", hostport);
+    has_port = true;
+    port = host.substr(colon + 1);
+    host = host.substr(0, colon);
+  }
+  const std::string_view scheme = parts.scheme;
+  if (scheme.ends_with("+unix")) {
+    if (!hostport.empty())
+      wrong("no host in a " + std::string(scheme) + " URI (the socket= parameter names the server: " +
+                std::string(scheme) + ":///export?socket=/run/nbd.sock)",
+            hostport);
+  } else if (scheme.ends_with("+vsock")) {
+    if (!host.empty()) {
+      const auto cid = config_decimal(host);
+      if (!cid || *cid >= vsock_cid_any)
+        wrong("a vsock CID from 0 to 4294967294 as the host (2 is the host of a VM, 1 this machine, 0 the "
+              "hypervisor; none: 2)",
+              host);
+    }
+    if (has_port) {
+      const auto n = config_decimal(port);
+      if (!n || *n == 0 || *n >= 0xffffffff)
+        wrong("a vsock port from 1 to 4294967294 after the CID", port);
+    }
+  } else {
+    if (host.empty() && has_port)
+      wrong("a host before the port", hostport);
+    if (has_port) {
+      const auto n = config_decimal(port);
+      if (!n || *n == 0 || *n > 65535)
+        wrong("a port from 1 to 65535", port);
+    }
+  }
+  const std::string name = percent_decoded(export_name);
+  if (name.size() > max_export_name)
+    check.fail(v.at, v.key,
+               "expected an export name of at most 4096 bytes (the NBD protocol's limit), got " +
+                   std::to_string(name.size()) + " bytes in " + config_describe(v));
 }
 
 // The userinfo's password, if the URI has one (nbd://user:secret@host/).
@@ -95,6 +183,7 @@ void check_uri(const ConfigChecker &check, const ConfigValue &v) {
                "expected a URI scheme of " + config_list(schemes) + ", got " + config_quoted(parts->scheme, '\'') +
                    " in " + config_describe(v));
   bool socket = false;
+  std::string socket_path;
   std::string_view query = parts->query;
   while (!query.empty()) {
     const auto amp = query.find('&');
@@ -106,12 +195,28 @@ void check_uri(const ConfigChecker &check, const ConfigValue &v) {
       check.expected(v, "a URI without a " + name + " query parameter",
                      ": paths and secrets come from the configuration; name the file with the backend key " + name +
                          " instead");
-    if (name == "socket" && eq != std::string_view::npos && eq + 1 < param.size())
+    if (name == "socket" && eq != std::string_view::npos && eq + 1 < param.size()) {
       socket = true;
+      socket_path = percent_decoded(param.substr(eq + 1));
+    }
   }
   if (is_unix_scheme(parts->scheme) && !socket)
     check.expected(v, "a socket= query parameter naming the server's socket in an " + std::string(parts->scheme) +
                           " URI (nbd+unix:///export?socket=/run/nbd.sock)");
+  if (is_unix_scheme(parts->scheme)) {
+    if (!socket_path.starts_with('/'))
+      check.fail(v.at, v.key,
+                 "expected an absolute socket= path (the daemon's working directory is /), got " +
+                     config_quoted(socket_path, '\'') + " in " + config_describe(v));
+    if (socket_path.size() > max_socket_path)
+      check.fail(v.at, v.key,
+                 "expected a socket= path of at most 107 bytes (what a unix socket address holds), got " +
+                     std::to_string(socket_path.size()) + " bytes in " + config_describe(v));
+  }
+  std::string_view export_name = parts->path;
+  if (export_name.starts_with('/'))
+    export_name.remove_prefix(1);
+  check_address(check, v, *parts, export_name);
 }
 
 void apply_uri(const ConfigChecker &check, const ConfigValue &v, const BackendDevice & /*device*/, NbdOptions &out) {

@@ -735,8 +735,9 @@ TEST_CASE("an iscsi device gets the iscsi defaults") {
   CHECK(j.header_digest == vb::IscsiOptions::HeaderDigest::crc32c);
   CHECK(j.reconnect_timeout.count() == 0);
   CHECK(j.request_timeout.count() == 0);
-  for (const char *uri : {"iscsi://host/t/0", "iscsi://host:3260/iqn.x:y/16383", "iscsi://[::1]/t/1",
-                          "iscsi://[::1]:860/t/1", "'iscsi://h/iqn.2026-11.org.example%3Adisk/2'"}) {
+  for (const char *uri : {"iscsi://host/iqn.2026-11.org.example:t/0",
+                          "iscsi://host:3260/iqn.2026-11.org.example:y/16383", "iscsi://[::1]/eui.02004567A425678D/1",
+                          "iscsi://[::1]:860/naa.52004567ba64678d/1", "'iscsi://h/iqn.2026-11.org.example%3Adisk/2'"}) {
     CAPTURE(uri);
     CHECK(error_of(iscsi_with(uri)) == "(no error thrown)");
   }
@@ -1038,6 +1039,82 @@ TEST_CASE("unknown keys get a near miss, or the level they belong to") {
   CHECK(vb::config_near_miss("queue_size", vb::config_device_keys) == "queue-size");
   CHECK(vb::config_near_miss("Queue-Sise", vb::config_device_keys) == "queue-size");
   CHECK(vb::config_near_miss("qeueus", vb::config_device_keys) == "queues"); // two neighbours swapped: 1
+}
+
+TEST_CASE("NBD URIs: ports, IPv6, vsock CIDs, export names and socket paths checked, the whole value shown") {
+  for (const std::string &uri : std::vector<std::string>{
+           "nbd://[::1]:10809/export", "nbd://[2001:db8::1]/e", "nbd://h:65535/e", "nbd+vsock://2:10809/e",
+           "nbd+vsock://4294967294/", "nbd+vsock://1/e", "nbd+unix:///e?socket=/run/nbd/s",
+           "nbd://h/" + std::string(4096, 'x'), "nbd+unix:///?socket=/" + std::string(106, 's')}) {
+    CAPTURE(uri);
+    CHECK(error_of(nbd_with(uri)) == "(no error thrown)");
+  }
+  struct Case {
+    std::string uri;
+    std::string fragment;
+  };
+  const Case cases[] = {
+      {"nbd://h:0/e", "expected a port from 1 to 65535, got '0' in 'nbd://h:0/e'"},
+      {"nbd://h:70000/e", "expected a port from 1 to 65535, got '70000' in 'nbd://h:70000/e'"},
+      {"nbd://h:x/e", "got 'x' in 'nbd://h:x/e'"},
+      {"nbd://h:/e", "got '' in 'nbd://h:/e'"},
+      {"nbd://[::1/e", "expected an IPv6 address closed by ']' such as [::1]:10809, got '[::1' in 'nbd://[::1/e'"},
+      {"nbd://[]/e", "an IPv6 address in brackets such as [::1], got '[]'"},
+      {"nbd://[::1]x/e", "':' and a port after an IPv6 address in brackets"},
+      {"nbd://::1:10809/e", "an IPv6 address in brackets such as [::1]:10809, got '::1:10809'"},
+      {"nbd://:10809/e", "a host before the port"},
+      {"nbd+vsock://4294967295/e", "a vsock CID from 0 to 4294967294 as the host"},
+      {"nbd+vsock://99999999999/e", "got '99999999999' in 'nbd+vsock://99999999999/e'"},
+      {"nbd+vsock://host/e", "got 'host'"},
+      {"nbd+vsock://2:0/e", "a vsock port from 1 to 4294967294"},
+      {"nbd+unix://h/e?socket=/s", "expected no host in a nbd+unix URI"},
+      {"nbd+unix:///e?socket=run/s", "expected an absolute socket= path (the daemon's working directory is /), got "
+                                     "'run/s' in 'nbd+unix:///e?socket=run/s'"},
+      {"nbd+unix:///e?socket=/" + std::string(107, 's'),
+       "expected a socket= path of at most 107 bytes (what a unix socket address holds), got 108 bytes"},
+      {"nbd://h/" + std::string(4097, 'x'),
+       "expected an export name of at most 4096 bytes (the NBD protocol's limit), got 4097 bytes in"},
+      {"nbd://h/" + std::string(4095, 'x') + "%41%41", "got 4097 bytes"},
+  };
+  for (const auto &c : cases) {
+    CAPTURE(c.uri);
+    const std::string msg = error_of(nbd_with(c.uri));
+    CAPTURE(msg);
+    CHECK(msg.rfind("test.yaml:5:12: devices[0].backend.uri: ", 0) == 0);
+    CHECK(msg.find(c.fragment) != std::string::npos);
+  }
+  CHECK_THROWS_WITH_AS(vb::check_nbd_uri("nbd://h:0/"), doctest::Contains("got '0' in 'nbd://h:0/'"),
+                       std::invalid_argument);
+}
+
+TEST_CASE("iSCSI URIs: the target is an iqn., eui. or naa. name") {
+  for (const char *target : {"iqn.2026-11.org.example", "iqn.2026-11.org.example:disk0",
+                             "iqn.1992-01.com.example:a:b.c", "iqn.2026-11.org.example%3Adisk0", "eui.02004567A425678D",
+                             "naa.52004567BA64678D", "naa.6001405abcdef0123456789abcdef012"}) {
+    CAPTURE(target);
+    CHECK(error_of(iscsi_with("iscsi://h/" + std::string(target) + "/0")) == "(no error thrown)");
+  }
+  struct Case {
+    const char *target;
+    const char *fragment;
+  };
+  const Case cases[] = {
+      {"disk0", "naa.): a name starting with iqn., eui. or naa., got 'disk0' in 'iscsi://h/disk0/0'"},
+      {"iqn.x:y", "): a year and month after iqn. (iqn.YYYY-MM.)"},
+      {"iqn.2026-13.org.example:d", "a year and month"},
+      {"iqn.2026-11.:d", "a reversed domain name after the date"},
+      {"iqn.2026-11.Org.Example:Disk", "lowercase letters only"},
+      {"iqn.2026-11.org.example:d_1", "only letters, digits, '-', '.' and ':'"},
+      {"eui.0200", "16 hex digits after eui."},
+      {"naa.12345", "16 or 32 hex digits after naa."},
+  };
+  for (const auto &c : cases) {
+    CAPTURE(c.target);
+    const std::string msg = error_of(iscsi_with("iscsi://h/" + std::string(c.target) + "/0"));
+    CAPTURE(msg);
+    CHECK(msg.rfind("test.yaml:5:12: devices[0].backend.uri: expected an iSCSI target name", 0) == 0);
+    CHECK(msg.find(c.fragment) != std::string::npos);
+  }
 }
 
 TEST_CASE("durations: forever for reconnect-timeout, 0's meaning per key, and a bound instead of overflow") {
