@@ -1,4 +1,5 @@
 // backend.type: iscsi: its keys and their checks, the backend it makes, and --discover.
+#include "common/secret_file.h"
 #include "common/text.h"
 #include "iscsi/iscsi_backend.h"
 #include "iscsi/iscsi_discovery.h"
@@ -243,6 +244,16 @@ std::unique_ptr<BackendOptions> parse(const BackendKeys &in) {
   return out;
 }
 
+void preflight(const BackendOptions &options, std::vector<PreflightFinding> &out) {
+  const auto &o = dynamic_cast<const IscsiOptions &>(options);
+  const std::pair<const char *, const std::string *> files[] = {{"chap.password-file", &o.chap_password_file},
+                                                                {"chap.target-password-file", &o.target_password_file}};
+  for (const auto &[key, path] : files)
+    if (!path->empty())
+      if (const std::string problem = secret_file_problem(*path); !problem.empty())
+        out.push_back({PreflightFinding::Severity::error, key, *path + " " + problem});
+}
+
 std::unique_ptr<Backend> create(const BackendOptions &options, const BackendDevice & /*device*/) {
   return std::make_unique<IscsiBackend>(dynamic_cast<const IscsiOptions &>(options));
 }
@@ -269,6 +280,7 @@ const BackendModule iscsi_backend_module{
     .create = &create,
     .discover_schemes = discover_schemes,
     .discover = &discover_portal,
+    .preflight = &preflight,
 };
 
 } // namespace vb

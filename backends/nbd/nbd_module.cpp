@@ -1,4 +1,6 @@
 // backend.type: nbd: its keys and their checks, and the backend it makes.
+#include "common/secret_file.h"
+#include "common/small_file.h"
 #include "common/text.h"
 #include "nbd/nbd_backend.h"
 #include "nbd/nbd_options.h"
@@ -7,6 +9,7 @@
 #include <cctype>
 #include <optional>
 #include <stdexcept>
+#include <sys/stat.h>
 
 namespace vb {
 namespace {
@@ -272,6 +275,73 @@ std::unique_ptr<BackendOptions> parse(const BackendKeys &in) {
   return out;
 }
 
+// The socket= path of an nbd+unix URI already checked, or "".
+std::string socket_of(std::string_view uri) {
+  const auto parts = split_uri(uri);
+  if (!parts || !is_unix_scheme(parts->scheme))
+    return {};
+  std::string_view query = parts->query;
+  std::string out;
+  while (!query.empty()) {
+    const auto amp = query.find('&');
+    const std::string_view param = query.substr(0, amp);
+    query = amp == std::string_view::npos ? std::string_view() : query.substr(amp + 1);
+    const auto eq = param.find('=');
+    if (eq != std::string_view::npos && folded_name(param.substr(0, eq)) == "socket")
+      out = percent_decoded(param.substr(eq + 1));
+  }
+  return out;
+}
+
+// libnbd's client files in a tls-certificates directory (nbd_set_tls_certificates(3), as
+// gnutls loads them): the CA that signed the server's certificate, and our certificate and key.
+constexpr std::array<std::string_view, 3> client_certificate_files{"ca-cert.pem", "client-cert.pem", "client-key.pem"};
+
+void preflight(const BackendOptions &options, std::vector<PreflightFinding> &out) {
+  const auto &o = dynamic_cast<const NbdOptions &>(options);
+  using S = PreflightFinding::Severity;
+  if (!o.tls_psk_file.empty())
+    if (const std::string problem = secret_file_problem(o.tls_psk_file); !problem.empty())
+      out.push_back({S::error, "tls-psk-file", o.tls_psk_file + " " + problem});
+  if (!o.tls_certificates.empty()) {
+    struct stat st {};
+    if (::stat(o.tls_certificates.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) {
+      out.push_back({S::error, "tls-certificates",
+                     o.tls_certificates + " is not a directory (it must hold ca-cert.pem, client-cert.pem and "
+                                          "client-key.pem)"});
+    } else {
+      for (auto name : client_certificate_files) {
+        const std::string path = o.tls_certificates + "/" + std::string(name);
+        if (name == "client-key.pem") {
+          if (const std::string problem = secret_file_problem(path); !problem.empty())
+            out.push_back({S::error, "tls-certificates", path + " " + problem});
+          continue;
+        }
+        const SmallFile f = read_small_file(path, 1 << 20);
+        if (f.error != 0)
+          out.push_back({S::error, "tls-certificates",
+                         path + ": " +
+                             (f.error == ENOENT ? std::string("missing (libnbd needs ca-cert.pem, "
+                                                              "client-cert.pem and client-key.pem)")
+                                                : f.problem())});
+      }
+    }
+  }
+  if (const std::string socket = socket_of(o.uri); !socket.empty()) {
+    if (const std::string problem = parent_directory_problem(socket); !problem.empty()) {
+      out.push_back({S::error, "uri", "the socket " + socket + ": " + problem});
+    } else {
+      struct stat st {};
+      if (::stat(socket.c_str(), &st) != 0)
+        out.push_back({S::warning, "uri",
+                       "the socket " + socket + " does not exist yet (fine if the server starts later: I/O waits)"});
+      else if (!S_ISSOCK(st.st_mode))
+        out.push_back(
+            {S::error, "uri", "the socket " + socket + " is " + file_type_name(st.st_mode) + ", not a unix socket"});
+    }
+  }
+}
+
 std::unique_ptr<Backend> create(const BackendOptions &options, const BackendDevice & /*device*/) {
   return std::make_unique<NbdBackend>(dynamic_cast<const NbdOptions &>(options));
 }
@@ -286,6 +356,7 @@ const BackendModule nbd_backend_module{
     .keys = key_names,
     .parse = &parse,
     .create = &create,
+    .preflight = &preflight,
 };
 
 } // namespace vb

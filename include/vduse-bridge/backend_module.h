@@ -20,6 +20,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace vb {
 
@@ -57,6 +58,16 @@ struct BackendKeys {
   const BackendDevice &device;
 };
 
+// One finding of a pre-flight check (vduse-bridge --check; logged as warnings at start-up):
+// something on this machine a device's configuration needs. key is the dotted key it is about
+// ("tls-psk-file" from a module; the caller adds the device's path); message says what is wrong.
+struct PreflightFinding {
+  enum class Severity { warning, error };
+  Severity severity = Severity::error;
+  std::string key;
+  std::string message;
+};
+
 struct BackendModule {
   std::string_view type;    // the value of backend.type: "nbd"
   std::string_view article; // "an": for messages such as "expected an nbd backend key"
@@ -72,6 +83,11 @@ struct BackendModule {
   // offers as text for the terminal, throws on failure.
   std::span<const std::string_view> discover_schemes = {};
   std::string (*discover)(const std::string &uri) = nullptr;
+  // Optional: what the options need from this machine that is not there (secret files, their
+  // modes, certificate directories, socket directories), for vduse-bridge --check. Never throws
+  // for what it finds; errors are what would make the backend fail, warnings what may be fixed
+  // by the time it connects (a socket the server creates later).
+  void (*preflight)(const BackendOptions &options, std::vector<PreflightFinding> &out) = nullptr;
 };
 
 // Every registered module, in the order of backends/CMakeLists.txt (generated).

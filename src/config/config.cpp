@@ -15,6 +15,8 @@
 #include <span>
 #include <sstream>
 #include <string_view>
+#include <sys/stat.h>
+#include <sys/utsname.h>
 #include <unistd.h>
 #include <unordered_map>
 #include <yaml-cpp/eventhandler.h>
@@ -462,6 +464,75 @@ Config parse_config(const std::string &text, const std::string &source_name) {
 }
 
 Config load_config(const std::string &path) { return parse_config(read_file(path), path); }
+
+std::vector<PreflightFinding> preflight_config(const Config &config) {
+  std::vector<PreflightFinding> out;
+  for (std::size_t i = 0; i < config.devices.size(); ++i) {
+    const DeviceConfig &d = config.devices[i];
+    if (!d.backend.module || !d.backend.module->preflight || !d.backend.options)
+      continue;
+    std::vector<PreflightFinding> found;
+    d.backend.module->preflight(*d.backend.options, found);
+    for (auto &f : found) {
+      f.key = "devices[" + std::to_string(i) + "].backend." + f.key;
+      f.message = config.path + ":" + std::to_string(d.line) + ": " + f.key + ": " + f.message;
+      out.push_back(std::move(f));
+    }
+  }
+  return out;
+}
+
+namespace {
+
+bool path_exists(const std::string &path) {
+  struct stat st {};
+  return ::stat(path.c_str(), &st) == 0;
+}
+
+// Whether modules.dep or modules.builtin lists NAME.ko (compressed or not; '-' and '_' alike).
+bool module_listed(const std::string &modules_dir, const std::string &name) {
+  for (const char *list : {"/modules.builtin", "/modules.dep"}) {
+    const SmallFile f = read_small_file(modules_dir + list, 16 << 20);
+    if (f.error != 0)
+      continue;
+    std::string text = f.text;
+    std::replace(text.begin(), text.end(), '-', '_');
+    for (const char *suffix : {".ko:", ".ko\n", ".ko.xz:", ".ko.zst:", ".ko.gz:"}) {
+      if (text.find("/" + name + suffix) != std::string::npos)
+        return true;
+    }
+  }
+  return false;
+}
+
+} // namespace
+
+std::vector<PreflightFinding> preflight_host(const Config &config, bool strict, const std::string &root) {
+  using S = PreflightFinding::Severity;
+  const S severity = strict ? S::error : S::warning;
+  std::vector<PreflightFinding> out;
+  std::vector<std::string> modules{"vduse", "virtio_vdpa"};
+  if (std::any_of(config.devices.begin(), config.devices.end(),
+                  [](const DeviceConfig &d) { return d.attach == DeviceConfig::Attach::vhost_vdpa; }))
+    modules.emplace_back("vhost_vdpa");
+  struct utsname un {};
+  const std::string modules_dir = root + "/lib/modules/" + (::uname(&un) == 0 ? un.release : "");
+  for (const auto &m : modules) {
+    if (path_exists(root + "/sys/module/" + m))
+      continue;
+    if (module_listed(modules_dir, m))
+      out.push_back({severity, {}, "host: the kernel module " + m + " is not loaded (modprobe " + m + ")"});
+    else
+      out.push_back({severity,
+                     {},
+                     "host: the kernel module " + m + " is neither loaded nor in " + modules_dir +
+                         " (a kernel without " + (m == "vduse" ? "VDUSE" : m) + " support?)"});
+  }
+  if (!path_exists(root + "/dev/vduse/control"))
+    out.push_back(
+        {severity, {}, "host: " + root + "/dev/vduse/control does not exist (load the vduse module: modprobe vduse)"});
+  return out;
+}
 
 const char *to_string(DeviceConfig::Attach attach) noexcept {
   switch (attach) {

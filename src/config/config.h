@@ -85,6 +85,21 @@ Config load_config(const std::string &path);
 // Parses configuration text; source_name stands for the file in messages and Config::path.
 Config parse_config(const std::string &text, const std::string &source_name);
 
+// The pre-flight checks of `vduse-bridge --check` on a configuration that parsed: what each
+// device's backend needs from this machine (secret files present, regular, readable by us and
+// not readable by group or others; TLS certificate directories complete; a unix socket's
+// directory; a backing file's directory). The daemon calls it at start-up too and logs the
+// findings as warnings. Each finding's key is the full dotted key and its message one line:
+//   FILE:LINE: devices[0].backend.tls-psk-file: /etc/x is readable by its group (mode 0640): ...
+// (LINE: where the device starts). Never throws for what it finds.
+std::vector<PreflightFinding> preflight_config(const Config &config);
+
+// The host's side: /dev/vduse/control exists, and the kernel modules vduse and virtio_vdpa
+// (vhost_vdpa when a device has attach: vhost-vdpa) are loaded (/sys/module/NAME) or loadable
+// (in /lib/modules/RELEASE/modules.dep or modules.builtin). Errors when strict, warnings
+// otherwise. root prefixes every path (tests); empty for the real host.
+std::vector<PreflightFinding> preflight_host(const Config &config, bool strict, const std::string &root = {});
+
 // Every key the parser accepts (top level, device, every backend module's), each once: what
 // the documentation must cover (a test checks vduse-bridge.yaml(5) names them all).
 std::vector<std::string> config_keys();

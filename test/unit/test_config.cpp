@@ -1144,3 +1144,96 @@ TEST_CASE("durations: forever for reconnect-timeout, 0's meaning per key, and a 
   CHECK(error_of(base + "    control-timeout: 99999999h\n").find("at most 1000000h") != std::string::npos);
   CHECK(error_of(nbd_head + "      reconnect-timeout: Forever\n").find("got 'Forever'") != std::string::npos);
 }
+
+TEST_CASE("pre-flight: secret files, certificate directories, socket and file directories") {
+  vb::test::TempDir dir;
+  const auto findings_of = [](const std::string &yaml) {
+    std::vector<std::string> out;
+    for (const auto &f : vb::preflight_config(parse_config(yaml, "t.yaml")))
+      out.push_back(std::string(f.severity == vb::PreflightFinding::Severity::error ? "error: " : "warning: ") +
+                    f.message);
+    return out;
+  };
+  const std::string psk = dir.file("psk");
+  write_file(psk, "alice:00\n");
+  const std::string with_psk = nbds_head + "      tls-psk-file: " + psk + "\n";
+  REQUIRE(::chmod(psk.c_str(), 0600) == 0);
+  CHECK(findings_of(with_psk).empty());
+  REQUIRE(::chmod(psk.c_str(), 0640) == 0);
+  CHECK(findings_of(with_psk) ==
+        std::vector<std::string>{"error: t.yaml:2: devices[0].backend.tls-psk-file: " + psk +
+                                 " is readable by its group (mode 0640): a secret must not be; run chmod go-rwx " +
+                                 psk});
+  REQUIRE(::chmod(psk.c_str(), 0604) == 0);
+  CHECK(findings_of(with_psk).at(0).find("is readable by every user (mode 0604)") != std::string::npos);
+  CHECK(findings_of(nbds_head + "      tls-psk-file: " + dir.file("nope") + "\n") ==
+        std::vector<std::string>{"error: t.yaml:2: devices[0].backend.tls-psk-file: " + dir.file("nope") +
+                                 " does not exist"});
+  CHECK(findings_of(nbds_head + "      tls-psk-file: " + dir.path() + "\n")
+            .at(0)
+            .find("is a directory, not a regular file") != std::string::npos);
+
+  // A certificate directory needs libnbd's three client files, the key private.
+  const std::string pki = dir.file("pki");
+  REQUIRE(::mkdir(pki.c_str(), 0700) == 0);
+  const std::string with_pki = nbds_head + "      tls-certificates: " + pki + "\n";
+  const auto missing = findings_of(with_pki);
+  REQUIRE(missing.size() == 3);
+  CHECK(missing[0] == "error: t.yaml:2: devices[0].backend.tls-certificates: " + pki +
+                          "/ca-cert.pem: missing (libnbd needs ca-cert.pem, client-cert.pem and client-key.pem)");
+  CHECK(missing[2].find("/client-key.pem does not exist") != std::string::npos);
+  for (const char *name : {"ca-cert.pem", "client-cert.pem", "client-key.pem"})
+    write_file(pki + "/" + name, "x");
+  REQUIRE(::chmod((pki + "/client-key.pem").c_str(), 0600) == 0);
+  CHECK(findings_of(with_pki).empty());
+  CHECK(
+      findings_of(nbds_head + "      tls-certificates: " + dir.file("nodir") + "\n").at(0).find("is not a directory") !=
+      std::string::npos);
+
+  // A unix socket: its directory must exist (error); the socket itself may come later (warning).
+  CHECK(findings_of(nbd_with("nbd+unix:///e?socket=" + dir.file("run/s"))) ==
+        std::vector<std::string>{"error: t.yaml:2: devices[0].backend.uri: the socket " + dir.file("run/s") +
+                                 ": its directory " + dir.file("run") + " does not exist"});
+  const auto later = findings_of(nbd_with("nbd+unix:///e?socket=" + dir.file("s")));
+  REQUIRE(later.size() == 1);
+  CHECK(later[0].rfind("warning: t.yaml:2: devices[0].backend.uri: the socket " + dir.file("s") + " does not exist yet",
+                       0) == 0);
+  CHECK(findings_of(nbd_with("nbd+unix:///e?socket=" + psk)).at(0).find("is a regular file, not a unix socket") !=
+        std::string::npos);
+
+  // iSCSI CHAP password files.
+  const std::string chap = iscsi_head + "      chap: {username: u, password-file: " + psk + "}\n";
+  CHECK(findings_of(chap).at(0).rfind("error: t.yaml:2: devices[0].backend.chap.password-file: " + psk, 0) == 0);
+  REQUIRE(::chmod(psk.c_str(), 0400) == 0);
+  CHECK(findings_of(chap).empty());
+
+  // A file device: the directory must be there, the file may come later.
+  const auto file_dev = [](const std::string &path) {
+    return "devices:\n  - name: f\n    backend:\n      type: file\n      path: " + path + "\n";
+  };
+  CHECK(findings_of(file_dev(psk)).empty());
+  CHECK(findings_of(file_dev(dir.file("later.img"))).at(0).rfind("warning: ", 0) == 0);
+  CHECK(findings_of(file_dev(dir.file("no/such.img"))).at(0) ==
+        "error: t.yaml:2: devices[0].backend.path: " + dir.file("no/such.img") + ": its directory " + dir.file("no") +
+            " does not exist");
+  CHECK(findings_of(file_dev("/dev/null")).at(0).find("is a character device") != std::string::npos);
+}
+
+TEST_CASE("pre-flight of the host: /dev/vduse/control and the kernel modules, warnings unless strict") {
+  vb::test::TempDir root;
+  const Config plain = parse_config(head, "t.yaml");
+  const auto bare = vb::preflight_host(plain, false, root.path());
+  REQUIRE(bare.size() == 3); // vduse, virtio_vdpa, /dev/vduse/control
+  for (const auto &f : bare)
+    CHECK(f.severity == vb::PreflightFinding::Severity::warning);
+  CHECK(bare[0].message.find("the kernel module vduse is neither loaded nor in") != std::string::npos);
+  CHECK(vb::preflight_host(plain, true, root.path()).at(0).severity == vb::PreflightFinding::Severity::error);
+  for (const char *d : {"/sys", "/sys/module", "/sys/module/vduse", "/sys/module/virtio_vdpa", "/dev", "/dev/vduse"})
+    REQUIRE(::mkdir((root.path() + d).c_str(), 0755) == 0);
+  write_file(root.file("dev/vduse/control"), "");
+  CHECK(vb::preflight_host(plain, true, root.path()).empty());
+  // vhost_vdpa only when a device attaches to it.
+  const auto vhost = vb::preflight_host(parse_config(head + "    attach: vhost-vdpa\n", "t.yaml"), true, root.path());
+  REQUIRE(vhost.size() == 1);
+  CHECK(vhost[0].message.find("vhost_vdpa") != std::string::npos);
+}
