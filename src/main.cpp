@@ -51,12 +51,30 @@ int main(int argc, char **argv) {
       return 1;
     }
   }
+  if (options.check_only) {
+    // Every problem of the file (one a line, in file order), then what the devices need from
+    // this machine and the host's modules (warnings: the host may be prepared later).
+    const vb::ConfigCheck checked = vb::check_config(options.config_path);
+    for (const auto &e : checked.errors)
+      (void)std::fprintf(stderr, "vduse-bridge: %s\n", e.what());
+    if (!checked.config)
+      return 1;
+    std::vector<vb::PreflightFinding> findings = vb::preflight_config(*checked.config);
+    for (auto &f : vb::preflight_host(*checked.config, false))
+      findings.push_back(std::move(f));
+    bool failed = false;
+    for (const auto &f : findings) {
+      const bool error = f.severity == vb::PreflightFinding::Severity::error;
+      failed = failed || error;
+      (void)std::fprintf(stderr, "vduse-bridge: %s%s\n", error ? "" : "warning: ", f.message.c_str());
+    }
+    if (failed)
+      return 1;
+    std::printf("%s: OK, %zu device(s)\n", checked.config->path.c_str(), checked.config->devices.size());
+    return 0;
+  }
   try {
     const vb::Config config = vb::load_config(options.config_path);
-    if (options.check_only) {
-      std::printf("%s: OK, %zu device(s)\n", config.path.c_str(), config.devices.size());
-      return 0;
-    }
     return vb::run_daemon(config, options);
   } catch (const std::exception &e) {
     // Setup errors: one line, already naming the file/line/key or the device.

@@ -2,6 +2,11 @@
 #include "file/file_backend.h"
 #include "file/file_options.h"
 
+#include "common/secret_file.h"
+#include "common/small_file.h"
+
+#include <sys/stat.h>
+
 namespace vb {
 namespace {
 
@@ -39,6 +44,22 @@ std::unique_ptr<BackendOptions> parse(const BackendKeys &in) {
   return out;
 }
 
+// The directory must be there; the file itself may be created later (a warning).
+void preflight(const BackendOptions &options, std::vector<PreflightFinding> &out) {
+  const auto &o = dynamic_cast<const FileBackendOptions &>(options);
+  using S = PreflightFinding::Severity;
+  if (const std::string problem = parent_directory_problem(o.path); !problem.empty()) {
+    out.push_back({S::error, "path", o.path + ": " + problem});
+    return;
+  }
+  struct stat st {};
+  if (::stat(o.path.c_str(), &st) != 0)
+    out.push_back({S::warning, "path", o.path + " does not exist yet (the device cannot start until it does)"});
+  else if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode))
+    out.push_back(
+        {S::error, "path", o.path + " is " + file_type_name(st.st_mode) + ", not a regular file or a block device"});
+}
+
 std::unique_ptr<Backend> create(const BackendOptions &options, const BackendDevice & /*device*/) {
   return std::make_unique<FileBackend>(dynamic_cast<const FileBackendOptions &>(options));
 }
@@ -51,6 +72,7 @@ const BackendModule file_backend_module{
     .keys = key_names,
     .parse = &parse,
     .create = &create,
+    .preflight = &preflight,
 };
 
 } // namespace vb

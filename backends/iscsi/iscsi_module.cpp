@@ -1,4 +1,6 @@
 // backend.type: iscsi: its keys and their checks, the backend it makes, and --discover.
+#include "common/secret_file.h"
+#include "common/text.h"
 #include "iscsi/iscsi_backend.h"
 #include "iscsi/iscsi_discovery.h"
 #include "iscsi/iscsi_options.h"
@@ -15,6 +17,57 @@ constexpr std::string_view uri_example = "iscsi://host[:port]/iqn.2026-11.org.ex
 
 bool is_name_char(char c) {
   return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' || c == '-';
+}
+
+// %XX decoded (libiscsi decodes the target name: %3A is ':').
+std::string percent_decoded(std::string_view text) {
+  std::string out;
+  for (std::size_t i = 0; i < text.size(); ++i) {
+    if (text[i] == '%' && i + 2 < text.size() && hex_digit(text[i + 1]) >= 0 && hex_digit(text[i + 2]) >= 0) {
+      out += static_cast<char>(hex_digit(text[i + 1]) * 16 + hex_digit(text[i + 2]));
+      i += 2;
+    } else {
+      out += text[i];
+    }
+  }
+  return out;
+}
+
+bool all_hex(std::string_view s) { return s.find_first_not_of("0123456789abcdefABCDEF") == std::string_view::npos; }
+
+// Why text is not an iSCSI name as RFC 3720 3.2.6 has them, or "" when it is one:
+//   iqn.YYYY-MM.reversed.domain[:anything]  (lowercase letters, digits, '-', '.', ':')
+//   eui. and 16 hex digits; naa. and 16 or 32 hex digits (RFC 3980).
+std::string iscsi_name_problem(std::string_view text) {
+  if (text.size() > max_iscsi_name_bytes)
+    return "at most " + std::to_string(max_iscsi_name_bytes) + " bytes";
+  if (text.starts_with("eui.")) {
+    const std::string_view hex = text.substr(4);
+    return hex.size() == 16 && all_hex(hex) ? "" : "16 hex digits after eui.";
+  }
+  if (text.starts_with("naa.")) {
+    const std::string_view hex = text.substr(4);
+    return (hex.size() == 16 || hex.size() == 32) && all_hex(hex) ? "" : "16 or 32 hex digits after naa.";
+  }
+  if (!text.starts_with("iqn."))
+    return "a name starting with iqn., eui. or naa.";
+  const std::string_view rest = text.substr(4);
+  const auto digit = [](char c) { return c >= '0' && c <= '9'; };
+  const bool dated = rest.size() >= 8 && digit(rest[0]) && digit(rest[1]) && digit(rest[2]) && digit(rest[3]) &&
+                     rest[4] == '-' && digit(rest[5]) && digit(rest[6]) && rest[7] == '.' &&
+                     ((rest[5] == '0' && rest[6] >= '1') || (rest[5] == '1' && rest[6] <= '2'));
+  if (!dated)
+    return "a year and month after iqn. (iqn.YYYY-MM.)";
+  const std::string_view authority =
+      rest.substr(8, rest.find(':') == std::string_view::npos ? std::string_view::npos : rest.find(':') - 8);
+  if (authority.empty() || authority.front() == '.' || authority.back() == '.' ||
+      authority.find("..") != std::string_view::npos)
+    return "a reversed domain name after the date (iqn.2026-11.org.example)";
+  for (char c : text.substr(4))
+    if (!((c >= 'a' && c <= 'z') || digit(c) || c == '-' || c == '.' || c == ':'))
+      return (c >= 'A' && c <= 'Z') ? "lowercase letters only (iSCSI names are compared lowercased)"
+                                    : "only letters, digits, '-', '.' and ':'";
+  return {};
 }
 
 // The one check of a LUN's URI, for the configuration file and for check_iscsi_uri().
@@ -90,6 +143,10 @@ void check_uri(const ConfigChecker &check, const ConfigValue &v) {
     check.fail(v.at, v.key,
                "expected a LUN from 0 to " + std::to_string(max_lun) + " at the end of the URI, got " +
                    config_quoted(lun, '\'') + " in " + config_describe(v));
+  if (const std::string problem = iscsi_name_problem(percent_decoded(target)); !problem.empty())
+    check.fail(v.at, v.key,
+               "expected an iSCSI target name (iqn.YYYY-MM.reversed.domain[:name], eui. or naa.): " + problem +
+                   ", got " + config_quoted(target, '\'') + " in " + config_describe(v));
 }
 
 void apply_uri(const ConfigChecker &check, const ConfigValue &v, const BackendDevice & /*device*/, IscsiOptions &out) {
@@ -167,8 +224,8 @@ constexpr std::array<BackendKey<IscsiOptions>, 6> keys{{
     {"initiator-name", false, &apply_initiator_name},
     {"chap", false, &apply_chap},
     {"header-digest", false, &apply_header_digest},
-    {"reconnect-timeout", false, &apply_duration<IscsiOptions, &IscsiOptions::reconnect_timeout>},
-    {"request-timeout", false, &apply_duration<IscsiOptions, &IscsiOptions::request_timeout>},
+    {"reconnect-timeout", false, &apply_timeout<IscsiOptions, &IscsiOptions::reconnect_timeout, Forever::unlimited>},
+    {"request-timeout", false, &apply_timeout<IscsiOptions, &IscsiOptions::request_timeout, Forever::zero>},
 }};
 constexpr std::array<std::string_view, 10> key_names{"uri",
                                                      "initiator-name",
@@ -185,6 +242,16 @@ std::unique_ptr<BackendOptions> parse(const BackendKeys &in) {
   auto out = std::make_unique<IscsiOptions>();
   apply_backend_keys(in, iscsi_backend_module, keys, *out);
   return out;
+}
+
+void preflight(const BackendOptions &options, std::vector<PreflightFinding> &out) {
+  const auto &o = dynamic_cast<const IscsiOptions &>(options);
+  const std::pair<const char *, const std::string *> files[] = {{"chap.password-file", &o.chap_password_file},
+                                                                {"chap.target-password-file", &o.target_password_file}};
+  for (const auto &[key, path] : files)
+    if (!path->empty())
+      if (const std::string problem = secret_file_problem(*path); !problem.empty())
+        out.push_back({PreflightFinding::Severity::error, key, *path + " " + problem});
 }
 
 std::unique_ptr<Backend> create(const BackendOptions &options, const BackendDevice & /*device*/) {
@@ -213,6 +280,7 @@ const BackendModule iscsi_backend_module{
     .create = &create,
     .discover_schemes = discover_schemes,
     .discover = &discover_portal,
+    .preflight = &preflight,
 };
 
 } // namespace vb

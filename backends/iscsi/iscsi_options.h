@@ -26,9 +26,11 @@ struct IscsiOptions : BackendOptionsOf<IscsiOptions> {
   std::string target_username;
   std::string target_password_file;
   HeaderDigest header_digest = HeaderDigest::none; // prefer-crc32c: crc32c if the target agrees
-  // How long I/O is held while the target is unreachable before it fails; 0 = fail at once.
+  // How long I/O is held while the target is unreachable before it fails; 0 = fail at once;
+  // forever (the key's "forever": vb::forever_duration, milliseconds::max()) = hold it until the peer is back.
   std::chrono::milliseconds reconnect_timeout{60000};
-  // A command without a response by then counts the session as dead; 0 = no timeout (the
+  // A command without a response by then counts the session as dead; 0 (also
+  // written "forever") = no timeout (the
   // default: only a target that reinstates sessions ends the first copy's session).
   std::chrono::milliseconds request_timeout{0};
   // Reads and writes larger than this are sent as several commands; 0 = the LUN's limit (VPD

@@ -20,9 +20,11 @@ struct NbdOptions : BackendOptionsOf<NbdOptions> {
   // At most one of the two, and only with an nbds scheme; absolute paths, read when connecting.
   std::string tls_certificates; // a directory of X.509 certificates and keys
   std::string tls_psk_file;     // a PSK key file (psktool format)
-  // How long I/O is held while the server is unreachable before it fails; 0 = fail at once.
+  // How long I/O is held while the server is unreachable before it fails; 0 = fail at once;
+  // forever (the key's "forever": vb::forever_duration, milliseconds::max()) = hold it until the peer is back.
   std::chrono::milliseconds reconnect_timeout{60000};
-  // A request without a reply by then counts the connection as dead; 0 = no timeout (the
+  // A request without a reply by then counts the connection as dead; 0 (also
+  // written "forever") = no timeout (the
   // default: NBD cannot stop a slow server from running the first copy after the resent one).
   // Also bounds the handshake (30 s when 0).
   std::chrono::milliseconds request_timeout{0};

@@ -20,6 +20,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace vb {
 
@@ -57,13 +58,24 @@ struct BackendKeys {
   const BackendDevice &device;
 };
 
+// One finding of a pre-flight check (vduse-bridge --check; logged as warnings at start-up):
+// something on this machine a device's configuration needs. key is the dotted key it is about
+// ("tls-psk-file" from a module; the caller adds the device's path); message says what is wrong.
+struct PreflightFinding {
+  enum class Severity { warning, error };
+  Severity severity = Severity::error;
+  std::string key;
+  std::string message;
+};
+
 struct BackendModule {
   std::string_view type;    // the value of backend.type: "nbd"
   std::string_view article; // "an": for messages such as "expected an nbd backend key"
   // Every key its map accepts but "type", keys of nested maps too: what vduse-bridge.yaml(5)
   // must document (a test checks).
   std::span<const std::string_view> keys;
-  // Checks and reads the keys; throws ConfigError (through in.check) on the first problem.
+  // Checks and reads the keys; throws ConfigError (through in.check) on a problem, or
+  // ConfigErrorsRecorded after recording every problem (apply_backend_keys does).
   std::unique_ptr<BackendOptions> (*parse)(const BackendKeys &in);
   // A backend for these options (from parse), not yet opened. May throw.
   std::unique_ptr<Backend> (*create)(const BackendOptions &options, const BackendDevice &device);
@@ -71,6 +83,11 @@ struct BackendModule {
   // offers as text for the terminal, throws on failure.
   std::span<const std::string_view> discover_schemes = {};
   std::string (*discover)(const std::string &uri) = nullptr;
+  // Optional: what the options need from this machine that is not there (secret files, their
+  // modes, certificate directories, socket directories), for vduse-bridge --check. Never throws
+  // for what it finds; errors are what would make the backend fail, warnings what may be fixed
+  // by the time it connects (a socket the server creates later).
+  void (*preflight)(const BackendOptions &options, std::vector<PreflightFinding> &out) = nullptr;
 };
 
 // Every registered module, in the order of backends/CMakeLists.txt (generated).
@@ -104,6 +121,15 @@ template <typename Options, std::chrono::milliseconds Options::*member>
 void apply_duration(const ConfigChecker &check, const ConfigValue &v, const BackendDevice & /*device*/, Options &out) {
   out.*member = check.duration(v);
 }
+// A timeout that may be "forever". Forever::unlimited stores milliseconds::max() (vb::forever_duration:
+// reconnect-timeout, where 0 means "fail at once"); Forever::zero stores 0 (request-timeout,
+// where 0 already means no limit).
+enum class Forever { unlimited, zero };
+template <typename Options, std::chrono::milliseconds Options::*member, Forever as>
+void apply_timeout(const ConfigChecker &check, const ConfigValue &v, const BackendDevice & /*device*/, Options &out) {
+  out.*member =
+      check.duration(v, as == Forever::unlimited ? std::chrono::milliseconds::max() : std::chrono::milliseconds(0));
+}
 template <typename Options, bool Options::*member>
 void apply_boolean(const ConfigChecker &check, const ConfigValue &v, const BackendDevice & /*device*/, Options &out) {
   out.*member = check.boolean(v);
@@ -119,27 +145,34 @@ void apply_absolute_path(const ConfigChecker &check, const ConfigValue &v, const
 void check_outside_file(const std::string &source, const std::string &key, const std::string &text,
                         void (*check)(const ConfigChecker &, const ConfigValue &));
 
-// Refuses a key that is not one of names (with a near miss suggested), naming the module's keys.
-void refuse_unknown_backend_keys(const BackendKeys &in, const BackendModule &module,
+// Refuses each key that is not one of names (with a near miss, or the device level, suggested),
+// naming the module's keys: records them all in in.check and returns false if there were any.
+bool refuse_unknown_backend_keys(const BackendKeys &in, const BackendModule &module,
                                  std::span<const std::string_view> names);
 // The value of that key, or nullptr.
 const ConfigValue *find_backend_key(const BackendKeys &in, std::string_view name);
 
 // The usual parse(): unknown keys refused, then each key of the table applied in table order
-// (so that a key may depend on one before it), required ones even when absent.
+// (so that a key may depend on one before it), required ones even when absent. Every problem
+// is recorded in in.check; if there was any, throws ConfigErrorsRecorded once all keys are
+// checked, so that the module's checks of keys together only run on keys that are fine.
 template <typename Options, std::size_t N>
 void apply_backend_keys(const BackendKeys &in, const BackendModule &module,
                         const std::array<BackendKey<Options>, N> &keys, Options &out) {
   std::array<std::string_view, N> names{};
   for (std::size_t i = 0; i < N; ++i)
     names[i] = keys[i].name;
-  refuse_unknown_backend_keys(in, module, names);
+  bool ok = refuse_unknown_backend_keys(in, module, names);
   for (const auto &key : keys) {
-    if (const ConfigValue *v = find_backend_key(in, key.name))
-      key.apply(in.check, *v, in.device, out);
-    else if (key.required)
-      key.apply(in.check, missing_config_value(in.map.key, key.name, in.map.at), in.device, out);
+    ok = in.check.attempt([&] {
+      if (const ConfigValue *v = find_backend_key(in, key.name))
+        key.apply(in.check, *v, in.device, out);
+      else if (key.required)
+        key.apply(in.check, missing_config_value(in.map.key, key.name, in.map.at), in.device, out);
+    }) && ok;
   }
+  if (!ok)
+    throw ConfigErrorsRecorded{};
 }
 
 } // namespace vb

@@ -95,10 +95,10 @@ Parsed<std::chrono::milliseconds> parse_duration(std::string_view text) {
     return R::fail("a duration with a unit (ms, s, m, h), got '" + std::string(s) + "'");
   else
     return R::fail("a duration unit of ms, s, m or h, got '" + std::string(unit) + "'");
-  // Keep the result representable as signed milliseconds.
-  const auto max = static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max());
-  if (n > max / factor)
-    return R::fail("a shorter duration, got '" + std::string(s) + "'");
+  // n * factor must not overflow either.
+  const auto max = static_cast<std::uint64_t>(max_duration.count());
+  if (n > max / factor || n * factor > max)
+    return R::fail("a duration of at most 1000000h (about 114 years), got '" + std::string(s) + "'");
   return R::ok(std::chrono::milliseconds(static_cast<std::int64_t>(n * factor)));
 }
 
@@ -119,6 +119,8 @@ std::string format_size(std::uint64_t bytes) {
 }
 
 std::string format_duration(std::chrono::milliseconds d) {
+  if (d == forever_duration)
+    return "forever";
   const long long ms = static_cast<long long>(d.count());
   if (ms == 0 || ms % 1000 != 0)
     return std::to_string(ms) + "ms";

@@ -6,20 +6,23 @@
 
 namespace vb {
 
-void refuse_unknown_backend_keys(const BackendKeys &in, const BackendModule &module,
+bool refuse_unknown_backend_keys(const BackendKeys &in, const BackendModule &module,
                                  std::span<const std::string_view> names) {
   std::vector<std::string_view> all{"type"};
   all.insert(all.end(), names.begin(), names.end());
+  static constexpr std::array<ConfigKeyPlace, 1> elsewhere{{{"at the device level", config_device_keys}}};
+  bool ok = true;
   for (const auto &v : in.values) {
     if (std::find(all.begin(), all.end(), v.name) != all.end())
       continue;
-    std::string hint;
-    if (auto k = config_near_miss(v.name, all))
-      hint = " (did you mean '" + std::string(*k) + "'?)";
-    in.check.fail(v.key_at, v.key,
-                  "expected " + std::string(module.article) + " " + std::string(module.type) + " backend key (" +
-                      config_list(all) + "), got " + config_quoted(v.name, '\'') + hint);
+    ok = in.check.attempt([&] {
+      in.check.fail(v.key_at, v.key,
+                    "expected " + std::string(module.article) + " " + std::string(module.type) + " backend key (" +
+                        config_list(all) + "), got " + config_quoted(v.name, '\'') +
+                        config_key_hint(v.name, all, elsewhere));
+    }) && ok;
   }
+  return ok;
 }
 
 void check_outside_file(const std::string &source, const std::string &key, const std::string &text,

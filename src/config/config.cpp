@@ -15,6 +15,8 @@
 #include <span>
 #include <sstream>
 #include <string_view>
+#include <sys/stat.h>
+#include <sys/utsname.h>
 #include <unistd.h>
 #include <unordered_map>
 #include <yaml-cpp/eventhandler.h>
@@ -83,6 +85,7 @@ struct RawDevice {
   std::string key; // devices[N]
   Value name, queues, queue_size, logical_block_size, read_only, serial, attach, control_timeout;
   RawBackend backend;
+  bool backend_reported = false; // its problems are recorded already: step two skips it
 };
 
 struct DeviceKey {
@@ -101,10 +104,21 @@ constexpr std::array<DeviceKey, 8> device_scalar_keys{{
     {"control-timeout", &RawDevice::control_timeout},
 }};
 
-constexpr std::array<std::string_view, 9> device_keys{
-    "name",      "backend", "queues", "queue-size",     "logical-block-size",
-    "read-only", "serial",  "attach", "control-timeout"};
-constexpr std::array<std::string_view, 1> top_keys{"devices"};
+constexpr auto &device_keys = config_device_keys;
+constexpr auto &top_keys = config_top_keys;
+
+// Every backend module's keys (with "type"), for "'uri' belongs under backend:".
+std::span<const std::string_view> all_backend_keys() {
+  static const std::vector<std::string_view> keys = [] {
+    std::vector<std::string_view> out{"type"};
+    for (const BackendModule *m : backend_modules())
+      for (auto k : m->keys)
+        if (std::find(out.begin(), out.end(), k) == out.end())
+          out.push_back(k);
+    return out;
+  }();
+  return keys;
+}
 
 // One key: value pair of a map, the key already known to be a scalar seen once.
 struct Entry {
@@ -171,7 +185,13 @@ public:
     const Value whole = value_of(top, top, {}, {});
     if (whole.kind != Value::Kind::map)
       report_.expected(whole, "a map with the key 'devices'");
-    const std::vector<Entry> top_entries = entries(top, {}, "top-level", top_keys);
+    const std::array<ConfigKeyPlace, 2> top_elsewhere{
+        {{"under a device in devices:", device_keys}, {"under a device's backend:", all_backend_keys()}}};
+    const std::size_t before = report_.recorded();
+    const std::vector<Entry> top_entries = entries(top, {}, "top-level", top_keys, top_elsewhere);
+    // A wrong top-level key may be a misspelt devices: "devices is missing" would only repeat it.
+    if (top_entries.empty() && report_.recorded() > before)
+      throw ConfigErrorsRecorded{};
     if (top_entries.empty()) // "devices" is the only key entries() lets through
       report_.expected(missing_config_value({}, "devices", position_of(top)), "a sequence of devices");
     const YAML::Node &sequence = top_entries.front().value;
@@ -183,7 +203,7 @@ public:
 
     std::vector<RawDevice> out;
     for (std::size_t i = 0; i < sequence.size(); ++i)
-      out.push_back(device(sequence[i], "devices[" + std::to_string(i) + "]"));
+      (void)report_.attempt([&] { out.push_back(device(sequence[i], "devices[" + std::to_string(i) + "]")); });
     return out;
   }
 
@@ -203,29 +223,29 @@ private:
   }
 
   // The entries of a map, each key a scalar seen once and, if known is not empty, one of known.
+  // A key that is not is recorded (with a hint from elsewhere) and left out.
   std::vector<Entry> entries(const YAML::Node &map, const std::string &path, std::string_view kind,
-                             std::span<const std::string_view> known) const {
+                             std::span<const std::string_view> known,
+                             std::span<const ConfigKeyPlace> elsewhere = {}) const {
     std::vector<Entry> out;
     std::unordered_map<std::string, int> first_line;
     for (auto it = map.begin(); it != map.end(); ++it) {
-      const YAML::Node key = it->first;
-      if (!key.IsScalar())
-        report_.expected(value_of(key, key, {}, path), "a key name");
-      const std::string &name = key.Scalar();
-      const Position at = position_of(key);
-      if (!known.empty() && std::find(known.begin(), known.end(), name) == known.end()) {
-        std::string hint;
-        if (auto k = config_near_miss(name, known))
-          hint = " (did you mean '" + std::string(*k) + "'?)";
-        report_.fail(at, config_join(path, name),
-                     "expected a " + std::string(kind) + " key (" + config_list(known) + "), got " +
-                         config_quoted(name, '\'') + hint);
-      }
-      if (auto [seen, inserted] = first_line.emplace(name, at.line); !inserted)
-        report_.fail(at, config_join(path, name),
-                     "expected each key once in a map, got it again (first on line " + std::to_string(seen->second) +
-                         ")");
-      out.push_back({name, key, it->second});
+      (void)report_.attempt([&] {
+        const YAML::Node key = it->first;
+        if (!key.IsScalar())
+          report_.expected(value_of(key, key, {}, path), "a key name");
+        const std::string &name = key.Scalar();
+        const Position at = position_of(key);
+        if (!known.empty() && std::find(known.begin(), known.end(), name) == known.end())
+          report_.fail(at, config_join(path, name),
+                       "expected a " + std::string(kind) + " key (" + config_list(known) + "), got " +
+                           config_quoted(name, '\'') + config_key_hint(name, known, elsewhere));
+        if (auto [seen, inserted] = first_line.emplace(name, at.line); !inserted)
+          report_.fail(at, config_join(path, name),
+                       "expected each key once in a map, got it again (first on line " + std::to_string(seen->second) +
+                           ")");
+        out.push_back({name, key, it->second});
+      });
     }
     return out;
   }
@@ -240,9 +260,12 @@ private:
     for (const auto &k : device_scalar_keys)
       raw.*k.field = missing_config_value(path, k.name, raw.at);
     raw.backend.self = missing_config_value(path, "backend", raw.at);
-    for (const auto &entry : entries(node, path, "device", device_keys)) {
+    const std::array<ConfigKeyPlace, 2> elsewhere{
+        {{"under backend:", all_backend_keys()}, {"at the top level, above devices:", top_keys}}};
+    for (const auto &entry : entries(node, path, "device", device_keys, elsewhere)) {
       if (entry.name == "backend") {
-        raw.backend = backend(entry, path);
+        if (!report_.attempt([&] { raw.backend = backend(entry, path); }))
+          raw.backend_reported = true;
         continue;
       }
       for (const auto &k : device_scalar_keys)
@@ -287,15 +310,20 @@ class Validator {
 public:
   explicit Validator(const ConfigChecker &report) : report_(report) {}
 
+  // Every device, each key checked even when another failed (the problems go to the checker).
   Config config(const std::vector<RawDevice> &raw_devices, const std::string &source) const {
     Config config;
     config.path = source;
     std::unordered_map<std::string, int> first_line;
     for (const auto &raw : raw_devices) {
-      DeviceConfig device = this->device(raw);
-      if (auto [seen, inserted] = first_line.emplace(device.name, raw.name.at.line); !inserted)
-        report_.expected(raw.name, "a name no other device has",
-                         " (also the name of the device on line " + std::to_string(seen->second) + ")");
+      bool named = false;
+      DeviceConfig device = this->device(raw, named);
+      if (named)
+        (void)report_.attempt([&] {
+          if (auto [seen, inserted] = first_line.emplace(device.name, raw.name.at.line); !inserted)
+            report_.expected(raw.name, "a name no other device has",
+                             " (also the name of the device on line " + std::to_string(seen->second) + ")");
+        });
       config.devices.push_back(std::move(device));
     }
     return config;
@@ -304,39 +332,47 @@ public:
   const ConfigChecker &report() const { return report_; }
 
 private:
-  DeviceConfig device(const RawDevice &raw) const {
+  DeviceConfig device(const RawDevice &raw, bool &named) const {
     DeviceConfig d;
     d.line = raw.at.line;
-    d.name = name(raw.name);
-    if (raw.queues.present())
-      d.queues = report_.count(raw.queues, 1, max_queues);
-    if (raw.queue_size.present())
-      d.queue_size = report_.power_of_two(raw.queue_size, 2, max_queue_size);
-    if (raw.logical_block_size.present())
-      d.logical_block_size = report_.power_of_two(raw.logical_block_size, 512, 4096);
-    if (raw.read_only.present())
-      d.read_only = report_.boolean(raw.read_only);
-    d.serial = raw.serial.present() ? serial(raw.serial) : d.name.substr(0, max_serial_bytes);
-    if (raw.attach.present()) {
+    named = report_.attempt([&] { d.name = name(raw.name); });
+    const auto key = [&](const Value &v, auto &&apply) {
+      if (v.present())
+        (void)report_.attempt(apply);
+    };
+    key(raw.queues, [&] { d.queues = report_.count(raw.queues, 1, max_queues); });
+    key(raw.queue_size, [&] { d.queue_size = report_.power_of_two(raw.queue_size, 2, max_queue_size); });
+    key(raw.logical_block_size,
+        [&] { d.logical_block_size = report_.power_of_two(raw.logical_block_size, 512, 4096); });
+    key(raw.read_only, [&] { d.read_only = report_.boolean(raw.read_only); });
+    if (raw.serial.present())
+      (void)report_.attempt([&] { d.serial = serial(raw.serial); });
+    else
+      d.serial = d.name.substr(0, max_serial_bytes);
+    key(raw.attach, [&] {
       static constexpr std::array<std::pair<std::string_view, DeviceConfig::Attach>, 3> attaches{{
           {"virtio-vdpa", DeviceConfig::Attach::virtio_vdpa},
           {"vhost-vdpa", DeviceConfig::Attach::vhost_vdpa},
           {"none", DeviceConfig::Attach::none},
       }};
       d.attach = report_.choice(raw.attach, attaches);
-    }
-    if (raw.control_timeout.present()) {
-      const auto parsed =
-          parse_duration(report_.scalar(raw.control_timeout, "a duration such as 30s or 5m, or 0 (wait forever)"));
-      if (!parsed)
-        report_.fail(raw.control_timeout.at, raw.control_timeout.key, "expected " + config_escaped(parsed.error));
-      d.control_timeout = std::chrono::duration_cast<std::chrono::seconds>(*parsed.value);
-      if (parsed.value->count() > 0 && d.control_timeout.count() == 0)
-        report_.expected(raw.control_timeout, "whole seconds (the kernel counts msg_timeout in seconds), or 0");
-    }
+    });
+    key(raw.control_timeout, [&] { d.control_timeout = control_timeout(raw.control_timeout); });
     // Last: backend values may depend on the device's (the memory size on the block size).
-    d.backend = backend(raw.backend, d);
+    if (!raw.backend_reported)
+      (void)report_.attempt([&] { d.backend = backend(raw.backend, d); });
     return d;
+  }
+
+  // VDUSE's msg_timeout, in whole seconds; 0 and forever: the kernel waits for ever.
+  std::chrono::seconds control_timeout(const Value &v) const {
+    const auto parsed = report_.duration(v, std::chrono::milliseconds(0));
+    const auto seconds = std::chrono::duration_cast<std::chrono::seconds>(parsed);
+    if (parsed.count() > 0 && seconds.count() == 0)
+      report_.expected(v, "whole seconds (the kernel counts msg_timeout in seconds), 0 or forever");
+    // max_duration (1000000h) is 3.6e9 s: it fits the kernel's 32-bit msg_timeout.
+    static_assert(std::chrono::duration_cast<std::chrono::seconds>(max_duration).count() <= 0xffffffffLL);
+    return seconds;
   }
 
   std::string name(const Value &v) const {
@@ -390,7 +426,7 @@ BackendConfig Validator::backend(const RawBackend &raw, const DeviceConfig &devi
 std::string read_file(const std::string &path) {
   SmallFile f = read_small_file(path, max_file_bytes);
   if (f.error != 0)
-    throw ConfigError(path, 0, 0, {}, errno_message(std::string("cannot ") + f.failed, f.error));
+    throw ConfigError(path, 0, 0, {}, f.problem());
   if (f.too_large(max_file_bytes))
     throw ConfigError(path, 0, 0, {}, "expected a configuration file of at most 1 MiB, got more");
   return std::move(f.text);
@@ -398,12 +434,105 @@ std::string read_file(const std::string &path) {
 
 } // namespace
 
-Config parse_config(const std::string &text, const std::string &source_name) {
+ConfigCheck check_config_text(const std::string &text, const std::string &source_name) {
   const ConfigChecker report(source_name);
-  return Validator(report).config(ShapeReader(report).document(text), source_name);
+  std::vector<RawDevice> raw;
+  // A problem with the document as a whole (its syntax, no devices) ends the check there.
+  if (!report.attempt([&] { raw = ShapeReader(report).document(text); }))
+    return {std::nullopt, report.errors()};
+  Config config = Validator(report).config(raw, source_name);
+  if (report.failed())
+    return {std::nullopt, report.errors()};
+  return {std::move(config), {}};
+}
+
+ConfigCheck check_config(const std::string &path) {
+  std::string text;
+  try {
+    text = read_file(path);
+  } catch (const ConfigError &e) {
+    return {std::nullopt, {e}};
+  }
+  return check_config_text(text, path);
+}
+
+Config parse_config(const std::string &text, const std::string &source_name) {
+  ConfigCheck checked = check_config_text(text, source_name);
+  if (!checked.config)
+    throw ConfigError(checked.errors);
+  return std::move(*checked.config);
 }
 
 Config load_config(const std::string &path) { return parse_config(read_file(path), path); }
+
+std::vector<PreflightFinding> preflight_config(const Config &config) {
+  std::vector<PreflightFinding> out;
+  for (std::size_t i = 0; i < config.devices.size(); ++i) {
+    const DeviceConfig &d = config.devices[i];
+    if (!d.backend.module || !d.backend.module->preflight || !d.backend.options)
+      continue;
+    std::vector<PreflightFinding> found;
+    d.backend.module->preflight(*d.backend.options, found);
+    for (auto &f : found) {
+      f.key = "devices[" + std::to_string(i) + "].backend." + f.key;
+      f.message = config.path + ":" + std::to_string(d.line) + ": " + f.key + ": " + f.message;
+      out.push_back(std::move(f));
+    }
+  }
+  return out;
+}
+
+namespace {
+
+bool path_exists(const std::string &path) {
+  struct stat st {};
+  return ::stat(path.c_str(), &st) == 0;
+}
+
+// Whether modules.dep or modules.builtin lists NAME.ko (compressed or not; '-' and '_' alike).
+bool module_listed(const std::string &modules_dir, const std::string &name) {
+  for (const char *list : {"/modules.builtin", "/modules.dep"}) {
+    const SmallFile f = read_small_file(modules_dir + list, 16 << 20);
+    if (f.error != 0)
+      continue;
+    std::string text = f.text;
+    std::replace(text.begin(), text.end(), '-', '_');
+    for (const char *suffix : {".ko:", ".ko\n", ".ko.xz:", ".ko.zst:", ".ko.gz:"}) {
+      if (text.find("/" + name + suffix) != std::string::npos)
+        return true;
+    }
+  }
+  return false;
+}
+
+} // namespace
+
+std::vector<PreflightFinding> preflight_host(const Config &config, bool strict, const std::string &root) {
+  using S = PreflightFinding::Severity;
+  const S severity = strict ? S::error : S::warning;
+  std::vector<PreflightFinding> out;
+  std::vector<std::string> modules{"vduse", "virtio_vdpa"};
+  if (std::any_of(config.devices.begin(), config.devices.end(),
+                  [](const DeviceConfig &d) { return d.attach == DeviceConfig::Attach::vhost_vdpa; }))
+    modules.emplace_back("vhost_vdpa");
+  struct utsname un {};
+  const std::string modules_dir = root + "/lib/modules/" + (::uname(&un) == 0 ? un.release : "");
+  for (const auto &m : modules) {
+    if (path_exists(root + "/sys/module/" + m))
+      continue;
+    if (module_listed(modules_dir, m))
+      out.push_back({severity, {}, "host: the kernel module " + m + " is not loaded (modprobe " + m + ")"});
+    else
+      out.push_back({severity,
+                     {},
+                     "host: the kernel module " + m + " is neither loaded nor in " + modules_dir +
+                         " (a kernel without " + (m == "vduse" ? "VDUSE" : m) + " support?)"});
+  }
+  if (!path_exists(root + "/dev/vduse/control"))
+    out.push_back(
+        {severity, {}, "host: " + root + "/dev/vduse/control does not exist (load the vduse module: modprobe vduse)"});
+  return out;
+}
 
 const char *to_string(DeviceConfig::Attach attach) noexcept {
   switch (attach) {

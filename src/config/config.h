@@ -12,6 +12,7 @@
 #include <chrono>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -62,12 +63,42 @@ struct Config {
   std::vector<DeviceConfig> devices; // at least one, names unique
 };
 
-// Reads and parses the file. Throws ConfigError naming the file (with the errno text when it
-// cannot be read) or the file, line, column and key of the first problem in it.
+// What checking a file found: the configuration, or (when it cannot be used) every problem in
+// it, in file order, one ConfigError each (FILE:LINE:COLUMN: KEY: ...). One pass finds them all:
+// each key is checked even when another failed; only a problem with the document as a whole (a
+// YAML syntax error, no devices) or an unreadable file stops the check, as the only error.
+struct ConfigCheck {
+  std::optional<Config> config; // set exactly when errors is empty
+  std::vector<ConfigError> errors;
+};
+
+// What `vduse-bridge --check` reports: the file read and checked, never throwing ConfigError.
+ConfigCheck check_config(const std::string &path);
+ConfigCheck check_config_text(const std::string &text, const std::string &source_name);
+
+// Reads and parses the file, for the daemon (which refuses to start on any problem). Throws
+// ConfigError naming the file (with the errno text when it cannot be read), or the file, line,
+// column and key of the problem; with several, one ConfigError lists them all, a line each
+// (what() joins them with '\n'; count() says how many).
 Config load_config(const std::string &path);
 
 // Parses configuration text; source_name stands for the file in messages and Config::path.
 Config parse_config(const std::string &text, const std::string &source_name);
+
+// The pre-flight checks of `vduse-bridge --check` on a configuration that parsed: what each
+// device's backend needs from this machine (secret files present, regular, readable by us and
+// not readable by group or others; TLS certificate directories complete; a unix socket's
+// directory; a backing file's directory). The daemon calls it at start-up too and logs the
+// findings as warnings. Each finding's key is the full dotted key and its message one line:
+//   FILE:LINE: devices[0].backend.tls-psk-file: /etc/x is readable by its group (mode 0640): ...
+// (LINE: where the device starts). Never throws for what it finds.
+std::vector<PreflightFinding> preflight_config(const Config &config);
+
+// The host's side: /dev/vduse/control exists, and the kernel modules vduse and virtio_vdpa
+// (vhost_vdpa when a device has attach: vhost-vdpa) are loaded (/sys/module/NAME) or loadable
+// (in /lib/modules/RELEASE/modules.dep or modules.builtin). Errors when strict, warnings
+// otherwise. root prefixes every path (tests); empty for the real host.
+std::vector<PreflightFinding> preflight_host(const Config &config, bool strict, const std::string &root = {});
 
 // Every key the parser accepts (top level, device, every backend module's), each once: what
 // the documentation must cover (a test checks vduse-bridge.yaml(5) names them all).

@@ -14,6 +14,28 @@ ConfigError::ConfigError(const std::string &file, int line, int column, const st
                          (key.empty() ? "" : key + ": ") + problem),
       line_(line), column_(column), key_(key) {}
 
+namespace {
+std::string joined_messages(const std::vector<ConfigError> &all) {
+  std::string out;
+  for (const auto &e : all)
+    out += (out.empty() ? "" : "\n") + std::string(e.what());
+  return out;
+}
+} // namespace
+
+ConfigError::ConfigError(const std::vector<ConfigError> &all)
+    : std::runtime_error(joined_messages(all)), line_(all.empty() ? 0 : all.front().line()),
+      column_(all.empty() ? 0 : all.front().column()), key_(all.empty() ? std::string() : all.front().key()),
+      count_(all.size()) {}
+
+std::vector<ConfigError> ConfigChecker::errors() const {
+  std::vector<ConfigError> out = errors_;
+  std::stable_sort(out.begin(), out.end(), [](const ConfigError &a, const ConfigError &b) {
+    return a.line() != b.line() ? a.line() < b.line() : a.column() < b.column();
+  });
+  return out;
+}
+
 std::string config_join(const std::string &path, std::string_view name) {
   return path.empty() ? config_escaped(name) : path + "." + config_escaped(name);
 }
@@ -82,14 +104,69 @@ std::string config_either(std::span<const std::string_view> names) {
   return out;
 }
 
-std::optional<std::string_view> config_near_miss(std::string_view name, std::span<const std::string_view> known) {
+namespace {
+
+std::string folded_key(std::string_view name) {
   std::string folded(name);
   for (auto &c : folded)
     c = c == '_' ? '-' : static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  for (auto k : known)
-    if (folded == k)
-      return k;
+  return folded;
+}
+
+// Optimal string alignment distance: insertions, deletions, substitutions and swaps of two
+// neighbours, each 1.
+std::size_t edit_distance(std::string_view a, std::string_view b) {
+  std::vector<std::vector<std::size_t>> d(a.size() + 1, std::vector<std::size_t>(b.size() + 1));
+  for (std::size_t i = 0; i <= a.size(); ++i)
+    d[i][0] = i;
+  for (std::size_t j = 0; j <= b.size(); ++j)
+    d[0][j] = j;
+  for (std::size_t i = 1; i <= a.size(); ++i)
+    for (std::size_t j = 1; j <= b.size(); ++j) {
+      const std::size_t cost = a[i - 1] == b[j - 1] ? 0 : 1;
+      d[i][j] = std::min({d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + cost});
+      if (i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1])
+        d[i][j] = std::min(d[i][j], d[i - 2][j - 2] + 1);
+    }
+  return d[a.size()][b.size()];
+}
+
+// The closest of known and its distance, if within the bound.
+std::optional<std::pair<std::string_view, std::size_t>> closest(std::string_view name,
+                                                                std::span<const std::string_view> known) {
+  const std::string folded = folded_key(name);
+  if (folded.size() > 64) // no key is that long; keep the table small
+    return std::nullopt;
+  const std::size_t bound = folded.size() <= 4 ? 1 : 2;
+  std::optional<std::pair<std::string_view, std::size_t>> best;
+  for (auto k : known) {
+    const std::size_t d = edit_distance(folded, k);
+    if (d <= bound && (!best || d < best->second))
+      best = std::pair{k, d};
+  }
+  return best;
+}
+
+} // namespace
+
+std::optional<std::string_view> config_near_miss(std::string_view name, std::span<const std::string_view> known) {
+  if (auto best = closest(name, known))
+    return best->first;
   return std::nullopt;
+}
+
+std::string config_key_hint(std::string_view name, std::span<const std::string_view> known,
+                            std::span<const ConfigKeyPlace> elsewhere) {
+  const std::string quoted = config_quoted(name, '\'');
+  for (const auto &place : elsewhere)
+    if (std::find(place.keys.begin(), place.keys.end(), folded_key(name)) != place.keys.end())
+      return " (" + quoted + " belongs " + std::string(place.where) + ")";
+  if (auto k = config_near_miss(name, known))
+    return " (did you mean '" + std::string(*k) + "'?)";
+  for (const auto &place : elsewhere)
+    if (auto k = config_near_miss(name, place.keys))
+      return " (did you mean '" + std::string(*k) + "', which belongs " + std::string(place.where) + "?)";
+  return {};
 }
 
 std::optional<std::uint64_t> config_decimal(std::string_view s) {
@@ -152,10 +229,19 @@ bool ConfigChecker::boolean(const ConfigValue &v) const {
   expected(v, std::string(what));
 }
 
-std::chrono::milliseconds ConfigChecker::duration(const ConfigValue &v) const {
-  const auto parsed = parse_duration(scalar(v, "a duration such as 500ms, 30s, 2m or 1h, or 0"));
+std::chrono::milliseconds ConfigChecker::duration(const ConfigValue &v,
+                                                  std::optional<std::chrono::milliseconds> forever) const {
+  const std::string &text = scalar(v, forever ? "a duration such as 500ms, 30s, 2m or 1h, 0, or forever"
+                                              : "a duration such as 500ms, 30s, 2m or 1h, or 0");
+  if (forever && text == "forever")
+    return *forever;
+  const auto parsed = parse_duration(text);
   if (!parsed)
-    fail(v.at, v.key, "expected " + config_escaped(parsed.error));
+    fail(v.at, v.key,
+         "expected " + config_escaped(parsed.error) +
+             (forever             ? " (for no limit write forever)"
+              : text == "forever" ? " (this key has no forever)"
+                                  : ""));
   return *parsed.value;
 }
 
@@ -180,14 +266,10 @@ std::string ConfigChecker::absolute_path(const ConfigValue &v) const {
 std::size_t ConfigChecker::index_of(const ConfigValue &child, std::span<const std::string_view> keys,
                                     std::string_view kind) const {
   const auto known = std::find(keys.begin(), keys.end(), child.name);
-  if (known == keys.end()) {
-    std::string hint;
-    if (auto k = config_near_miss(child.name, keys))
-      hint = " (did you mean '" + std::string(*k) + "'?)";
+  if (known == keys.end())
     fail(child.key_at, child.key,
          "expected " + std::string(kind) + " (" + config_list(keys) + "), got " + config_quoted(child.name, '\'') +
-             hint);
-  }
+             config_key_hint(child.name, keys));
   return static_cast<std::size_t>(known - keys.begin());
 }
 

@@ -6,11 +6,14 @@
 
 #include "test_support.h"
 
+#include <algorithm>
 #include <chrono>
 #include <doctest/doctest.h>
 #include <fstream>
 #include <string>
+#include <sys/stat.h>
 #include <typeinfo>
+#include <unistd.h>
 
 using vb::BackendConfig;
 using vb::Config;
@@ -535,7 +538,7 @@ TEST_CASE("bad files name the file, line, key and what was expected") {
       {"request-timeout a fraction", nbd_head + "      request-timeout: 1.5s\n", 6,
        "devices[0].backend.request-timeout", "expected a duration unit of ms, s, m or h, got '.5s'"},
       {"request-timeout a map", nbd_head + "      request-timeout: {s: 30}\n", 6, "devices[0].backend.request-timeout",
-       "expected a duration such as 500ms, 30s, 2m or 1h, or 0, got a map"},
+       "expected a duration such as 500ms, 30s, 2m or 1h, 0, or forever, got a map"},
       {"memory key for nbd", nbd_head + "      size: 1G\n", 6, "devices[0].backend.size",
        "expected an nbd backend key (type, uri, connections, tls-certificates, tls-psk-file, reconnect-timeout, "
        "request-timeout, structured-replies, resize-poll-interval), got 'size'"},
@@ -606,8 +609,24 @@ TEST_CASE("load_config names a file it cannot read") {
     vb::load_config(dir.path());
     FAIL("no error thrown");
   } catch (const ConfigError &e) {
-    CHECK(std::string(e.what()) == dir.path() + ": cannot read: Is a directory");
+    CHECK(std::string(e.what()) == dir.path() + ": expected a regular file, got a directory");
   }
+}
+
+TEST_CASE("load_config refuses a FIFO or a device at once instead of waiting to read it") {
+  vb::test::TempDir dir;
+  const std::string fifo = dir.file("fifo.yaml");
+  REQUIRE(::mkfifo(fifo.c_str(), 0600) == 0);
+  // Without a writer, a blocking open() of the FIFO would never return.
+  CHECK_THROWS_WITH_AS(vb::load_config(fifo), (fifo + ": expected a regular file, got a FIFO").c_str(), ConfigError);
+  CHECK_THROWS_WITH_AS(vb::load_config("/dev/null"), "/dev/null: expected a regular file, got a character device",
+                       ConfigError);
+  // A symbolic link to a regular file is fine: configurations are often linked into /etc.
+  const std::string real = dir.file("real.yaml");
+  const std::string link = dir.file("link.yaml");
+  write_file(real, head);
+  REQUIRE(::symlink(real.c_str(), link.c_str()) == 0);
+  CHECK(vb::load_config(link).devices.size() == 1);
 }
 
 TEST_CASE("load_config reads a file and names it in errors") {
@@ -728,8 +747,9 @@ TEST_CASE("an iscsi device gets the iscsi defaults") {
   CHECK(j.header_digest == vb::IscsiOptions::HeaderDigest::crc32c);
   CHECK(j.reconnect_timeout.count() == 0);
   CHECK(j.request_timeout.count() == 0);
-  for (const char *uri : {"iscsi://host/t/0", "iscsi://host:3260/iqn.x:y/16383", "iscsi://[::1]/t/1",
-                          "iscsi://[::1]:860/t/1", "'iscsi://h/iqn.2026-11.org.example%3Adisk/2'"}) {
+  for (const char *uri : {"iscsi://host/iqn.2026-11.org.example:t/0",
+                          "iscsi://host:3260/iqn.2026-11.org.example:y/16383", "iscsi://[::1]/eui.02004567A425678D/1",
+                          "iscsi://[::1]:860/naa.52004567ba64678d/1", "'iscsi://h/iqn.2026-11.org.example%3Adisk/2'"}) {
     CAPTURE(uri);
     CHECK(error_of(iscsi_with(uri)) == "(no error thrown)");
   }
@@ -809,7 +829,8 @@ TEST_CASE("bad iscsi keys name the file, line, key and what was expected") {
        "devices[0].backend.chap.password-file", "expected an absolute path (starting with '/'), got 'chap.secret'"},
       {"chap username with a space", iscsi_head + "      chap: {username: \"a b\", password-file: /s}\n", 6,
        "devices[0].backend.chap.username", "got \"a b\""},
-      {"chap key twice", iscsi_head + "      chap:\n        username: u\n        username: v\n", 8,
+      {"chap key twice",
+       iscsi_head + "      chap:\n        username: u\n        username: v\n        password-file: /p\n", 8,
        "devices[0].backend.chap.username", "expected each key once in a map, got it again (first on line 7)"},
       {"mutual chap without a password file",
        iscsi_head + "      chap: {username: u, password-file: /s, target-username: t}\n", 6,
@@ -934,4 +955,297 @@ TEST_CASE("a file device: its keys, its defaults, and errors at the key") {
   CHECK(error("      path: /d\n      queue_depth: 4\n") ==
         "file.yaml:7:7: devices[0].backend.queue_depth: expected a file backend key (type, path, direct, queue-depth, "
         "resize-poll-interval), got 'queue_depth' (did you mean 'queue-depth'?)");
+}
+
+// ---- issue 14: every error at once, hints, URIs, durations, pre-flight ----------------------
+
+namespace {
+
+// The messages check_config_text() gives, one per problem.
+std::vector<std::string> errors_of(const std::string &yaml) {
+  std::vector<std::string> out;
+  for (const auto &e : vb::check_config_text(yaml, "test.yaml").errors)
+    out.emplace_back(e.what());
+  return out;
+}
+
+} // namespace
+
+TEST_CASE("check_config reports every problem of the file, in file order") {
+  const std::string yaml = "devices:\n"                   // 1
+                           "  - name: disk0\n"            // 2
+                           "    queues: 0\n"              // 3  value error
+                           "    backend:\n"               // 4
+                           "      type: memory\n"         // 5
+                           "      size: lots\n"           // 6  backend value error
+                           "      colour: red\n"          // 7  unknown backend key
+                           "  - name: disk0\n"            // 8  duplicate name
+                           "    queus: 2\n"               // 9  unknown device key (shape step)
+                           "    attach: host\n"           // 10 value error
+                           "    backend: {type: tape}\n"; // 11 unknown type
+  const auto checked = vb::check_config_text(yaml, "test.yaml");
+  CHECK_FALSE(checked.config);
+  std::vector<int> lines;
+  for (const auto &e : checked.errors)
+    lines.push_back(e.line());
+  CHECK(lines == std::vector<int>{3, 6, 7, 8, 9, 10, 11});
+  REQUIRE(checked.errors.size() == 7);
+  CHECK(std::string(checked.errors[0].what()).rfind("test.yaml:3:13: devices[0].queues: expected an integer", 0) == 0);
+  CHECK(std::string(checked.errors[4].what()).rfind("test.yaml:9:5: devices[1].queus: expected a device key", 0) == 0);
+  CHECK(checked.errors[6].key() == "devices[1].backend.type");
+
+  // The daemon's API: one ConfigError listing them all, a line each, the first one's position.
+  try {
+    parse_config(yaml, "test.yaml");
+    FAIL("no error thrown");
+  } catch (const ConfigError &e) {
+    CHECK(e.count() == 7);
+    CHECK(e.line() == 3);
+    const std::string what = e.what();
+    CHECK(std::count(what.begin(), what.end(), '\n') == 6);
+    CHECK(what.rfind(checked.errors[0].what(), 0) == 0);
+  }
+  // One problem: what() is that problem alone, as before.
+  CHECK(errors_of(head + "    queues: 0\n").size() == 1);
+  CHECK(error_of(head + "    queues: 0\n").find('\n') == std::string::npos);
+  // A good file: the configuration, no errors.
+  const auto good = vb::check_config_text(head, "test.yaml");
+  CHECK(good.errors.empty());
+  CHECK(good.config.has_value());
+}
+
+TEST_CASE("check_config stops at a YAML syntax error and reports an unreadable file as its only error") {
+  CHECK(errors_of("devices: [\n  - name: x\n").size() == 1);
+  vb::test::TempDir dir;
+  const auto missing = vb::check_config(dir.file("none.yaml"));
+  REQUIRE(missing.errors.size() == 1);
+  CHECK(std::string(missing.errors[0].what()) == dir.file("none.yaml") + ": cannot open: No such file or directory");
+}
+
+TEST_CASE("unknown keys get a near miss, or the level they belong to") {
+  struct Case {
+    std::string yaml;
+    std::string hint;
+  };
+  const Case cases[] = {
+      {head + "    queus: 2\n", "got 'queus' (did you mean 'queues'?)"},
+      {head + "    seral: abc\n", "got 'seral' (did you mean 'serial'?)"},
+      {head + "    read-onyl: true\n", "(did you mean 'read-only'?)"},
+      {head + "    uri: nbd://h/\n", "got 'uri' ('uri' belongs under backend:)"},
+      {head + "    reconnect-timeout: 5s\n", "('reconnect-timeout' belongs under backend:)"},
+      {head + "      queues: 2\n", "got 'queues' ('queues' belongs at the device level)"},
+      {head + "      serail: x\n", "(did you mean 'serial', which belongs at the device level?)"},
+      {head + "      szie: 1G\n", "(did you mean 'size'?)"},
+      {"devcies:\n  - name: x\n", "got 'devcies' (did you mean 'devices'?)"},
+      {head + "name: x\n", "got 'name' ('name' belongs under a device in devices:)"},
+      {iscsi_head + "      chap: {usernme: u, password-file: /p}\n", "got 'usernme' (did you mean 'username'?)"},
+  };
+  for (const auto &c : cases) {
+    const std::string msg = error_of(c.yaml);
+    CAPTURE(msg);
+    CHECK(msg.find(c.hint) != std::string::npos);
+  }
+  // Too far from every key: no hint.
+  CHECK(error_of(head + "    colour: blue\n").find("did you mean") == std::string::npos);
+  CHECK(error_of(head + "    q: 1\n").find("did you mean") == std::string::npos);
+  CHECK(vb::config_near_miss("queue_size", vb::config_device_keys) == "queue-size");
+  CHECK(vb::config_near_miss("Queue-Sise", vb::config_device_keys) == "queue-size");
+  CHECK(vb::config_near_miss("qeueus", vb::config_device_keys) == "queues"); // two neighbours swapped: 1
+}
+
+TEST_CASE("NBD URIs: ports, IPv6, vsock CIDs, export names and socket paths checked, the whole value shown") {
+  for (const std::string &uri : std::vector<std::string>{
+           "nbd://[::1]:10809/export", "nbd://[2001:db8::1]/e", "nbd://h:65535/e", "nbd+vsock://2:10809/e",
+           "nbd+vsock://4294967294/", "nbd+vsock://1/e", "nbd+unix:///e?socket=/run/nbd/s",
+           "nbd://h/" + std::string(4096, 'x'), "nbd+unix:///?socket=/" + std::string(106, 's')}) {
+    CAPTURE(uri);
+    CHECK(error_of(nbd_with(uri)) == "(no error thrown)");
+  }
+  struct Case {
+    std::string uri;
+    std::string fragment;
+  };
+  const Case cases[] = {
+      {"nbd://h:0/e", "expected a port from 1 to 65535, got '0' in 'nbd://h:0/e'"},
+      {"nbd://h:70000/e", "expected a port from 1 to 65535, got '70000' in 'nbd://h:70000/e'"},
+      {"nbd://h:x/e", "got 'x' in 'nbd://h:x/e'"},
+      {"nbd://h:/e", "got '' in 'nbd://h:/e'"},
+      {"nbd://[::1/e", "expected an IPv6 address closed by ']' such as [::1]:10809, got '[::1' in 'nbd://[::1/e'"},
+      {"nbd://[]/e", "an IPv6 address in brackets such as [::1], got '[]'"},
+      {"nbd://[::1]x/e", "':' and a port after an IPv6 address in brackets"},
+      {"nbd://::1:10809/e", "an IPv6 address in brackets such as [::1]:10809, got '::1:10809'"},
+      {"nbd://:10809/e", "a host before the port"},
+      {"nbd+vsock://4294967295/e", "a vsock CID from 0 to 4294967294 as the host"},
+      {"nbd+vsock://99999999999/e", "got '99999999999' in 'nbd+vsock://99999999999/e'"},
+      {"nbd+vsock://host/e", "got 'host'"},
+      {"nbd+vsock://2:0/e", "a vsock port from 1 to 4294967294"},
+      {"nbd+unix://h/e?socket=/s", "expected no host in a nbd+unix URI"},
+      {"nbd+unix:///e?socket=run/s", "expected an absolute socket= path (the daemon's working directory is /), got "
+                                     "'run/s' in 'nbd+unix:///e?socket=run/s'"},
+      {"nbd+unix:///e?socket=/" + std::string(107, 's'),
+       "expected a socket= path of at most 107 bytes (what a unix socket address holds), got 108 bytes"},
+      {"nbd://h/" + std::string(4097, 'x'),
+       "expected an export name of at most 4096 bytes (the NBD protocol's limit), got 4097 bytes in"},
+      {"nbd://h/" + std::string(4095, 'x') + "%41%41", "got 4097 bytes"},
+  };
+  for (const auto &c : cases) {
+    CAPTURE(c.uri);
+    const std::string msg = error_of(nbd_with(c.uri));
+    CAPTURE(msg);
+    CHECK(msg.rfind("test.yaml:5:12: devices[0].backend.uri: ", 0) == 0);
+    CHECK(msg.find(c.fragment) != std::string::npos);
+  }
+  CHECK_THROWS_WITH_AS(vb::check_nbd_uri("nbd://h:0/"), doctest::Contains("got '0' in 'nbd://h:0/'"),
+                       std::invalid_argument);
+}
+
+TEST_CASE("iSCSI URIs: the target is an iqn., eui. or naa. name") {
+  for (const char *target : {"iqn.2026-11.org.example", "iqn.2026-11.org.example:disk0",
+                             "iqn.1992-01.com.example:a:b.c", "iqn.2026-11.org.example%3Adisk0", "eui.02004567A425678D",
+                             "naa.52004567BA64678D", "naa.6001405abcdef0123456789abcdef012"}) {
+    CAPTURE(target);
+    CHECK(error_of(iscsi_with("iscsi://h/" + std::string(target) + "/0")) == "(no error thrown)");
+  }
+  struct Case {
+    const char *target;
+    const char *fragment;
+  };
+  const Case cases[] = {
+      {"disk0", "naa.): a name starting with iqn., eui. or naa., got 'disk0' in 'iscsi://h/disk0/0'"},
+      {"iqn.x:y", "): a year and month after iqn. (iqn.YYYY-MM.)"},
+      {"iqn.2026-13.org.example:d", "a year and month"},
+      {"iqn.2026-11.:d", "a reversed domain name after the date"},
+      {"iqn.2026-11.Org.Example:Disk", "lowercase letters only"},
+      {"iqn.2026-11.org.example:d_1", "only letters, digits, '-', '.' and ':'"},
+      {"eui.0200", "16 hex digits after eui."},
+      {"naa.12345", "16 or 32 hex digits after naa."},
+  };
+  for (const auto &c : cases) {
+    CAPTURE(c.target);
+    const std::string msg = error_of(iscsi_with("iscsi://h/" + std::string(c.target) + "/0"));
+    CAPTURE(msg);
+    CHECK(msg.rfind("test.yaml:5:12: devices[0].backend.uri: expected an iSCSI target name", 0) == 0);
+    CHECK(msg.find(c.fragment) != std::string::npos);
+  }
+}
+
+TEST_CASE("durations: forever for reconnect-timeout, 0's meaning per key, and a bound instead of overflow") {
+  const auto nbd = [](const std::string &extra) {
+    return parse_config(nbd_head + extra, "t.yaml").devices[0].backend.as<vb::NbdOptions>();
+  };
+  const auto iscsi = [](const std::string &extra) {
+    return parse_config(iscsi_head + extra, "t.yaml").devices[0].backend.as<vb::IscsiOptions>();
+  };
+  // Hold I/O for ever: the session core's "no limit".
+  CHECK(nbd("      reconnect-timeout: forever\n").reconnect_timeout == std::chrono::milliseconds::max());
+  CHECK(iscsi("      reconnect-timeout: forever\n").reconnect_timeout == std::chrono::milliseconds::max());
+  CHECK(nbd("      reconnect-timeout: 0\n").reconnect_timeout.count() == 0); // fail at once
+  // request-timeout: 0 already means no limit, and forever is the same.
+  CHECK(nbd("      request-timeout: forever\n").request_timeout.count() == 0);
+  CHECK(iscsi("      request-timeout: forever\n").request_timeout.count() == 0);
+  // control-timeout: 0 and forever: the kernel waits for ever.
+  const std::string base = "devices:\n  - name: d\n    backend:\n      type: memory\n      size: 1M\n";
+  CHECK(parse_config(base + "    control-timeout: forever\n", "t.yaml").devices[0].control_timeout.count() == 0);
+  // A key that has no forever says so; too long a duration is refused with the bound.
+  CHECK(error_of(nbd_head + "      resize-poll-interval: forever\n") ==
+        "test.yaml:6:29: devices[0].backend.resize-poll-interval: expected a duration such as 500ms, 30s, 2m or 1h, "
+        "got 'forever' (this key has no forever)");
+  CHECK(error_of(nbd_head + "      reconnect-timeout: 99999999h\n") ==
+        "test.yaml:6:26: devices[0].backend.reconnect-timeout: expected a duration of at most 1000000h (about 114 "
+        "years), got '99999999h' (for no limit write forever)");
+  CHECK(error_of(base + "    control-timeout: 99999999h\n").find("at most 1000000h") != std::string::npos);
+  CHECK(error_of(nbd_head + "      reconnect-timeout: Forever\n").find("got 'Forever'") != std::string::npos);
+}
+
+TEST_CASE("pre-flight: secret files, certificate directories, socket and file directories") {
+  vb::test::TempDir dir;
+  const auto findings_of = [](const std::string &yaml) {
+    std::vector<std::string> out;
+    for (const auto &f : vb::preflight_config(parse_config(yaml, "t.yaml")))
+      out.push_back(std::string(f.severity == vb::PreflightFinding::Severity::error ? "error: " : "warning: ") +
+                    f.message);
+    return out;
+  };
+  const std::string psk = dir.file("psk");
+  write_file(psk, "alice:00\n");
+  const std::string with_psk = nbds_head + "      tls-psk-file: " + psk + "\n";
+  REQUIRE(::chmod(psk.c_str(), 0600) == 0);
+  CHECK(findings_of(with_psk).empty());
+  REQUIRE(::chmod(psk.c_str(), 0640) == 0);
+  CHECK(findings_of(with_psk) ==
+        std::vector<std::string>{"error: t.yaml:2: devices[0].backend.tls-psk-file: " + psk +
+                                 " is readable by its group (mode 0640): a secret must not be; run chmod go-rwx " +
+                                 psk});
+  REQUIRE(::chmod(psk.c_str(), 0604) == 0);
+  CHECK(findings_of(with_psk).at(0).find("is readable by every user (mode 0604)") != std::string::npos);
+  CHECK(findings_of(nbds_head + "      tls-psk-file: " + dir.file("nope") + "\n") ==
+        std::vector<std::string>{"error: t.yaml:2: devices[0].backend.tls-psk-file: " + dir.file("nope") +
+                                 " does not exist"});
+  CHECK(findings_of(nbds_head + "      tls-psk-file: " + dir.path() + "\n")
+            .at(0)
+            .find("is a directory, not a regular file") != std::string::npos);
+
+  // A certificate directory needs libnbd's three client files, the key private.
+  const std::string pki = dir.file("pki");
+  REQUIRE(::mkdir(pki.c_str(), 0700) == 0);
+  const std::string with_pki = nbds_head + "      tls-certificates: " + pki + "\n";
+  const auto missing = findings_of(with_pki);
+  REQUIRE(missing.size() == 3);
+  CHECK(missing[0] == "error: t.yaml:2: devices[0].backend.tls-certificates: " + pki +
+                          "/ca-cert.pem: missing (libnbd needs ca-cert.pem, client-cert.pem and client-key.pem)");
+  CHECK(missing[2].find("/client-key.pem does not exist") != std::string::npos);
+  for (const char *name : {"ca-cert.pem", "client-cert.pem", "client-key.pem"})
+    write_file(pki + "/" + name, "x");
+  REQUIRE(::chmod((pki + "/client-key.pem").c_str(), 0600) == 0);
+  CHECK(findings_of(with_pki).empty());
+  CHECK(
+      findings_of(nbds_head + "      tls-certificates: " + dir.file("nodir") + "\n").at(0).find("is not a directory") !=
+      std::string::npos);
+
+  // A unix socket: its directory must exist (error); the socket itself may come later (warning).
+  CHECK(findings_of(nbd_with("nbd+unix:///e?socket=" + dir.file("run/s"))) ==
+        std::vector<std::string>{"error: t.yaml:2: devices[0].backend.uri: the socket " + dir.file("run/s") +
+                                 ": its directory " + dir.file("run") + " does not exist"});
+  const auto later = findings_of(nbd_with("nbd+unix:///e?socket=" + dir.file("s")));
+  REQUIRE(later.size() == 1);
+  CHECK(later[0].rfind("warning: t.yaml:2: devices[0].backend.uri: the socket " + dir.file("s") + " does not exist yet",
+                       0) == 0);
+  CHECK(findings_of(nbd_with("nbd+unix:///e?socket=" + psk)).at(0).find("is a regular file, not a unix socket") !=
+        std::string::npos);
+
+  // iSCSI CHAP password files.
+  const std::string chap = iscsi_head + "      chap: {username: u, password-file: " + psk + "}\n";
+  CHECK(findings_of(chap).at(0).rfind("error: t.yaml:2: devices[0].backend.chap.password-file: " + psk, 0) == 0);
+  REQUIRE(::chmod(psk.c_str(), 0400) == 0);
+  CHECK(findings_of(chap).empty());
+
+  // A file device: the directory must be there, the file may come later.
+  const auto file_dev = [](const std::string &path) {
+    return "devices:\n  - name: f\n    backend:\n      type: file\n      path: " + path + "\n";
+  };
+  CHECK(findings_of(file_dev(psk)).empty());
+  CHECK(findings_of(file_dev(dir.file("later.img"))).at(0).rfind("warning: ", 0) == 0);
+  CHECK(findings_of(file_dev(dir.file("no/such.img"))).at(0) ==
+        "error: t.yaml:2: devices[0].backend.path: " + dir.file("no/such.img") + ": its directory " + dir.file("no") +
+            " does not exist");
+  CHECK(findings_of(file_dev("/dev/null")).at(0).find("is a character device") != std::string::npos);
+}
+
+TEST_CASE("pre-flight of the host: /dev/vduse/control and the kernel modules, warnings unless strict") {
+  vb::test::TempDir root;
+  const Config plain = parse_config(head, "t.yaml");
+  const auto bare = vb::preflight_host(plain, false, root.path());
+  REQUIRE(bare.size() == 3); // vduse, virtio_vdpa, /dev/vduse/control
+  for (const auto &f : bare)
+    CHECK(f.severity == vb::PreflightFinding::Severity::warning);
+  CHECK(bare[0].message.find("the kernel module vduse is neither loaded nor in") != std::string::npos);
+  CHECK(vb::preflight_host(plain, true, root.path()).at(0).severity == vb::PreflightFinding::Severity::error);
+  for (const char *d : {"/sys", "/sys/module", "/sys/module/vduse", "/sys/module/virtio_vdpa", "/dev", "/dev/vduse"})
+    REQUIRE(::mkdir((root.path() + d).c_str(), 0755) == 0);
+  write_file(root.file("dev/vduse/control"), "");
+  CHECK(vb::preflight_host(plain, true, root.path()).empty());
+  // vhost_vdpa only when a device attaches to it.
+  const auto vhost = vb::preflight_host(parse_config(head + "    attach: vhost-vdpa\n", "t.yaml"), true, root.path());
+  REQUIRE(vhost.size() == 1);
+  CHECK(vhost[0].message.find("vhost_vdpa") != std::string::npos);
 }

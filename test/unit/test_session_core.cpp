@@ -306,3 +306,29 @@ TEST_CASE("session core: timeouts longer than the clock's nanoseconds hold I/O i
   CHECK(f.core->state() == SessionCore::State::connecting); // the attempt is not abandoned either
   CHECK(f.health.worst() == vb::SessionHealth::State::reconnecting);
 }
+
+TEST_CASE("session core: reconnect-timeout forever (milliseconds::max()) holds I/O and never overflows") {
+  // What `reconnect-timeout: forever` parses to (vb::forever_duration); request-timeout and the
+  // attempt bound at the maximum too, so that every comparison sees it.
+  auto settings = Fixture::defaults();
+  settings.reconnect_timeout = std::chrono::milliseconds::max();
+  settings.request_timeout = std::chrono::milliseconds::max();
+  settings.attempt_timeout = std::chrono::milliseconds::max();
+  Fixture f(settings);
+  REQUIRE(f.submit(0) == 0);
+  f.protocol.connect_at_once = false;
+  f.core->lost("test");
+  REQUIRE(f.submit(4096) == 0);
+  bool waited = false;
+  vb::Timer wait(f.loop, [&] { waited = true; });
+  wait.arm(800ms);
+  vb::test::run_until(f.loop, [&] { return waited; });
+  CHECK(f.done(0).empty()); // held, not failed
+  CHECK(f.done(4096).empty());
+  CHECK(f.health.worst() == vb::SessionHealth::State::reconnecting);
+  f.core->connected();
+  f.protocol.answer(0);
+  f.protocol.answer(4096);
+  CHECK(f.done(0) == std::vector<int>{0});
+  CHECK(f.done(4096) == std::vector<int>{0});
+}

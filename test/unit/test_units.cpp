@@ -57,6 +57,24 @@ TEST_CASE("parse_duration") {
   CHECK(parse_duration("30").error.find("unit") != std::string::npos);
 }
 
+TEST_CASE("parse_duration refuses what the clock's nanoseconds cannot hold, and says the bound") {
+  CHECK(*parse_duration("1000000h").value == vb::max_duration);
+  CHECK(*parse_duration("60000000m").value == vb::max_duration);
+  // Each of these overflows int64 nanoseconds (292 years) once converted; before, 99999999h was accepted.
+  for (const char *bad : {"1000001h", "99999999h", "3600000001s", "9223372036854775807ms", "forever"}) {
+    CAPTURE(bad);
+    const auto r = parse_duration(bad);
+    CHECK_FALSE(r);
+  }
+  CHECK(parse_duration("99999999h").error == "a duration of at most 1000000h (about 114 years), got '99999999h'");
+  // Whatever is accepted converts to the steady clock's nanoseconds and adds to now() without overflow.
+  const auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(vb::max_duration);
+  CHECK(ns.count() > 0);
+  CHECK(std::chrono::steady_clock::now().time_since_epoch().count() <
+        std::chrono::nanoseconds::max().count() - ns.count());
+  CHECK(vb::format_duration(vb::forever_duration) == "forever");
+}
+
 TEST_CASE("format_size") {
   CHECK(vb::format_size(0) == "0 B");
   CHECK(vb::format_size(512) == "512 B");
