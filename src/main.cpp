@@ -34,13 +34,18 @@ int main(int argc, char **argv) {
   if (options.verbosity > 0)
     vb::set_log_level(vb::LogLevel::debug);
   if (!options.command.empty()) {
+    std::string request;
     try {
-      (void)std::fputs(vb::control::control_request(options.control_socket, options.command).c_str(), stdout);
-      return 0;
+      request = vb::command_request(options);
     } catch (const std::exception &e) {
       (void)std::fprintf(stderr, "vduse-bridge: %s\n", e.what());
-      return 1;
+      return vb::control::kExitFailed;
     }
+    const vb::control::CommandOutcome outcome =
+        vb::control::run_control_command(options.control_socket, request, vb::command_timeout(options));
+    (void)std::fputs(outcome.out.c_str(), stdout);
+    (void)std::fputs(outcome.err.c_str(), stderr);
+    return outcome.exit_code;
   }
   if (!options.discover.empty()) {
     try {

@@ -1,6 +1,8 @@
 // Command-line options of vduse-bridge(8).
 #pragma once
 
+#include <chrono>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -20,12 +22,26 @@ struct Options {
   std::string control_socket = "/run/vduse-bridge/control.sock";
   // --metrics-listen: a loopback address for a Prometheus /metrics endpoint; empty = none.
   std::string metrics_listen;
-  // `vduse-bridge status` / `reload` / `metrics`: ask the running daemon and exit.
-  std::string command;
+  // `vduse-bridge list|status|metrics|reload|add|remove`: ask the running daemon and exit.
+  std::string command;                   // the command word; empty: none
+  std::vector<std::string> command_args; // its arguments (status NAME, add FILE, remove NAME)
+  bool json = false;                     // --json (list, status)
+  // --timeout: how long the command waits for the daemon's answer; unset: command_timeout().
+  std::optional<std::chrono::milliseconds> timeout;
 };
 
-// Throws std::invalid_argument with a one-line message naming the bad option.
+// Throws std::invalid_argument with a one-line message naming the bad option (exit code 2).
 Options parse_options(const std::vector<std::string> &args);
+
+// The request line for options.command, as the control socket takes it ("status disk0 --json",
+// "add /etc/vduse-bridge/new.yaml"). add's FILE is made absolute (the daemon reads it, from its
+// own working directory) and must be a readable regular file: throws std::runtime_error naming
+// it otherwise (exit code 1).
+std::string command_request(const Options &options);
+
+// --timeout, else 90 s for the commands that wait for devices to start or stop (reload, add,
+// remove) and 10 s for the rest.
+std::chrono::milliseconds command_timeout(const Options &options);
 
 const char *usage_text() noexcept;
 
