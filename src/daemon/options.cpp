@@ -46,7 +46,7 @@ bool plain_word(std::string_view s) {
 } // namespace
 
 const char *usage_text() noexcept {
-  return "Usage: vduse-bridge --config FILE [--check] [--state-dir DIR] [--control-socket PATH]\n"
+  return "Usage: vduse-bridge [--config FILE] [--check] [--state-dir DIR] [--control-socket PATH]\n"
          "                   [--metrics-listen ADDR:PORT] [-v]\n"
          "       vduse-bridge COMMAND [ARGS] [--control-socket PATH] [--timeout DURATION]\n"
          "       vduse-bridge --discover iscsi://HOST[:PORT]\n"
@@ -54,7 +54,8 @@ const char *usage_text() noexcept {
          "\n"
          "Serves remote or in-memory block storage as local virtio-blk disks through VDUSE.\n"
          "\n"
-         "  -c, --config FILE  the configuration file (see vduse-bridge.yaml(5))\n"
+         "  -c, --config FILE  the configuration file (see vduse-bridge.yaml(5); default\n"
+         "                     " VDUSE_BRIDGE_DEFAULT_CONFIG ")\n"
          "      --check        validate the configuration file and exit\n"
          "      --discover URI list the targets and LUNs of an iSCSI portal and exit\n"
          "      --state-dir DIR  recovery state of the devices (default /run/vduse-bridge)\n"
@@ -155,8 +156,6 @@ Options parse_options(const std::vector<std::string> &args) {
     throw std::invalid_argument(std::string("option ") + (o.json ? "--json" : "--timeout") +
                                 " goes with a command such as status (see --help)");
   }
-  if (!o.help && !o.version && o.discover.empty() && o.command.empty() && o.config_path.empty())
-    throw std::invalid_argument("missing --config FILE (see --help)");
   return o;
 }
 

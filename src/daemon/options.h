@@ -6,10 +6,16 @@
 #include <string>
 #include <vector>
 
+// The configuration file read without --config: SYSCONFDIR/vduse-bridge/vduse-bridge.yaml as
+// CMake installs it (/etc/... for the /usr prefix).
+#ifndef VDUSE_BRIDGE_DEFAULT_CONFIG
+#define VDUSE_BRIDGE_DEFAULT_CONFIG "/etc/vduse-bridge/vduse-bridge.yaml"
+#endif
+
 namespace vb {
 
 struct Options {
-  std::string config_path;
+  std::string config_path = VDUSE_BRIDGE_DEFAULT_CONFIG;
   bool check_only = false; // --check: validate the configuration and exit
   std::string discover;    // --discover URI: list an iSCSI portal's targets and LUNs and exit
   bool help = false;

@@ -233,3 +233,14 @@ TEST_CASE("cli: a huge timeout saturates instead of overflowing the clock") {
   FakeDaemon again("ok\nfine\n");
   CHECK(vb::control::run_control_command(again.path(), "status", vb::command_timeout(opts)).exit_code == 0);
 }
+
+TEST_CASE("cli: without --config the installed configuration file is used, also by --check") {
+  const std::string installed = VDUSE_BRIDGE_DEFAULT_CONFIG;
+  CHECK(installed.ends_with("/etc/vduse-bridge/vduse-bridge.yaml"));
+  CHECK(parse({}).config_path == installed);
+  const vb::Options check = parse({"--check"});
+  CHECK(check.check_only);
+  CHECK(check.config_path == installed);
+  CHECK(parse({"--config", "/x.yaml"}).config_path == "/x.yaml");
+  CHECK(std::string(vb::usage_text()).find("default\n                     " + installed + ")") != std::string::npos);
+}
