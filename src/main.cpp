@@ -4,16 +4,13 @@
 #include "control/control_client.h"
 #include "daemon/daemon.h"
 #include "daemon/options.h"
+#include "daemon/version.h"
 #include "vduse-bridge/backend_module.h"
 
 #include <cstdio>
 #include <exception>
 #include <string>
 #include <vector>
-
-#ifndef VDUSE_BRIDGE_VERSION
-#define VDUSE_BRIDGE_VERSION "unknown"
-#endif
 
 int main(int argc, char **argv) {
   vb::Options options;
@@ -28,7 +25,7 @@ int main(int argc, char **argv) {
     return 0;
   }
   if (options.version) {
-    std::printf("vduse-bridge %s\n", VDUSE_BRIDGE_VERSION);
+    (void)std::fputs(vb::version_text().c_str(), stdout);
     return 0;
   }
   if (options.verbosity > 0)

@@ -2,6 +2,7 @@
 // lines, its exit codes and its timeouts, against a stand-in daemon on a real unix socket.
 #include "control/control_client.h"
 #include "daemon/options.h"
+#include "daemon/version.h"
 
 #include "test_support.h"
 
@@ -13,6 +14,7 @@
 #include <cstring>
 #include <fstream>
 #include <poll.h>
+#include <regex>
 #include <stdexcept>
 #include <string>
 #include <sys/socket.h>
@@ -243,4 +245,18 @@ TEST_CASE("cli: without --config the installed configuration file is used, also 
   CHECK(check.config_path == installed);
   CHECK(parse({"--config", "/x.yaml"}).config_path == "/x.yaml");
   CHECK(std::string(vb::usage_text()).find("default\n                     " + installed + ")") != std::string::npos);
+}
+
+TEST_CASE("cli: --version names the release, the commit and the libraries built and run with") {
+  vb::test::TempDir dir;
+  const std::string text = vb::version_text(dir.file("no-vduse-control"));
+  CAPTURE(text);
+  CHECK(std::regex_search(text, std::regex("^vduse-bridge [0-9]+\\.[0-9]+\\.[0-9]+ \\(git [0-9a-z.+-]+\\)\n")));
+  CHECK(std::regex_search(text, std::regex("\nlibnbd 1\\.[0-9]+\\.[0-9]+ \\(built with 1\\.[0-9]+\\.[0-9]+\\)\n")));
+  CHECK(std::regex_search(text, std::regex("\nlibevent 2\\.[0-9.]+-stable \\(built with 2\\.[0-9.]+-stable\\)\n")));
+  CHECK(std::regex_search(text, std::regex("\nlibiscsi built with 1\\.[0-9]+\\.[0-9]+\n")));
+  CHECK(std::regex_search(text, std::regex("\nliburing built with 2\\.[0-9]+\n")));
+  CHECK(text.find("VDUSE API") == std::string::npos); // no control device there
+  // Built from this git tree: a real commit, not "unknown".
+  CHECK(text.find("(git unknown)") == std::string::npos);
 }
