@@ -28,7 +28,9 @@ int main(int argc, char **argv) {
     (void)std::fputs(vb::version_text().c_str(), stdout);
     return 0;
   }
-  if (options.verbosity > 0)
+  if (options.log_level)
+    vb::set_log_level(*options.log_level);
+  else if (options.verbosity > 0)
     vb::set_log_level(vb::LogLevel::debug);
   if (!options.command.empty()) {
     std::string request;

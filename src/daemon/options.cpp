@@ -47,7 +47,7 @@ bool plain_word(std::string_view s) {
 
 const char *usage_text() noexcept {
   return "Usage: vduse-bridge [--config FILE] [--check] [--state-dir DIR] [--control-socket PATH]\n"
-         "                   [--metrics-listen ADDR:PORT] [-v]\n"
+         "                   [--metrics-listen ADDR:PORT] [--log-level LEVEL] [-v]\n"
          "       vduse-bridge COMMAND [ARGS] [--control-socket PATH] [--timeout DURATION]\n"
          "       vduse-bridge --discover iscsi://HOST[:PORT]\n"
          "       vduse-bridge --help | --version\n"
@@ -75,7 +75,8 @@ const char *usage_text() noexcept {
          "not reachable; 2 usage error; 3 done, but a device is not healthy (waiting for its\n"
          "backend, reconnecting); its status is still printed.\n"
          "\n"
-         "  -v, --verbose      log debug messages\n"
+         "      --log-level LEVEL  log error, warning, info (the default) or debug messages and above\n"
+         "  -v, --verbose      log debug messages (as --log-level debug)\n"
          "  -h, --help         show this help and exit\n"
          "  -V, --version      show the version and exit\n"
          "\n"
@@ -122,6 +123,12 @@ Options parse_options(const std::vector<std::string> &args) {
       if (!d || d.value->count() <= 0)
         throw std::invalid_argument("option --timeout needs a duration above 0 such as 30s or 2m (not '" + text + "')");
       o.timeout = *d.value;
+    } else if (a == "--log-level" || a.rfind("--log-level=", 0) == 0) {
+      const std::string text = value("--log-level");
+      LogLevel level{};
+      if (!parse_log_level(text, level))
+        throw std::invalid_argument("option --log-level needs error, warning, info or debug (not '" + text + "')");
+      o.log_level = level;
     } else if (a == "--json") {
       o.json = true;
     } else if (a.rfind('-', 0) != 0 && o.command.empty() && find_command(a)) {

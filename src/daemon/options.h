@@ -1,6 +1,8 @@
 // Command-line options of vduse-bridge(8).
 #pragma once
 
+#include "common/log.h"
+
 #include <chrono>
 #include <optional>
 #include <string>
@@ -21,6 +23,8 @@ struct Options {
   bool help = false;
   bool version = false;
   int verbosity = 0; // -v: debug logging
+  // --log-level error|warning|info|debug; unset: info, or debug with -v.
+  std::optional<LogLevel> log_level;
   // --state-dir: where each device's recovery state lives (a tmpfs: it must outlive the daemon,
   // not the machine).
   std::string state_dir = "/run/vduse-bridge";

@@ -1,5 +1,6 @@
 // The command-line client: `vduse-bridge list|status|metrics|reload|add|remove`, its request
 // lines, its exit codes and its timeouts, against a stand-in daemon on a real unix socket.
+#include "common/log.h"
 #include "control/control_client.h"
 #include "daemon/options.h"
 #include "daemon/version.h"
@@ -11,7 +12,9 @@
 #include <cerrno>
 #include <chrono>
 #include <climits>
+#include <cstdlib>
 #include <cstring>
+#include <fcntl.h>
 #include <fstream>
 #include <poll.h>
 #include <regex>
@@ -259,4 +262,64 @@ TEST_CASE("cli: --version names the release, the commit and the libraries built 
   CHECK(text.find("VDUSE API") == std::string::npos); // no control device there
   // Built from this git tree: a real commit, not "unknown".
   CHECK(text.find("(git unknown)") == std::string::npos);
+}
+
+TEST_CASE("log: --log-level takes the four levels, -v stays debug") {
+  CHECK(parse({"--log-level", "error"}).log_level == vb::LogLevel::error);
+  CHECK(parse({"--log-level=warning"}).log_level == vb::LogLevel::warning);
+  CHECK(parse({"--log-level", "info"}).log_level == vb::LogLevel::info);
+  CHECK(parse({"--log-level", "debug"}).log_level == vb::LogLevel::debug);
+  CHECK_FALSE(parse({"-v"}).log_level.has_value());
+  CHECK(parse({"-v"}).verbosity == 1);
+  CHECK(usage_error({"--log-level", "loud"}) == "option --log-level needs error, warning, info or debug (not 'loud')");
+}
+
+TEST_CASE("log: stderr is the journal only when JOURNAL_STREAM names its device and inode") {
+  vb::test::TempDir dir;
+  const int fd = ::open(dir.file("stream").c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+  REQUIRE(fd >= 0);
+  struct stat st {};
+  REQUIRE(::fstat(fd, &st) == 0);
+  const std::string mine = std::to_string(st.st_dev) + ":" + std::to_string(st.st_ino);
+  CHECK(vb::log_detail::is_journal_stream(mine.c_str(), fd));
+  // Set by systemd for a parent whose stderr went elsewhere since (a redirect, a pipe to less).
+  const std::string other = std::to_string(st.st_dev) + ":" + std::to_string(st.st_ino + 1);
+  CHECK_FALSE(vb::log_detail::is_journal_stream(other.c_str(), fd));
+  CHECK_FALSE(vb::log_detail::is_journal_stream(nullptr, fd));
+  CHECK_FALSE(vb::log_detail::is_journal_stream("", fd));
+  CHECK_FALSE(vb::log_detail::is_journal_stream("1", fd));
+  CHECK_FALSE(vb::log_detail::is_journal_stream((mine + "x").c_str(), fd));
+  ::close(fd);
+}
+
+TEST_CASE("log: the journal gets <N> priorities and no time, a terminal the local time with milliseconds") {
+  char buf[128];
+  const timespec when{86400 * 365 + 3723, 45'678'901}; // 1971-01-01 01:02:03.045 UTC
+  CHECK(vb::log_detail::format_prefix(buf, sizeof buf, vb::LogLevel::error, true, when) == 10);
+  CHECK(std::string(buf) == "<3>error: ");
+  vb::log_detail::format_prefix(buf, sizeof buf, vb::LogLevel::warning, true, when);
+  CHECK(std::string(buf) == "<4>warning: ");
+  vb::log_detail::format_prefix(buf, sizeof buf, vb::LogLevel::info, true, when);
+  CHECK(std::string(buf) == "<6>");
+  vb::log_detail::format_prefix(buf, sizeof buf, vb::LogLevel::debug, true, when);
+  CHECK(std::string(buf) == "<7>debug: ");
+
+  const char *old_tz = std::getenv("TZ");
+  const std::string saved = old_tz ? old_tz : "";
+  ::setenv("TZ", "UTC0", 1);
+  ::tzset();
+  vb::log_detail::format_prefix(buf, sizeof buf, vb::LogLevel::error, false, when);
+  CHECK(std::string(buf) == "1971-01-01T01:02:03.045+00:00 vduse-bridge: error: ");
+  ::setenv("TZ", "XST-5:30", 1); // 5h30 east of UTC
+  ::tzset();
+  vb::log_detail::format_prefix(buf, sizeof buf, vb::LogLevel::info, false, when);
+  CHECK(std::string(buf) == "1971-01-01T06:32:03.045+05:30 vduse-bridge: ");
+  // Cut to the buffer, NUL-terminated.
+  CHECK(vb::log_detail::format_prefix(buf, 5, vb::LogLevel::info, false, when) == 4);
+  CHECK(std::string(buf) == "1971");
+  if (old_tz)
+    ::setenv("TZ", saved.c_str(), 1);
+  else
+    ::unsetenv("TZ");
+  ::tzset();
 }
