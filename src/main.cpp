@@ -5,6 +5,8 @@
 #include "daemon/daemon.h"
 #include "daemon/options.h"
 #include "daemon/version.h"
+#include "iscsi/iscsi_discovery.h"
+#include "iscsi/iscsi_options.h"
 #include "vduse-bridge/backend_module.h"
 
 #include <cstdio>
@@ -48,7 +50,17 @@ int main(int argc, char **argv) {
   }
   if (!options.discover.empty()) {
     try {
-      (void)std::fputs(vb::discover(options.discover).c_str(), stdout);
+      std::string text;
+      if (options.discover.starts_with("iscsi://")) {
+        vb::IscsiOptions login;
+        login.initiator_name = options.discover_initiator_name;
+        login.chap_username = options.discover_chap_user;
+        login.chap_password_file = options.discover_chap_secret_file;
+        text = vb::discover_iscsi_text(options.discover, login);
+      } else {
+        text = vb::discover(options.discover);
+      }
+      (void)std::fputs(text.c_str(), stdout);
       return 0;
     } catch (const std::exception &e) {
       (void)std::fprintf(stderr, "vduse-bridge: %s\n", e.what());

@@ -49,7 +49,8 @@ const char *usage_text() noexcept {
   return "Usage: vduse-bridge [--config FILE] [--check] [--state-dir DIR] [--control-socket PATH]\n"
          "                   [--metrics-listen ADDR:PORT] [--log-level LEVEL] [-v]\n"
          "       vduse-bridge COMMAND [ARGS] [--control-socket PATH] [--timeout DURATION]\n"
-         "       vduse-bridge --discover iscsi://HOST[:PORT]\n"
+         "       vduse-bridge --discover iscsi://HOST[:PORT] [--initiator-name IQN]\n"
+         "                   [--chap-user NAME --chap-secret-file FILE]\n"
          "       vduse-bridge --help | --version\n"
          "\n"
          "Serves remote or in-memory block storage as local virtio-blk disks through VDUSE.\n"
@@ -58,6 +59,10 @@ const char *usage_text() noexcept {
          "                     " VDUSE_BRIDGE_DEFAULT_CONFIG ")\n"
          "      --check        validate the configuration file and exit\n"
          "      --discover URI list the targets and LUNs of an iSCSI portal and exit\n"
+         "      --initiator-name IQN  log in as IQN (default: InitiatorName= of\n"
+         "                     /etc/iscsi/initiatorname.iscsi, else one from the host name)\n"
+         "      --chap-user NAME --chap-secret-file FILE  log in with CHAP; FILE holds the secret\n"
+         "                     on one line and must not be readable by others\n"
          "      --state-dir DIR  recovery state of the devices (default /run/vduse-bridge)\n"
          "      --control-socket PATH  the daemon's command socket (default /run/vduse-bridge/control.sock)\n"
          "      --metrics-listen ADDR:PORT  serve Prometheus metrics at http://ADDR:PORT/metrics (loopback only)\n"
@@ -105,6 +110,20 @@ Options parse_options(const std::vector<std::string> &args) {
       o.discover = value("--discover");
       if (o.discover.empty())
         throw std::invalid_argument("option --discover needs an iSCSI portal URI (iscsi://host[:port])");
+    } else if (a == "--initiator-name" || a.rfind("--initiator-name=", 0) == 0) {
+      o.discover_initiator_name = value("--initiator-name");
+      const std::string &n = o.discover_initiator_name;
+      if (!(n.starts_with("iqn.") || n.starts_with("eui.") || n.starts_with("naa.")) || n.size() < 5 || !plain_word(n))
+        throw std::invalid_argument("option --initiator-name needs an iSCSI name starting with iqn., eui. or naa. "
+                                    "such as iqn.2026-11.org.example:host1");
+    } else if (a == "--chap-user" || a.rfind("--chap-user=", 0) == 0) {
+      o.discover_chap_user = value("--chap-user");
+      if (!plain_word(o.discover_chap_user))
+        throw std::invalid_argument("option --chap-user needs a user name without blanks");
+    } else if (a == "--chap-secret-file" || a.rfind("--chap-secret-file=", 0) == 0) {
+      o.discover_chap_secret_file = value("--chap-secret-file");
+      if (o.discover_chap_secret_file.empty())
+        throw std::invalid_argument("option --chap-secret-file needs a file name");
     } else if (a == "--state-dir" || a.rfind("--state-dir=", 0) == 0) {
       o.state_dir = value("--state-dir");
       if (o.state_dir.empty() || o.state_dir[0] != '/')
@@ -148,6 +167,12 @@ Options parse_options(const std::vector<std::string> &args) {
                                   "' (see --help)");
     }
   }
+  const bool login_options =
+      !o.discover_initiator_name.empty() || !o.discover_chap_user.empty() || !o.discover_chap_secret_file.empty();
+  if (login_options && o.discover.empty())
+    throw std::invalid_argument("options --initiator-name, --chap-user and --chap-secret-file go with --discover");
+  if (o.discover_chap_user.empty() != o.discover_chap_secret_file.empty())
+    throw std::invalid_argument("options --chap-user and --chap-secret-file go together");
   if (!o.command.empty()) {
     const CommandSpec &c = *find_command(o.command);
     if (o.command_args.size() > c.max_args)

@@ -20,6 +20,10 @@ struct Options {
   std::string config_path = VDUSE_BRIDGE_DEFAULT_CONFIG;
   bool check_only = false; // --check: validate the configuration and exit
   std::string discover;    // --discover URI: list an iSCSI portal's targets and LUNs and exit
+  // With --discover: log in as --initiator-name (else the host's default), with CHAP.
+  std::string discover_initiator_name;
+  std::string discover_chap_user;
+  std::string discover_chap_secret_file;
   bool help = false;
   bool version = false;
   int verbosity = 0; // -v: debug logging

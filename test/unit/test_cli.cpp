@@ -4,6 +4,7 @@
 #include "control/control_client.h"
 #include "daemon/options.h"
 #include "daemon/version.h"
+#include "iscsi/iscsi_target.h"
 
 #include "test_support.h"
 
@@ -322,4 +323,33 @@ TEST_CASE("log: the journal gets <N> priorities and no time, a terminal the loca
   else
     ::unsetenv("TZ");
   ::tzset();
+}
+
+TEST_CASE("iscsi: the default initiator name is open-iscsi's InitiatorName= where the file has one") {
+  vb::test::TempDir dir;
+  const std::string file = dir.file("initiatorname.iscsi");
+  const std::string fallback = vb::default_initiator_name(dir.file("missing"));
+  CHECK(fallback.starts_with("iqn.2026-11.org.vduse-bridge:"));
+  {
+    std::ofstream(file) << "## DO NOT EDIT OR REMOVE THIS FILE!\n#InitiatorName=iqn.commented:out\n\n"
+                           "  InitiatorName = iqn.1993-08.org.debian:01:abc123 \r\n";
+  }
+  CHECK(vb::default_initiator_name(file) == "iqn.1993-08.org.debian:01:abc123");
+  { std::ofstream(file) << "# only a comment\nInitiatorAlias=box\nInitiatorName=\n"; }
+  CHECK(vb::default_initiator_name(file) == fallback);
+}
+
+TEST_CASE("cli: --discover takes --initiator-name and CHAP, which need it and each other") {
+  const vb::Options o = parse({"--discover", "iscsi://127.0.0.1", "--initiator-name", "iqn.2026-11.org.example:h1",
+                               "--chap-user", "vbuser", "--chap-secret-file", "/etc/vb/chap"});
+  CHECK(o.discover == "iscsi://127.0.0.1");
+  CHECK(o.discover_initiator_name == "iqn.2026-11.org.example:h1");
+  CHECK(o.discover_chap_user == "vbuser");
+  CHECK(o.discover_chap_secret_file == "/etc/vb/chap");
+  CHECK(usage_error({"--initiator-name", "iqn.2026-11.org.example:h1"}) ==
+        "options --initiator-name, --chap-user and --chap-secret-file go with --discover");
+  CHECK(usage_error({"--discover", "iscsi://h", "--chap-user", "u"}) ==
+        "options --chap-user and --chap-secret-file go together");
+  CHECK(usage_error({"--discover", "iscsi://h", "--initiator-name", "host1"})
+            .starts_with("option --initiator-name needs an iSCSI name"));
 }
