@@ -182,6 +182,8 @@ Options parse_options(const std::vector<std::string> &args) {
       throw std::invalid_argument(o.command + " needs " + std::string(c.what) + " (see --help)");
     if (o.json && !c.json)
       throw std::invalid_argument("option --json is for list and status, not " + o.command);
+    if (o.command == "add" && o.command_args[0].empty())
+      throw std::invalid_argument("add needs a configuration FILE (see --help)");
     if (o.command != "add" && !o.command_args.empty() && !plain_word(o.command_args[0]))
       throw std::invalid_argument("'" + o.command_args[0] + "' is not a device name");
   } else if (o.json || o.timeout) {

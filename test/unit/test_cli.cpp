@@ -138,6 +138,7 @@ TEST_CASE("cli: usage errors name what is wrong") {
   CHECK(usage_error({"status", "a", "b"}) == "unexpected argument 'b' after status a (see --help)");
   CHECK(usage_error({"list", "x"}) == "unexpected argument 'x' after list (see --help)");
   CHECK(usage_error({"add"}) == "add needs a configuration FILE (see --help)");
+  CHECK(usage_error({"add", ""}) == "add needs a configuration FILE (see --help)");
   CHECK(usage_error({"remove"}) == "remove needs a device NAME (see --help)");
   CHECK(usage_error({"metrics", "--json"}) == "option --json is for list and status, not metrics");
   CHECK(usage_error({"reload", "--timeout", "30"}).starts_with("option --timeout needs a duration above 0"));
