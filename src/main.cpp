@@ -4,16 +4,15 @@
 #include "control/control_client.h"
 #include "daemon/daemon.h"
 #include "daemon/options.h"
+#include "daemon/version.h"
+#include "iscsi/iscsi_discovery.h"
+#include "iscsi/iscsi_options.h"
 #include "vduse-bridge/backend_module.h"
 
 #include <cstdio>
 #include <exception>
 #include <string>
 #include <vector>
-
-#ifndef VDUSE_BRIDGE_VERSION
-#define VDUSE_BRIDGE_VERSION "unknown"
-#endif
 
 int main(int argc, char **argv) {
   vb::Options options;
@@ -28,23 +27,40 @@ int main(int argc, char **argv) {
     return 0;
   }
   if (options.version) {
-    std::printf("vduse-bridge %s\n", VDUSE_BRIDGE_VERSION);
+    (void)std::fputs(vb::version_text().c_str(), stdout);
     return 0;
   }
-  if (options.verbosity > 0)
+  if (options.log_level)
+    vb::set_log_level(*options.log_level);
+  else if (options.verbosity > 0)
     vb::set_log_level(vb::LogLevel::debug);
   if (!options.command.empty()) {
+    std::string request;
     try {
-      (void)std::fputs(vb::control::control_request(options.control_socket, options.command).c_str(), stdout);
-      return 0;
+      request = vb::command_request(options);
     } catch (const std::exception &e) {
       (void)std::fprintf(stderr, "vduse-bridge: %s\n", e.what());
-      return 1;
+      return vb::control::kExitFailed;
     }
+    const vb::control::CommandOutcome outcome =
+        vb::control::run_control_command(options.control_socket, request, vb::command_timeout(options));
+    (void)std::fputs(outcome.out.c_str(), stdout);
+    (void)std::fputs(outcome.err.c_str(), stderr);
+    return outcome.exit_code;
   }
   if (!options.discover.empty()) {
     try {
-      (void)std::fputs(vb::discover(options.discover).c_str(), stdout);
+      std::string text;
+      if (options.discover.starts_with("iscsi://")) {
+        vb::IscsiOptions login;
+        login.initiator_name = options.discover_initiator_name;
+        login.chap_username = options.discover_chap_user;
+        login.chap_password_file = options.discover_chap_secret_file;
+        text = vb::discover_iscsi_text(options.discover, login);
+      } else {
+        text = vb::discover(options.discover);
+      }
+      (void)std::fputs(text.c_str(), stdout);
       return 0;
     } catch (const std::exception &e) {
       (void)std::fprintf(stderr, "vduse-bridge: %s\n", e.what());

@@ -126,6 +126,15 @@ std::vector<IscsiDiscoveredTarget> discover_iscsi(const std::string &portal_uri,
   return out;
 }
 
+std::string discover_iscsi_text(const std::string &portal_uri, const IscsiOptions &options) {
+  if (!options.chap_username.empty())
+    (void)read_secret_file(options.chap_password_file, "CHAP secret");
+  const auto targets = discover_iscsi(portal_uri, options);
+  if (targets.empty())
+    return portal_uri + ": no targets\n";
+  return format_discovery(targets);
+}
+
 std::string format_discovery(const std::vector<IscsiDiscoveredTarget> &targets) {
   std::string out;
   for (const IscsiDiscoveredTarget &t : targets) {

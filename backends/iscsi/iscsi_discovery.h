@@ -36,4 +36,9 @@ std::vector<IscsiDiscoveredTarget> discover_iscsi(const std::string &portal_uri,
 // One line per LUN (or per target that could not be listed), for a terminal.
 std::string format_discovery(const std::vector<IscsiDiscoveredTarget> &targets);
 
+// discover_iscsi then format_discovery, or "URI: no targets": what `vduse-bridge --discover`
+// prints. With options.chap_username, the secret file is checked first (owner-only, one line)
+// ("the CHAP secret file PATH is empty").
+std::string discover_iscsi_text(const std::string &portal_uri, const IscsiOptions &options);
+
 } // namespace vb

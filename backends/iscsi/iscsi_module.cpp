@@ -262,10 +262,7 @@ constexpr std::array<std::string_view, 1> discover_schemes{"iscsi"};
 
 std::string discover_portal(const std::string &uri) {
   // The default initiator name, no CHAP: what a portal shows to anyone.
-  const auto targets = discover_iscsi(uri, IscsiOptions{});
-  if (targets.empty())
-    return uri + ": no targets\n";
-  return format_discovery(targets);
+  return discover_iscsi_text(uri, IscsiOptions{});
 }
 
 } // namespace

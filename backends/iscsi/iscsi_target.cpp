@@ -179,7 +179,32 @@ std::string parse_iscsi_portal_uri(const std::string &uri) {
   return portal_of(rest, uri);
 }
 
-std::string default_initiator_name() {
+std::string default_initiator_name(const std::string &initiatorname_file) {
+  // open-iscsi's file: "InitiatorName=iqn.1993-08.org.debian:01:abc", "#" comments.
+  const SmallFile f = read_small_file(initiatorname_file, 64 * 1024, O_NOCTTY);
+  if (f.error == 0 && !f.too_large(64 * 1024)) {
+    constexpr std::string_view blanks = " \t\r";
+    const auto trim = [&](std::string_view s) {
+      const auto b = s.find_first_not_of(blanks);
+      if (b == std::string_view::npos)
+        return std::string_view();
+      return s.substr(b, s.find_last_not_of(blanks) - b + 1);
+    };
+    std::string_view rest = f.text;
+    while (!rest.empty()) {
+      const auto nl = rest.find('\n');
+      std::string_view line = trim(rest.substr(0, nl));
+      rest = nl == std::string_view::npos ? std::string_view() : rest.substr(nl + 1);
+      if (line.empty() || line.front() == '#')
+        continue;
+      const auto eq = line.find('=');
+      if (eq == std::string_view::npos || trim(line.substr(0, eq)) != "InitiatorName")
+        continue;
+      const std::string_view name = trim(line.substr(eq + 1));
+      if (!name.empty())
+        return std::string(name);
+    }
+  }
   std::array<char, 256> buf{};
   std::string host;
   if (::gethostname(buf.data(), buf.size() - 1) == 0)

@@ -38,9 +38,13 @@ IscsiUri parse_iscsi_uri(const std::string &uri);
 // iscsi://host[:port][/], for discovery: returns the portal (host:port). Throws like parse_iscsi_uri.
 std::string parse_iscsi_portal_uri(const std::string &uri);
 
-// iqn.2026-11.org.vduse-bridge:HOSTNAME, the host name lower-cased and cut to what an iSCSI
-// name allows.
-std::string default_initiator_name();
+inline constexpr const char *kOpenIscsiInitiatorNameFile = "/etc/iscsi/initiatorname.iscsi";
+
+// The host's initiator name, as open-iscsi keeps it: the InitiatorName= line of
+// initiatorname_file (comments and blanks ignored). Where that file is missing or names none,
+// iqn.2026-11.org.vduse-bridge:HOSTNAME, the host name lower-cased and cut to what an iSCSI name
+// allows.
+std::string default_initiator_name(const std::string &initiatorname_file = kOpenIscsiInitiatorNameFile);
 
 // The secret held in path: one line; one trailing newline is removed. Throws
 // std::runtime_error naming the file and key (e.g. "chap.password-file") when the file cannot

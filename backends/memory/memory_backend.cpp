@@ -3,7 +3,9 @@
 #include "common/errors.h"
 #include "common/log.h"
 
+#include <algorithm>
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <fcntl.h>
 #include <linux/falloc.h>
@@ -28,7 +30,77 @@ private:
   MemoryBackend &backend_;
 };
 
+std::string mode_text(mode_t mode) {
+  char buf[8];
+  (void)std::snprintf(buf, sizeof buf, "%04o", static_cast<unsigned>(mode & 07777));
+  return buf;
+}
+
+// Checks the file open on fd, named path: a regular file owned by us.
+void check_disk_file(int fd, const std::string &path) {
+  struct stat st {};
+  if (::fstat(fd, &st) != 0)
+    throw std::runtime_error(errno_message("memory backend: fstat " + path, errno));
+  if (!S_ISREG(st.st_mode))
+    throw std::runtime_error("memory backend: " + path + " is not a regular file (remove it)");
+  if (st.st_uid != ::geteuid())
+    throw std::runtime_error("memory backend: " + path + " belongs to uid " + std::to_string(st.st_uid) +
+                             ", not to this daemon's uid " + std::to_string(::geteuid()) + " (remove it)");
+}
+
 } // namespace
+
+int open_memory_disk_file(const std::string &path, bool &created) {
+  created = false;
+  const auto slash = path.rfind('/');
+  const std::string dir = slash == std::string::npos ? std::string(".") : path.substr(0, slash == 0 ? 1 : slash);
+  if (::mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST) {
+    const int err = errno;
+    if (err == ENOENT) {
+      const std::string parent = dir.substr(0, std::max<std::size_t>(dir.rfind('/'), 1));
+      throw std::runtime_error("memory backend: " + parent + " does not exist, so there is no " + dir +
+                               " for the disk's contents (memory disks need a tmpfs at " + parent + ")");
+    }
+    throw std::runtime_error(errno_message("memory backend: mkdir " + dir, err));
+  }
+  struct stat st {};
+  if (::lstat(dir.c_str(), &st) != 0)
+    throw std::runtime_error(errno_message("memory backend: " + dir, errno));
+  if (S_ISLNK(st.st_mode))
+    throw std::runtime_error("memory backend: " + dir + " is a symbolic link; it must be a directory (remove it)");
+  if (!S_ISDIR(st.st_mode))
+    throw std::runtime_error("memory backend: " + dir + " is not a directory (remove it)");
+  if (st.st_uid != ::geteuid())
+    throw std::runtime_error("memory backend: " + dir + " belongs to uid " + std::to_string(st.st_uid) +
+                             ", not to this daemon's uid " + std::to_string(::geteuid()) + " (remove it)");
+  if ((st.st_mode & 077) != 0)
+    throw std::runtime_error("memory backend: " + dir + " has mode " + mode_text(st.st_mode) +
+                             ": other users could reach the disks; chmod 0700 " + dir);
+  for (int attempt = 0; attempt < 4; ++attempt) {
+    int fd = ::open(path.c_str(), O_RDWR | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY);
+    if (fd >= 0) {
+      try {
+        check_disk_file(fd, path);
+      } catch (...) {
+        ::close(fd);
+        throw;
+      }
+      return fd;
+    }
+    if (errno == ELOOP)
+      throw std::runtime_error("memory backend: " + path + " is a symbolic link (remove it)");
+    if (errno != ENOENT)
+      throw std::runtime_error(errno_message("memory backend: " + path, errno));
+    fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY, 0600);
+    if (fd >= 0) {
+      created = true;
+      return fd;
+    }
+    if (errno != EEXIST) // EEXIST: made meanwhile; open it as an existing one
+      throw std::runtime_error(errno_message("memory backend: cannot create " + path, errno));
+  }
+  throw std::runtime_error("memory backend: " + path + " keeps appearing and disappearing");
+}
 
 MemoryBackend::MemoryBackend(std::uint64_t size, std::uint32_t logical_block_size, std::string path)
     : path_(std::move(path)) {
@@ -57,12 +129,8 @@ void MemoryBackend::connect() {
     if (fd_ < 0)
       throw std::runtime_error(errno_message("memfd_create", errno));
   } else {
-    const std::string dir = path_.substr(0, path_.rfind('/'));
-    if (!dir.empty() && ::mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST)
-      throw std::runtime_error(errno_message("memory backend: mkdir " + dir, errno));
-    fd_ = ::open(path_.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
-    if (fd_ < 0)
-      throw std::runtime_error(errno_message("memory backend: " + path_, errno));
+    bool created = false;
+    fd_ = open_memory_disk_file(path_, created);
     struct stat st {};
     if (::fstat(fd_, &st) != 0)
       throw std::runtime_error(errno_message("memory backend: fstat " + path_, errno));

@@ -12,11 +12,19 @@
 
 namespace vb {
 
+// Opens the memory disk file path (DIR/NAME.mem) for reading and writing. DIR is created mode
+// 0700 if missing, and must be a directory (not a symlink: lstat), owned by the effective uid,
+// with no group or other permission bits: another user must not be able to swap the file or read
+// the disk. The file is opened with O_NOFOLLOW; an existing one must be a regular file of ours,
+// a new one is made with O_EXCL, mode 0600. created says which. Throws std::runtime_error naming
+// the path and what to do; when DIR's own parent is missing (no /dev/shm), the message names it.
+int open_memory_disk_file(const std::string &path, bool &created);
+
 class MemoryBackend final : public Backend {
 public:
-  // path: the file holding the contents (e.g. /dev/shm/vduse-bridge/NAME.mem; its directory is
-  // created), empty = an anonymous memfd that dies with the process. An existing file must
-  // have exactly this size.
+  // path: the file holding the contents (e.g. /dev/shm/vduse-bridge/NAME.mem; see
+  // open_memory_disk_file), empty = an anonymous memfd that dies with the process. An existing
+  // file must have exactly this size.
   MemoryBackend(std::uint64_t size, std::uint32_t logical_block_size = 512, std::string path = {});
   ~MemoryBackend() override;
   MemoryBackend(const MemoryBackend &) = delete;

@@ -53,11 +53,21 @@ bool wait_for(int fd, short events, Clock::time_point deadline) {
 
 } // namespace
 
-std::string control_request(const std::string &socket_path, const std::string &command,
-                            std::chrono::milliseconds timeout) {
+Clock::time_point saturating_deadline(Clock::time_point now, std::chrono::milliseconds timeout) noexcept {
+  if (timeout.count() <= 0)
+    return now;
+  // Compare in milliseconds: converting a huge timeout to the clock's nanoseconds overflows.
+  const auto room = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::time_point::max() - now);
+  if (timeout >= room)
+    return Clock::time_point::max();
+  return now + timeout;
+}
+
+ControlReply control_exchange(const std::string &socket_path, const std::string &command,
+                              std::chrono::milliseconds timeout) {
   if (command.find('\n') != std::string::npos)
     throw std::invalid_argument("a control command is one line");
-  const auto deadline = Clock::now() + timeout;
+  const auto deadline = saturating_deadline(Clock::now(), timeout);
   const auto timed_out = [&] {
     return ControlError(ControlError::Reason::timeout,
                         "no reply from vduse-bridge on " + socket_path + " within " + seconds_text(timeout));
@@ -76,7 +86,7 @@ std::string control_request(const std::string &socket_path, const std::string &c
   while (::connect(sock.get(), reinterpret_cast<const sockaddr *>(&addr), sizeof addr) != 0) {
     if (errno == ENOENT || errno == ECONNREFUSED)
       throw ControlError(ControlError::Reason::not_running,
-                         "no vduse-bridge is running (nothing listens on " + socket_path + ")");
+                         "no daemon is listening on " + socket_path + " (is vduse-bridge running?)");
     if (errno != EAGAIN && errno != EINTR)
       throw ControlError(ControlError::Reason::unreachable, errno_message("cannot connect to " + socket_path, errno));
     if (Clock::now() >= deadline)
@@ -119,19 +129,66 @@ std::string control_request(const std::string &socket_path, const std::string &c
   }
 
   const auto newline = reply.find('\n');
-  const std::string status = reply.substr(0, newline);
-  std::string text = newline == std::string::npos ? std::string() : reply.substr(newline + 1);
+  std::string status = reply.substr(0, newline);
+  if (status.ends_with('\r'))
+    status.pop_back();
+  ControlReply out;
+  out.text = newline == std::string::npos ? std::string() : reply.substr(newline + 1);
   if (status == "ok")
-    return text;
-  if (status == "error") {
-    while (!text.empty() && text.back() == '\n')
-      text.pop_back();
-    throw ControlError(ControlError::Reason::failed, text.empty() ? "the daemon reported an error" : text);
-  }
-  if (reply.empty())
+    out.status = ReplyStatus::ok;
+  else if (status == "error")
+    out.status = ReplyStatus::error;
+  else if (status == "unhealthy")
+    out.status = ReplyStatus::unhealthy;
+  else if (reply.empty())
     throw ControlError(ControlError::Reason::protocol, "vduse-bridge on " + socket_path + " closed without a reply");
-  throw ControlError(ControlError::Reason::protocol,
-                     "unexpected reply from " + socket_path + ": \"" + status.substr(0, 80) + "\"");
+  else
+    throw ControlError(ControlError::Reason::protocol,
+                       "unexpected reply from " + socket_path + ": \"" + status.substr(0, 80) + "\"");
+  return out;
+}
+
+std::string control_request(const std::string &socket_path, const std::string &command,
+                            std::chrono::milliseconds timeout) {
+  ControlReply reply = control_exchange(socket_path, command, timeout);
+  if (reply.status != ReplyStatus::error)
+    return std::move(reply.text);
+  std::string text = std::move(reply.text);
+  while (!text.empty() && text.back() == '\n')
+    text.pop_back();
+  throw ControlError(ControlError::Reason::failed, text.empty() ? "the daemon reported an error" : text);
+}
+
+CommandOutcome run_control_command(const std::string &socket_path, const std::string &command,
+                                   std::chrono::milliseconds timeout) {
+  CommandOutcome o;
+  try {
+    ControlReply reply = control_exchange(socket_path, command, timeout);
+    switch (reply.status) {
+    case ReplyStatus::ok:
+      o.exit_code = kExitOk;
+      o.out = std::move(reply.text);
+      break;
+    case ReplyStatus::unhealthy:
+      o.exit_code = kExitUnhealthy;
+      o.out = std::move(reply.text);
+      break;
+    case ReplyStatus::error:
+      o.exit_code = kExitFailed;
+      o.err = std::move(reply.text);
+      while (!o.err.empty() && o.err.back() == '\n')
+        o.err.pop_back();
+      if (o.err.empty())
+        o.err = "the daemon reported an error";
+      o.err = "vduse-bridge: " + o.err + "\n";
+      break;
+    }
+  } catch (const std::exception &e) {
+    o.exit_code = kExitFailed;
+    o.out.clear();
+    o.err = std::string("vduse-bridge: ") + e.what() + "\n";
+  }
+  return o;
 }
 
 } // namespace vb::control

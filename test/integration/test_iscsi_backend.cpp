@@ -35,6 +35,7 @@
 #include <poll.h>
 #include <sstream>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <thread>
 #include <unistd.h>
 #include <vector>
@@ -1064,6 +1065,39 @@ TEST_CASE("iscsi: discovery lists the targets of a portal and their LUNs") {
   CHECK(text.find(tgt.uri(0) + "  ") != std::string::npos);
   CHECK_THROWS_AS(vb::discover_iscsi("iscsi://127.0.0.1:" + std::to_string(vb::test::free_tcp_port()), o),
                   std::runtime_error);
+}
+
+TEST_CASE("iscsi: discovery logs in to a CHAP target with the initiator name and secret given") {
+  if (!have_tgtd())
+    VB_SKIP(kNoTgtd);
+  TgtdLun lun(4 << 20);
+  TgtdServer &tgt = lun.tgt;
+  tgt.add_account("vbuser", "initiator-secret1");
+  const std::string secret = lun.dir.file("chap.secret");
+  write_file(secret, "initiator-secret1\n");
+  REQUIRE(::chmod(secret.c_str(), 0600) == 0);
+  const std::string portal = "iscsi://" + tgt.portal();
+
+  // Without CHAP the target is listed, with why its LUNs are not.
+  const std::string anonymous = vb::discover_iscsi_text(portal, vb::IscsiOptions{});
+  CAPTURE(anonymous);
+  CHECK(contains(anonymous, tgt.iqn() + ": cannot log in to " + tgt.iqn()));
+
+  vb::IscsiOptions o;
+  o.initiator_name = "iqn.2026-11.org.example:discoverer";
+  o.chap_username = "vbuser";
+  o.chap_password_file = secret;
+  const std::string text = vb::discover_iscsi_text(portal, o);
+  CAPTURE(text);
+  CHECK(contains(text, tgt.uri(1) + "  disk, 4 MiB, 512-byte blocks\n"));
+
+  // The secret file is checked first, as the backend's are: not readable by others.
+  REQUIRE(::chmod(secret.c_str(), 0644) == 0);
+  CHECK(contains(error_of([&] { (void)vb::discover_iscsi_text(portal, o); }),
+                 "the CHAP secret " + secret + " is readable by every user"));
+  o.chap_password_file = lun.dir.file("missing.secret");
+  CHECK(contains(error_of([&] { (void)vb::discover_iscsi_text(portal, o); }),
+                 "cannot open the CHAP secret file " + lun.dir.file("missing.secret")));
 }
 
 // Issue 12, item 7: a session given up on (request-timeout, a daemon restart) can still hold a

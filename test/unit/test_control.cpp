@@ -357,7 +357,7 @@ TEST_CASE("a stale control socket is replaced and a live one refused") {
     REQUIRE(::bind(fd.get(), reinterpret_cast<sockaddr *>(&addr), sizeof addr) == 0);
   }
   ControlError::Reason reason{};
-  CHECK(control_error(path, "status", &reason) == "no vduse-bridge is running (nothing listens on " + path + ")");
+  CHECK(control_error(path, "status", &reason) == "no daemon is listening on " + path + " (is vduse-bridge running?)");
   CHECK(reason == ControlError::Reason::not_running);
 
   vb::EventLoop loop;
@@ -399,7 +399,7 @@ TEST_CASE("the control socket is 0600 whatever the umask and goes away with the 
   ::umask(old);
   struct stat st {};
   CHECK(::lstat(path.c_str(), &st) != 0);
-  CHECK(control_error(path, "status") == "no vduse-bridge is running (nothing listens on " + path + ")");
+  CHECK(control_error(path, "status") == "no daemon is listening on " + path + " (is vduse-bridge running?)");
   CHECK_THROWS_WITH_AS(ControlServer(*std::make_unique<vb::EventLoop>(), std::string(200, 'p')),
                        doctest::Contains("must be 1 to 107 bytes long"), std::runtime_error);
 }
