@@ -10,7 +10,9 @@
 #include <cctype>
 #include <cerrno>
 #include <charconv>
+#include <cstring>
 #include <fcntl.h>
+#include <filesystem>
 #include <optional>
 #include <span>
 #include <sstream>
@@ -198,8 +200,7 @@ public:
     const Value list_value = value_of(sequence, top_entries.front().key, "devices", "devices");
     if (list_value.kind != Value::Kind::sequence)
       report_.expected(list_value, "a sequence of devices");
-    if (sequence.size() == 0)
-      report_.fail(list_value.at, "devices", "expected at least one device, got an empty sequence");
+    // An empty list is a daemon that serves nothing yet: devices come with a reload or `add`.
 
     std::vector<RawDevice> out;
     for (std::size_t i = 0; i < sequence.size(); ++i)
@@ -446,14 +447,79 @@ ConfigCheck check_config_text(const std::string &text, const std::string &source
   return {std::move(config), {}};
 }
 
-ConfigCheck check_config(const std::string &path) {
+namespace {
+
+ConfigCheck check_one_file(const std::string &path) {
   std::string text;
   try {
     text = read_file(path);
   } catch (const ConfigError &e) {
     return {std::nullopt, {e}};
   }
-  return check_config_text(text, path);
+  ConfigCheck checked = check_config_text(text, path);
+  if (checked.config)
+    for (auto &d : checked.config->devices)
+      d.file = path;
+  return checked;
+}
+
+// The drop-in files, sorted: regular files (or links to them) named *.yaml; the rest is ignored
+// (an editor's backup, a README). A missing directory is no drop-ins.
+std::vector<std::string> dropin_files(const std::string &dir) {
+  std::vector<std::string> files;
+  std::error_code ec;
+  for (const auto &entry : std::filesystem::directory_iterator(dir, ec)) {
+    const std::string name = entry.path().filename().string();
+    if (name.size() > 5 && name.ends_with(".yaml") && name[0] != '.' && entry.is_regular_file(ec))
+      files.push_back(entry.path().string());
+  }
+  std::sort(files.begin(), files.end());
+  return files;
+}
+
+} // namespace
+
+std::string dropin_dir(const std::string &path) {
+  std::string base = path;
+  for (const char *ext : {".yaml", ".yml"})
+    if (base.size() > std::strlen(ext) && base.ends_with(ext)) {
+      base.resize(base.size() - std::strlen(ext));
+      break;
+    }
+  return base + ".d";
+}
+
+ConfigCheck check_config(const std::string &path) {
+  ConfigCheck all = check_one_file(path);
+  // A main file that cannot be read stops there; one with problems still has its drop-ins
+  // checked, so that --check reports everything.
+  if (!all.config && !all.errors.empty() && all.errors.front().line() == 0)
+    return all;
+  Config merged;
+  merged.path = path;
+  if (all.config)
+    merged.devices = std::move(all.config->devices);
+  for (const std::string &file : dropin_files(dropin_dir(path))) {
+    ConfigCheck one = check_one_file(file);
+    for (auto &e : one.errors)
+      all.errors.push_back(std::move(e));
+    if (!one.config)
+      continue;
+    for (auto &d : one.config->devices) {
+      const auto twin = std::find_if(merged.devices.begin(), merged.devices.end(),
+                                     [&](const DeviceConfig &o) { return o.name == d.name; });
+      if (twin != merged.devices.end()) {
+        all.errors.emplace_back(file, d.line, 0, "name",
+                                "the device '" + d.name + "' is defined already, in " + twin->file + ":" +
+                                    std::to_string(twin->line));
+        continue;
+      }
+      merged.devices.push_back(std::move(d));
+    }
+  }
+  if (!all.errors.empty())
+    return {std::nullopt, std::move(all.errors)};
+  return {std::move(merged), {}};
 }
 
 Config parse_config(const std::string &text, const std::string &source_name) {
@@ -463,7 +529,12 @@ Config parse_config(const std::string &text, const std::string &source_name) {
   return std::move(*checked.config);
 }
 
-Config load_config(const std::string &path) { return parse_config(read_file(path), path); }
+Config load_config(const std::string &path) {
+  ConfigCheck checked = check_config(path);
+  if (!checked.config)
+    throw ConfigError(checked.errors);
+  return std::move(*checked.config);
+}
 
 std::vector<PreflightFinding> preflight_config(const Config &config) {
   std::vector<PreflightFinding> out;

@@ -52,7 +52,8 @@ struct DeviceConfig {
   // the device is broken for good, so the default 0 waits forever: a daemon that is restarting
   // (or stopped in a debugger) pauses the disk instead of killing it.
   std::chrono::seconds control_timeout{0};
-  int line = 0; // where the device starts in the file, for later messages about it
+  int line = 0;     // where the device starts in the file, for later messages about it
+  std::string file; // the file it is in: the main one or a drop-in (load_config, check_config)
 
   // The same device settings (where they are in the file does not count).
   bool same_settings(const DeviceConfig &other) const;
@@ -60,7 +61,7 @@ struct DeviceConfig {
 
 struct Config {
   std::string path;                  // the file it came from (the source name for parse_config)
-  std::vector<DeviceConfig> devices; // at least one, names unique
+  std::vector<DeviceConfig> devices; // names unique (across drop-ins too); may be empty
 };
 
 // What checking a file found: the configuration, or (when it cannot be used) every problem in
@@ -72,14 +73,21 @@ struct ConfigCheck {
   std::vector<ConfigError> errors;
 };
 
-// What `vduse-bridge --check` reports: the file read and checked, never throwing ConfigError.
+// What `vduse-bridge --check` reports: the file read and checked, never throwing ConfigError;
+// then its drop-in directory's files (dropin_dir), each a configuration file of its own, whose
+// devices are added in file-name order (a name defined twice is an error naming both places).
 ConfigCheck check_config(const std::string &path);
+
+// The drop-in directory of a main file: /etc/vduse-bridge/vduse-bridge.yaml ->
+// /etc/vduse-bridge/vduse-bridge.d; files in it named *.yaml count (`vduse-bridge add` writes
+// NAME.yaml there).
+std::string dropin_dir(const std::string &path);
 ConfigCheck check_config_text(const std::string &text, const std::string &source_name);
 
-// Reads and parses the file, for the daemon (which refuses to start on any problem). Throws
-// ConfigError naming the file (with the errno text when it cannot be read), or the file, line,
-// column and key of the problem; with several, one ConfigError lists them all, a line each
-// (what() joins them with '\n'; count() says how many).
+// Reads and parses the file and its drop-ins (as check_config), for the daemon (which refuses to start on any problem).
+// Throws ConfigError naming the file (with the errno text when it cannot be read), or the file, line, column and key of
+// the problem; with several, one ConfigError lists them all, a line each (what() joins them with '\n'; count() says how
+// many).
 Config load_config(const std::string &path);
 
 // Parses configuration text; source_name stands for the file in messages and Config::path.

@@ -80,10 +80,22 @@ std::string printable(std::string_view s) {
   return out;
 }
 
-std::string reply(bool ok, std::string text) {
+std::string reply(ControlServer::Status status, std::string text) {
   if (!text.empty() && text.back() != '\n')
     text += '\n';
-  return (ok ? "ok\n" : "error\n") + text;
+  switch (status) {
+  case ControlServer::Status::ok:
+    return "ok\n" + text;
+  case ControlServer::Status::unhealthy:
+    return "unhealthy\n" + text;
+  case ControlServer::Status::error:
+    break;
+  }
+  return "error\n" + text;
+}
+
+std::string reply(bool ok, std::string text) {
+  return reply(ok ? ControlServer::Status::ok : ControlServer::Status::error, std::move(text));
 }
 
 } // namespace
@@ -157,7 +169,17 @@ ControlServer::~ControlServer() {
     ::unlink(path_.c_str());
 }
 
-void ControlServer::add_command(const std::string &name, Handler handler) { handlers_[name] = std::move(handler); }
+void ControlServer::add_command(const std::string &name, Handler handler) {
+  handlers_[name] = [handler = std::move(handler)](const std::string &command, const Reply &answer) {
+    bool ok = true;
+    std::string text = handler(command, ok);
+    answer(ok ? Status::ok : Status::error, text);
+  };
+}
+
+void ControlServer::add_async_command(const std::string &name, AsyncHandler handler) {
+  handlers_[name] = std::move(handler);
+}
 
 bool ControlServer::on_input(std::string_view input, bool eof, std::string &out) noexcept {
   const auto newline = input.find('\n');
@@ -181,9 +203,29 @@ std::string ControlServer::dispatch(const std::string &line) noexcept {
         return reply(true, "commands: " + names + "help");
       return reply(false, "unknown command \"" + printable(word) + "\" (commands: " + names + "help)");
     }
-    bool ok = true;
-    std::string text = it->second(line, ok);
-    return reply(ok, std::move(text));
+    // Answered at once unless the handler keeps the reply for later.
+    struct Pending {
+      std::string now;
+      bool answered = false;
+      bool deferred = false;
+      StreamServer::Later later;
+    };
+    auto pending = std::make_shared<Pending>();
+    const Reply answer = [pending](Status status, const std::string &text) {
+      if (pending->answered)
+        return; // once
+      pending->answered = true;
+      if (!pending->deferred)
+        pending->now = reply(status, text);
+      else if (pending->later)
+        std::exchange(pending->later, nullptr)(reply(status, text));
+    };
+    it->second(line, answer);
+    if (pending->answered)
+      return pending->now;
+    pending->deferred = true;
+    pending->later = server_->defer_reply();
+    return {};
   } catch (const std::exception &e) {
     return reply(false, e.what());
   } catch (...) {

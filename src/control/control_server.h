@@ -2,9 +2,12 @@
 //
 // Protocol: the client sends one line (at most ServerLimits::max_request_bytes with its "\n"; a
 // client that shuts down its side may omit the "\n"), e.g. "status" or "status disk0". The first
-// word selects the handler. The server answers with a status line, "ok" or "error", then the
-// handler's text (or the error message), and closes: the reply ends at EOF. Unknown commands,
-// empty lines and oversize requests get "error". "help" lists the commands.
+// word selects the handler. The server answers with a status line, "ok", "error" or "unhealthy"
+// (the command ran, and what it reports is not healthy: a device waiting for its backend, a
+// backend reconnecting), then the handler's text (or the error message), and closes: the reply
+// ends at EOF. Unknown commands, empty lines and oversize requests get "error". "help" lists the
+// commands. An asynchronous handler (reload, add, remove wait for devices) answers later; the
+// connection waits for it.
 //
 // The socket file is created with mode 0600 (only root, or the daemon's user, may talk to it).
 // A socket file left by a daemon that died is replaced; one that still answers is not.
@@ -31,6 +34,12 @@ public:
   // removed. Set ok = false (it starts true) to answer "error" with the returned text.
   // Exceptions are caught and answered as "error" with their what().
   using Handler = std::function<std::string(const std::string &command, bool &ok)>;
+  enum class Status { ok, error, unhealthy };
+  // Answers the request: once, on the loop thread, at any time (nothing happens if the client
+  // is gone by then).
+  using Reply = std::function<void(Status status, const std::string &text)>;
+  // May answer at once or later. Exceptions thrown before answering are answered as "error".
+  using AsyncHandler = std::function<void(const std::string &command, const Reply &reply)>;
 
   // Binds and listens on socket_path. Throws std::runtime_error if the path is in use by a live
   // server ("another vduse-bridge is running (its control socket PATH answers)"), exists and is
@@ -44,6 +53,7 @@ public:
 
   // name: the first word of a request ("status"). Replaces an earlier handler of that name.
   void add_command(const std::string &name, Handler handler);
+  void add_async_command(const std::string &name, AsyncHandler handler);
 
   const std::string &socket_path() const noexcept { return path_; }
   std::size_t clients() const noexcept { return server_->clients(); }
@@ -55,7 +65,7 @@ private:
   std::string path_;
   dev_t dev_ = 0;
   ino_t ino_ = 0;
-  std::map<std::string, Handler, std::less<>> handlers_;
+  std::map<std::string, AsyncHandler, std::less<>> handlers_;
   std::unique_ptr<StreamServer> server_;
 };
 

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <event2/event.h>
+#include <stdexcept>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -27,6 +28,8 @@ struct StreamServer::Connection {
   std::string input;
   std::string output;
   std::size_t sent = 0;
+  bool deferred = false;                                  // the reply comes through defer_reply()
+  std::shared_ptr<char> alive = std::make_shared<char>(); // reset when closed
   IoWatch watch;
   Timer timer;
 };
@@ -116,7 +119,13 @@ void StreamServer::on_readable(Connection *c) noexcept {
     c->peer_eof = true;
 
   std::string reply;
-  if (protocol_.on_input(c->input, c->peer_eof, reply)) {
+  current_ = c;
+  const bool complete = protocol_.on_input(c->input, c->peer_eof, reply);
+  current_ = nullptr;
+  if (complete && c->deferred) {
+    c->watch.set_events(0);
+    c->timer.cancel();
+  } else if (complete) {
     start_reply(c, std::move(reply));
   } else if (overflow || c->input.size() >= limits_.max_request_bytes) {
     VB_LOG_DEBUG("%s: request longer than %zu bytes", name_.c_str(), limits_.max_request_bytes);
@@ -124,6 +133,18 @@ void StreamServer::on_readable(Connection *c) noexcept {
   } else if (c->peer_eof) {
     close(c);
   }
+}
+
+StreamServer::Later StreamServer::defer_reply() {
+  if (!current_)
+    throw std::logic_error("StreamServer::defer_reply() outside on_input");
+  Connection *c = current_;
+  c->deferred = true;
+  return [this, c, conn = std::weak_ptr<char>(c->alive), server = std::weak_ptr<char>(alive_)](std::string reply) {
+    if (server.expired() || conn.expired() || c->phase != Connection::Phase::reading)
+      return;
+    start_reply(c, std::move(reply));
+  };
 }
 
 void StreamServer::start_reply(Connection *c, std::string reply) noexcept {
@@ -181,6 +202,7 @@ void StreamServer::close(Connection *c) noexcept {
   c->timer.cancel();
   ::close(c->fd);
   c->fd = -1;
+  c->alive.reset(); // a deferred reply for it does nothing now
   const auto it = std::find_if(connections_.begin(), connections_.end(), [c](const auto &p) { return p.get() == c; });
   if (it != connections_.end()) {
     closed_.push_back(std::move(*it));

@@ -50,6 +50,14 @@ public:
   StreamServer(const StreamServer &) = delete;
   StreamServer &operator=(const StreamServer &) = delete;
 
+  // A reply given later: call it once, on the loop thread. Calling it after the connection (or
+  // the server) is gone does nothing.
+  using Later = std::function<void(std::string reply)>;
+  // Only from within Protocol::on_input (which then returns true with reply left empty): the
+  // request's reply comes later, through the returned function. Until then the connection waits
+  // with no timeout of its own (the client has its own).
+  Later defer_reply();
+
   int listen_fd() const noexcept { return listen_fd_; }
   // Open connections, lingering ones included.
   std::size_t clients() const noexcept { return connections_.size(); }
@@ -75,6 +83,8 @@ private:
   Deferred reap_;      // frees closed connections outside their own callbacks
   std::vector<std::unique_ptr<Connection>> connections_;
   std::vector<std::unique_ptr<Connection>> closed_;
+  Connection *current_ = nullptr; // the connection whose on_input runs, for defer_reply()
+  std::shared_ptr<char> alive_ = std::make_shared<char>();
 };
 
 } // namespace vb::control

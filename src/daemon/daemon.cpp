@@ -3,10 +3,13 @@
 #include "backend_factory.h"
 #include "common/errors.h"
 #include "common/log.h"
+#include "common/small_file.h"
+#include "common/unique_fd.h"
 #include "control/control_server.h"
 #include "control/metrics_http_server.h"
 #include "daemon/options.h"
 #include "daemon/sd_notify.h"
+#include "daemon/version.h"
 #include "event/event_loop.h"
 #include "export/device_runner.h"
 #include "metrics/prometheus.h"
@@ -16,11 +19,14 @@
 #include <algorithm>
 #include <cerrno>
 #include <csignal>
+#include <fcntl.h>
 #include <memory>
+#include <sstream>
 #include <stdexcept>
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
+#include <unistd.h>
 #include <vector>
 
 #ifndef PR_SET_IO_FLUSHER
@@ -52,22 +58,18 @@ public:
     try {
       make_parent_dir(options_.control_socket);
       control_ = std::make_unique<control::ControlServer>(loop_, options_.control_socket);
-      control_->add_command("status", [this](const std::string &, bool &) {
-        auto now = statuses();
-        metrics::fill_rates(now, last_sample_,
-                            std::chrono::duration<double>(std::chrono::steady_clock::now() - last_sample_at_).count());
-        return metrics::format_status_text(now, std::chrono::system_clock::now());
-      });
-      control_->add_command("metrics",
-                            [this](const std::string &, bool &) { return metrics::format_prometheus(statuses()); });
-      control_->add_command("reload", [this](const std::string &, bool &ok) {
-        ok = !stopping_;
-        loop_.post([this] { reload(); });
-        return std::string(ok ? "reloading " + config_.path + " (the daemon log says what changed)" : "stopping");
-      });
+      control_->add_async_command("status",
+                                  [this](const std::string &line, const Reply &reply) { status(line, reply); });
+      control_->add_async_command("list", [this](const std::string &line, const Reply &reply) { list(line, reply); });
+      control_->add_command("metrics", [this](const std::string &, bool &) { return prometheus(); });
+      control_->add_async_command("reload", [this](const std::string &, const Reply &reply) { reload(reply); });
+      control_->add_async_command("add",
+                                  [this](const std::string &line, const Reply &reply) { add_file(line, reply); });
+      control_->add_async_command("remove",
+                                  [this](const std::string &line, const Reply &reply) { remove_device(line, reply); });
       if (!options_.metrics_listen.empty())
-        metrics_http_ = std::make_unique<control::MetricsHttpServer>(
-            loop_, options_.metrics_listen, [this] { return metrics::format_prometheus(statuses()); });
+        metrics_http_ = std::make_unique<control::MetricsHttpServer>(loop_, options_.metrics_listen,
+                                                                     [this] { return prometheus(); });
     } catch (const std::exception &e) {
       VB_LOG_ERROR("%s", e.what());
       return 1;
@@ -76,7 +78,7 @@ public:
     SignalWatch term(loop_, SIGTERM, [this] { shutdown("SIGTERM", false); });
     SignalWatch intr(loop_, SIGINT, [this] { shutdown("SIGINT", false); });
     SignalWatch usr1(loop_, SIGUSR1, [this] { shutdown("SIGUSR1", true); });
-    SignalWatch hup(loop_, SIGHUP, [this] { reload(); });
+    SignalWatch hup(loop_, SIGHUP, [this] { reload(nullptr); });
     loop_.post([this] {
       for (const auto &device : config_.devices)
         add(device);
@@ -93,6 +95,60 @@ private:
     for (const auto &e : exports_)
       v.push_back(e->status());
     return v;
+  }
+
+  using Reply = control::ControlServer::Reply;
+  using Status = control::ControlServer::Status;
+
+  std::string prometheus() const {
+    return metrics::format_prometheus(statuses(), metrics::BuildInfo{release_version(), git_commit()});
+  }
+
+  // "status [NAME] [--json]", "list [--json]": the words after the command.
+  struct Query {
+    std::string name;
+    bool json = false;
+  };
+  static Query parse_query(const std::string &line, bool takes_name) {
+    std::istringstream in(line);
+    std::string word;
+    in >> word; // the command
+    Query q;
+    while (in >> word) {
+      if (word == "--json")
+        q.json = true;
+      else if (takes_name && q.name.empty() && word[0] != '-')
+        q.name = word;
+      else
+        throw std::invalid_argument("unexpected argument '" + word.substr(0, 64) + "'");
+    }
+    return q;
+  }
+  static Status health_of(const std::vector<metrics::DeviceStatus> &devices) {
+    const bool all = std::all_of(devices.begin(), devices.end(), [](const auto &d) { return d.healthy(); });
+    return all ? Status::ok : Status::unhealthy;
+  }
+
+  void status(const std::string &line, const Reply &reply) {
+    const Query q = parse_query(line, true);
+    auto now = statuses();
+    metrics::fill_rates(now, last_sample_,
+                        std::chrono::duration<double>(std::chrono::steady_clock::now() - last_sample_at_).count());
+    if (!q.name.empty()) {
+      std::erase_if(now, [&](const auto &d) { return d.name != q.name; });
+      if (now.empty()) {
+        reply(Status::error, "no device named '" + q.name + "' (vduse-bridge list shows them)");
+        return;
+      }
+    }
+    const auto t = std::chrono::system_clock::now();
+    reply(health_of(now), q.json ? metrics::format_status_json(now, t) : metrics::format_status_text(now, t));
+  }
+
+  void list(const std::string &line, const Reply &reply) {
+    const Query q = parse_query(line, false);
+    const auto now = statuses();
+    reply(health_of(now), metrics::format_device_list(now, q.json));
   }
 
   // Rates in `status` are over the last second: the sample it is compared with.
@@ -139,6 +195,9 @@ private:
       VB_LOG_INFO("%s: %s %zu device(s)", why,
                   leave ? "leaving attached for the next daemon" : "detaching and destroying", exports_.size());
     (void)notify_service_manager("STOPPING=1");
+    for (auto &w : waiters_)
+      w.reply(Status::error, "the daemon is stopping");
+    waiters_.clear();
     stopping_ = true;
     leaving_ = leave;
     removals_.clear();
@@ -147,17 +206,23 @@ private:
     step();
   }
 
-  // SIGHUP: read the file again. Devices added are created, devices removed are drained and
-  // destroyed, devices whose settings are unchanged are not touched at all. A file that does
-  // not parse changes nothing.
-  void reload() {
-    if (stopping_)
+  // SIGHUP, or `reload` (reply set: answered once every device added has started or is
+  // waiting and every device removed is gone): read the file and its drop-ins again. Devices
+  // added are created, devices removed are drained and destroyed, devices whose settings are
+  // unchanged are not touched at all. A file that does not parse changes nothing.
+  void reload(const Reply &reply) {
+    if (stopping_) {
+      if (reply)
+        reply(Status::error, "the daemon is stopping");
       return;
+    }
     Config fresh;
     try {
       fresh = load_config(config_.path);
     } catch (const std::exception &e) {
-      VB_LOG_ERROR("SIGHUP: %s; nothing changed", e.what());
+      VB_LOG_ERROR("reload: %s; nothing changed", e.what());
+      if (reply)
+        reply(Status::error, std::string(e.what()) + "\nnothing changed");
       return;
     }
     (void)notify_service_manager("RELOADING=1");
@@ -169,22 +234,25 @@ private:
     auto queued_removal = [&](const std::string &name) {
       return std::find(removals_.begin(), removals_.end(), name) != removals_.end();
     };
+    Waiter w;
+    w.reply = reply;
     std::erase_if(additions_, [&](const DeviceConfig &d) { return !wanted(d.name); });
-    std::size_t added = 0, removed = 0, kept = 0;
+    std::size_t kept = 0;
     for (const auto &e : exports_) {
       const auto it = std::find_if(fresh.devices.begin(), fresh.devices.end(),
                                    [&](const DeviceConfig &d) { return d.name == e->name(); });
       if (it == fresh.devices.end()) {
         if (!queued_removal(e->name())) {
           removals_.push_back(e->name());
-          ++removed;
+          w.removed.push_back(e->name());
         }
       } else {
         ++kept;
-        if (!it->same_settings(e->config()))
-          VB_LOG_WARN("SIGHUP: %s: changed settings are not applied to a running device (remove it, reload, add it "
-                      "back)",
-                      e->name().c_str());
+        if (!it->same_settings(e->config())) {
+          w.problems.push_back(e->name() + ": changed settings are not applied to a running device (remove it, " +
+                               "reload, add it back)");
+          VB_LOG_WARN("reload: %s", w.problems.back().c_str());
+        }
       }
     }
     for (const auto &d : fresh.devices) {
@@ -195,16 +263,160 @@ private:
       // A device still being removed (an earlier reload) comes back once that is done.
       if (!queued && (!exists || queued_removal(d.name))) {
         additions_.push_back(d);
-        ++added;
+        w.added.push_back(d.name);
       }
     }
-    VB_LOG_INFO("SIGHUP: %s: %zu device(s) to add, %zu to remove, %zu unchanged", fresh.path.c_str(), added, removed,
-                kept);
+    w.summary = fresh.path + ": " + std::to_string(w.added.size()) + " device(s) to add, " +
+                std::to_string(w.removed.size()) + " to remove, " + std::to_string(kept) + " unchanged";
+    VB_LOG_INFO("reload: %s", w.summary.c_str());
     config_ = std::move(fresh);
     announced_ = false;
     ready_sent_ = false; // RELOADING=1 is answered by READY=1
     last_status_.clear();
+    if (w.reply)
+      waiters_.push_back(std::move(w));
     step();
+  }
+
+  // A `reload`, `add` or `remove` waiting for its devices.
+  struct Waiter {
+    std::vector<std::string> added, removed, problems;
+    std::string summary;
+    Reply reply;
+  };
+
+  DeviceRunner *runner(const std::string &name) const {
+    const auto it = std::find_if(exports_.begin(), exports_.end(), [&](const auto &e) { return e->name() == name; });
+    return it == exports_.end() ? nullptr : it->get();
+  }
+
+  // Answers the waiters whose devices have all settled: started (serving or waiting for their
+  // backend) or gone.
+  void answer_waiters() {
+    auto queued = [&](const std::string &name) {
+      return std::any_of(additions_.begin(), additions_.end(), [&](const auto &a) { return a.name == name; }) ||
+             std::find(removals_.begin(), removals_.end(), name) != removals_.end();
+    };
+    std::erase_if(waiters_, [&](const Waiter &w) {
+      std::string text = w.summary + "\n";
+      bool waiting = false;
+      for (const auto &name : w.added) {
+        const DeviceRunner *r = runner(name);
+        if (queued(name) || (r && r->status().state == metrics::DeviceState::starting))
+          return false;
+        if (!r) {
+          text += name + ": removed again meanwhile\n";
+          continue;
+        }
+        const auto d = r->status();
+        waiting = waiting || d.state != metrics::DeviceState::serving;
+        text += name + ": " + metrics::to_string(d.state) + (d.last_error.empty() ? "" : ": " + d.last_error) + "\n";
+      }
+      for (const auto &name : w.removed) {
+        if (queued(name) || runner(name))
+          return false;
+        text += name + ": removed\n";
+      }
+      for (const auto &p : w.problems)
+        text += p + "\n";
+      w.reply(!w.problems.empty() ? Status::error : waiting ? Status::unhealthy : Status::ok, text);
+      return true;
+    });
+  }
+
+  // `add FILE`: FILE holds one device, which is written to the drop-in directory as NAME.yaml
+  // and started as by reload. It survives restarts; `remove NAME` undoes it.
+  void add_file(const std::string &line, const Reply &reply) {
+    const auto space = line.find(' ');
+    const std::string path = space == std::string::npos ? std::string() : line.substr(space + 1);
+    if (path.empty() || path[0] != '/') {
+      reply(Status::error, "add needs an absolute file name");
+      return;
+    }
+    ConfigCheck checked = check_config(path);
+    if (!checked.config) {
+      std::string text;
+      for (const auto &e : checked.errors)
+        text += std::string(e.what()) + "\n";
+      reply(Status::error, text + "nothing added");
+      return;
+    }
+    if (checked.config->devices.size() != 1) {
+      reply(Status::error,
+            path + ": expected exactly one device to add, got " + std::to_string(checked.config->devices.size()));
+      return;
+    }
+    const DeviceConfig &d = checked.config->devices.front();
+    const auto twin = std::find_if(config_.devices.begin(), config_.devices.end(),
+                                   [&](const DeviceConfig &o) { return o.name == d.name; });
+    if (twin != config_.devices.end()) {
+      reply(Status::error,
+            "a device named '" + d.name + "' exists already (" + twin->file + ":" + std::to_string(twin->line) + ")");
+      return;
+    }
+    const std::string dir = dropin_dir(config_.path);
+    const std::string target = dir + "/" + d.name + ".yaml";
+    std::string text;
+    {
+      SmallFile f = read_small_file(path, 1 << 20);
+      if (f.error != 0) {
+        reply(Status::error, f.problem());
+        return;
+      }
+      text = std::move(f.text);
+    }
+    if (::mkdir(dir.c_str(), 0755) != 0 && errno != EEXIST) {
+      reply(Status::error, errno_message("mkdir " + dir, errno));
+      return;
+    }
+    // Whole or not at all: written beside it, then renamed over nothing (link fails if it exists).
+    const std::string temp = dir + "/." + d.name + ".yaml.tmp";
+    {
+      UniqueFd fd(::open(temp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0644));
+      if (fd.get() < 0 || ::write(fd.get(), text.data(), text.size()) != static_cast<ssize_t>(text.size()) ||
+          ::fsync(fd.get()) != 0) {
+        reply(Status::error, errno_message("write " + temp, errno));
+        ::unlink(temp.c_str());
+        return;
+      }
+    }
+    if (::link(temp.c_str(), target.c_str()) != 0) {
+      const int err = errno;
+      ::unlink(temp.c_str());
+      reply(Status::error, err == EEXIST
+                               ? target + " exists already (remove it, or `vduse-bridge remove " + d.name + "`)"
+                               : errno_message("link " + target, err));
+      return;
+    }
+    ::unlink(temp.c_str());
+    VB_LOG_INFO("add: %s written from %s", target.c_str(), path.c_str());
+    reload(reply);
+  }
+
+  // `remove NAME`: a device added with `add` (a drop-in file) is removed for good.
+  void remove_device(const std::string &line, const Reply &reply) {
+    const Query q = parse_query(line, true);
+    if (q.name.empty()) {
+      reply(Status::error, "remove needs a device name");
+      return;
+    }
+    const auto it = std::find_if(config_.devices.begin(), config_.devices.end(),
+                                 [&](const DeviceConfig &o) { return o.name == q.name; });
+    if (it == config_.devices.end()) {
+      reply(Status::error, "no device named '" + q.name + "' (vduse-bridge list shows them)");
+      return;
+    }
+    if (it->file == config_.path) {
+      reply(Status::error, q.name + " is defined in " + it->file + ":" + std::to_string(it->line) +
+                               ": remove it there and run vduse-bridge reload");
+      return;
+    }
+    if (::unlink(it->file.c_str()) != 0) {
+      reply(Status::error, errno_message("unlink " + it->file, errno));
+      return;
+    }
+    VB_LOG_INFO("remove: %s deleted", it->file.c_str());
+    reload(reply);
   }
 
   // The one place that moves devices along: removals first, one at a time (each detach is a
@@ -244,6 +456,7 @@ private:
       add(device);
     }
     announce();
+    answer_waiters();
   }
 
   // READY=1 once every device has had its first attempt: each is serving or waiting (retried in
@@ -289,6 +502,7 @@ private:
   std::vector<std::unique_ptr<DeviceRunner>> exports_; // each device on its own control thread
   std::vector<std::string> removals_;                  // devices to stop, in order
   std::vector<DeviceConfig> additions_;                // devices to create, in order
+  std::vector<Waiter> waiters_;
   int starting_ = 0;
   bool busy_ = false; // a stop or leave is in progress
   bool stopping_ = false;

@@ -66,7 +66,7 @@ const char *usage_text() noexcept {
          "      --state-dir DIR  recovery state of the devices (default /run/vduse-bridge)\n"
          "      --control-socket PATH  the daemon's command socket (default /run/vduse-bridge/control.sock)\n"
          "      --metrics-listen ADDR:PORT  serve Prometheus metrics at http://ADDR:PORT/metrics (loopback only)\n"
-         "      --timeout DURATION  how long a COMMAND waits for the daemon (e.g. 30s; default 90s for\n"
+         "      --timeout DURATION  how long a COMMAND waits for the daemon (e.g. 30s, or forever; default 90s for\n"
          "                     reload, add and remove, 10s for the others)\n"
          "\n"
          "Commands (to the running daemon, through its control socket):\n"
@@ -138,10 +138,15 @@ Options parse_options(const std::vector<std::string> &args) {
         throw std::invalid_argument("option --metrics-listen needs an address such as 127.0.0.1:9437");
     } else if (a == "--timeout" || a.rfind("--timeout=", 0) == 0) {
       const std::string text = value("--timeout");
-      const auto d = parse_duration(text);
-      if (!d || d.value->count() <= 0)
-        throw std::invalid_argument("option --timeout needs a duration above 0 such as 30s or 2m (not '" + text + "')");
-      o.timeout = *d.value;
+      if (text == "forever") {
+        o.timeout = forever_duration;
+      } else {
+        const auto d = parse_duration(text);
+        if (!d || d.value->count() <= 0)
+          throw std::invalid_argument("option --timeout needs a duration above 0 such as 30s or 2m, or forever (not '" +
+                                      text + "')");
+        o.timeout = *d.value;
+      }
     } else if (a == "--log-level" || a.rfind("--log-level=", 0) == 0) {
       const std::string text = value("--log-level");
       LogLevel level{};

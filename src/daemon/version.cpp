@@ -30,6 +30,9 @@
 
 namespace vb {
 
+std::string release_version() { return VDUSE_BRIDGE_VERSION; }
+std::string git_commit() { return VDUSE_BRIDGE_GIT_COMMIT; }
+
 std::string version_text(const std::string &vduse_control) {
   std::string out = "vduse-bridge " VDUSE_BRIDGE_VERSION " (git " VDUSE_BRIDGE_GIT_COMMIT ")\n";
   // libnbd tells its version only through a handle: one costs a malloc, no connection.

@@ -14,6 +14,11 @@ namespace vb {
 //   liburing built with 2.3
 //   VDUSE API 0 (kernel)
 // The kernel's line only where vduse_control (/dev/vduse/control) can be opened.
+// The release ("0.1.0") and the commit it was built from ("v0.1.0-12-gabcdef0", "unknown"):
+// what the metrics' build_info carries.
+std::string release_version();
+std::string git_commit();
+
 std::string version_text(const std::string &vduse_control = "/dev/vduse/control");
 
 } // namespace vb

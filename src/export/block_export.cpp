@@ -342,6 +342,7 @@ metrics::DeviceStatus BlockExport::status() const {
     d.disk = vdpa::vhost_device(config_.name).value_or("");
   d.attach = to_string(config_.attach);
   d.backend = backend_->kind();
+  d.serial = config_.serial;
   d.backend_identity = backend_->capabilities().identity;
   const RecordingBackendEvents::Health h = backend_events_.health();
   d.backend_state = h.state == Backend::State::connected      ? metrics::BackendState::connected

@@ -195,6 +195,7 @@ metrics::DeviceStatus DeviceRunner::status() const {
     d.attach = to_string(config_.attach);
     d.backend = std::string(config_.backend.type());
     d.read_only = config_.read_only;
+    d.serial = config_.serial;
     d.last_error = error_;
   }
   d.state = state_;

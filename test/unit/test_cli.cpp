@@ -235,10 +235,14 @@ TEST_CASE("cli: a huge timeout saturates instead of overflowing the clock") {
   const CommandOutcome o = vb::control::run_control_command(daemon.path(), "status", std::chrono::milliseconds::max());
   CHECK(o.exit_code == 0);
   CHECK(o.out == "fine\n");
-  // 99999999h, as --timeout takes it: more than the clock's nanoseconds hold.
-  const vb::Options opts = parse({"status", "--timeout", "99999999h"});
-  FakeDaemon again("ok\nfine\n");
-  CHECK(vb::control::run_control_command(again.path(), "status", vb::command_timeout(opts)).exit_code == 0);
+  // The longest --timeout and forever, as --timeout takes them: no overflow either.
+  for (const char *t : {"1000000h", "forever"}) {
+    const vb::Options opts = parse({"status", "--timeout", t});
+    FakeDaemon again("ok\nfine\n");
+    CHECK(vb::control::run_control_command(again.path(), "status", vb::command_timeout(opts)).exit_code == 0);
+  }
+  CHECK_THROWS_WITH_AS(parse({"status", "--timeout", "99999999h"}), doctest::Contains("99999999h"),
+                       std::invalid_argument);
 }
 
 TEST_CASE("cli: without --config the installed configuration file is used, also by --check") {

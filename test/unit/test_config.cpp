@@ -353,7 +353,6 @@ TEST_CASE("bad files name the file, line, key and what was expected") {
       {"unknown top-level key", head + "device:\n", 6, "device", "expected a top-level key (devices), got 'device'"},
       {"a key that is not a scalar", "[a]: 1\n", 1, "", "expected a key name, got a sequence"},
       {"devices missing", "{}\n", 1, "devices", "expected a sequence of devices, got nothing (the key is missing)"},
-      {"devices empty", "devices: []\n", 1, "devices", "expected at least one device, got an empty sequence"},
       {"devices empty value", "devices:\n", 1, "devices", "expected a sequence of devices, got an empty value"},
       {"devices a scalar", "devices: disk0\n", 1, "devices", "expected a sequence of devices, got 'disk0'"},
       {"device a scalar", "devices:\n  - disk0\n", 2, "devices[0]", "expected a map of device keys"},
@@ -1248,4 +1247,48 @@ TEST_CASE("pre-flight of the host: /dev/vduse/control and the kernel modules, wa
   const auto vhost = vb::preflight_host(parse_config(head + "    attach: vhost-vdpa\n", "t.yaml"), true, root.path());
   REQUIRE(vhost.size() == 1);
   CHECK(vhost[0].message.find("vhost_vdpa") != std::string::npos);
+}
+
+TEST_CASE("an empty device list is a daemon that serves nothing yet") {
+  const vb::Config c = vb::parse_config("devices: []\n", "empty.yaml");
+  CHECK(c.devices.empty());
+}
+
+TEST_CASE("drop-in files add devices, a name defined twice names both places, their errors are reported too") {
+  vb::test::TempDir dir;
+  const std::string main_file = dir.file("vduse-bridge.yaml");
+  CHECK(vb::dropin_dir(main_file) == dir.file("vduse-bridge.d"));
+  const auto memory = [](const std::string &name) {
+    return "devices:\n  - name: " + name + "\n    backend:\n      type: memory\n      size: 1M\n";
+  };
+  write_file(main_file, memory("main0"));
+  // No directory: just the main file.
+  vb::Config c = vb::load_config(main_file);
+  REQUIRE(c.devices.size() == 1);
+  CHECK(c.devices[0].file == main_file);
+  REQUIRE(::mkdir(vb::dropin_dir(main_file).c_str(), 0700) == 0);
+  const std::string b = vb::dropin_dir(main_file) + "/b.yaml", a = vb::dropin_dir(main_file) + "/a.yaml";
+  write_file(b, memory("dropb"));
+  write_file(a, memory("dropa"));
+  write_file(vb::dropin_dir(main_file) + "/notes.txt", "not a configuration");
+  write_file(vb::dropin_dir(main_file) + "/.hidden.yaml", "devices: [");
+  c = vb::load_config(main_file);
+  REQUIRE(c.devices.size() == 3);
+  CHECK(c.devices[1].name == "dropa"); // file-name order
+  CHECK(c.devices[1].file == a);
+  CHECK(c.devices[2].name == "dropb");
+
+  write_file(b, memory("main0"));
+  vb::ConfigCheck checked = vb::check_config(main_file);
+  REQUIRE(checked.errors.size() == 1);
+  CHECK(std::string(checked.errors[0].what()) ==
+        b + ":2:0: name: the device 'main0' is defined already, in " + main_file + ":2");
+  // A broken main file does not hide a broken drop-in.
+  write_file(main_file, "devices:\n  - name: main0\n    queus: 2\n    backend:\n      type: memory\n      size: 1M\n");
+  write_file(b, "devices:\n  - name: dropb\n    backend:\n      type: memory\n      size: lots\n");
+  checked = vb::check_config(main_file);
+  REQUIRE(checked.errors.size() == 2);
+  CHECK(std::string(checked.errors[0].what()).starts_with(main_file + ":3:"));
+  CHECK(std::string(checked.errors[1].what()).starts_with(b + ":5:"));
+  CHECK_THROWS_AS(vb::load_config(main_file), ConfigError);
 }

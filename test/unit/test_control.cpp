@@ -490,3 +490,35 @@ TEST_CASE("metrics listener closes an idle scraper and keeps serving") {
   CHECK(r.data.empty());
   CHECK(http_request(AF_INET, server.port(), "GET /metrics HTTP/1.1\r\n\r\n").ends_with("x 1\n"));
 }
+
+// reload, add and remove answer once their devices have settled: the reply comes later, from a
+// timer here, and other clients are served meanwhile; "unhealthy" is a status of its own.
+TEST_CASE("control socket: an asynchronous command answers later, others are served meanwhile") {
+  vb::test::TempDir dir;
+  const std::string path = dir.file("control.sock");
+  vb::EventLoop loop;
+  std::unique_ptr<vb::Timer> later; // destroyed after the loop thread stopped
+  ControlServer::Reply pending;
+  ControlServer server(loop, path);
+  add_status(server);
+  server.add_async_command("slow", [&](const std::string &, const ControlServer::Reply &reply) {
+    pending = reply;
+    later = std::make_unique<vb::Timer>(loop, [&] {
+      pending(ControlServer::Status::ok, "done at last");
+      pending(ControlServer::Status::error, "a second answer is ignored");
+    });
+    later->arm(500ms);
+  });
+  server.add_async_command("sick", [](const std::string &, const ControlServer::Reply &reply) {
+    reply(ControlServer::Status::unhealthy, "disk0 waiting");
+  });
+  LoopThread thread(loop);
+
+  const auto t0 = std::chrono::steady_clock::now();
+  auto slow = std::async(std::launch::async, [&] { return raw_request(path, "slow\n"); });
+  std::this_thread::sleep_for(100ms);
+  CHECK(vb::control::control_request(path, "status") == "status of [status]\n"); // not held up
+  CHECK(raw_request(path, "sick\n") == "unhealthy\ndisk0 waiting\n");
+  CHECK(slow.get() == "ok\ndone at last\n");
+  CHECK(std::chrono::steady_clock::now() - t0 >= 450ms);
+}
