@@ -9,6 +9,7 @@
 #include "iscsi/iscsi_options.h"
 #include "vduse-bridge/backend_module.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <exception>
 #include <string>
@@ -76,7 +77,7 @@ int main(int argc, char **argv) {
     if (!checked.config)
       return 1;
     std::vector<vb::PreflightFinding> findings = vb::preflight_config(*checked.config);
-    for (auto &f : vb::preflight_host(*checked.config, false))
+    for (auto &f : vb::preflight_host(*checked.config, options.check_host))
       findings.push_back(std::move(f));
     bool failed = false;
     for (const auto &f : findings) {
@@ -91,10 +92,19 @@ int main(int argc, char **argv) {
   }
   try {
     const vb::Config config = vb::load_config(options.config_path);
+    // What --check would find on this machine: warnings, as the host may still be preparing
+    // (the devices that need it wait and are retried).
+    for (const auto &f : vb::preflight_config(config))
+      VB_LOG_WARN("%s", f.message.c_str());
     return vb::run_daemon(config, options);
   } catch (const std::exception &e) {
-    // Setup errors: one line, already naming the file/line/key or the device.
-    (void)std::fprintf(stderr, "vduse-bridge: %s\n", e.what());
+    // Setup errors, already naming the file/line/key: one a line, each with the prefix.
+    std::string text = e.what();
+    for (std::size_t at = 0; at <= text.size();) {
+      const std::size_t end = std::min(text.find('\n', at), text.size());
+      (void)std::fprintf(stderr, "vduse-bridge: %s\n", text.substr(at, end - at).c_str());
+      at = end + 1;
+    }
     return 1;
   }
 }

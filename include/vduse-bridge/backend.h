@@ -96,13 +96,16 @@ public:
   struct Health {
     State state = State::connected;
     std::chrono::system_clock::time_point since = std::chrono::system_clock::now(); // entered state
-    std::string last_error; // the latest error the backend reported, may be empty
+    std::string last_error;  // the latest error the backend reported, may be empty
+    unsigned recoveries = 0; // times it became connected again after it was not
   };
   using ResizeHandler = std::function<void(std::uint64_t size)>;
 
   void health_changed(State state, const std::string &error) noexcept override {
     std::lock_guard lock(mu_);
     if (state != health_.state) {
+      if (state == State::connected)
+        ++health_.recoveries;
       health_.state = state;
       health_.since = std::chrono::system_clock::now();
     }

@@ -57,7 +57,9 @@ const char *usage_text() noexcept {
          "\n"
          "  -c, --config FILE  the configuration file (see vduse-bridge.yaml(5); default\n"
          "                     " VDUSE_BRIDGE_DEFAULT_CONFIG ")\n"
-         "      --check        validate the configuration file and exit\n"
+         "      --check        validate the configuration file (and what it names: secret files,\n"
+         "                     sockets' directories) and exit\n"
+         "      --host         with --check: a host without VDUSE or its modules is an error, not a warning\n"
          "      --discover URI list the targets and LUNs of an iSCSI portal and exit\n"
          "      --initiator-name IQN  log in as IQN (default: InitiatorName= of\n"
          "                     /etc/iscsi/initiatorname.iscsi, else one from the host name)\n"
@@ -161,6 +163,8 @@ Options parse_options(const std::vector<std::string> &args) {
       o.command_args.push_back(a);
     } else if (a == "--check") {
       o.check_only = true;
+    } else if (a == "--host") {
+      o.check_host = true;
     } else if (a == "-v" || a == "--verbose") {
       ++o.verbosity;
     } else if (a == "-h" || a == "--help") {
@@ -191,6 +195,10 @@ Options parse_options(const std::vector<std::string> &args) {
       throw std::invalid_argument("add needs a configuration FILE (see --help)");
     if (o.command != "add" && !o.command_args.empty() && !plain_word(o.command_args[0]))
       throw std::invalid_argument("'" + o.command_args[0] + "' is not a device name");
+  }
+  if (o.check_host && !o.check_only)
+    throw std::invalid_argument("option --host goes with --check (see --help)");
+  if (!o.command.empty()) {
   } else if (o.json || o.timeout) {
     throw std::invalid_argument(std::string("option ") + (o.json ? "--json" : "--timeout") +
                                 " goes with a command such as status (see --help)");

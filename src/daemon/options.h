@@ -19,6 +19,7 @@ namespace vb {
 struct Options {
   std::string config_path = VDUSE_BRIDGE_DEFAULT_CONFIG;
   bool check_only = false; // --check: validate the configuration and exit
+  bool check_host = false; // --host (with --check): the host's problems are errors, not warnings
   std::string discover;    // --discover URI: list an iSCSI portal's targets and LUNs and exit
   // With --discover: log in as --initiator-name (else the host's default), with CHAP.
   std::string discover_initiator_name;

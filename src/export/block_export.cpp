@@ -356,6 +356,12 @@ metrics::DeviceStatus BlockExport::status() const {
   d.started = started_;
   for (const auto &q : queues_)
     d.queues.push_back(q->counters().snapshot());
+  d.reconnects = h.recoveries;
+  // While the storage is away, every request in the backend waits for it (held, or to be sent
+  // again): none is failed before reconnect-timeout.
+  if (d.backend_state == metrics::BackendState::reconnecting)
+    for (const auto &q : d.queues)
+      d.held_requests += q.in_flight;
   return d;
 }
 

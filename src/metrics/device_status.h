@@ -64,8 +64,8 @@ struct DeviceStatus {
   BackendState backend_state = BackendState::connected;
   std::chrono::system_clock::time_point backend_state_since{}; // when it entered backend_state
   std::string last_error;          // the backend's latest error text, or why the device is waiting; may be empty
-  std::uint64_t reconnects = 0;    // new backend connections made after a lost one, since started
-  std::uint64_t held_requests = 0; // requests held (not failed) while the backend reconnects, now
+  std::uint64_t reconnects = 0;    // times the backend was connected again after it was lost, since started
+  std::uint64_t held_requests = 0; // requests in the backend while it reconnects (held, not failed), now
   std::uint64_t capacity_bytes = 0;
   bool read_only = false;
   std::chrono::system_clock::time_point started{}; // when this daemon began serving the device

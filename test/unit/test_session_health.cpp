@@ -1,6 +1,7 @@
 // The health of a device with several reconnecting sessions (issue 13: iSCSI with queues: 2
 // showed "connected" while one session was still reconnecting; NBD had its own fix).
 #include "session/session_health.h"
+#include "vduse-bridge/backend.h"
 
 #include <doctest/doctest.h>
 
@@ -83,4 +84,22 @@ TEST_CASE("session health: sessions on many threads leave consistent counts") {
   for (auto &t : threads)
     t.join();
   CHECK(all.worst() == State::connected); // each session was destroyed: none counts
+}
+
+// What the metrics' backend_reconnects_total counts: returns to connected, not every report.
+TEST_CASE("recording events count the times the backend came back") {
+  vb::RecordingBackendEvents events;
+  using State = vb::BackendEvents::State;
+  events.health_changed(State::connected, {});
+  CHECK(events.health().recoveries == 0);
+  events.health_changed(State::reconnecting, "lost");
+  events.health_changed(State::reconnecting, "still lost");
+  CHECK(events.health().recoveries == 0);
+  events.health_changed(State::connected, {});
+  events.health_changed(State::connected, {});
+  CHECK(events.health().recoveries == 1);
+  events.health_changed(State::failing, "gone");
+  events.health_changed(State::connected, {});
+  CHECK(events.health().recoveries == 2);
+  CHECK(events.health().last_error == "gone");
 }

@@ -1,0 +1,114 @@
+#!/usr/bin/env bash
+# A host whose storage comes up after the daemon (issue 14, start-up and isolation).
+#  1. Device A's NBD server does not exist yet (its socket is missing), device B is memory: the
+#     daemon stays up and serves B at once; `status A` says waiting, with the error, and exits 3;
+#     `list` names both. A's server appears 20 s later: A's disk appears within the retry
+#     interval (30 s at most) and `status` exits 0.
+#  2. Device C's server never comes up, device E's server accepts and never answers (nbdkit
+#     SIGSTOPped: its handshake bound is 30 s), device D is memory: D is served; `status` answers
+#     within a second while E's connect hangs; SIGTERM ends the daemon within 2 s, exit 0.
+# shellcheck source-path=SCRIPTDIR/../lib
+source "$(dirname "$0")/../lib/nbd.sh"
+command -v nbdkit >/dev/null || skip "nbdkit not installed"
+
+# ms_since T0: milliseconds since $EPOCHREALTIME was T0.
+ms_since() { awk -v a="$1" -v b="$EPOCHREALTIME" 'BEGIN { printf "%d", (b - a) * 1000 }'; }
+status_rc() { # NAME: the exit status of `vduse-bridge status NAME`
+  local rc=0
+  "$DAEMON" status "$1" >"$work/status.out" 2>&1 || rc=$?
+  echo "$rc"
+}
+launch() { # CONFIG: the daemon in the background, without waiting for its devices
+  daemon_runs=$((daemon_runs + 1))
+  daemon_log=$work/daemon.$daemon_runs.log
+  "$DAEMON" --config "$1" >"$daemon_log" 2>&1 &
+  daemon_pid=$!
+}
+
+# --- 1. a server that appears 20 s after the daemon -----------------------------------------
+sock=$work/late.sock
+cat >"$work/late.yaml" <<EOF
+devices:
+  - name: vblatea0
+    backend:
+      type: nbd
+      uri: "nbd+unix:///?socket=$sock"
+  - name: vblateb0
+    backend:
+      type: memory
+      size: 16M
+EOF
+t0=$SECONDS
+launch "$work/late.yaml"
+wait_for 30 "the memory device B to be served" disk_ready vblateb0
+daemon_alive || fail "the daemon exited with A's server missing"
+echo "ok: B served $((SECONDS - t0))s after start, with A's server missing"
+waiting_logged() { grep -q "vblatea0: .*tried again in the background" "$daemon_log"; }
+wait_for 10 "the log to say A is retried" waiting_logged
+rc=$(status_rc vblatea0)
+[ "$rc" = 3 ] || fail "status vblatea0 exited $rc with A waiting (expected 3): $(cat "$work/status.out")"
+grep -q "waiting" "$work/status.out" || fail "status does not say A is waiting: $(cat "$work/status.out")"
+grep -q "$sock" "$work/status.out" || grep -qi "no such file" "$work/status.out" ||
+  fail "status does not give A's last error: $(cat "$work/status.out")"
+echo "ok: status vblatea0 exit 3: $(grep -i waiting "$work/status.out" | head -n 1 | cut -c1-150)"
+"$DAEMON" list >"$work/list.out" || true
+for name in vblatea0 vblateb0; do
+  grep -q "$name" "$work/list.out" || fail "list lacks $name: $(cat "$work/list.out")"
+done
+[ "$(status_rc vblateb0)" = 0 ] || fail "status vblateb0 is not 0 with B serving: $(cat "$work/status.out")"
+
+sleep $((20 - (SECONDS - t0) > 0 ? 20 - (SECONDS - t0) : 0))
+nbdkit_start late -U "$sock" memory 32M
+t_server=$SECONDS
+echo "ok: A's server started $((SECONDS - t0))s after the daemon"
+wait_for 45 "A's disk once its server is up" disk_ready vblatea0
+echo "ok: A's disk /dev/$(disk_of vblatea0) appeared $((SECONDS - t_server))s after its server"
+dd if=/dev/urandom of="$work/pattern" bs=64k count=1 status=none
+dd if="$work/pattern" of="/dev/$(disk_of vblatea0)" bs=64k oflag=direct status=none || fail "write to A failed"
+cmp <(dd if="/dev/$(disk_of vblatea0)" bs=64k count=1 iflag=direct status=none) "$work/pattern" ||
+  fail "A does not read back what was written"
+rc=$(status_rc vblatea0)
+[ "$rc" = 0 ] || fail "status vblatea0 exited $rc with A serving: $(cat "$work/status.out")"
+echo "ok: A serves I/O, status exits 0"
+stop_daemon
+nbdkit_kill late
+
+# --- 2. one server never comes up, another accepts and never answers --------------------------
+nbdkit_start_tcp stopped memory 32M
+kill -STOP "${nbdkit_pids[stopped]}"
+cat >"$work/stuck.yaml" <<EOF
+devices:
+  - name: vbneverc0
+    backend:
+      type: nbd
+      uri: "nbd+unix:///?socket=$work/never.sock"
+  - name: vbstucke0
+    backend:
+      type: nbd
+      uri: "nbd://127.0.0.1:${nbdkit_ports[stopped]}/"
+  - name: vbstuckd0
+    backend:
+      type: memory
+      size: 16M
+EOF
+launch "$work/stuck.yaml"
+wait_for 30 "the memory device D to be served" disk_ready vbstuckd0
+echo "ok: D served; C's server is missing, E's is SIGSTOPped"
+t=$EPOCHREALTIME
+rc=$(status_rc vbstucke0)
+took=$(ms_since "$t")
+[ "$took" -lt 1000 ] || fail "status took ${took}ms while E's connect hangs (expected under 1 s)"
+[ "$rc" = 3 ] || fail "status vbstucke0 exited $rc while E is not served (expected 3): $(cat "$work/status.out")"
+echo "ok: status answered in ${took}ms (E: $(grep -Ei 'starting|waiting' "$work/status.out" | head -n 1 | cut -c1-100))"
+t=$EPOCHREALTIME
+kill -TERM "$daemon_pid"
+wait_gone "$daemon_pid" 10 || fail "the daemon did not exit within 10 s of SIGTERM"
+took=$(ms_since "$t")
+rc=0
+wait "$daemon_pid" || rc=$?
+daemon_pid=''
+[ "$rc" = 0 ] || fail "the daemon exited $rc after SIGTERM"
+[ "$took" -lt 2000 ] || fail "the daemon took ${took}ms to exit after SIGTERM (expected under 2 s)"
+echo "ok: SIGTERM: exit 0 after ${took}ms with E's connect hanging"
+kill -CONT "${nbdkit_pids[stopped]}"
+nbdkit_kill stopped
