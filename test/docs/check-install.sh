@@ -39,6 +39,9 @@ check() {
   for f in vduse-bridge.yaml vduse-bridge.yaml.example; do
     [ -e "$root$confdir/$f" ] || fail "$prefix: $confdir/$f not installed"
   done
+  [ -d "$root$confdir/vduse-bridge.d" ] || fail "$prefix: the drop-in directory $confdir/vduse-bridge.d was not made"
+  grep -q "^ReadWritePaths=$confdir/vduse-bridge.d\$" "$root$prefix/lib/systemd/system/vduse-bridge.service" ||
+    fail "$prefix: the unit does not let the daemon write $confdir/vduse-bridge.d"
   unit=$root$prefix/lib/systemd/system/vduse-bridge.service
   [ -e "$unit" ] || return 0
   grep -q "^ExecStart=$prefix/sbin/vduse-bridge " "$unit" || fail "$prefix: the unit does not start $prefix/sbin/vduse-bridge"
