@@ -181,8 +181,9 @@ std::string parse_iscsi_portal_uri(const std::string &uri) {
 
 std::string default_initiator_name(const std::string &initiatorname_file) {
   // open-iscsi's file: "InitiatorName=iqn.1993-08.org.debian:01:abc", "#" comments.
-  const SmallFile f = read_small_file(initiatorname_file, 64 * 1024, O_NOCTTY);
-  if (f.error == 0 && !f.too_large(64 * 1024)) {
+  constexpr std::size_t kMaxBytes = 64 * 1024;
+  const SmallFile f = read_small_file(initiatorname_file, kMaxBytes, O_NOCTTY);
+  if (f.error == 0 && !f.too_large(kMaxBytes)) {
     constexpr std::string_view blanks = " \t\r";
     const auto trim = [&](std::string_view s) {
       const auto b = s.find_first_not_of(blanks);
@@ -484,7 +485,7 @@ int full_connect_within(iscsi_context *ctx, const IscsiUri &uri, int seconds, co
     pollfd pfd{iscsi_get_fd(ctx), static_cast<short>(iscsi_which_events(ctx)), 0};
     const int n = ::poll(&pfd, 1, 100);
     if (n < 0 && errno != EINTR) {
-      why = std::string("poll: ") + std::strerror(errno);
+      why = std::string("poll: ") + errno_text(errno);
       return -1;
     }
     if (iscsi_service(ctx, n > 0 ? pfd.revents : 0) < 0)

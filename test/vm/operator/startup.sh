@@ -7,6 +7,9 @@
 #  2. Device C's server never comes up, device E's server accepts and never answers (nbdkit
 #     SIGSTOPped: its handshake bound is 30 s), device D is memory: D is served; `status` answers
 #     within a second while E's connect hangs; SIGTERM ends the daemon within 2 s, exit 0.
+#  3. A daemon with no device: `add FILE` returns once the device serves (its drop-in written),
+#     adding it twice exits 1, a restart brings it back, `reload` of a broken drop-in exits 1
+#     naming the problem and changes nothing, `remove` returns once the disk is gone.
 # shellcheck source-path=SCRIPTDIR/../lib
 source "$(dirname "$0")/../lib/nbd.sh"
 command -v nbdkit >/dev/null || skip "nbdkit not installed"
@@ -112,3 +115,50 @@ daemon_pid=''
 echo "ok: SIGTERM: exit 0 after ${took}ms with E's connect hanging"
 kill -CONT "${nbdkit_pids[stopped]}"
 nbdkit_kill stopped
+
+# --- 3. add, remove and reload wait for their result and say it in the exit status ------------
+cat >"$work/main.yaml" <<EOF
+devices: []
+EOF
+mkdir -p "$work/main.d"
+launch "$work/main.yaml"
+ready() { "$DAEMON" list >/dev/null 2>&1; }
+wait_for 30 "the daemon with no device to answer" ready
+cat >"$work/extra.yaml" <<EOF
+devices:
+  - name: vbaddf0
+    backend:
+      type: memory
+      size: 16M
+EOF
+rc=0
+"$DAEMON" add "$work/extra.yaml" >"$work/add.out" 2>&1 || rc=$?
+[ "$rc" = 0 ] || fail "add exited $rc: $(cat "$work/add.out")"
+disk_ready vbaddf0 || fail "add returned before the disk of vbaddf0 exists: $(cat "$work/add.out")"
+[ -f "$work/main.d/vbaddf0.yaml" ] || fail "add wrote no drop-in file $work/main.d/vbaddf0.yaml"
+echo "ok: add: vbaddf0 serves as /dev/$(disk_of vbaddf0) when add returns ($(tr '\n' ' ' <"$work/add.out" | cut -c1-120))"
+rc=0
+"$DAEMON" add "$work/extra.yaml" >"$work/add.out" 2>&1 || rc=$?
+[ "$rc" = 1 ] || fail "adding vbaddf0 twice exited $rc (expected 1): $(cat "$work/add.out")"
+echo "ok: add again: exit 1: $(head -n 1 "$work/add.out" | cut -c1-120)"
+# A restart keeps it: the drop-in is part of the configuration.
+stop_daemon
+launch "$work/main.yaml"
+wait_for 30 "vbaddf0 after a restart" disk_ready vbaddf0
+echo "ok: vbaddf0 is back after a restart (from its drop-in)"
+# A broken file: reload fails and changes nothing.
+printf 'devices:\n  - name: vbbad0\n    queus: 2\n' >"$work/main.d/broken.yaml"
+rc=0
+"$DAEMON" reload >"$work/reload.out" 2>&1 || rc=$?
+[ "$rc" = 1 ] || fail "reload of a broken drop-in exited $rc (expected 1): $(cat "$work/reload.out")"
+grep -q "queues" "$work/reload.out" || fail "reload does not say what is wrong: $(cat "$work/reload.out")"
+disk_ready vbaddf0 || fail "a failed reload took vbaddf0 away"
+echo "ok: reload with a broken drop-in: exit 1, nothing changed ($(head -n 1 "$work/reload.out" | cut -c1-120))"
+rm "$work/main.d/broken.yaml"
+rc=0
+"$DAEMON" remove vbaddf0 >"$work/remove.out" 2>&1 || rc=$?
+[ "$rc" = 0 ] || fail "remove exited $rc: $(cat "$work/remove.out")"
+! disk_ready vbaddf0 || fail "remove returned with the disk of vbaddf0 still there"
+[ ! -e "$work/main.d/vbaddf0.yaml" ] || fail "remove left the drop-in file"
+echo "ok: remove: vbaddf0 gone when remove returns, its drop-in deleted"
+stop_daemon
