@@ -181,7 +181,7 @@ std::string parse_iscsi_portal_uri(const std::string &uri) {
 
 std::string default_initiator_name(const std::string &initiatorname_file) {
   // open-iscsi's file: "InitiatorName=iqn.1993-08.org.debian:01:abc", "#" comments.
-  constexpr std::size_t kMaxBytes = 64 * 1024;
+  constexpr std::size_t kMaxBytes = std::size_t{64} << 10;
   const SmallFile f = read_small_file(initiatorname_file, kMaxBytes, O_NOCTTY);
   if (f.error == 0 && !f.too_large(kMaxBytes)) {
     constexpr std::string_view blanks = " \t\r";
