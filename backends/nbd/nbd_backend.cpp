@@ -230,7 +230,7 @@ void NbdBackend::connect() {
   if (!options_.tls_psk_file.empty())
     check_secret_file(options_.tls_psk_file, "tls-psk-file");
   if (!options_.tls_certificates.empty())
-    check_secret_file(options_.tls_certificates + "/key.pem", "tls-certificates private key");
+    check_secret_file(options_.tls_certificates + "/client-key.pem", "tls-certificates private key");
   nbd_handle *h = make_nbd_handle(options_);
   // The handshake bound of every later connection (nbd_connection.cpp), here too.
   const auto limit = options_.request_timeout.count() > 0 ? options_.request_timeout : std::chrono::milliseconds(30000);
