@@ -589,15 +589,21 @@ std::vector<PreflightFinding> preflight_host(const Config &config, bool strict, 
   struct utsname un {};
   const std::string modules_dir = root + "/lib/modules/" + (::uname(&un) == 0 ? un.release : "");
   for (const auto &m : modules) {
-    if (path_exists(root + "/sys/module/" + m))
+    std::string loaded = root;
+    loaded.append("/sys/module/").append(m);
+    if (path_exists(loaded))
       continue;
+    std::string text = "host: the kernel module ";
+    text += m;
     if (module_listed(modules_dir, m))
-      out.push_back({severity, {}, "host: the kernel module " + m + " is not loaded (modprobe " + m + ")"});
+      text.append(" is not loaded (modprobe ").append(m).append(")");
     else
-      out.push_back({severity,
-                     {},
-                     "host: the kernel module " + m + " is neither loaded nor in " + modules_dir +
-                         " (a kernel without " + (m == "vduse" ? "VDUSE" : m) + " support?)"});
+      text.append(" is neither loaded nor in ")
+          .append(modules_dir)
+          .append(" (a kernel without ")
+          .append(m == "vduse" ? "VDUSE" : m)
+          .append(" support?)");
+    out.push_back({severity, {}, text});
   }
   if (!path_exists(root + "/dev/vduse/control"))
     out.push_back(

@@ -677,8 +677,8 @@ TEST_CASE("iscsi: URIs with credentials or without a LUN are refused with an exp
   CHECK(u.portal == "[::1]:3260");
   CHECK(u.target == "iqn.2026-11.org.example:disk0");
   CHECK(u.lun == 7);
-  CHECK(vb::parse_iscsi_uri("iscsi://host:3261/t/0").portal == "host:3261");
-  CHECK(vb::default_initiator_name().rfind("iqn.2026-11.org.vduse-bridge:", 0) == 0);
+  CHECK(vb::parse_iscsi_uri("iscsi://host:3261/iqn.2026-11.org.example:t/0").portal == "host:3261");
+  CHECK(vb::default_initiator_name("/nonexistent/initiatorname.iscsi").rfind("iqn.2026-11.org.vduse-bridge:", 0) == 0);
   vb::IscsiBackend backend(options_for("iscsi://u%p@127.0.0.1:1/iqn.x:y/1"));
   CHECK_THROWS_WITH_AS(backend.open(vb::test::new_events(backend)), doctest::Contains("user information"),
                        std::invalid_argument);
