@@ -30,7 +30,8 @@ expect_refused() {
   daemon_log=$work/daemon.$daemon_runs.log
   "$DAEMON" --config "$config" >"$daemon_log" 2>&1 &
   daemon_pid=$!
-  said() { grep -q "$what" "$daemon_log" || ! daemon_alive; }
+  refused_text=$what # wait_for has a local $what of its own
+  said() { grep -q "$refused_text" "$daemon_log" || ! daemon_alive; }
   wait_for 60 "the daemon to refuse the device ($what)" said
   daemon_alive || { cat "$daemon_log"; fail "$what: the daemon exited instead of waiting"; }
   "$DAEMON" status vbrecmis0 >"$work/refused.status" 2>&1 || rc=$?
