@@ -314,7 +314,7 @@ void preflight(const BackendOptions &options, std::vector<PreflightFinding> &out
         const std::string path = o.tls_certificates + "/" + std::string(name);
         if (name == "client-key.pem") {
           if (const std::string problem = secret_file_problem(path); !problem.empty())
-            out.push_back({S::error, "tls-certificates", path + " " + problem});
+            out.push_back({S::error, "tls-certificates", std::string(path).append(" ").append(problem)});
           continue;
         }
         const SmallFile f = read_small_file(path, 1 << 20);
