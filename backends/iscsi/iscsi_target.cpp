@@ -39,19 +39,6 @@ struct TaskFree {
 };
 using TaskPtr = std::unique_ptr<scsi_task, TaskFree>;
 
-std::string percent_decoded(std::string_view text) {
-  std::string out;
-  for (std::size_t i = 0; i < text.size(); ++i) {
-    if (text[i] == '%' && i + 2 < text.size() && hex_digit(text[i + 1]) >= 0 && hex_digit(text[i + 2]) >= 0) {
-      out += static_cast<char>(hex_digit(text[i + 1]) * 16 + hex_digit(text[i + 2]));
-      i += 2;
-    } else {
-      out += text[i];
-    }
-  }
-  return out;
-}
-
 // host[:port] of a URI without user information; the port defaults to 3260.
 std::string portal_of(std::string_view authority, const std::string &uri) {
   auto bad = [&](const std::string &why) { return std::invalid_argument("'" + uri + "': " + why); };

@@ -64,20 +64,6 @@ std::optional<UriParts> split_uri(std::string_view text) {
   return parts;
 }
 
-// %XX decoded as is (for lengths and the socket path).
-std::string percent_decoded(std::string_view text) {
-  std::string out;
-  for (std::size_t i = 0; i < text.size(); ++i) {
-    if (text[i] == '%' && i + 2 < text.size() && hex_digit(text[i + 1]) >= 0 && hex_digit(text[i + 2]) >= 0) {
-      out += static_cast<char>(hex_digit(text[i + 1]) * 16 + hex_digit(text[i + 2]));
-      i += 2;
-    } else {
-      out += text[i];
-    }
-  }
-  return out;
-}
-
 // The checks of the authority (host and port) and of the export name, by transport.
 void check_address(const ConfigChecker &check, const ConfigValue &v, const UriParts &parts,
                    std::string_view export_name) {
