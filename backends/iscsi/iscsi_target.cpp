@@ -447,38 +447,50 @@ namespace {
 // 0 when logged in; else -1 with the reason in `why` (empty: libiscsi's error says it).
 int full_connect_within(iscsi_context *ctx, const IscsiUri &uri, int seconds, const std::function<bool()> &cancelled,
                         std::string &why) {
+  // On the heap: a login given up on (cancelled, timed out) may still have its callback run
+  // later, when the caller destroys the context (libiscsi cancels what is queued). Then the
+  // callback frees it; a callback that never comes leaves these few bytes behind.
   struct Login {
     bool done = false;
+    bool abandoned = false;
     int status = 0;
-  } login;
+  };
+  auto *login = new Login;
   auto on_done = [](iscsi_context *, int status, void *, void *p) {
     auto *l = static_cast<Login *>(p);
+    if (l->abandoned) {
+      delete l;
+      return;
+    }
     l->done = true;
     l->status = status;
   };
-  if (iscsi_full_connect_async(ctx, uri.portal.c_str(), uri.lun, on_done, &login) != 0)
+  if (iscsi_full_connect_async(ctx, uri.portal.c_str(), uri.lun, on_done, login) != 0) {
+    delete login; // not queued: the callback never runs
     return -1;
+  }
+  auto give_up = [&](std::string reason) {
+    login->abandoned = true;
+    why = std::move(reason);
+    return -1;
+  };
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(seconds);
-  while (!login.done) {
-    if (cancelled && cancelled()) {
-      why = "cancelled";
-      return -1;
-    }
-    if (std::chrono::steady_clock::now() >= deadline) {
-      why = "no answer within " + std::to_string(seconds) + "s (the login bound: request-timeout, or 30s)";
-      return -1;
-    }
+  while (!login->done) {
+    if (cancelled && cancelled())
+      return give_up("cancelled");
+    if (std::chrono::steady_clock::now() >= deadline)
+      return give_up("no answer within " + std::to_string(seconds) + "s (the login bound: request-timeout, or 30s)");
     // libiscsi may change sockets during a login (a redirect to another portal).
     pollfd pfd{iscsi_get_fd(ctx), static_cast<short>(iscsi_which_events(ctx)), 0};
     const int n = ::poll(&pfd, 1, 100);
-    if (n < 0 && errno != EINTR) {
-      why = std::string("poll: ") + errno_text(errno);
-      return -1;
-    }
-    if (iscsi_service(ctx, n > 0 ? pfd.revents : 0) < 0)
-      return -1;
+    if (n < 0 && errno != EINTR)
+      return give_up(std::string("poll: ") + errno_text(errno));
+    if (iscsi_service(ctx, n > 0 ? pfd.revents : 0) < 0 && !login->done)
+      return give_up({}); // libiscsi's error says why
   }
-  return login.status == 0 ? 0 : -1;
+  const int status = login->status;
+  delete login;
+  return status == 0 ? 0 : -1;
 }
 
 } // namespace

@@ -139,12 +139,14 @@ StreamServer::Later StreamServer::defer_reply() {
   if (!current_)
     throw std::logic_error("StreamServer::defer_reply() outside on_input");
   Connection *c = current_;
-  c->deferred = true;
-  return [this, c, conn = std::weak_ptr<char>(c->alive), server = std::weak_ptr<char>(alive_)](std::string reply) {
+  Later later = [this, c, conn = std::weak_ptr<char>(c->alive),
+                 server = std::weak_ptr<char>(alive_)](std::string reply) {
     if (server.expired() || conn.expired() || c->phase != Connection::Phase::reading)
       return;
     start_reply(c, std::move(reply));
   };
+  c->deferred = true; // last: if making `later` threw, the request is answered with an error now
+  return later;
 }
 
 void StreamServer::start_reply(Connection *c, std::string reply) noexcept {

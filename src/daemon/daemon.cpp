@@ -20,7 +20,9 @@
 #include <cerrno>
 #include <csignal>
 #include <fcntl.h>
+#include <map>
 #include <memory>
+#include <set>
 #include <sstream>
 #include <stdexcept>
 #include <sys/mman.h>
@@ -172,12 +174,12 @@ private:
           loop_, device, [device] { return make_backend(device); }, state_dir_);
       DeviceRunner *raw = e.get();
       exports_.push_back(std::move(e));
-      ++starting_;
-      raw->start([this, first = true](metrics::DeviceState, const std::string &) mutable {
-        if (first) {
-          first = false;
-          --starting_;
-        }
+      // Until its first report (or its removal) the device counts as not started for READY=1.
+      const unsigned id = ++last_id_;
+      ids_[raw] = id;
+      unreported_.insert(id);
+      raw->start([this, id](metrics::DeviceState, const std::string &) {
+        unreported_.erase(id);
         announced_ = false;
         step();
       });
@@ -244,7 +246,7 @@ private:
       if (it == fresh.devices.end()) {
         if (!queued_removal(e->name())) {
           removals_.push_back(e->name());
-          w.removed.push_back(e->name());
+          w.removed.emplace_back(e->name(), e.get());
         }
       } else {
         ++kept;
@@ -280,7 +282,8 @@ private:
 
   // A `reload`, `add` or `remove` waiting for its devices.
   struct Waiter {
-    std::vector<std::string> added, removed, problems;
+    std::vector<std::string> added, problems;
+    std::vector<std::pair<std::string, const DeviceRunner *>> removed; // by runner: a name may come back
     std::string summary;
     Reply reply;
   };
@@ -312,8 +315,8 @@ private:
         waiting = waiting || d.state != metrics::DeviceState::serving;
         text += name + ": " + metrics::to_string(d.state) + (d.last_error.empty() ? "" : ": " + d.last_error) + "\n";
       }
-      for (const auto &name : w.removed) {
-        if (queued(name) || runner(name))
+      for (const auto &[name, gone] : w.removed) {
+        if (std::any_of(exports_.begin(), exports_.end(), [&](const auto &e) { return e.get() == gone; }))
           return false;
         text += name + ": removed\n";
       }
@@ -329,16 +332,30 @@ private:
   void add_file(const std::string &line, const Reply &reply) {
     const auto space = line.find(' ');
     const std::string path = space == std::string::npos ? std::string() : line.substr(space + 1);
+    if (stopping_) {
+      reply(Status::error, "the daemon is stopping");
+      return;
+    }
     if (path.empty() || path[0] != '/') {
       reply(Status::error, "add needs an absolute file name");
       return;
     }
-    ConfigCheck checked = check_config(path);
+    // Read once: what is checked is what is written.
+    std::string text;
+    {
+      SmallFile f = read_small_file(path, 1 << 20);
+      if (f.error != 0 || f.too_large(1 << 20)) {
+        reply(Status::error, f.error != 0 ? f.problem() : path + ": more than 1 MiB");
+        return;
+      }
+      text = std::move(f.text);
+    }
+    ConfigCheck checked = check_config_text(text, path);
     if (!checked.config) {
-      std::string text;
+      std::string errors;
       for (const auto &e : checked.errors)
-        text += std::string(e.what()) + "\n";
-      reply(Status::error, text + "nothing added");
+        errors += std::string(e.what()) + "\n";
+      reply(Status::error, errors + "nothing added");
       return;
     }
     if (checked.config->devices.size() != 1) {
@@ -356,15 +373,6 @@ private:
     }
     const std::string dir = dropin_dir(config_.path);
     const std::string target = dir + "/" + d.name + ".yaml";
-    std::string text;
-    {
-      SmallFile f = read_small_file(path, 1 << 20);
-      if (f.error != 0) {
-        reply(Status::error, f.problem());
-        return;
-      }
-      text = std::move(f.text);
-    }
     if (::mkdir(dir.c_str(), 0755) != 0 && errno != EEXIST) {
       reply(Status::error, errno_message("mkdir " + dir, errno));
       return;
@@ -389,6 +397,16 @@ private:
       return;
     }
     ::unlink(temp.c_str());
+    // The whole configuration must still load with it (another drop-in may define the name, or be
+    // broken): else it goes again, and nothing changed.
+    if (ConfigCheck all = check_config(config_.path); !all.config) {
+      ::unlink(target.c_str());
+      std::string errors;
+      for (const auto &e : all.errors)
+        errors += std::string(e.what()) + "\n";
+      reply(Status::error, errors + target + " not added: the configuration would not load with it");
+      return;
+    }
     VB_LOG_INFO("add: %s written from %s", target.c_str(), path.c_str());
     reload(reply);
   }
@@ -406,8 +424,11 @@ private:
       reply(Status::error, "no device named '" + q.name + "' (vduse-bridge list shows them)");
       return;
     }
-    if (it->file == config_.path) {
+    const auto in_file = std::count_if(config_.devices.begin(), config_.devices.end(),
+                                       [&](const DeviceConfig &o) { return o.file == it->file; });
+    if (it->file == config_.path || in_file != 1) {
       reply(Status::error, q.name + " is defined in " + it->file + ":" + std::to_string(it->line) +
+                               (in_file != 1 ? " with other devices" : "") +
                                ": remove it there and run vduse-bridge reload");
       return;
     }
@@ -437,7 +458,12 @@ private:
       busy_ = true;
       auto done = [this, target = &e] {
         busy_ = false;
+        if (const auto id = ids_.find(target); id != ids_.end()) {
+          unreported_.erase(id->second);
+          ids_.erase(id);
+        }
         std::erase_if(exports_, [&](const auto &x) { return x.get() == target; });
+        announced_ = false;
         step();
       };
       if (leaving_)
@@ -462,7 +488,7 @@ private:
   // READY=1 once every device has had its first attempt: each is serving or waiting (retried in
   // the background). STATUS= says which, again whenever that changes.
   void announce() {
-    if (announced_ || starting_ > 0)
+    if (announced_ || !unreported_.empty())
       return;
     announced_ = true;
     std::size_t serving = 0;
@@ -503,7 +529,9 @@ private:
   std::vector<std::string> removals_;                  // devices to stop, in order
   std::vector<DeviceConfig> additions_;                // devices to create, in order
   std::vector<Waiter> waiters_;
-  int starting_ = 0;
+  std::map<const DeviceRunner *, unsigned> ids_; // each runner's id, for unreported_
+  std::set<unsigned> unreported_;                // runners whose first attempt has not ended yet
+  unsigned last_id_ = 0;
   bool busy_ = false; // a stop or leave is in progress
   bool stopping_ = false;
   bool leaving_ = false;

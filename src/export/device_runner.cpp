@@ -85,8 +85,8 @@ void DeviceRunner::attempt() {
 }
 
 void DeviceRunner::on_started(const std::string &error) {
-  attaching_ = false;
   if (error.empty()) {
+    attaching_ = false;
     {
       std::lock_guard lock(mu_);
       attempts_ = 0;
@@ -96,27 +96,36 @@ void DeviceRunner::on_started(const std::string &error) {
       VB_LOG_INFO("%s: serving (after waiting for: %s)", config_.name.c_str(), last_logged_.c_str());
     last_logged_.clear();
     set_state(metrics::DeviceState::serving, {});
-  } else if (pending_ == Ending::none) {
-    // Attaching failed (the vDPA bus, a driver missing): the device goes, and comes back later.
-    BlockExport *e = nullptr;
-    {
-      std::lock_guard lock(mu_);
-      e = export_.get();
-    }
-    e->stop([this, error] {
-      // Not from inside the export's own callback.
-      loop_.post([this, error] {
-        take_export().reset();
-        wait_and_retry(error);
-      });
-    });
+    finish_pending();
     return;
   }
-  if (pending_ != Ending::none) {
-    const Ending how = pending_;
-    pending_ = Ending::none;
-    end(how, std::move(pending_done_));
+  // Attaching failed (the vDPA bus, a driver missing): the device goes, and comes back later.
+  // attaching_ stays set until the export is gone, so that a stop or leave meanwhile waits.
+  BlockExport *e = nullptr;
+  {
+    std::lock_guard lock(mu_);
+    e = export_.get();
   }
+  e->stop([this, error] {
+    // Not from inside the export's own callback.
+    loop_.post([this, error] {
+      take_export().reset();
+      attaching_ = false;
+      if (pending_ != Ending::none)
+        finish_pending();
+      else
+        wait_and_retry(error);
+    });
+  });
+}
+
+// A stop or leave that came while the device was attaching: done now.
+void DeviceRunner::finish_pending() {
+  if (pending_ == Ending::none)
+    return;
+  const Ending how = pending_;
+  pending_ = Ending::none;
+  end(how, std::move(pending_done_));
 }
 
 void DeviceRunner::wait_and_retry(const std::string &error) {

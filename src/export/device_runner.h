@@ -67,6 +67,7 @@ private:
   void on_started(const std::string &error);        // runner thread: BlockExport::start's outcome
   void wait_and_retry(const std::string &error);    // runner thread
   void end(Ending how, std::function<void()> done); // runner thread
+  void finish_pending();                            // runner thread
   void set_state(metrics::DeviceState state, const std::string &error);
   std::unique_ptr<BlockExport> take_export();
 
