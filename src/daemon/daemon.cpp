@@ -315,10 +315,11 @@ private:
         waiting = waiting || d.state != metrics::DeviceState::serving;
         text += name + ": " + metrics::to_string(d.state) + (d.last_error.empty() ? "" : ": " + d.last_error) + "\n";
       }
-      for (const auto &[name, gone] : w.removed) {
+      for (const auto &removal : w.removed) {
+        const DeviceRunner *gone = removal.second;
         if (std::any_of(exports_.begin(), exports_.end(), [&](const auto &e) { return e.get() == gone; }))
           return false;
-        text += name + ": removed\n";
+        text += removal.first + ": removed\n";
       }
       for (const auto &p : w.problems)
         text += p + "\n";
