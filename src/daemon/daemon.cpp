@@ -258,8 +258,7 @@ private:
       }
     }
     for (const auto &d : fresh.devices) {
-      const bool exists =
-          std::any_of(exports_.begin(), exports_.end(), [&](const auto &e) { return e->name() == d.name; });
+      const bool exists = runner(d.name) != nullptr;
       const bool queued =
           std::any_of(additions_.begin(), additions_.end(), [&](const auto &a) { return a.name == d.name; });
       // A device still being removed (an earlier reload) comes back once that is done.
@@ -304,14 +303,16 @@ private:
       std::string text = w.summary + "\n";
       bool waiting = false;
       for (const auto &name : w.added) {
-        const DeviceRunner *r = runner(name);
-        if (queued(name) || (r && r->status().state == metrics::DeviceState::starting))
+        if (queued(name))
           return false;
+        const DeviceRunner *r = runner(name);
         if (!r) {
           text += name + ": removed again meanwhile\n";
           continue;
         }
-        const auto d = r->status();
+        const auto d = r->status(); // once: it snapshots every queue
+        if (d.state == metrics::DeviceState::starting)
+          return false;
         waiting = waiting || d.state != metrics::DeviceState::serving;
         text += name + ": " + metrics::to_string(d.state) + (d.last_error.empty() ? "" : ": " + d.last_error) + "\n";
       }
@@ -450,12 +451,12 @@ private:
     if (!removals_.empty()) {
       const std::string name = removals_.front();
       removals_.erase(removals_.begin());
-      const auto it = std::find_if(exports_.begin(), exports_.end(), [&](const auto &e) { return e->name() == name; });
-      if (it == exports_.end()) {
+      DeviceRunner *found = runner(name);
+      if (!found) {
         step();
         return;
       }
-      DeviceRunner &e = **it;
+      DeviceRunner &e = *found;
       busy_ = true;
       auto done = [this, target = &e] {
         busy_ = false;
