@@ -31,6 +31,8 @@ public:
   const char *kind() const noexcept override { return "nbd"; }
 
   unsigned connections() const noexcept { return connections_; }
+  // Any thread: how many connections the daemon's own transmission path serves now.
+  unsigned direct_connections() const noexcept { return size_.direct_connections.load(std::memory_order_relaxed); }
   // Bounce memory of all connections (any thread).
   std::size_t bounce_bytes() const;
   // The export's size now (it changes on resize), in bytes.

@@ -198,12 +198,14 @@ SessionSettings nbd_session_settings(const NbdOptions &options, std::string name
 NbdConnection::NbdConnection(EventLoop &loop, const NbdOptions &options, const BackendCapabilities &caps,
                              NbdExportSize &size, nbd_handle *handle, std::string name)
     : loop_(loop), options_(options), caps_(caps), size_(size), shutdown_(loop, [this] { on_server_shutdown(); }),
+      flush_(loop, [this] { flush_transport(); }), reaper_(loop, [this] { retired_transport_.reset(); }),
       core_(loop, size.sessions, *this, nbd_session_settings(options, std::move(name))) {
   if (handle) {
     h_ = handle;
     ++generation_;
     handle_size_ = static_cast<std::uint64_t>(std::max<std::int64_t>(nbd_get_size(h_), 0));
     watch_ = std::make_unique<IoWatch>(loop_, nbd_aio_get_fd(h_), [this](short ev) { on_io(ev); });
+    start_transport();
     core_.start(true);
     update_events();
   } else {
@@ -250,6 +252,29 @@ bool NbdConnection::issue_range(Job *op, char *buf, std::uint64_t offset, std::u
     const std::uint64_t n = std::min(length - done, max);
     std::int64_t cookie = -1;
     ++op->parts_left;
+    if (transport_) {
+      using nbd_wire::Command;
+      static constexpr Command kCommand[] = {Command::read, Command::write, Command::flush, Command::trim,
+                                             Command::write_zeroes};
+      static_assert(static_cast<int>(Op::read) == 0 && static_cast<int>(Op::write) == 1 &&
+                    static_cast<int>(Op::flush) == 2 && static_cast<int>(Op::discard) == 3 &&
+                    static_cast<int>(Op::write_zeroes) == 4);
+      const Command type = kCommand[static_cast<int>(r.op)];
+      const bool data = type == Command::read || type == Command::write;
+      const std::uint16_t flags = type == Command::write_zeroes && !r.may_unmap ? nbd_wire::kFlagNoHole : 0;
+      // flush carries no range (issue_range counts it as one byte).
+      const auto len = static_cast<std::uint32_t>(type == Command::flush ? 0 : n);
+      if (!transport_->issue(type, flags, type == Command::flush ? 0 : offset + done, len, data ? buf + done : nullptr,
+                             op)) {
+        --op->parts_left;
+        if (op->error == 0)
+          op->error = ENOMEM;
+        return false;
+      }
+      flush_.schedule();
+      done += n;
+      continue;
+    }
     switch (r.op) {
     case Op::read:
       cookie = nbd_aio_pread(h_, buf + done, n, offset + done, cb, 0);
@@ -327,7 +352,7 @@ void NbdConnection::send(SessionJob *job) noexcept {
     issue_range(op, nullptr, r.offset, r.length, caps_.max_discard ? caps_.max_discard : (1ULL << 31));
     break;
   }
-  if (nbd_aio_is_dead(h_) || nbd_aio_is_closed(h_)) {
+  if (!transport_ && (nbd_aio_is_dead(h_) || nbd_aio_is_closed(h_))) {
     // The connection died under us: the op is still in flight, so it is resubmitted after
     // reconnecting, whatever part of it was issued.
     op->error = 0;
@@ -362,11 +387,77 @@ int NbdConnection::on_command_done(void *user_data, int *error) noexcept {
     self->shutdown_.schedule();
     return 1;
   }
-  if (*error != 0 && op->error == 0)
-    op->error = *error;
-  if (--op->parts_left == 0)
-    self->core_.retire(op);
+  self->command_done(op, *error);
   return 1;
+}
+
+void NbdConnection::command_done(Job *op, int error) noexcept {
+  if (error != 0 && op->error == 0)
+    op->error = error;
+  if (--op->parts_left == 0)
+    core_.retire(op);
+}
+
+void NbdConnection::on_transport_done(void *ctx, int error) noexcept {
+  auto *op = static_cast<Job *>(ctx);
+  NbdConnection *self = op->conn;
+  if (error == ESHUTDOWN) {
+    // As on libnbd's path: the job stays in flight for the next connection.
+    self->server_shutting_down_ = true;
+    self->shutdown_.schedule();
+    return;
+  }
+  self->command_done(op, error);
+}
+
+// Plaintext, simple replies, nothing in flight on libnbd's side: the own path takes over the
+// socket (libnbd keeps it, and closes it at nbd_close()).
+void NbdConnection::start_transport() noexcept {
+  if (!options_.direct_transmission || !h_ || nbd_get_tls_negotiated(h_) == 1 ||
+      nbd_get_structured_replies_negotiated(h_) != 0 || nbd_aio_in_flight(h_) != 0 || nbd_aio_is_ready(h_) != 1)
+    return;
+#ifdef LIBNBD_HAVE_NBD_GET_EXTENDED_HEADERS_NEGOTIATED
+  if (nbd_get_extended_headers_negotiated(h_) != 0)
+    return;
+#endif
+  server_shutting_down_ = false;
+  try {
+    transport_ = std::make_unique<NbdTransport>(nbd_aio_get_fd(h_), &NbdConnection::on_transport_done);
+  } catch (const std::bad_alloc &) {
+    return; // libnbd's path then
+  }
+  size_.direct_connections.fetch_add(1, std::memory_order_relaxed);
+  if (watch_)
+    watch_->set_events(EV_READ); // on_io() hands the events to on_transport_io() from now on
+}
+
+void NbdConnection::flush_transport() noexcept {
+  if (!transport_)
+    return;
+  std::string why;
+  if (!transport_->flush(why)) {
+    core_.lost(why);
+    return;
+  }
+  if (watch_)
+    watch_->set_events(static_cast<short>(EV_READ | (transport_->want_write() ? EV_WRITE : 0)));
+}
+
+void NbdConnection::on_transport_io(short events) noexcept {
+  NbdTransport *t = transport_.get();
+  std::string why;
+  if ((events & EV_READ) && !t->receive(why)) {
+    if (transport_.get() != t)
+      return;
+    if (server_shutting_down_)
+      on_server_shutdown(); // a failed read said ESHUTDOWN: reconnect after the pause, as for any ESHUTDOWN
+    else
+      core_.lost(why);
+    return;
+  }
+  if (transport_.get() != t)
+    return; // dropped by a completion (the connection is being replaced)
+  flush_transport();
 }
 
 void NbdConnection::release(SessionJob *job, int error) noexcept {
@@ -380,7 +471,7 @@ void NbdConnection::release(SessionJob *job, int error) noexcept {
 }
 
 void NbdConnection::update_events() noexcept {
-  if (!h_ || !watch_)
+  if (!h_ || !watch_ || transport_)
     return;
   const unsigned dir = nbd_aio_get_direction(h_);
   short ev = 0;
@@ -392,6 +483,10 @@ void NbdConnection::update_events() noexcept {
 }
 
 void NbdConnection::on_io(short events) noexcept {
+  if (transport_) {
+    on_transport_io(events);
+    return;
+  }
   int rc = 0;
   if ((events & EV_READ) && rc != -1)
     rc = nbd_aio_notify_read(h_);
@@ -450,8 +545,10 @@ void NbdConnection::on_connected() noexcept {
   }
   size_.observe(static_cast<std::uint64_t>(size));
   handle_size_ = static_cast<std::uint64_t>(size);
+  start_transport();
   core_.connected();
-  update_events();
+  if (!transport_)
+    update_events();
 }
 
 void NbdConnection::on_server_shutdown() noexcept {
@@ -463,6 +560,13 @@ void NbdConnection::on_server_shutdown() noexcept {
 
 void NbdConnection::disconnect() noexcept {
   watch_.reset();
+  flush_.cancel();
+  if (transport_) {
+    transport_->abandon(); // no callback from it any more; freed once its receive() returned
+    size_.direct_connections.fetch_sub(1, std::memory_order_relaxed);
+    retired_transport_ = std::move(transport_);
+    reaper_.schedule();
+  }
   if (h_) {
     closing_ = true;
     nbd_close(h_); // may run completion callbacks; they see closing_ and do nothing

@@ -10,6 +10,7 @@
 
 #include "event/event_loop.h"
 #include "nbd/nbd_options.h"
+#include "nbd/nbd_transport.h"
 #include "session/session_core.h"
 #include "session/session_health.h"
 #include "vduse-bridge/backend.h"
@@ -42,6 +43,8 @@ public:
   void observe(std::uint64_t server_size) noexcept;
   // The export's state: the worst of its connections'.
   SessionHealth sessions;
+  // Connections the own transmission path serves now (nbd_transport.h).
+  std::atomic<unsigned> direct_connections{0};
 
 private:
   std::atomic<std::uint64_t> size_{0};
@@ -109,6 +112,12 @@ private:
   char *take_bounce(std::uint64_t length, unsigned &size_class) noexcept;
   void give_bounce(Job *job) noexcept;
   static int on_command_done(void *user_data, int *error) noexcept;
+  // The own transmission path (nbd_transport.h), on plaintext connections after the handshake.
+  void start_transport() noexcept;
+  void flush_transport() noexcept;
+  void on_transport_io(short events) noexcept;
+  static void on_transport_done(void *ctx, int error) noexcept;
+  void command_done(Job *op, int error) noexcept;
 
   EventLoop &loop_;
   NbdOptions options_;
@@ -118,6 +127,12 @@ private:
   std::uint64_t handle_size_ = 0; // the export size h_ negotiated: commands past it are refused
   std::unique_ptr<IoWatch> watch_;
   Deferred shutdown_; // the server answered ESHUTDOWN: replace the connection, outside libnbd's callback
+  std::unique_ptr<NbdTransport> transport_; // set while the own transmission path serves h_
+  // A transport dropped from inside its own receive(): freed once that has returned.
+  std::unique_ptr<NbdTransport> retired_transport_;
+  bool server_shutting_down_ = false; // a reply on the own path said ESHUTDOWN
+  Deferred flush_;                    // the commands queued in this loop callback go out in one sendmsg
+  Deferred reaper_;                   // frees retired_transport_
   bool closing_ = false;
   std::uint64_t generation_ = 0; // of the handle; commands of older handles are ignored
   JobPool<Job> jobs_;

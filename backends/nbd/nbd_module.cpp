@@ -219,7 +219,7 @@ void apply_connections(const ConfigChecker &check, const ConfigValue &v, const B
 }
 
 // uri comes first: the TLS keys are checked against its scheme.
-constexpr std::array<BackendKey<NbdOptions>, 8> keys{{
+constexpr std::array<BackendKey<NbdOptions>, 9> keys{{
     {"uri", true, &apply_uri},
     {"connections", false, &apply_connections},
     {"tls-certificates", false, &apply_absolute_path<NbdOptions, &NbdOptions::tls_certificates>},
@@ -227,6 +227,7 @@ constexpr std::array<BackendKey<NbdOptions>, 8> keys{{
     {"reconnect-timeout", false, &apply_timeout<NbdOptions, &NbdOptions::reconnect_timeout, Forever::unlimited>},
     {"request-timeout", false, &apply_timeout<NbdOptions, &NbdOptions::request_timeout, Forever::zero>},
     {"structured-replies", false, &apply_boolean<NbdOptions, &NbdOptions::structured_replies>},
+    {"direct-transmission", false, &apply_boolean<NbdOptions, &NbdOptions::direct_transmission>},
     {"resize-poll-interval", false, &apply_duration<NbdOptions, &NbdOptions::resize_poll_interval>},
 }};
 constexpr auto key_names = names_of(keys);

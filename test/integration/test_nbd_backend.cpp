@@ -105,7 +105,10 @@ TEST_CASE("nbd: read, write, flush, trim and zero against nbdkit memory") {
   if (!have_nbdkit())
     VB_SKIP("nbdkit not installed");
   TempDir dir;
-  NbdDisk d(dir, {"memory", "16M"});
+  bool direct = true;
+  SUBCASE("the daemon's own transmission path (the default on plaintext)") { direct = true; }
+  SUBCASE("libnbd carries the commands (direct-transmission: false)") { direct = false; }
+  NbdDisk d(dir, {"memory", "16M"}, {}, [direct](vb::NbdOptions &o) { o.direct_transmission = direct; });
   const auto &caps = d.backend.capabilities(); // constant from open() on: queue 0 changes nothing
   CHECK(caps.size == 16 << 20);
   CHECK(caps.logical_block_size == 512);
@@ -124,6 +127,10 @@ TEST_CASE("nbd: read, write, flush, trim and zero against nbdkit memory") {
   iovec wv[3] = {{out.data(), 4096}, {out.data() + 4096, 4096}, {other.data(), 4096}};
   vb::Request w{vb::Op::write, 1 << 20, 12288, wv, 3};
   CHECK(d.run(w) == 0);
+  if (direct)
+    CHECK(d.backend.direct_connections() >= 1);
+  else
+    CHECK(d.backend.direct_connections() == 0);
 
   std::vector<char> in(12288);
   iovec rv[1] = {{in.data(), in.size()}};
@@ -163,7 +170,11 @@ TEST_CASE("nbd: out-of-order replies complete the right requests (delay filter)"
   if (!have_nbdkit())
     VB_SKIP("nbdkit not installed");
   TempDir dir;
-  NbdDisk d(dir, {"memory", "4M", "delay-write=400ms"}, {"--filter=delay"});
+  bool direct = true;
+  SUBCASE("the daemon's own transmission path") { direct = true; }
+  SUBCASE("libnbd carries the commands") { direct = false; }
+  NbdDisk d(dir, {"memory", "4M", "delay-write=400ms"}, {"--filter=delay"},
+            [direct](vb::NbdOptions &o) { o.direct_transmission = direct; });
   std::vector<std::vector<char>> bufs(8, std::vector<char>(4096));
   std::vector<Result> results(8);
   std::vector<iovec> iov(8);

@@ -540,7 +540,7 @@ TEST_CASE("bad files name the file, line, key and what was expected") {
        "expected a duration such as 500ms, 30s, 2m or 1h, 0, or forever, got a map"},
       {"memory key for nbd", nbd_head + "      size: 1G\n", 6, "devices[0].backend.size",
        "expected an nbd backend key (type, uri, connections, tls-certificates, tls-psk-file, reconnect-timeout, "
-       "request-timeout, structured-replies, resize-poll-interval), got 'size'"},
+       "request-timeout, structured-replies, direct-transmission, resize-poll-interval), got 'size'"},
       {"nbd key near miss", nbds_head + "      tls_psk_file: /etc/psk\n", 6, "devices[0].backend.tls_psk_file",
        "got 'tls_psk_file' (did you mean 'tls-psk-file'?)"},
       {"nbd uri given twice", nbd_head + "      uri: nbd://other/export\n", 6, "devices[0].backend.uri",
@@ -673,6 +673,17 @@ TEST_CASE("nbd structured-replies: off by default, a boolean when given") {
             .structured_replies);
   CHECK_THROWS_WITH_AS(vb::parse_config(base + "      structured-replies: maybe\n", "t.yaml"),
                        doctest::Contains("t.yaml:6:27: devices[0].backend.structured-replies:"), vb::ConfigError);
+}
+
+TEST_CASE("nbd direct-transmission: on by default, a boolean when given") {
+  const std::string base = "devices:\n  - name: d\n    backend:\n      type: nbd\n      uri: nbd://127.0.0.1/\n";
+  CHECK(vb::parse_config(base, "t.yaml").devices[0].backend.as<vb::NbdOptions>().direct_transmission);
+  CHECK_FALSE(vb::parse_config(base + "      direct-transmission: false\n", "t.yaml")
+                  .devices[0]
+                  .backend.as<vb::NbdOptions>()
+                  .direct_transmission);
+  CHECK_THROWS_WITH_AS(vb::parse_config(base + "      direct-transmission: 2\n", "t.yaml"),
+                       doctest::Contains("t.yaml:6:28: devices[0].backend.direct-transmission:"), vb::ConfigError);
 }
 
 namespace {

@@ -1,0 +1,256 @@
+#include "nbd/nbd_transport.h"
+
+#include "common/errors.h"
+
+#include <algorithm>
+#include <cerrno>
+#include <climits>
+#include <cstring>
+#include <new>
+#include <sys/socket.h>
+
+namespace vb {
+
+namespace {
+// Received bytes staged before they are parsed: room for many small replies per receive call.
+constexpr std::size_t kStageSize = std::size_t{64} * 1024;
+// Read payloads at least this large are received in place rather than staged and copied
+// (a copy of a large payload costs more than the receive call it saves).
+constexpr std::uint32_t kLargeRead = 16 * 1024;
+// Replies handled per receive() before yielding to the loop (the socket stays readable).
+constexpr unsigned kReplyBudget = 512;
+constexpr std::size_t kMaxIov = IOV_MAX;
+} // namespace
+
+NbdTransport::NbdTransport(int fd, DoneFn done)
+    : fd_(fd), done_(done), stage_(std::make_unique<std::uint8_t[]>(kStageSize)) {}
+
+bool NbdTransport::issue(nbd_wire::Command type, std::uint16_t flags, std::uint64_t offset, std::uint32_t length,
+                         char *data, void *ctx) noexcept {
+  Cmd *cmd = nullptr;
+  std::uint32_t index = 0;
+  try {
+    // Grown geometrically, kept across flushes: no allocation per command once warm.
+    if (send_.capacity() < send_.size() + 2)
+      send_.reserve(std::max<std::size_t>(64, 2 * send_.capacity()));
+    if (free_.empty()) {
+      if (free_.capacity() < cmds_.size() + 1) // so that finish() never allocates
+        free_.reserve(std::max<std::size_t>(64, 2 * free_.capacity()));
+      cmds_.push_back(std::make_unique<Cmd>());
+      index = static_cast<std::uint32_t>(cmds_.size() - 1);
+    } else {
+      index = free_.back();
+      free_.pop_back();
+    }
+  } catch (const std::bad_alloc &) {
+    return false;
+  }
+  cmd = cmds_[index].get();
+  cmd->index = index;
+  cmd->seq = next_seq_++;
+  if (next_seq_ == 0)
+    next_seq_ = 1;
+  cmd->data = data;
+  cmd->length = length;
+  cmd->read = type == nbd_wire::Command::read;
+  cmd->in_use = true;
+  cmd->ctx = ctx;
+  const std::uint64_t cookie = (std::uint64_t{cmd->seq} << 32) | index;
+  nbd_wire::encode_request(cmd->header, type, flags, cookie, offset, length);
+  send_.push_back({cmd->header, sizeof cmd->header});
+  if (type == nbd_wire::Command::write && length > 0)
+    send_.push_back({data, length});
+  ++in_flight_;
+  if (cmd->read && length >= kLargeRead)
+    ++large_reads_;
+  return true;
+}
+
+bool NbdTransport::flush(std::string &why) noexcept {
+  while (send_head_ < send_.size()) {
+    msghdr msg{};
+    msg.msg_iov = &send_[send_head_];
+    msg.msg_iovlen = std::min(send_.size() - send_head_, kMaxIov);
+    const ssize_t n = ::sendmsg(fd_, &msg, MSG_DONTWAIT | MSG_NOSIGNAL);
+    if (n < 0) {
+      if (errno == EINTR)
+        continue;
+      if (errno == EAGAIN || errno == EWOULDBLOCK)
+        return true; // the rest when the socket is writable again
+      why = std::string("send: ") + errno_text(errno);
+      return false;
+    }
+    auto left = static_cast<std::size_t>(n);
+    while (left > 0 && send_head_ < send_.size()) {
+      iovec &v = send_[send_head_];
+      if (left >= v.iov_len) {
+        left -= v.iov_len;
+        ++send_head_;
+      } else {
+        v.iov_base = static_cast<char *>(v.iov_base) + left;
+        v.iov_len -= left;
+        left = 0;
+      }
+    }
+  }
+  send_.clear();
+  send_head_ = 0;
+  return true;
+}
+
+NbdTransport::Cmd *NbdTransport::lookup(std::uint64_t cookie) noexcept {
+  const auto index = static_cast<std::uint32_t>(cookie);
+  if (index >= cmds_.size())
+    return nullptr;
+  Cmd *cmd = cmds_[index].get();
+  if (!cmd->in_use || cmd->seq != static_cast<std::uint32_t>(cookie >> 32))
+    return nullptr;
+  return cmd;
+}
+
+void NbdTransport::finish(Cmd *cmd, int error) noexcept {
+  void *ctx = cmd->ctx;
+  if (cmd->read && cmd->length >= kLargeRead)
+    --large_reads_;
+  cmd->in_use = false;
+  cmd->ctx = nullptr;
+  free_.push_back(cmd->index); // never allocates: reserved in issue()
+  --in_flight_;
+  done_(ctx, error);
+}
+
+// Parses what is staged: headers, and payloads of the read being received. False, why set, on a
+// reply that cannot be followed. Stops early (true) when the budget is used or after abandon().
+bool NbdTransport::consume(std::string &why, unsigned &budget) noexcept {
+  const std::uint64_t epoch = epoch_;
+  while (budget > 0 && epoch == epoch_) {
+    const std::size_t staged = stage_end_ - stage_begin_;
+    if (current_) {
+      const std::uint32_t want = current_->length - current_got_;
+      const auto n = static_cast<std::uint32_t>(std::min<std::size_t>(staged, want));
+      std::memcpy(current_->data + current_got_, stage_.get() + stage_begin_, n);
+      stage_begin_ += n;
+      current_got_ += n;
+      if (current_got_ < current_->length)
+        return true; // more payload to come
+      Cmd *done = current_;
+      current_ = nullptr;
+      --budget;
+      finish(done, 0);
+      continue;
+    }
+    if (staged < nbd_wire::kReplySize)
+      return true;
+    nbd_wire::Reply reply;
+    if (!nbd_wire::decode_reply(stage_.get() + stage_begin_, reply)) {
+      why = "the server sent something that is not a simple reply";
+      return false;
+    }
+    stage_begin_ += nbd_wire::kReplySize;
+    Cmd *cmd = lookup(reply.cookie);
+    if (!cmd) {
+      why = "the server answered a command that is not in flight (cookie " + std::to_string(reply.cookie) + ")";
+      return false;
+    }
+    if (cmd->read && reply.error != 0) {
+      // Servers differ on whether a failed read's payload follows a simple reply: the stream
+      // cannot be followed past it. The read fails; the connection is replaced.
+      finish(cmd, nbd_wire::errno_of(reply.error));
+      why = "a failed read (the stream cannot be followed past it)";
+      return false;
+    }
+    if (cmd->read && cmd->length > 0) {
+      current_ = cmd;
+      current_got_ = 0;
+      continue;
+    }
+    --budget;
+    finish(cmd, nbd_wire::errno_of(reply.error));
+  }
+  return true;
+}
+
+bool NbdTransport::receive(std::string &why) noexcept {
+  const std::uint64_t epoch = epoch_;
+  unsigned budget = kReplyBudget;
+  for (;;) {
+    if (!consume(why, budget))
+      return false;
+    if (epoch != epoch_ || budget == 0)
+      return true;
+    // Everything staged is parsed (or a payload is incomplete with nothing staged).
+    if (stage_begin_ == stage_end_)
+      stage_begin_ = stage_end_ = 0;
+    else if (stage_begin_ > 0) {
+      std::memmove(stage_.get(), stage_.get() + stage_begin_, stage_end_ - stage_begin_);
+      stage_end_ -= stage_begin_;
+      stage_begin_ = 0;
+    }
+    iovec iov[2];
+    int iovcnt = 0;
+    std::uint32_t direct = 0;
+    if (current_ && current_->length - current_got_ >= kLargeRead / 2 && stage_end_ == 0) {
+      // The rest of a large payload in place, and whatever follows it staged.
+      direct = current_->length - current_got_;
+      iov[iovcnt++] = {current_->data + current_got_, direct};
+    }
+    std::size_t room = kStageSize - stage_end_;
+    // A large read may be next: take only a header, so that its payload is received in place.
+    if (!current_ && large_reads_ > 0 && stage_end_ < nbd_wire::kReplySize)
+      room = nbd_wire::kReplySize - stage_end_;
+    iov[iovcnt++] = {stage_.get() + stage_end_, room};
+    msghdr msg{};
+    msg.msg_iov = iov;
+    msg.msg_iovlen = static_cast<std::size_t>(iovcnt);
+    const ssize_t n = ::recvmsg(fd_, &msg, MSG_DONTWAIT);
+    if (n < 0) {
+      if (errno == EINTR)
+        continue;
+      if (errno == EAGAIN || errno == EWOULDBLOCK)
+        return true;
+      why = std::string("receive: ") + errno_text(errno);
+      return false;
+    }
+    if (n == 0) {
+      why = "the server closed the connection";
+      return false;
+    }
+    auto got = static_cast<std::size_t>(n);
+    if (direct > 0) {
+      const auto in_place = static_cast<std::uint32_t>(std::min<std::size_t>(got, direct));
+      current_got_ += in_place;
+      got -= in_place;
+      if (current_got_ == current_->length) {
+        Cmd *done = current_;
+        current_ = nullptr;
+        --budget;
+        stage_end_ += got;
+        finish(done, 0);
+        if (epoch != epoch_)
+          return true;
+        continue;
+      }
+    }
+    stage_end_ += got;
+  }
+}
+
+void NbdTransport::abandon() noexcept {
+  ++epoch_;
+  for (auto &c : cmds_) {
+    c->in_use = false;
+    c->ctx = nullptr;
+  }
+  free_.clear();
+  for (std::uint32_t i = 0; i < cmds_.size(); ++i)
+    free_.push_back(i);
+  in_flight_ = 0;
+  large_reads_ = 0;
+  send_.clear();
+  send_head_ = 0;
+  stage_begin_ = stage_end_ = 0;
+  current_ = nullptr;
+  current_got_ = 0;
+}
+
+} // namespace vb
