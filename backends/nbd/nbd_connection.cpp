@@ -369,6 +369,23 @@ void NbdConnection::requeue(SessionJob *job) noexcept {
   job->error = 0;
 }
 
+// The driver reset: the job's commands still queued for the socket never reach the server (on
+// libnbd's path there is no such queue to take them from: its commands are written at once).
+std::size_t NbdConnection::fence_job(SessionJob *job) noexcept {
+  if (!transport_)
+    return 0;
+  auto *op = static_cast<Job *>(job);
+  const std::size_t dropped = transport_->drop_unsent(op);
+  if (dropped == 0)
+    return 0;
+  if (op->error == 0)
+    op->error = ECANCELED;
+  op->parts_left -= static_cast<unsigned>(dropped);
+  if (op->parts_left == 0)
+    core_.retire(op);
+  return dropped;
+}
+
 int NbdConnection::on_command_done(void *user_data, int *error) noexcept {
   auto *op = static_cast<Job *>(user_data);
   NbdConnection *self = op->conn;

@@ -102,6 +102,7 @@ private:
   void disconnect() noexcept override;
   void send(SessionJob *job) noexcept override;
   void requeue(SessionJob *job) noexcept override;
+  std::size_t fence_job(SessionJob *job) noexcept override;
   void release(SessionJob *job, int error) noexcept override;
 
   void on_connected() noexcept;

@@ -31,8 +31,10 @@ bool NbdTransport::issue(nbd_wire::Command type, std::uint16_t flags, std::uint6
   std::uint32_t index = 0;
   try {
     // Grown geometrically, kept across flushes: no allocation per command once warm.
-    if (send_.capacity() < send_.size() + 2)
+    if (send_.capacity() < send_.size() + 2) {
       send_.reserve(std::max<std::size_t>(64, 2 * send_.capacity()));
+      send_cmd_.reserve(send_.capacity());
+    }
     if (free_.empty()) {
       if (free_.capacity() < cmds_.size() + 1) // so that finish() never allocates
         free_.reserve(std::max<std::size_t>(64, 2 * free_.capacity()));
@@ -58,8 +60,11 @@ bool NbdTransport::issue(nbd_wire::Command type, std::uint16_t flags, std::uint6
   const std::uint64_t cookie = (std::uint64_t{cmd->seq} << 32) | index;
   nbd_wire::encode_request(cmd->header, type, flags, cookie, offset, length);
   send_.push_back({cmd->header, sizeof cmd->header});
-  if (type == nbd_wire::Command::write && length > 0)
+  send_cmd_.push_back(cmd);
+  if (type == nbd_wire::Command::write && length > 0) {
     send_.push_back({data, length});
+    send_cmd_.push_back(nullptr);
+  }
   ++in_flight_;
   if (cmd->read && length >= kLargeRead)
     ++large_reads_;
@@ -86,16 +91,54 @@ bool NbdTransport::flush(std::string &why) noexcept {
       if (left >= v.iov_len) {
         left -= v.iov_len;
         ++send_head_;
+        head_partial_ = false;
       } else {
         v.iov_base = static_cast<char *>(v.iov_base) + left;
         v.iov_len -= left;
         left = 0;
+        head_partial_ = true;
       }
     }
   }
   send_.clear();
+  send_cmd_.clear();
   send_head_ = 0;
+  head_partial_ = false;
   return true;
+}
+
+std::size_t NbdTransport::drop_unsent(const void *ctx) noexcept {
+  // Entries before first are written, or partly (a command whose header went out must be
+  // finished, its payload too); from first on nothing of them is at the server.
+  std::size_t first = send_head_ + (head_partial_ ? 1 : 0);
+  while (first < send_.size() && !send_cmd_[first])
+    ++first; // the rest of a payload whose header is written
+  std::size_t kept = first, dropped = 0;
+  for (std::size_t i = first; i < send_.size(); ++i) {
+    Cmd *cmd = send_cmd_[i];
+    if (cmd && cmd->ctx == ctx) {
+      if (i + 1 < send_.size() && !send_cmd_[i + 1])
+        ++i; // its payload
+      release(cmd);
+      ++dropped;
+      continue;
+    }
+    send_[kept] = send_[i];
+    send_cmd_[kept] = send_cmd_[i];
+    ++kept;
+  }
+  send_.resize(kept);
+  send_cmd_.resize(kept);
+  return dropped;
+}
+
+void NbdTransport::release(Cmd *cmd) noexcept {
+  if (cmd->read && cmd->length >= kLargeRead)
+    --large_reads_;
+  cmd->in_use = false;
+  cmd->ctx = nullptr;
+  free_.push_back(cmd->index); // never allocates: reserved in issue()
+  --in_flight_;
 }
 
 NbdTransport::Cmd *NbdTransport::lookup(std::uint64_t cookie) noexcept {
@@ -110,12 +153,7 @@ NbdTransport::Cmd *NbdTransport::lookup(std::uint64_t cookie) noexcept {
 
 void NbdTransport::finish(Cmd *cmd, int error) noexcept {
   void *ctx = cmd->ctx;
-  if (cmd->read && cmd->length >= kLargeRead)
-    --large_reads_;
-  cmd->in_use = false;
-  cmd->ctx = nullptr;
-  free_.push_back(cmd->index); // never allocates: reserved in issue()
-  --in_flight_;
+  release(cmd);
   done_(ctx, error);
 }
 
@@ -247,7 +285,9 @@ void NbdTransport::abandon() noexcept {
   in_flight_ = 0;
   large_reads_ = 0;
   send_.clear();
+  send_cmd_.clear();
   send_head_ = 0;
+  head_partial_ = false;
   stage_begin_ = stage_end_ = 0;
   current_ = nullptr;
   current_got_ = 0;

@@ -47,6 +47,9 @@ public:
   bool receive(std::string &why) noexcept;
   // Every command is forgotten: no callback runs for any of them afterwards.
   void abandon() noexcept;
+  // The driver reset: ctx's commands not written to the socket at all yet are taken back (no
+  // callback for them); returns how many. A command partly written stays (it must be finished).
+  std::size_t drop_unsent(const void *ctx) noexcept;
   std::size_t in_flight() const noexcept { return in_flight_; }
 
 private:
@@ -71,8 +74,11 @@ private:
   std::uint32_t next_seq_ = 1;
   std::size_t in_flight_ = 0;
   std::size_t large_reads_ = 0; // reads in flight whose payload is better received in place
+  void release(Cmd *cmd) noexcept; // back to the free list, no callback
   std::vector<iovec> send_;     // queued request headers and write payloads
+  std::vector<Cmd *> send_cmd_; // for each entry of send_: its command if it is a header, else nullptr
   std::size_t send_head_ = 0;
+  bool head_partial_ = false; // send_[send_head_] is partly written
   // Received bytes not consumed yet: [stage_begin_, stage_end_) of stage_.
   std::unique_ptr<std::uint8_t[]> stage_;
   std::size_t stage_begin_ = 0, stage_end_ = 0;

@@ -383,6 +383,12 @@ for p in "${!missing[@]}"; do
   printf '%s\t%s\n' "$p" "${missing[$p]}" >>"$OUT/skipped.tsv"
   echo "bench: $p: skipped: ${missing[$p]}"
 done
+# VDUSE_BRIDGE_BENCH_PATHS (names, space-separated) keeps only those paths: quick experiments.
+if [ -n "${VDUSE_BRIDGE_BENCH_PATHS:-}" ]; then
+  kept=()
+  for p in "${paths[@]}"; do [[ " $VDUSE_BRIDGE_BENCH_PATHS " != *" $p "* ]] || kept+=("$p"); done
+  paths=("${kept[@]}")
+fi
 [ ${#paths[@]} -gt 0 ] || skip "no path to measure"
 for p in "${paths[@]}" vb-mem-q2 vb-mem-q4; do
   [ -n "${dev[$p]:-}" ] || continue
@@ -403,6 +409,11 @@ for id in "${!qsd_pid[@]}"; do
 done
 
 # --- 3. the runs ------------------------------------------------------------------------------
+if [ "${VDUSE_BRIDGE_BENCH_MODE:-runs}" = breakdown ]; then
+  # shellcheck source=breakdown.sh
+  source "$HERE/breakdown.sh"
+  bd_run_all
+fi
 # name rw bs iodepth numjobs
 workloads=(
   "randread-4k-qd1 randread 4k 1 1"
@@ -415,6 +426,12 @@ workloads=(
   "write-128k-qd8 write 128k 8 1"
   "randrw70-4k-qd32-2jobs randrw 4k 32 2"
 )
+# VDUSE_BRIDGE_BENCH_WORKLOADS (names) keeps only those workloads; the breakdown mode runs none.
+if [ -n "${VDUSE_BRIDGE_BENCH_WORKLOADS:-}" ] || [ "${VDUSE_BRIDGE_BENCH_MODE:-runs}" = breakdown ]; then
+  kept=()
+  for w in "${workloads[@]}"; do [[ " ${VDUSE_BRIDGE_BENCH_WORKLOADS:-} " != *" ${w%% *} "* ]] || kept+=("$w"); done
+  workloads=("${kept[@]}")
+fi
 
 echo "round,workload,path,backend,rw,bs,iodepth,numjobs,json,cpu_ticks,ios,clk_tck" >"$OUT/runs.csv"
 nrun=0
@@ -443,7 +460,7 @@ run_one() {
 }
 
 nscale=0
-if [ -n "${dev[vb-mem-q1]:-}" ]; then nscale=3; fi
+if [ -n "${dev[vb-mem-q1]:-}" ] && [ ${#workloads[@]} -eq 9 ]; then nscale=3; fi
 nruns=$((ROUNDS * (${#workloads[@]} * ${#paths[@]} + nscale)))
 echo "bench: ${#paths[@]} paths, ${#workloads[@]} workloads + $nscale scaling runs, $ROUNDS rounds: $nruns fio runs" \
   "of ${RUNTIME}s after $RAMP ramp"

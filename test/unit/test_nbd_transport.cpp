@@ -306,3 +306,44 @@ TEST_CASE(
   CHECK(got.size() == 28 + data.size());
   CHECK(got.substr(28) == data);
 }
+
+TEST_CASE("nbd transport: a fence takes back the commands not written yet, never one partly written") {
+  std::string why;
+  {
+    Pair pair;
+    NbdTransport t(pair.client, &record);
+    int a = 0, b = 0;
+    std::string data(4096, 'a');
+    char rbuf[4096];
+    REQUIRE(t.issue(Command::write, 0, 0, 4096, data.data(), &a));
+    REQUIRE(t.issue(Command::read, 0, 4096, 4096, rbuf, &b));
+    REQUIRE(t.issue(Command::flush, 0, 0, 0, nullptr, &a));
+    CHECK(t.drop_unsent(&a) == 2);
+    CHECK(t.in_flight() == 1);
+    REQUIRE(t.flush(why));
+    const auto reqs = pair.requests();
+    REQUIRE(reqs.size() == 1);
+    CHECK(reqs[0].type == static_cast<std::uint16_t>(Command::read));
+    CHECK(g_done.empty()); // taken back without a callback: the caller completes them
+  }
+  {
+    Pair full;
+    int sz = 4096;
+    REQUIRE(::setsockopt(full.client, SOL_SOCKET, SO_SNDBUF, &sz, sizeof sz) == 0);
+    NbdTransport t(full.client, &record);
+    int a = 0;
+    std::string data(1 << 20, 'd');
+    REQUIRE(t.issue(Command::write, 0, 0, static_cast<std::uint32_t>(data.size()), data.data(), &a));
+    REQUIRE(t.flush(why));
+    REQUIRE(t.want_write()); // partly written
+    REQUIRE(t.issue(Command::flush, 0, 0, 0, nullptr, &a));
+    CHECK(t.drop_unsent(&a) == 1); // the flush; the write must be finished
+    std::string got;
+    while (t.want_write()) {
+      got += full.read_some();
+      REQUIRE(t.flush(why));
+    }
+    got += full.read_some();
+    CHECK(got.size() == 28 + data.size()); // the whole write and nothing after it
+  }
+}
