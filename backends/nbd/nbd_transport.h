@@ -73,10 +73,10 @@ private:
   std::vector<std::uint32_t> free_;
   std::uint32_t next_seq_ = 1;
   std::size_t in_flight_ = 0;
-  std::size_t large_reads_ = 0; // reads in flight whose payload is better received in place
+  std::size_t large_reads_ = 0;    // reads in flight whose payload is better received in place
   void release(Cmd *cmd) noexcept; // back to the free list, no callback
-  std::vector<iovec> send_;     // queued request headers and write payloads
-  std::vector<Cmd *> send_cmd_; // for each entry of send_: its command if it is a header, else nullptr
+  std::vector<iovec> send_;        // queued request headers and write payloads
+  std::vector<Cmd *> send_cmd_;    // for each entry of send_: its command if it is a header, else nullptr
   std::size_t send_head_ = 0;
   bool head_partial_ = false; // send_[send_head_] is partly written
   // Received bytes not consumed yet: [stage_begin_, stage_end_) of stage_.

@@ -109,9 +109,9 @@ struct ConfigKeyPlace {
 std::string config_key_hint(std::string_view name, std::span<const std::string_view> known,
                             std::span<const ConfigKeyPlace> elsewhere = {});
 // The keys of a device map, and of the top level.
-inline constexpr std::array<std::string_view, 9> config_device_keys{
-    "name",      "backend", "queues", "queue-size",     "logical-block-size",
-    "read-only", "serial",  "attach", "control-timeout"};
+inline constexpr std::array<std::string_view, 10> config_device_keys{
+    "name",      "backend", "queues", "queue-size",      "logical-block-size",
+    "read-only", "serial",  "attach", "control-timeout", "busy-poll-us"};
 inline constexpr std::array<std::string_view, 1> config_top_keys{"devices"};
 // A plain decimal number, or nothing.
 std::optional<std::uint64_t> config_decimal(std::string_view s);

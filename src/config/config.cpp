@@ -32,6 +32,7 @@ constexpr std::size_t max_name_bytes = 64;      // well under VDUSE_NAME_MAX and
 constexpr std::size_t max_serial_bytes = 20;    // VIRTIO_BLK_ID_BYTES, what GET_ID returns
 constexpr unsigned max_queues = 64;             // one per CPU is plenty; each queue costs a thread's share
 constexpr unsigned max_queue_size = 1024;       // VDUSE's limit on virtqueue size
+constexpr unsigned max_busy_poll_us = 10000;    // a 10 ms spin already costs a core for every pause
 constexpr std::size_t max_file_bytes = 1 << 20; // a config file is a few KiB; stop /dev/zero early
 
 using Position = ConfigPosition;
@@ -85,7 +86,7 @@ struct RawBackend {
 struct RawDevice {
   Position at;
   std::string key; // devices[N]
-  Value name, queues, queue_size, logical_block_size, read_only, serial, attach, control_timeout;
+  Value name, queues, queue_size, logical_block_size, read_only, serial, attach, control_timeout, busy_poll;
   RawBackend backend;
   bool backend_reported = false; // its problems are recorded already: step two skips it
 };
@@ -95,7 +96,7 @@ struct DeviceKey {
   Value RawDevice::*field;
 };
 
-constexpr std::array<DeviceKey, 8> device_scalar_keys{{
+constexpr std::array<DeviceKey, 9> device_scalar_keys{{
     {"name", &RawDevice::name},
     {"queues", &RawDevice::queues},
     {"queue-size", &RawDevice::queue_size},
@@ -104,6 +105,7 @@ constexpr std::array<DeviceKey, 8> device_scalar_keys{{
     {"serial", &RawDevice::serial},
     {"attach", &RawDevice::attach},
     {"control-timeout", &RawDevice::control_timeout},
+    {"busy-poll-us", &RawDevice::busy_poll},
 }};
 
 constexpr auto &device_keys = config_device_keys;
@@ -359,6 +361,8 @@ private:
       d.attach = report_.choice(raw.attach, attaches);
     });
     key(raw.control_timeout, [&] { d.control_timeout = control_timeout(raw.control_timeout); });
+    key(raw.busy_poll,
+        [&] { d.busy_poll = std::chrono::microseconds(report_.count(raw.busy_poll, 0, max_busy_poll_us)); });
     // Last: backend values may depend on the device's (the memory size on the block size).
     if (!raw.backend_reported)
       (void)report_.attempt([&] { d.backend = backend(raw.backend, d); });
@@ -635,7 +639,7 @@ BackendDevice backend_device(const DeviceConfig &device) {
 bool DeviceConfig::same_settings(const DeviceConfig &o) const {
   return name == o.name && backend == o.backend && queues == o.queues && queue_size == o.queue_size &&
          logical_block_size == o.logical_block_size && read_only == o.read_only && serial == o.serial &&
-         attach == o.attach && control_timeout == o.control_timeout;
+         attach == o.attach && control_timeout == o.control_timeout && busy_poll == o.busy_poll;
 }
 
 std::vector<std::string> config_keys() {

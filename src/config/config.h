@@ -52,6 +52,10 @@ struct DeviceConfig {
   // the device is broken for good, so the default 0 waits forever: a daemon that is restarting
   // (or stopped in a debugger) pauses the disk instead of killing it.
   std::chrono::seconds control_timeout{0};
+  // 0, or how long each queue's thread keeps polling its ring and its backend's events after
+  // the last request instead of sleeping (microseconds; at most max_busy_poll_us): fewer wake-ups
+  // per request for a core kept busy.
+  std::chrono::microseconds busy_poll{0};
   int line = 0;     // where the device starts in the file, for later messages about it
   std::string file; // the file it is in: the main one or a drop-in (load_config, check_config)
 

@@ -64,6 +64,36 @@ void EventLoop::run() {
 
 void EventLoop::run_once(bool block) { event_base_loop(base_, block ? EVLOOP_ONCE : EVLOOP_NONBLOCK); }
 
+void EventLoop::run_polling(const std::function<bool()> &poll, const std::function<bool()> &before_sleep,
+                            std::chrono::nanoseconds window) {
+  using Clock = std::chrono::steady_clock;
+  // Ring checks (memory reads) per pass over the events (one epoll_wait system call).
+  constexpr int kPollsPerPass = 16;
+  auto last = Clock::now();
+  for (;;) {
+    if (Clock::now() - last < window) {
+      for (int i = 0; i < kPollsPerPass; ++i) {
+        if (poll()) {
+          last = Clock::now();
+          break;
+        }
+#if defined(__x86_64__) || defined(__i386__)
+        __builtin_ia32_pause(); // a spinning hyperthread yields its core's resources
+#endif
+      }
+      event_base_loop(base_, EVLOOP_NONBLOCK);
+    } else if (before_sleep()) {
+      last = Clock::now();
+      continue;
+    } else {
+      event_base_loop(base_, EVLOOP_ONCE);
+      last = Clock::now();
+    }
+    if (event_base_got_break(base_))
+      return;
+  }
+}
+
 void EventLoop::stop() noexcept { event_base_loopbreak(base_); }
 
 void EventLoop::stop_from_any_thread() noexcept {

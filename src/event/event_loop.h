@@ -29,6 +29,12 @@ public:
   void run();
   // Runs one iteration; with block == false it only handles what is ready now.
   void run_once(bool block);
+  // run() with busy polling: for window after the last activity the thread does not sleep; it
+  // calls poll() (true: it found work) between non-blocking passes over the events. When the
+  // window has passed without activity, before_sleep() (true: it found work, keep polling),
+  // then one blocking iteration; whatever wakes it starts a new window. Until stop().
+  void run_polling(const std::function<bool()> &poll, const std::function<bool()> &before_sleep,
+                   std::chrono::nanoseconds window);
   // Loop thread only: makes run() return after the current callback.
   void stop() noexcept;
   // Any thread: same as stop(), through the wake-up eventfd.

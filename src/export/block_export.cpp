@@ -80,7 +80,7 @@ void BlockExport::start(const std::function<void(const std::string &)> &on_ready
   iotlb_ = std::make_unique<vduse::IotlbCache>(device_->fd());
   for (unsigned i = 0; i < config_.queues; ++i) {
     auto q = std::make_unique<QueueWorker>(config_.name, i, *device_, *iotlb_, *backend_, params_,
-                                           state_ ? &state_->queue(i) : nullptr);
+                                           state_ ? &state_->queue(i) : nullptr, config_.busy_poll);
     std::lock_guard lock(status_mu_);
     queues_.push_back(std::move(q));
   }

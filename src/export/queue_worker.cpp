@@ -54,11 +54,17 @@ metrics::RequestKind kind_of(std::uint32_t type) noexcept {
 } // namespace
 
 QueueWorker::QueueWorker(std::string device_name, unsigned index, virtio::QueueHost &host, virtio::GuestMemory &memory,
-                         Backend &backend, const blk::DeviceParams &params, recovery::QueueLog *log)
+                         Backend &backend, const blk::DeviceParams &params, recovery::QueueLog *log,
+                         std::chrono::microseconds busy_poll)
     : name_(std::move(device_name) + "/q" + std::to_string(index)), index_(index), host_(host), memory_(memory),
       backend_(backend), params_(params), log_(log), notify_check_(loop_, [this] { notify(); }),
-      reprocess_(loop_, [this] { process(); }) {
-  thread_ = std::thread([this] { loop_.run(); });
+      reprocess_(loop_, [this] { process(); }), busy_poll_(busy_poll) {
+  thread_ = std::thread([this] {
+    if (busy_poll_.count() > 0)
+      loop_.run_polling([this] { return poll_ring(); }, [this] { return before_sleep(); }, busy_poll_);
+    else
+      loop_.run();
+  });
   run_sync([this] { backend_queue_ = backend_.open_queue(loop_, index_); });
 }
 
@@ -402,10 +408,36 @@ void QueueWorker::process() noexcept {
       reprocess_.schedule();
       break;
     }
+    if (polling_)
+      break; // kicks stay off: the polling thread looks at the ring again in a moment
     if (!ring_.enable_notifications())
       break;
   }
+  if (budget < kPopBudget)
+    activity_ = true;
   notify_check_.schedule();
+}
+
+// Busy polling (busy-poll-us): the ring, between passes over the loop's events. True when a
+// chain was popped or a request completed since the last call (the polling window restarts).
+bool QueueWorker::poll_ring() noexcept {
+  polling_ = true;
+  if (ring_.started() && !broken_ && !paused_ && ring_.pending() > 0)
+    process();
+  const bool active = activity_;
+  activity_ = false;
+  return active;
+}
+
+// The polling window ran out: kicks back on (a buffer made available meanwhile is found by the
+// check after the fence in process()) before the thread sleeps.
+bool QueueWorker::before_sleep() noexcept {
+  polling_ = false;
+  if (ring_.started() && !broken_ && !paused_ && ring_.enable_notifications())
+    process();
+  const bool active = activity_;
+  activity_ = false;
+  return active;
 }
 
 // A popped (or replayed) chain: a malformed one is failed at once, a valid one is handled.
@@ -522,6 +554,7 @@ void QueueWorker::complete(Slot *slot, int error) noexcept {
   const metrics::RequestKind kind = kind_of(slot->req.type);
   const bool data = kind == metrics::RequestKind::read || kind == metrics::RequestKind::write;
   counters_->record_completion(kind, data ? slot->req.backend.length : 0, now_ns() - slot->started_ns, !failed);
+  activity_ = true;
   publish(slot->chain.head, len);
   release(slot);
 }

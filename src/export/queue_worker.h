@@ -15,6 +15,7 @@
 #include "virtio_blk/blk_request.h"
 
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -37,8 +38,11 @@ public:
   // log: the queue's in-flight log in the device's recovery state, or nullptr (no recovery:
   // tests, or no state directory). With a log every pop and every published completion is
   // recorded so that a successor daemon can replay exactly what was in flight.
+  // busy_poll: 0, or how long the thread keeps polling the ring (and the backend's events)
+  // after the last activity instead of sleeping (the device's busy-poll-us).
   QueueWorker(std::string device_name, unsigned index, virtio::QueueHost &host, virtio::GuestMemory &memory,
-              Backend &backend, const blk::DeviceParams &params, recovery::QueueLog *log = nullptr);
+              Backend &backend, const blk::DeviceParams &params, recovery::QueueLog *log = nullptr,
+              std::chrono::microseconds busy_poll = {});
   // Stops the thread; requests still in flight in the backend are cancelled first.
   ~QueueWorker();
   QueueWorker(const QueueWorker &) = delete;
@@ -105,6 +109,8 @@ private:
   std::unique_ptr<Slot> take_slot();
   void release(Slot *slot) noexcept;
   void notify() noexcept;
+  bool poll_ring() noexcept;
+  bool before_sleep() noexcept;
   static void on_backend_done(void *ctx, int error) noexcept;
 
   std::string name_; // "disk0/q0" for logs
@@ -125,6 +131,9 @@ private:
   bool broken_ = false;
   bool paused_ = false;                          // planned restart: no more pops
   bool pushed_ = false;                          // used entries published since the last notification decision
+  std::chrono::microseconds busy_poll_;          // 0: sleep between events
+  bool polling_ = false;                         // kicks stay off: the thread polls the ring
+  bool activity_ = false;                        // a chain popped or a request completed since the last poll
   std::uint64_t ring_pin_ = 0;                   // GuestMemory pin held while the ring is mapped
   std::uint32_t generation_ = 0;                 // bumped on every stop: completions of older ones are dropped
   std::vector<std::unique_ptr<Slot>> in_flight_; // by head, for the current generation

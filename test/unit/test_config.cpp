@@ -361,7 +361,7 @@ TEST_CASE("bad files name the file, line, key and what was expected") {
       // Keys of a device.
       {"unknown device key", head + "    colour: blue\n", 6, "devices[0].colour",
        "expected a device key (name, backend, queues, queue-size, logical-block-size, read-only, serial, attach, "
-       "control-timeout), "
+       "control-timeout, busy-poll-us), "
        "got 'colour'"},
       {"near miss of a key", head + "    queue_size: 64\n", 6, "devices[0].queue_size",
        "got 'queue_size' (did you mean 'queue-size'?)"},
@@ -1302,4 +1302,18 @@ TEST_CASE("drop-in files add devices, a name defined twice names both places, th
   CHECK(std::string(checked.errors[0].what()).starts_with(main_file + ":3:"));
   CHECK(std::string(checked.errors[1].what()).starts_with(b + ":5:"));
   CHECK_THROWS_AS(vb::load_config(main_file), ConfigError);
+}
+
+TEST_CASE("busy-poll-us: off by default, microseconds up to 10000, nothing else") {
+  const std::string base = "devices:\n  - name: d\n    backend: {type: memory, size: 1M}\n";
+  CHECK(vb::parse_config(base, "t.yaml").devices[0].busy_poll.count() == 0);
+  CHECK(vb::parse_config(base + "    busy-poll-us: 50\n", "t.yaml").devices[0].busy_poll.count() == 50);
+  CHECK_THROWS_WITH_AS(vb::parse_config(base + "    busy-poll-us: 10001\n", "t.yaml"),
+                       doctest::Contains("t.yaml:4:19: devices[0].busy-poll-us:"), vb::ConfigError);
+  CHECK_THROWS_WITH_AS(vb::parse_config(base + "    busy-poll-us: 50us\n", "t.yaml"),
+                       doctest::Contains("devices[0].busy-poll-us:"), vb::ConfigError);
+  // A different window is a different device setting (a reload recreates the device).
+  auto a = vb::parse_config(base, "t.yaml").devices[0];
+  auto b = vb::parse_config(base + "    busy-poll-us: 50\n", "t.yaml").devices[0];
+  CHECK_FALSE(a.same_settings(b));
 }

@@ -1,4 +1,5 @@
 #include "event/event_loop.h"
+#include "test_support.h"
 
 #include <doctest/doctest.h>
 #include <event2/event.h>
@@ -117,4 +118,33 @@ TEST_CASE("Deferred runs once per schedule burst, after the current callback") {
   deferred.cancel();
   loop.run_once(false);
   CHECK(order.size() == 2);
+}
+
+TEST_CASE("EventLoop::run_polling polls while active, calls before_sleep once idle, then sleeps until woken") {
+  vb::EventLoop loop;
+  std::atomic<int> polls{0}, sleeps{0}, work{0};
+  std::thread t([&] {
+    loop.run_polling(
+        [&] {
+          ++polls;
+          return work.exchange(0) > 0;
+        },
+        [&] {
+          ++sleeps;
+          return false;
+        },
+        std::chrono::milliseconds(20));
+  });
+  // Polling at first (the window starts at the call), then idle: before_sleep, and polls stop.
+  REQUIRE(vb::test::wait_until([&] { return sleeps.load() >= 1; }, std::chrono::seconds(10)));
+  CHECK(polls.load() > 0);
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  const int idle_polls = polls.load();
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  CHECK(polls.load() == idle_polls); // asleep: nothing polls
+  // A posted callback wakes it; the new window polls again.
+  loop.post([&] { work = 1; });
+  REQUIRE(vb::test::wait_until([&] { return polls.load() > idle_polls; }, std::chrono::seconds(10)));
+  loop.stop_from_any_thread();
+  t.join();
 }

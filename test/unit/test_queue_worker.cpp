@@ -129,12 +129,13 @@ public:
 };
 
 struct Engine {
-  Engine(vb::Backend &backend, std::uint16_t num = 16, bool event_idx = false) : mem(4 << 20), drv(mem, num) {
+  Engine(vb::Backend &backend, std::uint16_t num = 16, bool event_idx = false, std::chrono::microseconds busy_poll = {})
+      : mem(4 << 20), drv(mem, num) {
     backend.open(vb::test::new_events(backend));
     vb::blk::DeviceSettings settings;
     settings.serial = "engine-test-serial";
     params = vb::blk::make_device_params(backend.capabilities(), settings);
-    worker = std::make_unique<vb::QueueWorker>("test", 0, host, mem, backend, params);
+    worker = std::make_unique<vb::QueueWorker>("test", 0, host, mem, backend, params, nullptr, busy_poll);
     REQUIRE(worker->start_sync(drv.layout(), 0, event_idx));
   }
   ~Engine() { worker.reset(); }
@@ -537,4 +538,33 @@ TEST_CASE("engine: before a reattached queue resumes, its next avail index comes
   REQUIRE(vb::test::wait_until([&] { return backend.count() == 3; })); // the 3 in flight, resubmitted
   std::lock_guard lock(backend.mu);
   CHECK(backend.submitted.size() == 3);
+}
+
+TEST_CASE("engine: with busy polling a request is served without a kick, and kicks come back on before it sleeps") {
+  vb::MemoryBackend backend(1 << 20);
+  auto read_chain = [](Engine &e) {
+    const auto h = e.header(VIRTIO_BLK_T_IN, 0);
+    const auto in = e.drv.alloc(513);
+    e.drv.add_chain({{h, 16, false}, {in, 513, true}});
+    return in + 512;
+  };
+  SUBCASE("within the window: no kick needed, and none asked for") {
+    Engine e(backend, 16, true, std::chrono::seconds(5));
+    const auto st = read_chain(e); // no kick
+    e.wait_used(1);
+    CHECK(e.status(st) == VIRTIO_BLK_S_OK);
+    CHECK(e.drv.avail_event() == 0); // the driver was not asked to kick for the next one
+  }
+  SUBCASE("after the window: the thread asks for kicks again, then sleeps until one comes") {
+    Engine e(backend, 16, true, std::chrono::milliseconds(20));
+    const auto st = read_chain(e);
+    e.kick();
+    e.wait_used(1);
+    CHECK(e.status(st) == VIRTIO_BLK_S_OK);
+    REQUIRE(vb::test::wait_until([&] { return e.drv.avail_event() == 1; }, std::chrono::seconds(10)));
+    const auto st2 = read_chain(e);
+    e.kick();
+    e.wait_used(2);
+    CHECK(e.status(st2) == VIRTIO_BLK_S_OK);
+  }
 }
