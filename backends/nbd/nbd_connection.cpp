@@ -409,8 +409,11 @@ int NbdConnection::on_command_done(void *user_data, int *error) noexcept {
 }
 
 void NbdConnection::command_done(Job *op, int error) noexcept {
-  if (error != 0 && op->error == 0)
-    op->error = error;
+  if (error != 0) {
+    op->answered_error = true; // the server's answer: not sent again if the connection goes
+    if (op->error == 0)
+      op->error = error;
+  }
   if (--op->parts_left == 0)
     core_.retire(op);
 }

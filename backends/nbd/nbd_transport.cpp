@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <climits>
+#include <cstdlib>
 #include <cstring>
 #include <new>
 #include <sys/socket.h>
@@ -17,8 +18,9 @@ constexpr std::size_t kStageSize = std::size_t{64} * 1024;
 // Read payloads at least this large are received in place rather than staged and copied
 // (a copy of a large payload costs more than the receive call it saves).
 constexpr std::uint32_t kLargeRead = 16 * 1024;
-// Replies handled per receive() before yielding to the loop (the socket stays readable).
-constexpr unsigned kReplyBudget = 512;
+// Receive calls per receive() before yielding to the loop (the socket stays readable); what
+// one call brought is always parsed whole (at most kStageSize / 16 replies).
+constexpr unsigned kReceiveBudget = 16;
 constexpr std::size_t kMaxIov = IOV_MAX;
 } // namespace
 
@@ -60,10 +62,12 @@ bool NbdTransport::issue(nbd_wire::Command type, std::uint16_t flags, std::uint6
   const std::uint64_t cookie = (std::uint64_t{cmd->seq} << 32) | index;
   nbd_wire::encode_request(cmd->header, type, flags, cookie, offset, length);
   send_.push_back({cmd->header, sizeof cmd->header});
-  send_cmd_.push_back(cmd);
+  send_cmd_.push_back({cmd, true});
+  cmd->unsent = 1;
   if (type == nbd_wire::Command::write && length > 0) {
     send_.push_back({data, length});
-    send_cmd_.push_back(nullptr);
+    send_cmd_.push_back({cmd, false});
+    cmd->unsent = 2;
   }
   ++in_flight_;
   if (cmd->read && length >= kLargeRead)
@@ -90,6 +94,7 @@ bool NbdTransport::flush(std::string &why) noexcept {
       iovec &v = send_[send_head_];
       if (left >= v.iov_len) {
         left -= v.iov_len;
+        --send_cmd_[send_head_].cmd->unsent;
         ++send_head_;
         head_partial_ = false;
       } else {
@@ -111,13 +116,13 @@ std::size_t NbdTransport::drop_unsent(const void *ctx) noexcept {
   // Entries before first are written, or partly (a command whose header went out must be
   // finished, its payload too); from first on nothing of them is at the server.
   std::size_t first = send_head_ + (head_partial_ ? 1 : 0);
-  while (first < send_.size() && !send_cmd_[first])
+  while (first < send_.size() && !send_cmd_[first].header)
     ++first; // the rest of a payload whose header is written
   std::size_t kept = first, dropped = 0;
   for (std::size_t i = first; i < send_.size(); ++i) {
-    Cmd *cmd = send_cmd_[i];
-    if (cmd && cmd->ctx == ctx) {
-      if (i + 1 < send_.size() && !send_cmd_[i + 1])
+    Cmd *cmd = send_cmd_[i].cmd;
+    if (send_cmd_[i].header && cmd->ctx == ctx) {
+      if (i + 1 < send_.size() && !send_cmd_[i + 1].header)
         ++i; // its payload
       release(cmd);
       ++dropped;
@@ -133,6 +138,8 @@ std::size_t NbdTransport::drop_unsent(const void *ctx) noexcept {
 }
 
 void NbdTransport::release(Cmd *cmd) noexcept {
+  if (!cmd->in_use)
+    std::abort(); // twice: the counts below would wrap
   if (cmd->read && cmd->length >= kLargeRead)
     --large_reads_;
   cmd->in_use = false;
@@ -146,7 +153,9 @@ NbdTransport::Cmd *NbdTransport::lookup(std::uint64_t cookie) noexcept {
   if (index >= cmds_.size())
     return nullptr;
   Cmd *cmd = cmds_[index].get();
-  if (!cmd->in_use || cmd->seq != static_cast<std::uint32_t>(cookie >> 32))
+  // A reply to a command not fully written is made up (cookies are guessable): taking it would
+  // free a slot that send_ still points into.
+  if (!cmd->in_use || cmd->seq != static_cast<std::uint32_t>(cookie >> 32) || cmd->unsent > 0)
     return nullptr;
   return cmd;
 }
@@ -158,10 +167,10 @@ void NbdTransport::finish(Cmd *cmd, int error) noexcept {
 }
 
 // Parses what is staged: headers, and payloads of the read being received. False, why set, on a
-// reply that cannot be followed. Stops early (true) when the budget is used or after abandon().
-bool NbdTransport::consume(std::string &why, unsigned &budget) noexcept {
+// reply that cannot be followed. Stops early (true) after abandon().
+bool NbdTransport::consume(std::string &why) noexcept {
   const std::uint64_t epoch = epoch_;
-  while (budget > 0 && epoch == epoch_) {
+  while (epoch == epoch_) {
     const std::size_t staged = stage_end_ - stage_begin_;
     if (current_) {
       const std::uint32_t want = current_->length - current_got_;
@@ -173,7 +182,6 @@ bool NbdTransport::consume(std::string &why, unsigned &budget) noexcept {
         return true; // more payload to come
       Cmd *done = current_;
       current_ = nullptr;
-      --budget;
       finish(done, 0);
       continue;
     }
@@ -190,31 +198,26 @@ bool NbdTransport::consume(std::string &why, unsigned &budget) noexcept {
       why = "the server answered a command that is not in flight (cookie " + std::to_string(reply.cookie) + ")";
       return false;
     }
-    if (cmd->read && reply.error != 0) {
-      // Servers differ on whether a failed read's payload follows a simple reply: the stream
-      // cannot be followed past it. The read fails; the connection is replaced.
-      finish(cmd, nbd_wire::errno_of(reply.error));
-      why = "a failed read (the stream cannot be followed past it)";
-      return false;
-    }
-    if (cmd->read && cmd->length > 0) {
+    if (cmd->read && reply.error == 0 && cmd->length > 0) {
       current_ = cmd;
       current_got_ = 0;
       continue;
     }
-    --budget;
-    finish(cmd, nbd_wire::errno_of(reply.error));
+    finish(cmd, nbd_wire::errno_of(reply.error)); // a failed read too: no payload follows
   }
   return true;
 }
 
 bool NbdTransport::receive(std::string &why) noexcept {
   const std::uint64_t epoch = epoch_;
-  unsigned budget = kReplyBudget;
+  unsigned budget = kReceiveBudget;
+  // A receive that returned less than it asked for emptied the socket: another one now would
+  // only say EAGAIN (a system call per wake-up for nothing); the loop's poll says when more came.
+  bool drained = false;
   for (;;) {
-    if (!consume(why, budget))
+    if (!consume(why))
       return false;
-    if (epoch != epoch_ || budget == 0)
+    if (epoch != epoch_ || budget-- == 0 || drained)
       return true;
     // Everything staged is parsed (or a payload is incomplete with nothing staged).
     if (stage_begin_ == stage_end_)
@@ -254,6 +257,7 @@ bool NbdTransport::receive(std::string &why) noexcept {
       return false;
     }
     auto got = static_cast<std::size_t>(n);
+    drained = got < direct + room;
     if (direct > 0) {
       const auto in_place = static_cast<std::uint32_t>(std::min<std::size_t>(got, direct));
       current_got_ += in_place;
@@ -261,7 +265,6 @@ bool NbdTransport::receive(std::string &why) noexcept {
       if (current_got_ == current_->length) {
         Cmd *done = current_;
         current_ = nullptr;
-        --budget;
         stage_end_ += got;
         finish(done, 0);
         if (epoch != epoch_)

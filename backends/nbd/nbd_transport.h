@@ -42,8 +42,11 @@ public:
   bool flush(std::string &why) noexcept;
   bool want_write() const noexcept { return send_head_ < send_.size(); }
   // Reads replies and completes their commands (done(ctx, errno)) until the socket has no more,
-  // or a bounded number were handled (the socket stays readable then). False, why set, when
-  // the stream ended or cannot be followed; the commands not completed are left to the caller.
+  // or a bounded number of receive calls were made (the socket stays readable then; nothing is
+  // left staged). False, why set, when the stream ended or cannot be followed; the commands not
+  // completed are left to the caller. A failed read's reply carries no payload (as libnbd and the
+  // common servers have it); a server that sends one anyway desynchronises the stream, which then
+  // fails as not a simple reply.
   bool receive(std::string &why) noexcept;
   // Every command is forgotten: no callback runs for any of them afterwards.
   void abandon() noexcept;
@@ -61,11 +64,12 @@ private:
     std::uint32_t seq = 0;   // the upper half: a stale or made-up cookie is caught
     bool read = false;
     bool in_use = false;
+    std::uint8_t unsent = 0; // entries of send_ not yet fully written (header, payload): no reply yet
     void *ctx = nullptr;
   };
   Cmd *lookup(std::uint64_t cookie) noexcept;
   void finish(Cmd *cmd, int error) noexcept;
-  bool consume(std::string &why, unsigned &budget) noexcept;
+  bool consume(std::string &why) noexcept;
 
   int fd_;
   DoneFn done_;
@@ -76,7 +80,11 @@ private:
   std::size_t large_reads_ = 0;    // reads in flight whose payload is better received in place
   void release(Cmd *cmd) noexcept; // back to the free list, no callback
   std::vector<iovec> send_;        // queued request headers and write payloads
-  std::vector<Cmd *> send_cmd_;    // for each entry of send_: its command if it is a header, else nullptr
+  struct SendEntry {
+    Cmd *cmd;
+    bool header; // else the write payload following its header
+  };
+  std::vector<SendEntry> send_cmd_; // for each entry of send_: whose it is
   std::size_t send_head_ = 0;
   bool head_partial_ = false; // send_[send_head_] is partly written
   // Received bytes not consumed yet: [stage_begin_, stage_end_) of stage_.

@@ -60,6 +60,7 @@ int SessionCore::submit(SessionJob *job) noexcept {
   job->seq = ++seq_;
   job->fenced = false;
   job->error = 0;
+  job->answered_error = false;
   if (state_ == State::ready) {
     if (!make_room(in_flight_, 1))
       return ENOMEM;
@@ -189,6 +190,8 @@ void SessionCore::lost(const std::string &why, std::chrono::milliseconds delay) 
   for (SessionJob *job : in_flight_) {
     if (job->fenced) {
       complete(job, ECANCELED); // from before a reset: may have reached the peer, never sent again
+    } else if (job->answered_error) {
+      complete(job, job->error); // decided by the peer's answer (SessionJob::answered_error)
     } else if (!make_room(held_, 1)) {
       complete(job, EIO);
     } else {

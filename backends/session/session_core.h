@@ -39,10 +39,14 @@ struct SessionJob {
   Request req;
   CompletionFn done = nullptr;
   void *ctx = nullptr;
-  const void *source = nullptr;      // the submitting BackendQueue (queues may share a session)
-  std::uint64_t seq = 0;             // submission order: resubmitted oldest first
-  bool fenced = false;               // the driver reset since: finish, never send again
-  int error = 0;                     // the first error of any of its commands
+  const void *source = nullptr; // the submitting BackendQueue (queues may share a session)
+  std::uint64_t seq = 0;        // submission order: resubmitted oldest first
+  bool fenced = false;          // the driver reset since: finish, never send again
+  int error = 0;                // the first error of any of its commands
+  // The peer answered one of its commands with an error: its result is decided. Lost with its
+  // connection, it completes with error instead of being sent again (it would fail again,
+  // reconnect after reconnect, as one unreadable block in a request of several commands did).
+  bool answered_error = false;
   std::size_t index = 0;             // position in the in-flight list
   SessionClock::time_point issued{}; // sent on the current connection at
 };

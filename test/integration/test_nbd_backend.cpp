@@ -717,3 +717,17 @@ TEST_CASE("nbd: the first connect to a server that never answers is bounded and 
   }
   ::close(listener);
 }
+
+TEST_CASE("nbd: a failed read of two pieces completes with the error once, it is not sent again for ever") {
+  if (!have_nbdkit())
+    VB_SKIP("nbdkit not installed");
+  TempDir dir;
+  bool direct = true;
+  SUBCASE("the daemon's own transmission path") { direct = true; }
+  SUBCASE("libnbd carries the commands") { direct = false; }
+  NbdDisk d(dir, {"memory", "1M", "error-pread=EIO", "error-pread-rate=100%"}, {"--filter=error"},
+            [direct](vb::NbdOptions &o) { o.direct_transmission = direct; });
+  std::vector<char> buf(12288);
+  iovec v[2] = {{buf.data(), 4096}, {buf.data() + 8192, 4096}}; // two pieces: two NBD commands
+  CHECK(d.run({vb::Op::read, 0, 8192, v, 2}) == EIO);
+}
