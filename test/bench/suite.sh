@@ -246,6 +246,18 @@ if [ "$have_nbd" = 1 ]; then
   else
     missing[vb-nbd]=$nbd_unavailable
   fi
+  # VDUSE_BRIDGE_BENCH_POLL_US=N: the same device with busy-poll-us: N as path vb-nbd-poll
+  # (another daemon on the same server), to measure busy polling.
+  if [ -n "${VDUSE_BRIDGE_BENCH_POLL_US:-}" ] && [ "$rc" -eq 0 ]; then
+    nbd_config "$work/nbd-poll.yaml" bnbdpoll0 "$uri" "queues: 1" "queue-size: 256" "backend.connections: 1" \
+      "backend.reconnect-timeout: 60s" "backend.request-timeout: 30s" "busy-poll-us: $VDUSE_BRIDGE_BENCH_POLL_US"
+    vb_start nbdpoll "$work/nbd-poll.yaml"
+    wait_for 30 "the disk of bnbdpoll0" disk_ready bnbdpoll0
+    dev[vb-nbd-poll]=/dev/$(disk_of bnbdpoll0)
+    backend[vb-nbd-poll]=nbd
+    cpu_pid[vb-nbd-poll]=${vb_pid[nbdpoll]}
+    paths+=(vb-nbd-poll)
+  fi
   if [ -z "$QSD" ]; then
     missing[qsd-nbd]=$qsd_missing
   elif qsd_start nbd qsdnbd0 "driver=nbd,node-name=n0,server.type=unix,server.path=$sock"; then
