@@ -18,11 +18,11 @@ import sys
 
 # Peer of each path: the ratio column divides by this path's median, same backend.
 QSD_OF = {"vb-mem": "qsd-null", "vb-nbd": "qsd-nbd", "knbd": "qsd-nbd", "fio-libnbd": "qsd-nbd",
-          "vb-iscsi": "qsd-iscsi", "vb-file": "qsd-file", "loop-file": "qsd-file"}
+          "vb-iscsi": "qsd-iscsi", "kiscsi": "qsd-iscsi", "vb-file": "qsd-file", "loop-file": "qsd-file"}
 # The kernel's own path on the same backend, if any: the `vs kernel` column.
-KERNEL_OF = {"nbd": "knbd", "file": "loop-file"}
+KERNEL_OF = {"nbd": "knbd", "iscsi": "kiscsi", "file": "loop-file"}
 PATH_ORDER = ["vb-mem", "qsd-null", "vb-nbd", "qsd-nbd", "knbd", "fio-libnbd", "vb-iscsi", "qsd-iscsi",
-              "vb-file", "qsd-file", "loop-file", "vb-mem-q1", "vb-mem-q2", "vb-mem-q4"]
+              "kiscsi", "vb-file", "qsd-file", "loop-file", "vb-mem-q1", "vb-mem-q2", "vb-mem-q4"]
 DESCR = {
     "vb-mem": "vduse-bridge, memory backend",
     "qsd-null": "qemu-storage-daemon vduse-blk, null-co (read-zeroes; writes are dropped, no copy: "
@@ -33,6 +33,8 @@ DESCR = {
     "fio-libnbd": "fio's libnbd engine (no block device: the userspace ceiling)",
     "vb-iscsi": "vduse-bridge, iscsi backend (tgtd LUN on tmpfs)",
     "qsd-iscsi": "qemu-storage-daemon vduse-blk, driver=iscsi (same LUN)",
+    "kiscsi": "kernel iSCSI initiator (open-iscsi's iscsid and iscsiadm, iscsi_tcp; same LUN; no daemon "
+              "in the data path: its CPU is the kernel's)",
     "vb-file": "vduse-bridge, file backend (io_uring, `direct: on`; a 256 MiB file on {store})",
     "qsd-file": "qemu-storage-daemon vduse-blk, driver=file, aio=io_uring, cache.direct=on (same file)",
     "loop-file": "loop device, losetup --direct-io=on (same file; no daemon: its CPU is the kernel's)",
@@ -97,8 +99,9 @@ README_BACKENDS = [
     ("nbd", "vb-nbd", "nbdkit memory on a unix socket; peers: qemu-storage-daemon vduse-blk with "
      "driver=nbd, the kernel NBD client, fio's libnbd engine (no block device: the ceiling)",
      [("vs qsd", "qsd-nbd"), ("vs kernel NBD client", "knbd"), ("of fio's libnbd ceiling", "fio-libnbd")]),
-    ("iscsi", "vb-iscsi", "tgtd in the guest on 127.0.0.1, LUN on tmpfs; peer: qemu-storage-daemon "
-     "vduse-blk with driver=iscsi (tgtd's CPU time is part of both)", [("vs qsd", "qsd-iscsi")]),
+    ("iscsi", "vb-iscsi", "tgtd in the guest on 127.0.0.1, LUN on tmpfs; peers: qemu-storage-daemon "
+     "vduse-blk with driver=iscsi (tgtd's CPU time is part of both), the kernel iSCSI initiator "
+     "(open-iscsi, iscsi_tcp)", [("vs qsd", "qsd-iscsi"), ("vs open-iscsi", "kiscsi")]),
     ("file", "vb-file", "a 256 MiB file on {store}, O_DIRECT; peers: qemu-storage-daemon vduse-blk with "
      "driver=file, aio=io_uring, cache.direct=on, and a loop device with --direct-io=on",
      [("vs qsd", "qsd-file"), ("vs loop device", "loop-file")]),
@@ -230,10 +233,10 @@ def main():
     L.append("Columns: IOPS and MiB/s (read + write), completion latency p50/p99/p99.9 in µs (of the "
              "writes for write workloads, of the reads otherwise, including randrw), `vs qsd`: IOPS "
              "ratio to qemu-storage-daemon on the same backend; `vs kernel`: to the kernel's own "
-             "path on the same backend (nbd: the kernel NBD client; file: the loop device); for nbd "
-             "also `vs ceiling` (fio's libnbd engine); `CPU µs/IO`: the serving daemon's "
-             "utime+stime over the run divided by the I/Os completed by the disk (ramp included on "
-             "both sides).\n")
+             "path on the same backend (nbd: the kernel NBD client; iscsi: open-iscsi; file: the "
+             "loop device); for nbd also `vs ceiling` (fio's libnbd engine); `CPU µs/IO`: the "
+             "serving daemon's utime+stime over the run divided by the I/Os completed by the disk "
+             "(ramp included on both sides).\n")
 
     for wl in workloads:
         if wl.startswith("scaling"):

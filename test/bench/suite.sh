@@ -6,7 +6,8 @@
 #   memory: vduse-bridge memory backend        | qemu-storage-daemon vduse-blk over null-co
 #   nbd:    vduse-bridge nbd backend           | qsd vduse-blk over driver=nbd | kernel nbd-client
 #           | fio's libnbd engine (the userspace ceiling), all on one `nbdkit memory` unix socket
-#   iscsi:  vduse-bridge iscsi backend         | qsd vduse-blk over driver=iscsi, one tgtd LUN (tmpfs)
+#   iscsi:  vduse-bridge iscsi backend         | qsd vduse-blk over driver=iscsi | the kernel's
+#           initiator (open-iscsi, iscsi_tcp), all on one tgtd LUN (tmpfs)
 #   file:   vduse-bridge file backend (O_DIRECT, io_uring) | qsd vduse-blk over driver=file
 #           (aio=io_uring, cache.direct=on) | a loop device (losetup --direct-io=on), all on one
 #           256 MiB file on ext4 on a brd ramdisk (see file_store below for why not tmpfs)
@@ -50,7 +51,7 @@ elif command -v tgtd >/dev/null && command -v tgtadm >/dev/null; then
   source "$LIB/iscsi.sh"
   have_iscsi=1
 else
-  for p in vb-iscsi qsd-iscsi; do missing[$p]="tgtd/tgtadm not installed (Debian: tgt)"; done
+  for p in vb-iscsi qsd-iscsi kiscsi; do missing[$p]="tgtd/tgtadm not installed (Debian: tgt)"; done
 fi
 
 RUNTIME=${VDUSE_BRIDGE_BENCH_SECONDS:-3}
@@ -284,6 +285,92 @@ if [ "$have_nbd" = 1 ]; then
 fi
 
 # iscsi
+# kiscsi: the kernel's initiator (iscsi_tcp, driven by open-iscsi's iscsid and iscsiadm) on the
+# same LUN. iscsiadm keeps its node records under /etc/iscsi, read-only here (the host's root): a
+# tmpfs goes over it for this boot, with the host's iscsid.conf plus our settings and an initiator
+# name of our own. iscsid runs in the foreground as our child, stopped by PID. kiscsi_attach:
+# status 1 with the reason in $kiscsi_error (never fails the suite: the path is then skipped).
+kiscsi_pid='' kiscsi_dev='' kiscsi_error='' kiscsi_etc=0 kiscsi_portal='' kiscsi_qd=''
+kiscsi_listens() { grep -q '@ISCSIADM_ABSTRACT_NAMESPACE' /proc/net/unix || ! alive "$kiscsi_pid"; }
+# kiscsi_disk: prints /dev/sdX, the disk of LUN 1 in the session with $TGT_IQN (no udev here: no
+# /dev/disk/by-path; devtmpfs makes the node).
+kiscsi_disk() {
+  local s b
+  for s in /sys/class/iscsi_session/session*; do
+    [ "$(cat "$s/targetname" 2>/dev/null)" = "$TGT_IQN" ] || continue
+    for b in "$s"/device/target*/*:*:*:1/block/*; do
+      if [ -b "/dev/${b##*/}" ]; then echo "/dev/${b##*/}" && return 0; fi
+    done
+  done
+  return 1
+}
+# kiscsi_until SECONDS CMD...: like wait_for, but status 1 on timeout instead of failing the suite.
+kiscsi_until() {
+  local deadline=$((SECONDS + $1))
+  shift
+  until "$@"; do
+    [ "$SECONDS" -lt "$deadline" ] || return 1
+    sleep 0.1
+  done
+}
+kiscsi_why() { kiscsi_error="$1 (log: $(tail -n 3 "$work/kiscsi.log" 2>/dev/null | tr '\n' ' ' | cut -c1-300))"; }
+kiscsi_attach() {
+  local conf=/etc/iscsi/iscsid.conf
+  if ! command -v iscsid >/dev/null || ! command -v iscsiadm >/dev/null; then
+    kiscsi_error="iscsid/iscsiadm not installed (Debian: open-iscsi)" && return 1
+  fi
+  [ -e /sys/module/iscsi_tcp ] || { kiscsi_error="the iscsi_tcp kernel module is not loaded" && return 1; }
+  [ -d /etc/iscsi ] || { kiscsi_error="no /etc/iscsi to put a tmpfs on (open-iscsi not installed?)" && return 1; }
+  if [ -r "$conf" ]; then
+    grep -Ev '^[[:space:]]*(iscsid\.startup|node\.startup|node\.session\.(cmds_max|queue_depth))[[:space:]]*=' \
+      "$conf" >"$work/iscsid.conf" || true
+  fi
+  # iscsiadm starts no daemon (ours runs); no login at start; a queue as deep as the deepest
+  # workload (qd128), where Debian's default queue_depth of 32 would cap the kernel path.
+  printf '%s\n' "iscsid.startup = /bin/false" "node.startup = manual" "node.session.cmds_max = 256" \
+    "node.session.queue_depth = 128" >>"$work/iscsid.conf"
+  mount -t tmpfs -o mode=0755 tmpfs /etc/iscsi || { kiscsi_error="cannot mount a tmpfs on /etc/iscsi" && return 1; }
+  kiscsi_etc=1
+  cp "$work/iscsid.conf" "$conf" || { kiscsi_error="cannot write $conf on the tmpfs" && return 1; }
+  echo "InitiatorName=iqn.2026-11.org.vduse-bridge.vmtest:kernel" >/etc/iscsi/initiatorname.iscsi
+  mkdir -p /run/lock/iscsi # iscsiadm's lock files; the guest's /run is a fresh tmpfs
+  # Its own process group: iscsid's SIGTERM handler signals its whole group (its children), which
+  # would otherwise be this script's. setsid does not fork here (a background job of a shell
+  # without job control is no group leader), so $! stays iscsid's PID.
+  setsid iscsid -f -n -c "$conf" -i /etc/iscsi/initiatorname.iscsi >"$work/kiscsi.log" 2>&1 &
+  kiscsi_pid=$!
+  kiscsi_until 30 kiscsi_listens || { kiscsi_why "iscsid does not listen after 30 s" && return 1; }
+  alive "$kiscsi_pid" || { kiscsi_why "iscsid exited at start-up" && return 1; }
+  kiscsi_portal=127.0.0.1:$tgtd_port
+  timeout 120 iscsiadm -m discovery -t sendtargets -p "$kiscsi_portal" >>"$work/kiscsi.log" 2>&1 ||
+    { kiscsi_why "iscsiadm: discovery on $kiscsi_portal failed" && return 1; }
+  timeout 120 iscsiadm -m node -T "$TGT_IQN" -p "$kiscsi_portal" --login >>"$work/kiscsi.log" 2>&1 ||
+    { kiscsi_why "iscsiadm: login to $TGT_IQN on $kiscsi_portal failed" && return 1; }
+  kiscsi_until 60 kiscsi_disk >/dev/null || { kiscsi_why "no disk for LUN 1 60 s after the login" && return 1; }
+  kiscsi_dev=$(kiscsi_disk)
+  kiscsi_qd=$(cat "/sys/block/${kiscsi_dev#/dev/}/device/queue_depth" 2>/dev/null || echo '?')
+  echo "ok: kiscsi: $kiscsi_dev, LUN 1 of $TGT_IQN through iscsi_tcp, queue depth $kiscsi_qd" \
+    "($(iscsid --version 2>/dev/null))"
+}
+# kiscsi_stop: log out (the disk goes), stop iscsid, drop the tmpfs; for a second call a no-op.
+kiscsi_stop() {
+  local rc=0
+  if [ -n "$kiscsi_portal" ] && alive "$kiscsi_pid" && compgen -G "/sys/class/iscsi_session/session*" >/dev/null; then
+    timeout 60 iscsiadm -m node -T "$TGT_IQN" -p "$kiscsi_portal" --logout >>"$work/kiscsi.log" 2>&1 || rc=1
+  fi
+  kiscsi_portal='' kiscsi_dev=''
+  if [ -n "$kiscsi_pid" ]; then
+    kill -TERM "$kiscsi_pid" 2>/dev/null || true
+    wait_gone "$kiscsi_pid" 30 || kill -KILL "$kiscsi_pid" 2>/dev/null || true
+    wait "$kiscsi_pid" 2>/dev/null || true
+    kiscsi_pid=''
+  fi
+  if [ "$kiscsi_etc" = 1 ]; then
+    umount /etc/iscsi || umount -l /etc/iscsi || rc=1
+    kiscsi_etc=0
+  fi
+  return "$rc"
+}
 if [ "$have_iscsi" = 1 ]; then
   img=$work/lun1.img
   dd if=/dev/zero of="$img" bs=1M count=256 status=none || fail "prefilling the LUN's file failed"
@@ -316,6 +403,16 @@ if [ "$have_iscsi" = 1 ]; then
     paths+=(qsd-iscsi)
   else
     missing[qsd-iscsi]=$qsd_error
+  fi
+  on_cleanup kiscsi_stop # before tgtd stops: a session whose target went would hang in recovery
+  if kiscsi_attach; then
+    fact kiscsi_queue_depth "$kiscsi_qd"
+    dev[kiscsi]=$kiscsi_dev
+    backend[kiscsi]=iscsi
+    paths+=(kiscsi)
+  else
+    missing[kiscsi]=$kiscsi_error
+    kiscsi_stop || true
   fi
 fi
 
@@ -508,6 +605,7 @@ echo "bench: done: $nrun runs in $((SECONDS - t_runs)) s; results in \$VM_OUT"
 
 # Tear down in order: devices off the bus before their servers go.
 if [ "$have_nbd" = 1 ] && [ -n "${dev[knbd]:-}" ]; then knbd_detach "${dev[knbd]}" || true; fi
+if [ "$have_iscsi" = 1 ]; then kiscsi_stop || true; fi
 suite_stop_all
 rm -f /dev/shm/vduse-bridge/bmemq*.mem
 if [ -n "${file_img:-}" ] && mountpoint -q "$work/mnt-file"; then
