@@ -17,17 +17,18 @@ import subprocess
 import sys
 
 # Peer of each path: the ratio column divides by this path's median, same backend.
-QSD_OF = {"vb-mem": "qsd-null", "vb-nbd": "qsd-nbd", "knbd": "qsd-nbd", "fio-libnbd": "qsd-nbd",
+QSD_OF = {"vb-mem": "qsd-null", "vb-nbd": "qsd-nbd", "vb-nbd-poll": "qsd-nbd", "knbd": "qsd-nbd", "fio-libnbd": "qsd-nbd",
           "vb-iscsi": "qsd-iscsi", "kiscsi": "qsd-iscsi", "vb-file": "qsd-file", "loop-file": "qsd-file"}
 # The kernel's own path on the same backend, if any: the `vs kernel` column.
 KERNEL_OF = {"nbd": "knbd", "iscsi": "kiscsi", "file": "loop-file"}
-PATH_ORDER = ["vb-mem", "qsd-null", "vb-nbd", "qsd-nbd", "knbd", "fio-libnbd", "vb-iscsi", "qsd-iscsi",
+PATH_ORDER = ["vb-mem", "qsd-null", "vb-nbd", "vb-nbd-poll", "qsd-nbd", "knbd", "fio-libnbd", "vb-iscsi", "qsd-iscsi",
               "kiscsi", "vb-file", "qsd-file", "loop-file", "vb-mem-q1", "vb-mem-q2", "vb-mem-q4"]
 DESCR = {
     "vb-mem": "vduse-bridge, memory backend",
     "qsd-null": "qemu-storage-daemon vduse-blk, null-co (read-zeroes; writes are dropped, no copy: "
                 "vb-mem copies every byte, which shows at 128k)",
     "vb-nbd": "vduse-bridge, nbd backend (nbdkit memory, unix socket)",
+    "vb-nbd-poll": "vduse-bridge, the same nbd device with busy polling (busy-poll-us: VDUSE_BRIDGE_BENCH_POLL_US)",
     "qsd-nbd": "qemu-storage-daemon vduse-blk, driver=nbd (same socket)",
     "knbd": "kernel NBD client (nbd-client, same socket)",
     "fio-libnbd": "fio's libnbd engine (no block device: the userspace ceiling)",
@@ -66,7 +67,7 @@ def parse_run(raw, row):
     }
 
 
-CPU_PATHS = {"vb-mem", "qsd-null", "vb-nbd", "qsd-nbd", "vb-iscsi", "qsd-iscsi", "vb-file", "qsd-file",
+CPU_PATHS = {"vb-mem", "qsd-null", "vb-nbd", "vb-nbd-poll", "qsd-nbd", "vb-iscsi", "qsd-iscsi", "vb-file", "qsd-file",
              "vb-mem-q1", "vb-mem-q2", "vb-mem-q4"}
 
 
