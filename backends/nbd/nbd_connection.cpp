@@ -316,6 +316,19 @@ void NbdConnection::send(SessionJob *job) noexcept {
   switch (r.op) {
   case Op::read:
   case Op::write: {
+    if (transport_ && !op->bounce && r.iovcnt > 1 && r.length <= max_cmd) {
+      // One command received into, or sent from, the pieces themselves: no copy at all.
+      ++op->parts_left;
+      if (!transport_->issue(r.op == Op::read ? nbd_wire::Command::read : nbd_wire::Command::write, r.offset,
+                             static_cast<std::uint32_t>(r.length), r.iov, r.iovcnt, op)) {
+        --op->parts_left;
+        if (op->error == 0)
+          op->error = ENOMEM;
+      } else {
+        flush_.schedule();
+      }
+      break;
+    }
     if (!op->bounce && r.iovcnt > 1 && count_pieces(r) > kMaxPiecesWithoutCopy) {
       op->bounce = take_bounce(r.length, op->bounce_class);
       if (op->bounce && r.op == Op::write)

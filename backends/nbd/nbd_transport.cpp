@@ -22,6 +22,8 @@ constexpr std::uint32_t kLargeRead = 16 * 1024;
 // one call brought is always parsed whole (at most kStageSize / 16 replies).
 constexpr unsigned kReceiveBudget = 16;
 constexpr std::size_t kMaxIov = IOV_MAX;
+// Pieces of a scattered read received in place per call (the rest in the next call).
+constexpr int kMaxDirectPieces = 64;
 } // namespace
 
 NbdTransport::NbdTransport(int fd, DoneFn done)
@@ -29,12 +31,32 @@ NbdTransport::NbdTransport(int fd, DoneFn done)
 
 bool NbdTransport::issue(nbd_wire::Command type, std::uint16_t flags, std::uint64_t offset, std::uint32_t length,
                          char *data, void *ctx) noexcept {
-  Cmd *cmd = nullptr;
+  const iovec one{data, length};
+  return queue(type, flags, offset, length, data, data ? &one : nullptr, data ? 1 : 0, ctx);
+}
+
+bool NbdTransport::issue(nbd_wire::Command type, std::uint64_t offset, std::uint32_t length, const iovec *iov,
+                         int iovcnt, void *ctx) noexcept {
+  return queue(type, 0, offset, length, nullptr, iov, iovcnt, ctx);
+}
+
+// Queues a command: its header, and for a write the pieces of its payload (iov, length bytes).
+bool NbdTransport::queue(nbd_wire::Command type, std::uint16_t flags, std::uint64_t offset, std::uint32_t length,
+                         char *data, const iovec *iov, int iovcnt, void *ctx) noexcept {
+  const bool write = type == nbd_wire::Command::write && length > 0;
+  const std::size_t entries = 1 + (write ? static_cast<std::size_t>(iovcnt) : 0);
+  if (entries > 0xffff)
+    return false;
+  std::uint64_t have = 0;
+  for (int i = 0; i < iovcnt; ++i)
+    have += iov[i].iov_len;
+  if ((type == nbd_wire::Command::read || write) && have < length)
+    return false; // the pieces must hold the whole payload, or the stream could not be followed
   std::uint32_t index = 0;
   try {
     // Grown geometrically, kept across flushes: no allocation per command once warm.
-    if (send_.capacity() < send_.size() + 2) {
-      send_.reserve(std::max<std::size_t>(64, 2 * send_.capacity()));
+    if (send_.capacity() < send_.size() + entries) {
+      send_.reserve(std::max<std::size_t>({64, 2 * send_.capacity(), send_.size() + entries}));
       send_cmd_.reserve(send_.capacity());
     }
     if (free_.empty()) {
@@ -49,12 +71,14 @@ bool NbdTransport::issue(nbd_wire::Command type, std::uint16_t flags, std::uint6
   } catch (const std::bad_alloc &) {
     return false;
   }
-  cmd = cmds_[index].get();
+  Cmd *cmd = cmds_[index].get();
   cmd->index = index;
   cmd->seq = next_seq_++;
   if (next_seq_ == 0)
     next_seq_ = 1;
   cmd->data = data;
+  cmd->iov = data ? nullptr : iov;
+  cmd->iovcnt = data ? 0 : iovcnt;
   cmd->length = length;
   cmd->read = type == nbd_wire::Command::read;
   cmd->in_use = true;
@@ -64,15 +88,45 @@ bool NbdTransport::issue(nbd_wire::Command type, std::uint16_t flags, std::uint6
   send_.push_back({cmd->header, sizeof cmd->header});
   send_cmd_.push_back({cmd, true});
   cmd->unsent = 1;
-  if (type == nbd_wire::Command::write && length > 0) {
-    send_.push_back({data, length});
-    send_cmd_.push_back({cmd, false});
-    cmd->unsent = 2;
+  if (write) {
+    std::uint32_t left = length;
+    for (int i = 0; i < iovcnt && left > 0; ++i) {
+      const auto n = static_cast<std::uint32_t>(std::min<std::size_t>(iov[i].iov_len, left));
+      if (n == 0)
+        continue;
+      send_.push_back({iov[i].iov_base, n});
+      send_cmd_.push_back({cmd, false});
+      ++cmd->unsent;
+      left -= n;
+    }
   }
   ++in_flight_;
   if (cmd->read && length >= kLargeRead)
     ++large_reads_;
   return true;
+}
+
+// Copies n staged bytes into the read being received, at current_got_, across its pieces.
+void NbdTransport::deliver(const std::uint8_t *src, std::uint32_t n) noexcept {
+  if (current_->data) {
+    std::memcpy(current_->data + current_got_, src, n);
+    current_got_ += n;
+    return;
+  }
+  std::uint32_t skip = current_got_;
+  for (int i = 0; i < current_->iovcnt && n > 0; ++i) {
+    const auto len = static_cast<std::uint32_t>(current_->iov[i].iov_len);
+    if (skip >= len) {
+      skip -= len;
+      continue;
+    }
+    const std::uint32_t c = std::min(len - skip, n);
+    std::memcpy(static_cast<char *>(current_->iov[i].iov_base) + skip, src, c);
+    src += c;
+    n -= c;
+    current_got_ += c;
+    skip = 0;
+  }
 }
 
 bool NbdTransport::flush(std::string &why) noexcept {
@@ -122,8 +176,8 @@ std::size_t NbdTransport::drop_unsent(const void *ctx) noexcept {
   for (std::size_t i = first; i < send_.size(); ++i) {
     Cmd *cmd = send_cmd_[i].cmd;
     if (send_cmd_[i].header && cmd->ctx == ctx) {
-      if (i + 1 < send_.size() && !send_cmd_[i + 1].header)
-        ++i; // its payload
+      while (i + 1 < send_.size() && !send_cmd_[i + 1].header)
+        ++i; // its payload's pieces
       release(cmd);
       ++dropped;
       continue;
@@ -175,9 +229,8 @@ bool NbdTransport::consume(std::string &why) noexcept {
     if (current_) {
       const std::uint32_t want = current_->length - current_got_;
       const auto n = static_cast<std::uint32_t>(std::min<std::size_t>(staged, want));
-      std::memcpy(current_->data + current_got_, stage_.get() + stage_begin_, n);
+      deliver(stage_.get() + stage_begin_, n);
       stage_begin_ += n;
-      current_got_ += n;
       if (current_got_ < current_->length)
         return true; // more payload to come
       Cmd *done = current_;
@@ -227,13 +280,29 @@ bool NbdTransport::receive(std::string &why) noexcept {
       stage_end_ -= stage_begin_;
       stage_begin_ = 0;
     }
-    iovec iov[2];
+    iovec iov[kMaxDirectPieces + 1];
     int iovcnt = 0;
     std::uint32_t direct = 0;
     if (current_ && current_->length - current_got_ >= kLargeRead / 2 && stage_end_ == 0) {
-      // The rest of a large payload in place, and whatever follows it staged.
-      direct = current_->length - current_got_;
-      iov[iovcnt++] = {current_->data + current_got_, direct};
+      // The rest of a large payload in place (in its pieces), and whatever follows it staged.
+      if (current_->data) {
+        direct = current_->length - current_got_;
+        iov[iovcnt++] = {current_->data + current_got_, direct};
+      } else {
+        std::uint32_t skip = current_got_, left = current_->length - current_got_;
+        for (int i = 0; i < current_->iovcnt && left > 0 && iovcnt < kMaxDirectPieces; ++i) {
+          const auto len = static_cast<std::uint32_t>(current_->iov[i].iov_len);
+          if (skip >= len) {
+            skip -= len;
+            continue;
+          }
+          const std::uint32_t c = std::min(len - skip, left);
+          iov[iovcnt++] = {static_cast<char *>(current_->iov[i].iov_base) + skip, c};
+          direct += c;
+          left -= c;
+          skip = 0;
+        }
+      }
     }
     std::size_t room = kStageSize - stage_end_;
     // A large read may be next: take only a header, so that its payload is received in place.

@@ -38,6 +38,11 @@ public:
   // bytes, or nullptr. False when out of memory (nothing queued).
   bool issue(nbd_wire::Command type, std::uint16_t flags, std::uint64_t offset, std::uint32_t length, char *data,
              void *ctx) noexcept;
+  // The same for a read or a write whose data is scattered over iov (at least length bytes;
+  // the array must stay valid until the command completes): received into, or sent from, the
+  // pieces themselves (no bounce copy).
+  bool issue(nbd_wire::Command type, std::uint64_t offset, std::uint32_t length, const iovec *iov, int iovcnt,
+             void *ctx) noexcept;
   // Writes what is queued, as far as the socket takes it. False, why set, if the socket failed.
   bool flush(std::string &why) noexcept;
   bool want_write() const noexcept { return send_head_ < send_.size(); }
@@ -58,16 +63,21 @@ public:
 private:
   struct Cmd {
     std::uint8_t header[nbd_wire::kRequestSize];
-    char *data = nullptr;
+    char *data = nullptr;       // contiguous data, or
+    const iovec *iov = nullptr; // scattered data
+    int iovcnt = 0;
     std::uint32_t length = 0;
     std::uint32_t index = 0; // in cmds_: the lower half of the cookie
     std::uint32_t seq = 0;   // the upper half: a stale or made-up cookie is caught
     bool read = false;
     bool in_use = false;
-    std::uint8_t unsent = 0; // entries of send_ not yet fully written (header, payload): no reply yet
+    std::uint16_t unsent = 0; // entries of send_ not yet fully written (header, payload): no reply yet
     void *ctx = nullptr;
   };
   Cmd *lookup(std::uint64_t cookie) noexcept;
+  bool queue(nbd_wire::Command type, std::uint16_t flags, std::uint64_t offset, std::uint32_t length, char *data,
+             const iovec *iov, int iovcnt, void *ctx) noexcept;
+  void deliver(const std::uint8_t *src, std::uint32_t n) noexcept; // into current_ at current_got_
   void finish(Cmd *cmd, int error) noexcept;
   bool consume(std::string &why) noexcept;
 
