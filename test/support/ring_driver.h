@@ -236,7 +236,8 @@ public:
   virtio::VringUsedElem used_elem(std::uint16_t idx) { return *used().entry(idx % num_); }
 
   std::uint16_t &used_event() { return *avail().used_event(num_); }
-  std::uint16_t avail_event() { return *used().avail_event(num_); }
+  // The device writes it concurrently (the driver reads it like READ_ONCE).
+  std::uint16_t avail_event() { return __atomic_load_n(used().avail_event(num_), __ATOMIC_ACQUIRE); }
 
   std::uint16_t slot() {
     const std::uint16_t i = next_desc_;
