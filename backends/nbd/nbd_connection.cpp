@@ -264,14 +264,9 @@ bool NbdConnection::issue_range(Job *op, char *buf, std::uint64_t offset, std::u
       const std::uint16_t flags = type == Command::write_zeroes && !r.may_unmap ? nbd_wire::kFlagNoHole : 0;
       // flush carries no range (issue_range counts it as one byte).
       const auto len = static_cast<std::uint32_t>(type == Command::flush ? 0 : n);
-      if (!transport_->issue(type, flags, type == Command::flush ? 0 : offset + done, len, data ? buf + done : nullptr,
-                             op)) {
-        --op->parts_left;
-        if (op->error == 0)
-          op->error = ENOMEM;
+      if (!queued(op, transport_->issue(type, flags, type == Command::flush ? 0 : offset + done, len,
+                                        data ? buf + done : nullptr, op)))
         return false;
-      }
-      flush_.schedule();
       done += n;
       continue;
     }
@@ -304,6 +299,19 @@ bool NbdConnection::issue_range(Job *op, char *buf, std::uint64_t offset, std::u
   return true;
 }
 
+// After one command of op was given to the own transmission path (ok: it took it; the caller
+// counted it in parts_left already): it goes out with the rest of this pass, or op fails ENOMEM.
+bool NbdConnection::queued(Job *op, bool ok) noexcept {
+  if (!ok) {
+    --op->parts_left;
+    if (op->error == 0)
+      op->error = ENOMEM;
+    return false;
+  }
+  flush_.schedule();
+  return true;
+}
+
 // Sends op as one or more NBD commands on the current handle: one per contiguous piece of memory
 // (zero copy, no allocation) or one from a bounce copy, each no larger than the server's maximum.
 void NbdConnection::send(SessionJob *job) noexcept {
@@ -319,14 +327,8 @@ void NbdConnection::send(SessionJob *job) noexcept {
     if (transport_ && !op->bounce && r.iovcnt > 1 && r.length <= max_cmd) {
       // One command received into, or sent from, the pieces themselves: no copy at all.
       ++op->parts_left;
-      if (!transport_->issue(r.op == Op::read ? nbd_wire::Command::read : nbd_wire::Command::write, r.offset,
-                             static_cast<std::uint32_t>(r.length), r.iov, r.iovcnt, op)) {
-        --op->parts_left;
-        if (op->error == 0)
-          op->error = ENOMEM;
-      } else {
-        flush_.schedule();
-      }
+      queued(op, transport_->issue(r.op == Op::read ? nbd_wire::Command::read : nbd_wire::Command::write, r.offset,
+                                   static_cast<std::uint32_t>(r.length), r.iov, r.iovcnt, op));
       break;
     }
     if (!op->bounce && r.iovcnt > 1 && count_pieces(r) > kMaxPiecesWithoutCopy) {

@@ -115,6 +115,7 @@ private:
   static int on_command_done(void *user_data, int *error) noexcept;
   // The own transmission path (nbd_transport.h), on plaintext connections after the handshake.
   void start_transport() noexcept;
+  bool queued(Job *op, bool ok) noexcept;
   void flush_transport() noexcept;
   void on_transport_io(short events) noexcept;
   static void on_transport_done(void *ctx, int error) noexcept;

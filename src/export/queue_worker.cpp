@@ -11,6 +11,7 @@
 #include <linux/virtio_blk.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
+#include <utility>
 
 namespace vb {
 
@@ -424,9 +425,7 @@ bool QueueWorker::poll_ring() noexcept {
   polling_ = true;
   if (ring_.started() && !broken_ && !paused_ && ring_.pending() > 0)
     process();
-  const bool active = activity_;
-  activity_ = false;
-  return active;
+  return std::exchange(activity_, false);
 }
 
 // The polling window ran out: kicks back on (a buffer made available meanwhile is found by the
@@ -435,9 +434,7 @@ bool QueueWorker::before_sleep() noexcept {
   polling_ = false;
   if (ring_.started() && !broken_ && !paused_ && ring_.enable_notifications())
     process();
-  const bool active = activity_;
-  activity_ = false;
-  return active;
+  return std::exchange(activity_, false);
 }
 
 // A popped (or replayed) chain: a malformed one is failed at once, a valid one is handled.
