@@ -57,6 +57,8 @@ public:
   // ATTENTION...), complete with ECANCELED now; commands the target has complete with its
   // answer, or with ECANCELED if the session is lost first (never sent again).
   void fence() noexcept override { core_.fence(this); }
+  // After fence(): commands still at the target are given up and the session is replaced.
+  void abandon_fenced() noexcept override { core_.abandon_fenced(this); }
 
   bool connected() const noexcept { return core_.ready(); }
   std::uint64_t reconnects() const noexcept { return core_.reconnects(); }

@@ -27,6 +27,7 @@ public:
   }
   void cancel_all() noexcept override { conn_->cancel(this); }
   void fence() noexcept override { conn_->fence(this); }
+  void abandon_fenced() noexcept override { conn_->abandon_fenced(this); }
 
 private:
   std::unique_ptr<NbdConnection> conn_;
@@ -73,6 +74,15 @@ public:
       target_.loop().post([target, source] { target->fence(source); });
     } catch (...) {
       VB_LOG_ERROR("nbd: cannot fence a forwarding queue (out of memory)");
+    }
+  }
+  void abandon_fenced() noexcept override {
+    NbdConnection *target = &target_;
+    const void *source = this;
+    try {
+      target_.loop().post([target, source] { target->abandon_fenced(source); });
+    } catch (...) {
+      VB_LOG_ERROR("nbd: cannot abandon a forwarding queue's requests (out of memory)");
     }
   }
   // The owner's loop cancels this queue's requests (waited for: the owner's loop never waits

@@ -87,6 +87,9 @@ public:
   // with ECANCELED now; those on the wire complete with the server's answer, or with ECANCELED
   // if the connection is lost first (never sent again).
   void fence(const void *source) noexcept { core_.fence(source); }
+  // After fence(): source's requests still on the wire are given up; the connection is
+  // replaced (BackendQueue::abandon_fenced).
+  void abandon_fenced(const void *source) noexcept { core_.abandon_fenced(source); }
 
   bool connected() const noexcept { return core_.ready(); }
   EventLoop &loop() const noexcept { return loop_; }

@@ -178,8 +178,10 @@ void SessionCore::lost(const std::string &why, std::chrono::milliseconds delay) 
     attempt_failed(why); // no connection to lose: the attempt failed
     return;
   }
+  const auto again = std::count_if(in_flight_.begin(), in_flight_.end(),
+                                   [](const SessionJob *j) { return !j->fenced && !j->answered_error; });
   VB_LOG_WARN("%s: %s lost (%s); %zu request(s) in flight will be resubmitted, new I/O is held for up to %s",
-              settings_.name.c_str(), settings_.connection, why.c_str(), in_flight_.size(),
+              settings_.name.c_str(), settings_.connection, why.c_str(), static_cast<std::size_t>(again),
               format_duration(settings_.reconnect_timeout).c_str());
   try {
     set_health(Backend::State::reconnecting, std::string(settings_.connection) + " lost: " + why);
@@ -255,6 +257,14 @@ void SessionCore::fence(const void *source) noexcept {
                 settings_.name.c_str(), dropped, settings_.peer);
   for (SessionJob *job : unsent)
     complete(job, ECANCELED);
+}
+
+void SessionCore::abandon_fenced(const void *source) noexcept {
+  // Only losing the connection stops the peer's answers (read data) from landing in the old
+  // driver's buffers, and the rest of a write from being sent out of them.
+  if (std::any_of(in_flight_.begin(), in_flight_.end(),
+                  [source](const SessionJob *j) { return j->fenced && j->source == source; }))
+    lost("requests from before the driver's reset were not answered in time");
 }
 
 void SessionCore::cancel(const void *source) noexcept {

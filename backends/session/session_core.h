@@ -157,7 +157,10 @@ public:
   void drain() noexcept; // see State::draining
 
   // The engine's.
-  void fence(const void *source) noexcept;  // the driver reset: see BackendQueue::fence()
+  void fence(const void *source) noexcept; // the driver reset: see BackendQueue::fence()
+  // source's fenced jobs on the wire are given up: the connection is dropped (they complete
+  // with ECANCELED, the other queues' are resubmitted). See BackendQueue::abandon_fenced().
+  void abandon_fenced(const void *source) noexcept;
   void cancel(const void *source) noexcept; // source's jobs complete with ECANCELED (its queue goes)
   void cancel_all() noexcept;               // every job completes with ECANCELED; no more attempts
 

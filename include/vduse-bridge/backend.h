@@ -71,6 +71,13 @@ public:
   // them with ECANCELED instead of sending them again. A backend that never holds a request (it
   // completes everything it accepted itself, as the memory backend does) needs nothing here.
   virtual void fence() noexcept {}
+  // Optional (needed by a backend whose requests can wait on a remote peer). After fence(), the
+  // requests from before the reset that are still unanswered when the engine's reset budget
+  // runs out: from now on nothing may read or write their buffers (the old driver's memory,
+  // which the new one may be using once the reset is answered). Drop what carries them (the
+  // connection); each completes with ECANCELED, now or from the loop soon after. A backend
+  // whose requests always finish promptly (memory, a local file) needs nothing here.
+  virtual void abandon_fenced() noexcept {}
 };
 
 // How a backend tells the engine about its storage. Both calls may come from any thread and

@@ -517,10 +517,27 @@ void BlockExport::start_queues() noexcept {
   }
 }
 
+std::chrono::milliseconds reset_budget(std::chrono::seconds control_timeout) noexcept {
+  constexpr std::chrono::milliseconds kMostly{5000};
+  if (control_timeout.count() <= 0)
+    return kMostly;
+  return std::min<std::chrono::milliseconds>(kMostly, std::chrono::milliseconds(control_timeout) / 3);
+}
+
 void BlockExport::stop_queues() noexcept {
   for (auto &q : queues_)
     q->stop_sync();
   queues_running_ = false;
+  // The answer to the reset tells the driver (a VMM's guest, rebooting) that its memory is its
+  // own again: first the old requests finish, or are abandoned, within a budget well inside the
+  // kernel's wait for that answer (control-timeout).
+  const auto budget = reset_budget(config_.control_timeout);
+  const auto abandon_at = std::chrono::steady_clock::now() + budget;
+  const auto give_up_at = abandon_at + std::min<std::chrono::milliseconds>(budget, std::chrono::seconds(1));
+  for (unsigned i = 0; i < queues_.size(); ++i)
+    if (!queues_[i]->settle_sync(abandon_at, give_up_at))
+      VB_LOG_ERROR("%s: queue %u: requests from before the reset are still in the backend after it was abandoned",
+                   config_.name.c_str(), i);
 }
 
 std::uint16_t BlockExport::on_get_vq_state(std::uint32_t index) noexcept {

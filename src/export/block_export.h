@@ -1,6 +1,7 @@
 // One configured device: a VDUSE virtio-blk device, its backend and one QueueWorker per
 // virtqueue, plus the vDPA attachment. Answers the device's control messages on the control
-// loop (never waiting for backend I/O) and starts/stops the queues as the driver asks.
+// loop and starts/stops the queues as the driver asks. It never waits for backend I/O except,
+// bounded by reset_budget(), for the old driver's requests before a reset is answered.
 //
 // Threading: everything here runs on the device's control thread (its own, see
 // device_runner.h), except status(), which any thread may call, and the vDPA attach/detach,
@@ -18,6 +19,7 @@
 #include "vduse/vduse_device.h"
 #include "virtio_blk/blk_device.h"
 
+#include <chrono>
 #include <functional>
 #include <memory>
 #include <mutex>
@@ -26,6 +28,11 @@
 #include <vector>
 
 namespace vb {
+
+// How long a reset waits for the old driver's requests before they are abandoned: 5 s, or a
+// third of control-timeout when that is shorter (the kernel breaks the device for good when
+// its wait for the answer runs out).
+std::chrono::milliseconds reset_budget(std::chrono::seconds control_timeout) noexcept;
 
 class BlockExport final : private vduse::ControlHandler {
 public:

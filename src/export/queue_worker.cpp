@@ -338,6 +338,30 @@ QueueStats QueueWorker::stats_sync() {
   return s;
 }
 
+bool QueueWorker::settle_sync(std::chrono::steady_clock::time_point abandon_at,
+                              std::chrono::steady_clock::time_point give_up_at) {
+  bool abandoned = false;
+  for (;;) {
+    std::size_t left = 0;
+    run_sync([&] { left = outstanding_old_; });
+    if (left == 0)
+      return true;
+    const auto now = std::chrono::steady_clock::now();
+    if (now >= give_up_at)
+      return false;
+    if (!abandoned && now >= abandon_at) {
+      VB_LOG_WARN("%s: %zu request(s) from before the reset still unanswered; abandoning them", name_.c_str(), left);
+      run_sync([this] {
+        if (backend_queue_ && outstanding_old_ > 0)
+          backend_queue_->abandon_fenced();
+      });
+      abandoned = true;
+      continue;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+}
+
 bool QueueWorker::drain_sync(unsigned timeout_ms) {
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
   for (;;) {

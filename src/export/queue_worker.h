@@ -66,6 +66,12 @@ public:
   // and the new driver's requests wait until what was already sent has finished, so nothing
   // from before the reset lands after a write made after it.
   void stop_sync();
+  // Control thread, after stop_sync(): waits until the requests from before the reset have
+  // finished, so that none of them touches the old driver's buffers once the reset is answered
+  // (a read landing in memory the new driver already uses, a write sending what it put there).
+  // At abandon_at the backend abandons them (BackendQueue::abandon_fenced). False if some are
+  // still in the backend at give_up_at.
+  bool settle_sync(std::chrono::steady_clock::time_point abandon_at, std::chrono::steady_clock::time_point give_up_at);
   // Control thread. Planned restart: stops taking new requests from the ring (kicks are left
   // unanswered) while requests in flight still complete normally; the in-flight log stays valid
   // for the successor. Follow with drain_sync().

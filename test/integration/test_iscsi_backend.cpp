@@ -1116,6 +1116,45 @@ TEST_CASE("iscsi: each queue's session keeps one ISID across logins, distinct fr
   CHECK(vb::session_isid(o, uri, 0).second < (1u << 22));
 }
 
+// A reset is answered only once the old driver's requests no longer touch its memory: a read
+// the target sits on is abandoned (the engine's settle_sync), and its data never lands.
+TEST_CASE("iscsi: after a fence, an abandoned read completes with ECANCELED at once and its buffer is never written") {
+  if (!have_tgtd())
+    VB_SKIP(kNoTgtd);
+  TgtdLun lun(4 << 20);
+  TgtdServer &tgt = lun.tgt;
+  UnitAttentionProxy proxy(port_of(tgt));
+  auto o = options_for(through(proxy, tgt));
+  o.request_timeout = 0ms;
+  vb::test::OpenedBackend<vb::IscsiBackend> client(o);
+  std::vector<char> a = pattern(4096, 1);
+  iovec av{};
+  CHECK(client.run(rw(vb::Op::write, 0, a, av)) == 0);
+
+  proxy.freeze();
+  std::vector<char> old_buf(4096, 'x');
+  iovec ov{};
+  Result old_read;
+  REQUIRE(client.q->submit(rw(vb::Op::read, 0, old_buf, ov), &Result::on_done, &old_read) == 0);
+  client.loop.run_once(false);
+  client.q->fence();
+  run_for(client.loop, 200ms);
+  CHECK(old_read.calls == 0); // at the target: it would finish with the target's answer
+  const auto start = std::chrono::steady_clock::now();
+  client.q->abandon_fenced();
+  run_until(client.loop, [&] { return old_read.calls > 0; });
+  CHECK(std::chrono::steady_clock::now() - start < 1s);
+  CHECK(old_read.error == ECANCELED);
+  proxy.release(); // whatever the target answers now goes to a connection that is gone
+  std::vector<char> in(4096);
+  iovec iv{};
+  REQUIRE(read_when_back(client.loop, *client.q, in, iv));
+  CHECK(in == a);
+  run_for(client.loop, 300ms);
+  CHECK(old_buf == std::vector<char>(4096, 'x'));
+  CHECK(old_read.calls == 1);
+}
+
 // Item 2 for iSCSI: after a reset, held requests never reach the target and a command sent
 // before it is not sent again when its session is lost.
 TEST_CASE("iscsi: after a fence, requests held for a new session or lost with the old one never reach the target") {

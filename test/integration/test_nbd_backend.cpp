@@ -576,6 +576,43 @@ TEST_CASE("nbd: after a fence, writes held for a reconnect or lost on the wire n
   CHECK(bytes_at(image, 8192, 4096) == std::string(4096, 'o'));
 }
 
+// A reset is answered only once the old driver's requests no longer touch its memory; one the
+// server sits on is abandoned (the engine's settle_sync): its answer must never land in the
+// buffer, which the new driver may be using by then.
+TEST_CASE("nbd: after a fence, an abandoned read completes with ECANCELED at once and its buffer is never written") {
+  if (!have_nbdkit())
+    VB_SKIP("nbdkit not installed");
+  bool direct = true;
+  SUBCASE("the daemon's own transmission path") { direct = true; }
+  SUBCASE("libnbd carries the commands") { direct = false; }
+  TempDir dir;
+  const std::string image = filled_image(dir, 1 << 20, 'o');
+  NbdDisk d(dir, {"file", image, "delay-read=2"}, {"--filter=delay"}, [direct](vb::NbdOptions &o) {
+    o.connections = 1;
+    o.direct_transmission = direct;
+  });
+  std::vector<char> old_buf(4096, 'x');
+  iovec v[1] = {{old_buf.data(), old_buf.size()}};
+  Result old_read;
+  REQUIRE(d.q->submit({vb::Op::read, 0, 4096, v, 1}, &Result::on_done, &old_read) == 0);
+  d.loop.run_once(false); // on the wire: the server sleeps on it
+  d.q->fence();
+  CHECK(old_read.calls == 0);
+  const auto start = std::chrono::steady_clock::now();
+  d.q->abandon_fenced();
+  run_until(d.loop, [&] { return old_read.calls > 0; });
+  CHECK(std::chrono::steady_clock::now() - start < 1s); // not the server's 2 s
+  CHECK(old_read.error == ECANCELED);
+  // The new driver's read, on the next connection, returns after the old one's answer was due.
+  std::vector<char> new_buf(4096, 'y');
+  iovec nv[1] = {{new_buf.data(), new_buf.size()}};
+  CHECK(d.run({vb::Op::read, 0, 4096, nv, 1}) == 0);
+  CHECK(std::chrono::steady_clock::now() - start >= 2s);
+  CHECK(new_buf == std::vector<char>(4096, 'o'));
+  CHECK(old_buf == std::vector<char>(4096, 'x')); // the old answer never landed
+  CHECK(old_read.calls == 1);
+}
+
 // Item 10: a server that answers ESHUTDOWN but keeps the socket open; nothing else would ever
 // retire the request (with request-timeout off it waited for ever).
 TEST_CASE("nbd: a request answered with ESHUTDOWN is resubmitted on a new connection, not left stuck") {

@@ -3,6 +3,7 @@
 // on the used ring, in the status bytes and in the backend.
 #include "backend_events.h"
 #include "event/event_loop.h"
+#include "export/block_export.h"
 #include "export/queue_worker.h"
 #include "memory/memory_backend.h"
 #include "recovery/recovery_state.h"
@@ -16,6 +17,7 @@
 #include <cstring>
 #include <linux/virtio_blk.h>
 #include <mutex>
+#include <thread>
 #include <unistd.h>
 #include <vector>
 
@@ -80,6 +82,25 @@ public:
         b_.loop->post([h] { h.done(h.ctx, ECANCELED); });
       }
     }
+    // As a network backend does when it drops the connection: what was on it completes with
+    // ECANCELED and its buffers are never touched again.
+    void abandon_fenced() noexcept override {
+      std::vector<Held> sent;
+      {
+        std::lock_guard lock(b_.mu);
+        ++b_.abandons;
+        for (std::size_t i = 0; i < b_.held.size();) {
+          if (!b_.held[i].sent) {
+            ++i;
+            continue;
+          }
+          sent.push_back(b_.held[i]);
+          b_.held.erase(b_.held.begin() + static_cast<long>(i));
+        }
+      }
+      for (const Held &h : sent)
+        h.done(h.ctx, ECANCELED);
+    }
 
   private:
     HoldingBackend &b_;
@@ -110,6 +131,21 @@ public:
     loop->post([h, error] { h.done(h.ctx, error); });
   }
 
+  // Completes held request i after filling its buffers with fill, as a read's answer does.
+  void answer_read(std::size_t i, char fill) {
+    Held h;
+    {
+      std::lock_guard lock(mu);
+      h = held[i];
+      held.erase(held.begin() + static_cast<long>(i));
+    }
+    loop->post([h, fill] {
+      for (int k = 0; k < h.req.iovcnt; ++k)
+        std::memset(h.req.iov[k].iov_base, fill, h.req.iov[k].iov_len);
+      h.done(h.ctx, 0);
+    });
+  }
+
   // The bytes of held request i's buffers, read now.
   std::string held_data(std::size_t i) {
     std::lock_guard lock(mu);
@@ -126,6 +162,7 @@ public:
   std::vector<std::uint64_t> submitted; // offsets, in submission order
   bool server_down = false;
   int fences = 0;
+  int abandons = 0;
 };
 
 struct Engine {
@@ -428,6 +465,81 @@ TEST_CASE("engine: after a reset nothing held from before reaches the backend, a
   e.wait_used(1);
   std::lock_guard lock(backend.mu);
   CHECK(backend.submitted == std::vector<std::uint64_t>{512, 1024, 512});
+}
+
+// The reset is answered only once the old driver's requests no longer touch its memory: a read
+// on the wire that lands later would overwrite what the new driver (a guest rebooting in a VMM)
+// already keeps there. settle_sync() waits for them, and abandons them at the deadline.
+TEST_CASE("engine: after a reset, settle waits for a read from before it, then abandons what is left") {
+  HoldingBackend backend;
+  Engine e(backend);
+  auto read = [&] {
+    const auto h = e.header(VIRTIO_BLK_T_IN, 8);
+    const auto data = e.drv.alloc(512);
+    const auto st = e.drv.alloc(1);
+    e.drv.add_chain({{h, 16, false}, {data, 512, true}, {st, 1, true}});
+    e.kick();
+    REQUIRE(vb::test::wait_until([&] { return backend.count() == 1; }));
+    return data;
+  };
+  using Clock = std::chrono::steady_clock;
+
+  SUBCASE("answered within the budget: settle returns once the data has landed") {
+    const auto data = read();
+    e.worker->stop_sync();
+    std::atomic<bool> settled{false};
+    std::thread control([&] {
+      const auto now = Clock::now();
+      CHECK(e.worker->settle_sync(now + std::chrono::seconds(10), now + std::chrono::seconds(11)));
+      settled = true;
+    });
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    CHECK_FALSE(settled.load()); // the read is still at the server: the reset is not answered
+    backend.answer_read(0, 0x5a);
+    control.join();
+    CHECK(settled.load());
+    CHECK(e.mem.ptr(data)[0] == 0x5a); // landed before the answer
+    CHECK(backend.abandons == 0);
+  }
+  SUBCASE("never answered: abandoned at the deadline, completed, and nothing touches the buffer") {
+    read();
+    e.worker->stop_sync();
+    const auto start = Clock::now();
+    CHECK(e.worker->settle_sync(start + std::chrono::milliseconds(300), start + std::chrono::seconds(2)));
+    const auto took = Clock::now() - start;
+    CHECK(took >= std::chrono::milliseconds(300));
+    CHECK(took < std::chrono::milliseconds(1500));
+    CHECK(backend.abandons == 1);
+    CHECK(backend.count() == 0);
+  }
+  SUBCASE("a backend that cannot abandon: settle gives up at the second deadline") {
+    read();
+    e.worker->stop_sync();
+    {
+      std::lock_guard lock(backend.mu);
+      backend.held[0].sent = false; // the double's abandon then leaves it, as a file backend would
+    }
+    const auto start = Clock::now();
+    CHECK_FALSE(e.worker->settle_sync(start + std::chrono::milliseconds(100), start + std::chrono::milliseconds(400)));
+    CHECK(backend.abandons == 1);
+    backend.release(0, 0);
+    CHECK(e.worker->drain_sync(5000));
+  }
+  // The new driver's queue works afterwards.
+  REQUIRE(e.worker->start_sync(e.drv.layout(), e.worker->next_avail_sync(), false));
+  const auto used = e.drv.used_idx();
+  read();
+  backend.release(0, 0);
+  e.wait_used(static_cast<std::uint16_t>(used + 1));
+}
+
+TEST_CASE("reset budget: 5 s, or a third of control-timeout when shorter") {
+  using std::chrono::milliseconds;
+  using std::chrono::seconds;
+  CHECK(vb::reset_budget(seconds(0)) == milliseconds(5000));
+  CHECK(vb::reset_budget(seconds(30)) == milliseconds(5000));
+  CHECK(vb::reset_budget(seconds(3)) == milliseconds(1000));
+  CHECK(vb::reset_budget(seconds(1)) == milliseconds(333));
 }
 
 // Item 10: a malformed chain whose head is still in flight must not be answered: the head
