@@ -2,6 +2,8 @@
 
 #include "common/log.h"
 #include "common/units.h"
+#include "iscsi/iscsi_discovery.h"
+#include "iscsi/iscsi_multipath.h"
 #include "iscsi/iscsi_session.h"
 
 #include <iscsi/iscsi.h>
@@ -26,15 +28,39 @@ void IscsiBackend::connect() {
   IscsiTarget &t = *target_;
   t.uri = parse_iscsi_uri(t.options.uri);
   t.name = describe_lun(t.uri);
-  iscsi_context *ctx = make_iscsi_context(t.options, t.uri, 0u); // queue 0's session
-  try {
-    t.lun = login_and_probe(ctx, t.uri, t.options, [this] { return open_cancelled(); });
-    derive_capabilities(t);
-  } catch (...) {
-    iscsi_destroy_context(ctx);
-    throw;
+  std::vector<std::string> portals{t.uri.portal};
+  if (t.options.discover_portals)
+    portals = discover_target_portals(t.options, t.uri, IscsiOptions::kMaxPaths);
+  else
+    portals.insert(portals.end(), t.options.portals.begin(), t.options.portals.end());
+  t.paths.clear();
+  for (const std::string &portal : portals) {
+    IscsiUri path = t.uri;
+    path.portal = portal;
+    t.paths.push_back(path);
   }
-  first_ = ctx;
+  // The first path that logs in tells what the LUN is; every other path must show the same.
+  std::string failures;
+  for (unsigned p = 0; p < t.paths.size() && !first_; ++p) {
+    iscsi_context *ctx = make_iscsi_context(t.options, t.paths[p], session_number(0, p)); // queue 0's session
+    try {
+      t.lun = login_and_probe(ctx, t.paths[p], t.options, [this] { return open_cancelled(); });
+      derive_capabilities(t);
+      first_ = ctx;
+      first_path_ = p;
+    } catch (const std::exception &e) {
+      iscsi_destroy_context(ctx);
+      if (t.paths.size() == 1 || open_cancelled())
+        throw;
+      failures += (failures.empty() ? "" : "; ") + t.paths[p].portal + ": " + e.what();
+    }
+  }
+  if (!first_)
+    throw std::runtime_error("no path to " + t.name + " logs in (" + failures + ")");
+  if (t.paths.size() > 1)
+    VB_LOG_INFO("iscsi: %s: %zu paths, policy %s%s", t.name.c_str(), t.paths.size(),
+                t.options.path_policy == IscsiOptions::PathPolicy::failover ? "failover" : "round-robin",
+                failures.empty() ? "" : (", not logged in yet: " + failures).c_str());
   const BackendCapabilities &c = t.caps;
   VB_LOG_INFO("iscsi: %s (%s): %s, %u-byte blocks (%u physical), max command %s%s%s%s%s", t.name.c_str(),
               c.identity.c_str(), format_size(c.size).c_str(), c.logical_block_size, c.physical_block_size,
@@ -55,7 +81,10 @@ std::unique_ptr<BackendQueue> IscsiBackend::open_queue(EventLoop &loop, unsigned
     }
   }
   try {
-    return std::make_unique<IscsiSession>(loop, target_, ctx, index, target_->name + " q" + std::to_string(index));
+    std::string name = target_->name + " q" + std::to_string(index);
+    if (target_->paths.size() > 1)
+      return std::make_unique<IscsiPathSet>(loop, target_, ctx, first_path_, index, std::move(name));
+    return std::make_unique<IscsiSession>(loop, target_, ctx, index, std::move(name));
   } catch (...) {
     if (ctx)
       iscsi_destroy_context(ctx);

@@ -40,6 +40,7 @@ private:
   std::shared_ptr<IscsiTarget> target_;
   std::mutex mu_;
   iscsi_context *first_ = nullptr; // logged in by open(), adopted by queue 0
+  unsigned first_path_ = 0;        // on which of the paths
 };
 
 } // namespace vb

@@ -2,6 +2,7 @@
 
 #include "common/units.h"
 
+#include <algorithm>
 #include <iscsi/iscsi.h>
 #include <iscsi/scsi-lowlevel.h>
 #include <memory>
@@ -76,27 +77,54 @@ void describe(iscsi_context *ctx, IscsiDiscoveredLun &l) {
   l.block_size = info.block_size;
 }
 
+// SendTargets on portal (host:port): the targets and their portals as the target lists them.
+std::vector<IscsiDiscoveredTarget> send_targets(const IscsiOptions &options, const std::string &portal) {
+  IscsiUri uri;
+  uri.portal = portal;
+  std::vector<IscsiDiscoveredTarget> out;
+  ContextPtr ctx = log_in(options, uri); // a discovery session: no target name
+  iscsi_discovery_address *found = iscsi_discovery_sync(ctx.get());
+  if (!found)
+    throw std::runtime_error("SendTargets discovery on " + portal + " failed: " + iscsi_error(ctx.get()));
+  for (const iscsi_discovery_address *a = found; a; a = a->next) {
+    IscsiDiscoveredTarget t;
+    t.name = a->target_name ? a->target_name : "";
+    for (const iscsi_target_portal *p = a->portals; p; p = p->next)
+      if (p->portal)
+        t.portals.emplace_back(p->portal);
+    out.push_back(std::move(t));
+  }
+  iscsi_free_discovery_data(ctx.get(), found);
+  return out;
+}
+
 } // namespace
+
+std::vector<std::string> discover_target_portals(const IscsiOptions &options, const IscsiUri &uri, std::size_t most) {
+  std::vector<std::string> out{uri.portal};
+  for (const IscsiDiscoveredTarget &t : send_targets(options, uri.portal)) {
+    if (t.name != uri.target)
+      continue;
+    for (const std::string &listed : t.portals) {
+      // "host:port,tpgt" from the target: kept only if it reads as a portal.
+      const std::string address = listed.substr(0, listed.rfind(','));
+      std::string portal;
+      try {
+        portal = parse_iscsi_portal_uri("iscsi://" + address);
+      } catch (const std::invalid_argument &) {
+        continue;
+      }
+      if (std::find(out.begin(), out.end(), portal) == out.end() && out.size() < most)
+        out.push_back(portal);
+    }
+  }
+  return out;
+}
 
 std::vector<IscsiDiscoveredTarget> discover_iscsi(const std::string &portal_uri, const IscsiOptions &options) {
   IscsiUri portal;
   portal.portal = parse_iscsi_portal_uri(portal_uri);
-  std::vector<IscsiDiscoveredTarget> out;
-  {
-    ContextPtr ctx = log_in(options, portal); // a discovery session: no target name
-    iscsi_discovery_address *found = iscsi_discovery_sync(ctx.get());
-    if (!found)
-      throw std::runtime_error("SendTargets discovery on " + portal.portal + " failed: " + iscsi_error(ctx.get()));
-    for (const iscsi_discovery_address *a = found; a; a = a->next) {
-      IscsiDiscoveredTarget t;
-      t.name = a->target_name ? a->target_name : "";
-      for (const iscsi_target_portal *p = a->portals; p; p = p->next)
-        if (p->portal)
-          t.portals.emplace_back(p->portal);
-      out.push_back(std::move(t));
-    }
-    iscsi_free_discovery_data(ctx.get(), found);
-  }
+  std::vector<IscsiDiscoveredTarget> out = send_targets(options, portal.portal);
   for (IscsiDiscoveredTarget &t : out) {
     IscsiUri uri = portal;
     uri.target = t.name;

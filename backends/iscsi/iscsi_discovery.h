@@ -33,6 +33,11 @@ struct IscsiDiscoveredTarget {
 // carries the reason in its error.
 std::vector<IscsiDiscoveredTarget> discover_iscsi(const std::string &portal_uri, const IscsiOptions &options);
 
+// Multipath (portals: discover): uri's portal first, then every other portal that SendTargets on
+// it lists for uri's target, each once, at most most in all; what the target lists is hostile
+// input, and an address that does not read as host:port is left out. Throws like discover_iscsi.
+std::vector<std::string> discover_target_portals(const IscsiOptions &options, const IscsiUri &uri, std::size_t most);
+
 // One line per LUN (or per target that could not be listed), for a terminal.
 std::string format_discovery(const std::vector<IscsiDiscoveredTarget> &targets);
 

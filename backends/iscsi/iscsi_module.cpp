@@ -4,7 +4,9 @@
 #include "iscsi/iscsi_backend.h"
 #include "iscsi/iscsi_discovery.h"
 #include "iscsi/iscsi_options.h"
+#include "iscsi/iscsi_target.h"
 
+#include <algorithm>
 #include <stdexcept>
 
 namespace vb {
@@ -56,6 +58,39 @@ std::string iscsi_name_problem(std::string_view text) {
   return {};
 }
 
+// host[:port], the host possibly an IPv6 address in brackets: a URI's authority, or a portal.
+// where ("the URI", "the portal") and example are for the messages.
+void check_host_port(const ConfigChecker &check, const ConfigValue &v, std::string_view authority,
+                     std::string_view where, std::string_view example, const std::string &shape) {
+  const std::string in(where);
+  std::string_view host = authority;
+  std::string_view port;
+  if (host.starts_with('[')) {
+    const auto close = host.find(']');
+    if (close == std::string_view::npos || close == 1)
+      check.expected(v, "an IPv6 address in brackets such as [::1] as " + in + "'s host");
+    const std::string_view after = host.substr(close + 1);
+    if (!after.empty() && !after.starts_with(':'))
+      check.expected(v, shape);
+    port = after.empty() ? after : after.substr(1);
+    host = host.substr(0, close + 1);
+  } else if (const auto colon = host.rfind(':'); colon != std::string_view::npos) {
+    port = host.substr(colon + 1);
+    host = host.substr(0, colon);
+    if (port.empty())
+      check.expected(v, "a port number after ':' in " + in + "'s host");
+  }
+  if (host.empty())
+    check.expected(v, "a host in " + in + " (" + std::string(example) + ")");
+  if (!port.empty()) {
+    const auto n = config_decimal(port);
+    if (!n || *n == 0 || *n > 65535)
+      check.fail(v.at, v.key,
+                 "expected a port from 1 to 65535 in " + in + ", got " + config_quoted(port, '\'') + " in " +
+                     config_describe(v));
+  }
+}
+
 // The one check of a LUN's URI, for the configuration file and for check_iscsi_uri().
 void check_uri(const ConfigChecker &check, const ConfigValue &v) {
   const std::string what = "an iSCSI URI such as " + std::string(uri_example);
@@ -86,33 +121,7 @@ void check_uri(const ConfigChecker &check, const ConfigValue &v) {
   if (text.find_first_of("?#") != std::string::npos)
     check.expected(v, "a URI without a query or fragment",
                    ": digests and CHAP are set with the backend keys header-digest and chap");
-  // host[:port], the host possibly an IPv6 address in brackets.
-  std::string_view host = authority;
-  std::string_view port;
-  if (host.starts_with('[')) {
-    const auto close = host.find(']');
-    if (close == std::string_view::npos || close == 1)
-      check.expected(v, "an IPv6 address in brackets such as [::1] as the URI's host");
-    const std::string_view after = host.substr(close + 1);
-    if (!after.empty() && !after.starts_with(':'))
-      check.expected(v, what);
-    port = after.empty() ? after : after.substr(1);
-    host = host.substr(0, close + 1);
-  } else if (const auto colon = host.rfind(':'); colon != std::string_view::npos) {
-    port = host.substr(colon + 1);
-    host = host.substr(0, colon);
-    if (port.empty())
-      check.expected(v, "a port number after ':' in the URI's host");
-  }
-  if (host.empty())
-    check.expected(v, "a host in the URI (" + std::string(uri_example) + ")");
-  if (!port.empty()) {
-    const auto n = config_decimal(port);
-    if (!n || *n == 0 || *n > 65535)
-      check.fail(v.at, v.key,
-                 "expected a port from 1 to 65535 in the URI, got " + config_quoted(port, '\'') + " in " +
-                     config_describe(v));
-  }
+  check_host_port(check, v, authority, "the URI", uri_example, what);
   // /target-name/lun
   const std::string_view path = rest.substr(authority.size());
   const auto slash = path.rfind('/');
@@ -138,6 +147,52 @@ void check_uri(const ConfigChecker &check, const ConfigValue &v) {
 void apply_uri(const ConfigChecker &check, const ConfigValue &v, const BackendDevice & /*device*/, IscsiOptions &out) {
   check_uri(check, v);
   out.uri = v.text;
+}
+
+constexpr std::string_view portal_example = "192.0.2.2:3260";
+
+void apply_portals(const ConfigChecker &check, const ConfigValue &v, const BackendDevice & /*device*/,
+                   IscsiOptions &out) {
+  const std::string what = "a list of portals of the URI's target (host or host:port, such as [" +
+                           std::string(portal_example) + ", \"[2001:db8::2]:3260\"]) or discover";
+  if (v.kind == ConfigValue::Kind::scalar && v.text == "discover") {
+    out.discover_portals = true;
+    return;
+  }
+  if (v.kind != ConfigValue::Kind::sequence || v.children.empty())
+    check.expected(v, what);
+  if (v.children.size() > IscsiOptions::kMaxPaths - 1)
+    check.fail(v.at, v.key,
+               "expected at most " + std::to_string(IscsiOptions::kMaxPaths - 1) +
+                   " portals besides the URI's (one path each), got more");
+  std::vector<std::string> seen;
+  if (!out.uri.empty())
+    seen.push_back(parse_iscsi_uri(out.uri).portal); // checked already by the uri key
+  for (const ConfigValue &c : v.children) {
+    const std::string shape = "a portal, host or host:port, such as " + std::string(portal_example);
+    const std::string &text = check.scalar(c, shape);
+    for (unsigned char ch : text)
+      if (ch <= 0x20 || ch >= 0x7f || ch == '/' || ch == '@' || ch == '?' || ch == '#')
+        check.expected(c, shape);
+    check_host_port(check, c, text, "the portal", portal_example, shape);
+    const std::string portal = parse_iscsi_portal_uri("iscsi://" + text);
+    if (std::find(seen.begin(), seen.end(), portal) != seen.end())
+      check.fail(c.at, c.key,
+                 "expected each path once: " + config_quoted(portal, '\'') +
+                     (seen.front() == portal && !out.uri.empty() ? " is the URI's portal" : " is listed twice"));
+    seen.push_back(portal);
+    out.portals.push_back(portal);
+  }
+}
+
+void apply_path_policy(const ConfigChecker &check, const ConfigValue &v, const BackendDevice & /*device*/,
+                       IscsiOptions &out) {
+  using P = IscsiOptions::PathPolicy;
+  static constexpr std::array<std::pair<std::string_view, P>, 2> policies{{
+      {"failover", P::failover},
+      {"round-robin", P::round_robin},
+  }};
+  out.path_policy = check.choice(v, policies);
 }
 
 void apply_initiator_name(const ConfigChecker &check, const ConfigValue &v, const BackendDevice & /*device*/,
@@ -205,24 +260,20 @@ void apply_header_digest(const ConfigChecker &check, const ConfigValue &v, const
   out.header_digest = check.choice(v, digests);
 }
 
-constexpr std::array<BackendKey<IscsiOptions>, 6> keys{{
+constexpr std::array<BackendKey<IscsiOptions>, 8> keys{{
     {"uri", true, &apply_uri},
+    {"portals", false, &apply_portals},
+    {"path-policy", false, &apply_path_policy},
     {"initiator-name", false, &apply_initiator_name},
     {"chap", false, &apply_chap},
     {"header-digest", false, &apply_header_digest},
     {"reconnect-timeout", false, &apply_timeout<IscsiOptions, &IscsiOptions::reconnect_timeout, Forever::unlimited>},
     {"request-timeout", false, &apply_timeout<IscsiOptions, &IscsiOptions::request_timeout, Forever::zero>},
 }};
-constexpr std::array<std::string_view, 10> key_names{"uri",
-                                                     "initiator-name",
-                                                     "chap",
-                                                     "header-digest",
-                                                     "reconnect-timeout",
-                                                     "request-timeout",
-                                                     "username",
-                                                     "password-file",
-                                                     "target-username",
-                                                     "target-password-file"};
+constexpr std::array<std::string_view, 12> key_names{
+    "uri",      "portals",       "path-policy",       "initiator-name",
+    "chap",     "header-digest", "reconnect-timeout", "request-timeout",
+    "username", "password-file", "target-username",   "target-password-file"};
 
 std::unique_ptr<BackendOptions> parse(const BackendKeys &in) {
   auto out = std::make_unique<IscsiOptions>();

@@ -8,6 +8,7 @@
 #include <chrono>
 #include <cstdint>
 #include <string>
+#include <vector>
 
 namespace vb {
 
@@ -17,6 +18,16 @@ struct IscsiOptions : BackendOptionsOf<IscsiOptions> {
   // iscsi://host[:port]/target-name/lun as written: no user information, query or fragment; the
   // host may be an IPv6 address in brackets; the LUN is 0..16383.
   std::string uri;
+  // Multipath: more portals of the same target and LUN, one path each, as host:port (the port
+  // 3260 when the file gives none); the URI's portal is the first path. At most kMaxPaths in all.
+  static constexpr std::size_t kMaxPaths = 8;
+  std::vector<std::string> portals;
+  // portals: discover: every portal that SendTargets on the URI's portal lists for the target.
+  bool discover_portals = false;
+  // Which ready path carries I/O: failover, the first in order (the URI's, then portals');
+  // round-robin, each in turn.
+  enum class PathPolicy { failover, round_robin };
+  PathPolicy path_policy = PathPolicy::failover;
   // The initiator's iSCSI name (iqn., eui. or naa.); empty: default_initiator_name(), one derived
   // from the host name.
   std::string initiator_name;

@@ -63,8 +63,9 @@ const char *op_name(Op op) noexcept {
 
 namespace {
 
-SessionSettings iscsi_session_settings(const IscsiTarget &target, std::string name) {
+SessionSettings iscsi_session_settings(const IscsiTarget &target, std::string name, SessionPathObserver *path) {
   SessionSettings s;
+  s.path = path;
   s.name = std::move(name);
   s.peer = "target";
   s.connection = "session";
@@ -78,11 +79,13 @@ SessionSettings iscsi_session_settings(const IscsiTarget &target, std::string na
 } // namespace
 
 IscsiSession::IscsiSession(EventLoop &loop, std::shared_ptr<const IscsiTarget> target, iscsi_context *ctx,
-                           unsigned index, std::string name)
-    : loop_(loop), target_(std::move(target)), name_(std::move(name)), index_(index),
+                           unsigned index, std::string name, unsigned path, SessionPathObserver *observer,
+                           SessionHealth *paths_health)
+    : loop_(loop), target_(std::move(target)), name_(std::move(name)), index_(index), path_(path), observer_(observer),
       failure_timer_(loop, [this] { handle_failure(); }), retry_timer_(loop, [this] { on_retry_timer(); }),
       flush_(loop, [this] { flush(); }), zeros_(target_->caps.logical_block_size, 0),
-      core_(loop, target_->sessions, *this, iscsi_session_settings(*target_, name_)) {
+      core_(loop, paths_health ? *paths_health : target_->sessions, *this,
+            iscsi_session_settings(*target_, name_, observer)) {
   if (ctx) {
     ctx_ = ctx;
     ++generation_;
@@ -460,7 +463,7 @@ void IscsiSession::release(SessionJob *job, int /*error*/) noexcept { jobs_.give
 void IscsiSession::connect() noexcept {
   phase_ = Phase::login;
   try {
-    ctx_ = make_iscsi_context(target_->options, target_->uri, index_);
+    ctx_ = make_iscsi_context(target_->options, uri(), session_number(index_, path_));
   } catch (const std::exception &e) {
     // A password file that cannot be read now may be fixed while we wait.
     core_.attempt_failed(e.what(), true);
@@ -468,7 +471,7 @@ void IscsiSession::connect() noexcept {
   }
   ++generation_;
   tcp_connected_ = false;
-  if (iscsi_connect_async(ctx_, target_->uri.portal.c_str(), &on_tcp_connected, this) != 0) {
+  if (iscsi_connect_async(ctx_, uri().portal.c_str(), &on_tcp_connected, this) != 0) {
     core_.attempt_failed(std::string("cannot connect: ") + iscsi_error(ctx_));
     return;
   }
@@ -613,6 +616,11 @@ void IscsiSession::check_probe() noexcept {
             (was.wwn.empty() ? was.identity : was.wwn) + "'";
     else if (probe_ok_[2] && now.write_protected && !was.write_protected)
       why = "it is now write-protected";
+    else if (observer_ && observer_->others_ready() && now.blocks * now.block_size != target_->size.get())
+      // A resize is learnt on a path in use (its unit attention); a new path that disagrees
+      // with it may show another LUN, and is let in once the sizes agree.
+      why = "it reports " + format_size(now.blocks * now.block_size) + ", the paths in use " +
+            format_size(target_->size.get());
   } catch (...) {
     why = "out of memory while checking it";
   }

@@ -40,10 +40,13 @@ namespace vb {
 class IscsiSession final : public BackendQueue, private SessionProtocol {
 public:
   // Adopts ctx if given (logged in already, by IscsiBackend::open()), else logs in in the
-  // background. target outlives the session. index: the queue's number, which fixes the
-  // session's ISID (see make_iscsi_context).
+  // background. target outlives the session. index: the queue's number; path: which of
+  // target->paths it logs in to. Together they fix the session's ISID (see make_iscsi_context).
+  // observer: the session is one path of several (IscsiPathSet): it holds nothing (kHandedBack)
+  // and reports its health to paths_health instead of the device's.
   IscsiSession(EventLoop &loop, std::shared_ptr<const IscsiTarget> target, iscsi_context *ctx, unsigned index,
-               std::string name);
+               std::string name, unsigned path = 0, SessionPathObserver *observer = nullptr,
+               SessionHealth *paths_health = nullptr);
   ~IscsiSession() override;
   IscsiSession(const IscsiSession &) = delete;
   IscsiSession &operator=(const IscsiSession &) = delete;
@@ -62,6 +65,9 @@ public:
 
   bool connected() const noexcept { return core_.ready(); }
   std::uint64_t reconnects() const noexcept { return core_.reconnects(); }
+  // Why the session was last lost or an attempt failed; empty if never.
+  const std::string &last_error() const noexcept { return core_.last_error(); }
+  const IscsiUri &uri() const noexcept { return target_->paths.empty() ? target_->uri : target_->paths[path_]; }
   // Commands sent again after UNIT ATTENTION, BUSY, TASK SET FULL, NOT READY...
   std::uint64_t retries() const noexcept { return retries_; }
 
@@ -121,6 +127,8 @@ private:
   std::shared_ptr<const IscsiTarget> target_;
   std::string name_;
   unsigned index_;
+  unsigned path_;
+  SessionPathObserver *observer_; // one path of several, or nullptr
   iscsi_context *ctx_ = nullptr;
   std::unique_ptr<IoWatch> watch_;
   int watch_fd_ = -1;

@@ -19,6 +19,7 @@
 #include <set>
 #include <string>
 #include <utility>
+#include <vector>
 
 struct iscsi_context;
 struct scsi_task;
@@ -62,6 +63,9 @@ std::string read_secret_file(const std::string &path, const std::string &key);
 // no longer run after what is sent on its successor. Without it (discovery) the ISID is random.
 iscsi_context *make_iscsi_context(const IscsiOptions &options, const IscsiUri &uri,
                                   std::optional<unsigned> session = std::nullopt);
+// The session number make_iscsi_context() takes for queue's session on path (path 0: the queue's
+// number, as before multipath; queues are at most 64).
+constexpr unsigned session_number(unsigned queue, unsigned path) noexcept { return queue + path * 256; }
 // The ISID qualifier and 22-bit random part make_iscsi_context() uses for a session (for tests).
 std::pair<std::uint32_t, std::uint32_t> session_isid(const IscsiOptions &options, const IscsiUri &uri,
                                                      unsigned session);
@@ -136,6 +140,9 @@ struct IscsiTarget {
   IscsiOptions options;
   IscsiUri uri;
   std::string name; // describe_lun(uri), for logs
+  // Where the LUN is reached: uri first, then the configured (or discovered) portals, each with
+  // uri's target and LUN. One path: no multipath.
+  std::vector<IscsiUri> paths;
   LunInfo lun;
   BackendCapabilities caps;
   std::uint64_t max_rw_bytes = 0;     // per READ/WRITE(16)

@@ -41,7 +41,7 @@ SessionCore::SessionCore(EventLoop &loop, SessionHealth &health, SessionProtocol
 void SessionCore::start(bool connected) noexcept {
   tick_.arm_periodic(kTick);
   if (connected) {
-    state_ = State::ready;
+    set_state(State::ready);
     return;
   }
   down_since_ = SessionClock::now();
@@ -51,9 +51,18 @@ void SessionCore::start(bool connected) noexcept {
 int SessionCore::admit() const noexcept {
   if (cancelled_)
     return ECANCELED;
+  if (settings_.path && state_ != State::ready)
+    return kHandedBack; // another path takes it
   if (fail_fast_ && state_ != State::ready)
     return EIO; // the peer has been gone for longer than reconnect-timeout
   return 0;
+}
+
+void SessionCore::set_state(State state) noexcept {
+  const bool was_ready = state_ == State::ready;
+  state_ = state;
+  if (settings_.path && was_ready != (state == State::ready))
+    settings_.path->path_changed(state == State::ready);
 }
 
 int SessionCore::submit(SessionJob *job) noexcept {
@@ -67,6 +76,8 @@ int SessionCore::submit(SessionJob *job) noexcept {
     issue(job);
     return 0;
   }
+  if (settings_.path)
+    return kHandedBack;
   if (!make_room(held_, 1))
     return ENOMEM;
   held_.push_back(job);
@@ -133,7 +144,7 @@ void SessionCore::start_attempt() noexcept {
   if (cancelled_)
     return;
   protocol_.disconnect();
-  state_ = State::connecting;
+  set_state(State::connecting);
   attempt_started_ = SessionClock::now();
   protocol_.connect();
 }
@@ -150,10 +161,13 @@ void SessionCore::connected() noexcept {
   }
   fail_fast_ = false;
   issue_held();
+  if (settings_.path && state_ == State::ready)
+    settings_.path->path_changed(true); // after the held ones went: none in a path, but in order
 }
 
 void SessionCore::attempt_failed(const std::string &why, bool refused) noexcept {
   try {
+    last_error_ = why;
     if (why != last_logged_failure_) {
       VB_LOG_WARN("%s: %s; retrying (every %s at most)", settings_.name.c_str(), why.c_str(),
                   format_duration(kMaxBackoff).c_str());
@@ -166,7 +180,7 @@ void SessionCore::attempt_failed(const std::string &why, bool refused) noexcept 
   } catch (...) {
   }
   protocol_.disconnect();
-  state_ = State::down;
+  set_state(State::down);
   if (!cancelled_)
     attempt_timer_.arm(refused ? kMaxBackoff : backoff_);
   if (!refused)
@@ -184,16 +198,19 @@ void SessionCore::lost(const std::string &why, std::chrono::milliseconds delay) 
               settings_.name.c_str(), settings_.connection, why.c_str(), static_cast<std::size_t>(again),
               format_duration(settings_.reconnect_timeout).c_str());
   try {
-    set_health(Backend::State::reconnecting, std::string(settings_.connection) + " lost: " + why);
+    last_error_ = std::string(settings_.connection) + " lost: " + why;
+    set_health(Backend::State::reconnecting, last_error_);
   } catch (...) {
   }
   protocol_.disconnect();
-  state_ = State::down; // completions below that submit again are held, not sent
+  set_state(State::down); // completions below that submit again are held (or handed back), not sent
   for (SessionJob *job : in_flight_) {
     if (job->fenced) {
       complete(job, ECANCELED); // from before a reset: may have reached the peer, never sent again
     } else if (job->answered_error) {
       complete(job, job->error); // decided by the peer's answer (SessionJob::answered_error)
+    } else if (settings_.path) {
+      complete(job, kHandedBack); // to be sent on another path
     } else if (!make_room(held_, 1)) {
       complete(job, EIO);
     } else {
@@ -215,7 +232,7 @@ void SessionCore::drain() noexcept {
     return;
   VB_LOG_INFO("%s: replacing the %s once %zu request(s) in flight are done", settings_.name.c_str(),
               settings_.connection, in_flight_.size());
-  state_ = State::draining;
+  set_state(State::draining);
   down_since_ = SessionClock::now();
   if (in_flight_.empty())
     attempt_timer_.arm(std::chrono::milliseconds(0));

@@ -22,6 +22,7 @@
 #include "session/session_health.h"
 #include "vduse-bridge/backend.h"
 
+#include <cerrno>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
@@ -106,6 +107,22 @@ protected:
   ~SessionProtocol() = default;
 };
 
+// A session that is one path of several to the same storage (iSCSI multipath) never holds a
+// job: one it would hold (lost with its connection, or submitted while the path is not ready)
+// completes with kHandedBack instead, and the owner sends it on another path. The owner hears
+// when the path becomes ready for jobs and when it stops being ready (loop thread; it must not
+// submit from inside the call).
+inline constexpr int kHandedBack = ENOTCONN;
+class SessionPathObserver {
+public:
+  virtual void path_changed(bool ready) noexcept = 0;
+  // Whether another path of the set is ready now (a path logging in is then checked against it).
+  virtual bool others_ready() const noexcept = 0;
+
+protected:
+  ~SessionPathObserver() = default;
+};
+
 struct SessionSettings {
   std::string name;                                 // in the log: "nbd conn 1", "iscsi session 0"
   const char *peer = "server";                      // "the server has been unreachable"
@@ -114,6 +131,7 @@ struct SessionSettings {
   std::chrono::milliseconds reconnect_timeout{0};   // then held and new I/O fail with EIO
   std::chrono::milliseconds request_timeout{0};     // 0: none
   std::chrono::milliseconds attempt_timeout{30000}; // a connect + handshake taking longer is abandoned
+  SessionPathObserver *path = nullptr;              // one path of several: see kHandedBack
 };
 
 class SessionCore {
@@ -138,7 +156,8 @@ public:
   void start(bool connected) noexcept;
 
   // Submission. admit(): 0, or why a request cannot be taken now (ECANCELED after cancel_all(),
-  // EIO while the peer has been gone for longer than reconnect-timeout).
+  // EIO while the peer has been gone for longer than reconnect-timeout, kHandedBack while a path
+  // is not ready).
   int admit() const noexcept;
   // job has req, done, ctx and source set: it is sent now or held. 0 or ENOMEM (then the
   // caller still owns the job).
@@ -171,6 +190,7 @@ public:
   std::uint64_t reconnects() const noexcept { return reconnects_; }
   std::chrono::milliseconds backoff() const noexcept { return backoff_; }
   const std::string &name() const noexcept { return settings_.name; }
+  const std::string &last_error() const noexcept { return last_error_; } // why it was last lost or refused
 
 private:
   void start_attempt() noexcept;
@@ -180,6 +200,7 @@ private:
   void remove_in_flight(SessionJob *job) noexcept;
   void on_tick() noexcept;
   void set_health(Backend::State state, const std::string &why = {}) noexcept { health_.set(state, why); }
+  void set_state(State state) noexcept; // and tells a path's observer when readiness changed
 
   SessionHealth::Session health_;
   SessionProtocol &protocol_;
@@ -193,6 +214,7 @@ private:
   SessionClock::time_point attempt_started_{};
   std::chrono::milliseconds backoff_ = kFirstBackoff;
   std::string last_logged_failure_; // attempt failures are logged once per reason per outage
+  std::string last_error_;
   std::uint64_t reconnects_ = 0;
   std::uint64_t seq_ = 0;
   std::vector<SessionJob *> in_flight_; // sent on the current connection

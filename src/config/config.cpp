@@ -28,8 +28,11 @@ namespace vb {
 
 namespace {
 
-constexpr std::size_t max_name_bytes = 64;      // well under VDUSE_NAME_MAX and the vDPA netlink limit
-constexpr std::size_t max_serial_bytes = 20;    // VIRTIO_BLK_ID_BYTES, what GET_ID returns
+constexpr std::size_t max_name_bytes = 64;   // well under VDUSE_NAME_MAX and the vDPA netlink limit
+constexpr std::size_t max_serial_bytes = 20; // VIRTIO_BLK_ID_BYTES, what GET_ID returns
+// Items of a list in a backend kept for its checks (one more than any backend takes, so that it
+// can say there are too many).
+constexpr std::size_t kMaxSequenceItems = 64;
 constexpr unsigned max_queues = 64;             // one per CPU is plenty; each queue costs a thread's share
 constexpr unsigned max_queue_size = 1024;       // VDUSE's limit on virtqueue size
 constexpr unsigned max_busy_poll_us = 10000;    // a 10 ms spin already costs a core for every pause
@@ -291,6 +294,11 @@ private:
       if (v.kind == Value::Kind::map)
         for (const auto &child : entries(option.value, v.key, "", {}))
           v.children.push_back(value_of(child.value, child.key, child.name, config_join(v.key, child.name)));
+      if (v.kind == Value::Kind::sequence) // iscsi's portals: items named [0], [1]...
+        for (std::size_t i = 0; i < option.value.size() && i <= kMaxSequenceItems; ++i) {
+          const std::string index = "[" + std::to_string(i) + "]";
+          v.children.push_back(value_of(option.value[i], option.value[i], index, v.key + index));
+        }
       if (option.name == "type")
         raw.type = std::move(v);
       else

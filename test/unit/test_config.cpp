@@ -733,6 +733,27 @@ TEST_CASE("an iscsi device with every key set") {
   CHECK(c.devices[0].logical_block_size == 0); // the LUN's
 }
 
+TEST_CASE("an iscsi device with several portals (multipath)") {
+  const Config c = parse_config(iscsi_head + "      portals:\n"
+                                             "        - 192.0.2.2\n"
+                                             "        - 192.0.2.3:3261\n"
+                                             "        - \"[2001:db8::4]\"\n"
+                                             "      path-policy: round-robin\n",
+                                "iscsi.yaml");
+  const auto &i = c.devices[0].backend.as<vb::IscsiOptions>();
+  CHECK(i.portals == std::vector<std::string>{"192.0.2.2:3260", "192.0.2.3:3261", "[2001:db8::4]:3260"});
+  CHECK_FALSE(i.discover_portals);
+  CHECK(i.path_policy == vb::IscsiOptions::PathPolicy::round_robin);
+  const auto &d =
+      parse_config(iscsi_head + "      portals: discover\n", "iscsi.yaml").devices[0].backend.as<vb::IscsiOptions>();
+  CHECK(d.discover_portals);
+  CHECK(d.portals.empty());
+  const auto &none = parse_config(iscsi_head, "iscsi.yaml").devices[0].backend.as<vb::IscsiOptions>();
+  CHECK(none.portals.empty());
+  CHECK_FALSE(none.discover_portals);
+  CHECK(none.path_policy == vb::IscsiOptions::PathPolicy::failover);
+}
+
 TEST_CASE("an iscsi device gets the iscsi defaults") {
   const Config c = parse_config(iscsi_head, "iscsi.yaml");
   const auto &i = c.devices[0].backend.as<vb::IscsiOptions>();
@@ -856,8 +877,28 @@ TEST_CASE("bad iscsi keys name the file, line, key and what was expected") {
       {"request-timeout a map", iscsi_head + "      request-timeout: {s: 1}\n", 6, "devices[0].backend.request-timeout",
        "got a map"},
       {"nbd key for iscsi", iscsi_head + "      connections: 4\n", 6, "devices[0].backend.connections",
-       "expected an iscsi backend key (type, uri, initiator-name, chap, header-digest, reconnect-timeout, "
-       "request-timeout), got 'connections'"},
+       "expected an iscsi backend key (type, uri, portals, path-policy, initiator-name, chap, header-digest, "
+       "reconnect-timeout, request-timeout), got 'connections'"},
+      {"portals a map", iscsi_head + "      portals: {a: 1}\n", 6, "devices[0].backend.portals",
+       "expected a list of portals of the URI's target (host or host:port, such as [192.0.2.2:3260, "
+       "\"[2001:db8::2]:3260\"]) or discover, got a map"},
+      {"portals empty", iscsi_head + "      portals: []\n", 6, "devices[0].backend.portals", "or discover, got"},
+      {"portals another word", iscsi_head + "      portals: all\n", 6, "devices[0].backend.portals",
+       "or discover, got 'all'"},
+      {"portal with a bad port", iscsi_head + "      portals:\n        - 192.0.2.2:3260\n        - 192.0.2.3:0\n", 8,
+       "devices[0].backend.portals[1]", "expected a port from 1 to 65535 in the portal, got '0'"},
+      {"portal a URI", iscsi_head + "      portals: [\"iscsi://192.0.2.2/\"]\n", 6, "devices[0].backend.portals[0]",
+       "expected a portal, host or host:port, such as 192.0.2.2:3260, got \"iscsi://192.0.2.2/\""},
+      {"portal a map", iscsi_head + "      portals:\n        - {host: a}\n", 7, "devices[0].backend.portals[0]",
+       "expected a portal, host or host:port, such as 192.0.2.2:3260, got a map"},
+      {"portal listed twice", iscsi_head + "      portals: [192.0.2.2, \"192.0.2.2:3260\"]\n", 6,
+       "devices[0].backend.portals[1]", "expected each path once: '192.0.2.2:3260' is listed twice"},
+      {"portal of the URI", iscsi_head + "      portals: [\"192.0.2.1:3260\"]\n", 6, "devices[0].backend.portals[0]",
+       "expected each path once: '192.0.2.1:3260' is the URI's portal"},
+      {"too many portals", iscsi_head + "      portals: [a, b, c, d, e, f, g, h]\n", 6, "devices[0].backend.portals",
+       "expected at most 7 portals besides the URI's (one path each), got more"},
+      {"path-policy unknown", iscsi_head + "      path-policy: least-busy\n", 6, "devices[0].backend.path-policy",
+       "expected failover or round-robin, got 'least-busy'"},
       {"iscsi key near miss", iscsi_head + "      header_digest: none\n", 6, "devices[0].backend.header_digest",
        "(did you mean 'header-digest'?)"},
       {"chap for nbd", nbd_head + "      chap: {username: u, password-file: /s}\n", 6, "devices[0].backend.chap",

@@ -332,3 +332,61 @@ TEST_CASE("session core: reconnect-timeout forever (milliseconds::max()) holds I
   CHECK(f.done(0) == std::vector<int>{0});
   CHECK(f.done(4096) == std::vector<int>{0});
 }
+
+namespace {
+struct RecordingPath final : vb::SessionPathObserver {
+  std::vector<bool> changes;
+  bool others = false;
+  void path_changed(bool ready) noexcept override { changes.push_back(ready); }
+  bool others_ready() const noexcept override { return others; }
+};
+} // namespace
+
+TEST_CASE("session core: a path of several holds nothing: what it loses is handed back, and it says when it is ready") {
+  RecordingPath path;
+  auto settings = Fixture::defaults();
+  settings.path = &path;
+  Fixture f(settings);
+  CHECK(path.changes == std::vector<bool>{true}); // adopted connection: ready at once
+  int queue = 0;
+  REQUIRE(f.submit(0, &queue) == 0);
+  REQUIRE(f.submit(4096, &queue) == 0);
+  f.protocol.answer(0, EIO); // answered with an error: decided, not sent elsewhere
+  REQUIRE(f.submit(8192, &queue) == 0);
+  f.core->fence(&queue); // 4096 and 8192 on the wire from before a reset
+  REQUIRE(f.submit(12288, &queue) == 0);
+  f.protocol.connect_at_once = false;
+  f.core->lost("test: cut");
+  CHECK(path.changes == std::vector<bool>{true, false});
+  CHECK(f.core->held() == 0);
+  CHECK(f.done(0) == std::vector<int>{EIO});
+  CHECK(f.done(4096) == std::vector<int>{ECANCELED}); // fenced: never sent again, on any path
+  CHECK(f.done(8192) == std::vector<int>{ECANCELED});
+  CHECK(f.done(12288) == std::vector<int>{vb::kHandedBack}); // for another path
+  // Not ready: new jobs are refused, for the set to send elsewhere.
+  CHECK(f.core->admit() == vb::kHandedBack);
+  vb::test::run_until(f.loop, [&] { return f.protocol.attempts == 1; });
+  CHECK(f.core->admit() == vb::kHandedBack); // connecting
+  f.core->connected();
+  CHECK(path.changes == std::vector<bool>{true, false, true});
+  CHECK(f.core->admit() == 0);
+  CHECK(f.core->last_error() == "connection lost: test: cut");
+}
+
+TEST_CASE("session core: abandon_fenced drops the connection only when a fenced job of that source is on it") {
+  Fixture f;
+  int queue_a = 0, queue_b = 0;
+  REQUIRE(f.submit(0, &queue_a) == 0);
+  REQUIRE(f.submit(4096, &queue_b) == 0);
+  f.core->abandon_fenced(&queue_a); // nothing fenced: nothing happens
+  CHECK(f.core->ready());
+  f.core->fence(&queue_a);
+  f.core->abandon_fenced(&queue_b); // b's jobs are not fenced
+  CHECK(f.core->ready());
+  f.protocol.connect_at_once = false;
+  f.core->abandon_fenced(&queue_a);
+  CHECK_FALSE(f.core->ready());
+  CHECK(f.done(0) == std::vector<int>{ECANCELED});
+  CHECK(f.done(4096).empty()); // the other queue's: sent again on the next connection
+  CHECK(f.core->held() == 1);
+}

@@ -1,0 +1,246 @@
+#include "iscsi/iscsi_multipath.h"
+
+#include "common/log.h"
+#include "common/units.h"
+
+#include <algorithm>
+#include <cerrno>
+#include <iscsi/iscsi.h>
+
+namespace vb {
+
+IscsiPathSet::IscsiPathSet(EventLoop &loop, std::shared_ptr<const IscsiTarget> target, iscsi_context *first,
+                           unsigned first_path, unsigned index, std::string name)
+    : loop_(loop), target_(std::move(target)), name_(std::move(name)), index_(index), health_(target_->sessions),
+      redispatch_(loop, [this] { redispatch(); }), tick_(loop, [this] { on_tick(); }) {
+  const std::size_t n = target_->paths.size();
+  paths_.reserve(n);
+  waiting_.reserve(256);
+  for (unsigned p = 0; p < n; ++p) {
+    auto path = std::make_unique<Path>();
+    path->set = this;
+    path->index = p;
+    paths_.push_back(std::move(path));
+  }
+  // Sessions after every Path exists: an adopted one reports ready from its constructor.
+  for (unsigned p = 0; p < n; ++p) {
+    iscsi_context *ctx = p == first_path ? first : nullptr;
+    Path &path = *paths_[p];
+    path.session = std::make_unique<IscsiSession>(
+        loop, target_, ctx, index, name_ + " path " + std::to_string(p) + " (" + target_->paths[p].portal + ")", p,
+        &path, &paths_health_);
+  }
+  if (ready_paths() == 0) {
+    down_ = true; // logging in: requests wait, reconnect-timeout counts from now
+    down_since_ = SessionClock::now();
+  }
+  tick_.arm_periodic(SessionCore::kTick);
+}
+
+IscsiPathSet::~IscsiPathSet() {
+  cancel_all();
+  tick_.cancel();
+  redispatch_.cancel();
+  paths_.clear(); // the sessions go while this object is still whole
+}
+
+std::size_t IscsiPathSet::ready_paths() const noexcept {
+  return static_cast<std::size_t>(
+      std::count_if(paths_.begin(), paths_.end(), [](const std::unique_ptr<Path> &p) { return p->ready; }));
+}
+
+int IscsiPathSet::submit(const Request &req, CompletionFn done, void *ctx) noexcept {
+  if (cancelled_)
+    return ECANCELED;
+  if (fail_fast_)
+    return EIO; // no path for longer than reconnect-timeout
+  Forwarded *f = nullptr;
+  if (!pool_.empty()) {
+    f = pool_.back();
+    pool_.pop_back();
+  } else {
+    try {
+      pool_.reserve(pool_all_.size() + 1); // so that finish() never allocates
+      pool_all_.push_back(std::make_unique<Forwarded>());
+      f = pool_all_.back().get();
+    } catch (const std::bad_alloc &) {
+      return ENOMEM;
+    }
+  }
+  f->req = req;
+  f->done = done;
+  f->ctx = ctx;
+  f->set = this;
+  f->seq = ++seq_;
+  dispatch(f);
+  return 0;
+}
+
+int IscsiPathSet::pick() noexcept {
+  const unsigned n = static_cast<unsigned>(paths_.size());
+  if (target_->options.path_policy == IscsiOptions::PathPolicy::failover) {
+    for (unsigned p = 0; p < n; ++p)
+      if (paths_[p]->ready)
+        return static_cast<int>(p);
+    return -1;
+  }
+  for (unsigned k = 0; k < n; ++k) {
+    const unsigned p = (next_ + k) % n;
+    if (paths_[p]->ready) {
+      next_ = (p + 1) % n;
+      return static_cast<int>(p);
+    }
+  }
+  return -1;
+}
+
+void IscsiPathSet::dispatch(Forwarded *f) noexcept {
+  for (std::size_t tries = 0; tries < paths_.size(); ++tries) {
+    const int p = pick();
+    if (p < 0)
+      break;
+    f->path = static_cast<unsigned>(p);
+    const int rc = paths_[f->path]->session->submit(f->req, &IscsiPathSet::on_path_done, f);
+    if (rc == 0)
+      return;
+    if (rc != kHandedBack) {
+      finish(f, rc); // the request itself is refused (out of range, not whole blocks, ENOMEM)
+      return;
+    }
+    paths_[f->path]->ready = false; // it stopped being ready and has not said so yet
+  }
+  if (!down_) {
+    down_ = true;
+    down_since_ = SessionClock::now();
+  }
+  try {
+    waiting_.push_back(f);
+  } catch (const std::bad_alloc &) {
+    finish(f, ENOMEM);
+  }
+}
+
+void IscsiPathSet::on_path_done(void *ctx, int error) noexcept {
+  auto *f = static_cast<Forwarded *>(ctx);
+  IscsiPathSet *self = f->set;
+  if (error != kHandedBack) {
+    self->finish(f, error);
+    return;
+  }
+  // Lost with its path's session: it goes out again on another path, from the loop (this runs
+  // inside the path's session teardown).
+  ++self->failovers_;
+  if (self->cancelled_) {
+    self->finish(f, ECANCELED);
+    return;
+  }
+  try {
+    self->waiting_.push_back(f);
+  } catch (const std::bad_alloc &) {
+    self->finish(f, EIO);
+    return;
+  }
+  self->redispatch_.schedule();
+}
+
+void IscsiPathSet::finish(Forwarded *f, int error) noexcept {
+  const CompletionFn done = f->done;
+  void *ctx = f->ctx;
+  f->done = nullptr;
+  pool_.push_back(f); // room reserved when it was made
+  done(ctx, error);
+}
+
+void IscsiPathSet::redispatch() noexcept {
+  if (waiting_.empty() || ready_paths() == 0)
+    return;
+  std::vector<Forwarded *> now;
+  now.swap(waiting_);
+  try {
+    waiting_.reserve(now.size());
+  } catch (const std::bad_alloc &) {
+  }
+  std::sort(now.begin(), now.end(), [](const Forwarded *a, const Forwarded *b) { return a->seq < b->seq; });
+  for (Forwarded *f : now)
+    dispatch(f);
+}
+
+void IscsiPathSet::on_path_changed(Path &path, bool ready) noexcept {
+  path.ready = ready;
+  if (ready) {
+    if (down_) {
+      const double down_s = std::chrono::duration<double>(SessionClock::now() - down_since_).count();
+      if (!why_down_.empty())
+        VB_LOG_INFO("%s: path %u (%s) is back after %.1fs without a path; %zu request(s) go out on it", name_.c_str(),
+                    path.index, target_->paths[path.index].portal.c_str(), down_s, waiting_.size());
+      down_ = false;
+      why_down_.clear();
+    } else {
+      VB_LOG_INFO("%s: path %u (%s) is ready", name_.c_str(), path.index, target_->paths[path.index].portal.c_str());
+    }
+    fail_fast_ = false;
+    redispatch_.schedule();
+  } else if (path.session) {
+    const std::size_t left = ready_paths();
+    VB_LOG_WARN("%s: path %u (%s) is down (%s); %zu path(s) left", name_.c_str(), path.index,
+                target_->paths[path.index].portal.c_str(), path.session->last_error().c_str(), left);
+    if (left == 0 && !down_) {
+      down_ = true;
+      down_since_ = SessionClock::now();
+      why_down_ = "every path is down; last: " + path.session->last_error();
+    }
+  }
+  update_health();
+}
+
+void IscsiPathSet::update_health() noexcept {
+  if (!down_)
+    health_.set(Backend::State::connected);
+  else if (!why_down_.empty())
+    health_.set(fail_fast_ ? Backend::State::failing : Backend::State::reconnecting, why_down_);
+}
+
+void IscsiPathSet::on_tick() noexcept {
+  if (!down_ || fail_fast_ || cancelled_)
+    return;
+  const auto limit = target_->options.reconnect_timeout;
+  if (std::chrono::duration_cast<std::chrono::milliseconds>(SessionClock::now() - down_since_) < limit)
+    return;
+  VB_LOG_ERROR("%s: no path for %s (reconnect-timeout): %zu held request(s) fail, new ones fail until a path is back",
+               name_.c_str(), format_duration(limit).c_str(), waiting_.size());
+  fail_fast_ = true;
+  if (why_down_.empty())
+    why_down_ = "no path could log in";
+  update_health();
+  drop_waiting(EIO);
+}
+
+void IscsiPathSet::drop_waiting(int error) noexcept {
+  std::vector<Forwarded *> dropped;
+  dropped.swap(waiting_);
+  for (Forwarded *f : dropped)
+    finish(f, error);
+}
+
+void IscsiPathSet::fence() noexcept {
+  // What waits for a path never reached the target: dropped. What each path sent is its own
+  // session's to fence (finished, or ECANCELED when lost, never sent again).
+  drop_waiting(ECANCELED);
+  for (auto &p : paths_)
+    p->session->fence();
+}
+
+void IscsiPathSet::abandon_fenced() noexcept {
+  for (auto &p : paths_)
+    p->session->abandon_fenced();
+}
+
+void IscsiPathSet::cancel_all() noexcept {
+  cancelled_ = true;
+  for (auto &p : paths_)
+    if (p->session)
+      p->session->cancel_all();
+  drop_waiting(ECANCELED);
+}
+
+} // namespace vb

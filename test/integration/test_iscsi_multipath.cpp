@@ -1,0 +1,257 @@
+// iSCSI multipath against a real tgtd: one LUN reached through two paths (a proxy each, which a
+// test can cut), traffic verified through the backend and in the backing file.
+#include "backend_events.h"
+#include "backend_fixture.h"
+#include "common/log.h"
+#include "event/event_loop.h"
+#include "iscsi/iscsi_backend.h"
+#include "iscsi/iscsi_multipath.h"
+#include "iscsi_test_proxy.h"
+#include "loop_wait.h"
+#include "test_support.h"
+
+#include <doctest/doctest.h>
+
+#include <chrono>
+#include <csignal>
+#include <cstdlib>
+#include <memory>
+#include <string>
+#include <vector>
+
+using namespace std::chrono_literals;
+using vb::test::options_for;
+using vb::test::pattern;
+using vb::test::port_of;
+using vb::test::Result;
+using vb::test::run_for;
+using vb::test::run_until;
+using vb::test::rw;
+using vb::test::stored;
+using vb::test::TempDir;
+using vb::test::TgtdServer;
+using vb::test::UnitAttentionProxy;
+
+namespace {
+
+const bool debug_logging = [] {
+  if (std::getenv("VB_TEST_DEBUG"))
+    vb::set_log_level(vb::LogLevel::debug);
+  // As the daemon does: libiscsi writes to a socket a cut path closed (EPIPE, not death).
+  (void)::signal(SIGPIPE, SIG_IGN);
+  return true;
+}();
+
+bool have_tgtd() { return vb::test::find_program("tgtd") && vb::test::find_program("tgtadm"); }
+constexpr const char *kNoTgtd = "tgtd/tgtadm not installed (package tgt; scripts/install-deps installs it)";
+
+constexpr std::uint64_t kLunBytes = 8 << 20;
+constexpr std::size_t kBlock = 4096;
+constexpr unsigned kBatch = 16;
+
+std::string portal_of(const UnitAttentionProxy &proxy) { return "127.0.0.1:" + std::to_string(proxy.port()); }
+
+// tgtd with LUN 1, two proxies in front of it (path 0: a, path 1: b), an iscsi backend over both.
+struct TwoPaths {
+  explicit TwoPaths(vb::IscsiOptions::PathPolicy policy, std::chrono::milliseconds reconnect_timeout = 20s) {
+    tgt.add_lun(1, kLunBytes);
+    a = std::make_unique<UnitAttentionProxy>(port_of(tgt));
+    b = std::make_unique<UnitAttentionProxy>(port_of(tgt));
+    auto o = options_for(vb::test::through(*a, tgt));
+    o.portals = {portal_of(*b)};
+    o.path_policy = policy;
+    o.request_timeout = 0ms;
+    o.reconnect_timeout = reconnect_timeout;
+    disk = std::make_unique<vb::test::OpenedBackend<vb::IscsiBackend>>(o);
+  }
+  vb::IscsiPathSet &set() { return dynamic_cast<vb::IscsiPathSet &>(*disk->q); }
+  vb::EventLoop &loop() { return disk->loop; }
+  // Until both paths are ready again (a restored path logs in after its backoff).
+  void wait_both() {
+    for (int i = 0; i < 200 && set().ready_paths() < 2; ++i)
+      run_for(loop(), 50ms);
+    REQUIRE(set().ready_paths() == 2);
+  }
+
+  TempDir dir;
+  TgtdServer tgt{dir};
+  std::unique_ptr<UnitAttentionProxy> a, b;
+  std::unique_ptr<vb::test::OpenedBackend<vb::IscsiBackend>> disk;
+};
+
+// kBatch writes of seed's pattern at blocks [first, first + kBatch), all in flight at once;
+// during() runs once they are on the wire. Then each block is read back through the backend.
+// Returns the number of requests that failed (0 expected).
+template <typename During> unsigned batch(TwoPaths &p, unsigned seed, std::uint64_t first, During during) {
+  std::vector<std::vector<char>> data;
+  std::vector<iovec> iov(kBatch);
+  std::vector<Result> done(kBatch);
+  for (unsigned i = 0; i < kBatch; ++i)
+    data.push_back(pattern(kBlock, seed * 100 + i));
+  for (unsigned i = 0; i < kBatch; ++i)
+    REQUIRE(p.disk->q->submit(rw(vb::Op::write, (first + i) * kBlock, data[i], iov[i]), &Result::on_done, &done[i]) ==
+            0);
+  p.loop().run_once(false); // sent
+  during();
+  run_until(p.loop(), [&] {
+    for (const Result &r : done)
+      if (r.calls == 0)
+        return false;
+    return true;
+  });
+  unsigned failed = 0;
+  for (const Result &r : done) {
+    CHECK(r.calls == 1);
+    failed += r.error != 0 ? 1 : 0;
+  }
+  for (unsigned i = 0; i < kBatch; ++i) {
+    std::vector<char> in(kBlock);
+    iovec v{};
+    const int rc = p.disk->run(rw(vb::Op::read, (first + i) * kBlock, in, v));
+    failed += rc != 0 ? 1 : 0;
+    CHECK(in == data[i]);
+    CHECK(stored(p.tgt.backing_file(1), (first + i) * kBlock, kBlock) == data[i]);
+  }
+  return failed;
+}
+
+unsigned batch(TwoPaths &p, unsigned seed, std::uint64_t first) {
+  return batch(p, seed, first, [] {});
+}
+
+} // namespace
+
+TEST_CASE("iscsi multipath, failover policy: I/O on the first path, cut under load it moves to the second "
+          "without an error, and fails back") {
+  if (!have_tgtd())
+    VB_SKIP(kNoTgtd);
+  TwoPaths p(vb::IscsiOptions::PathPolicy::failover);
+  p.wait_both();
+  const std::size_t b_idle = p.b->forwarded();
+  CHECK(batch(p, 1, 0) == 0);
+  CHECK(p.b->forwarded() == b_idle); // only the first path carries I/O
+
+  const std::size_t b_before = p.b->forwarded();
+  CHECK(batch(p, 2, 0, [&] { p.a->cut(); }) == 0); // the same blocks again: the new data is what is kept
+  CHECK(p.set().failovers() > 0);
+  CHECK(p.b->forwarded() > b_before);
+  CHECK(p.set().ready_paths() == 1);
+  CHECK(vb::test::events_of(p.disk->backend).health().state == vb::BackendEvents::State::connected);
+
+  p.a->restore();
+  p.wait_both();
+  const std::size_t b_back = p.b->forwarded();
+  const std::size_t a_back = p.a->forwarded();
+  CHECK(batch(p, 3, 64) == 0);
+  CHECK(p.a->forwarded() > a_back); // failed back
+  CHECK(p.b->forwarded() == b_back);
+}
+
+TEST_CASE("iscsi multipath, round-robin: both paths carry I/O, and one cut leaves the other with all of it") {
+  if (!have_tgtd())
+    VB_SKIP(kNoTgtd);
+  TwoPaths p(vb::IscsiOptions::PathPolicy::round_robin);
+  p.wait_both();
+  const std::size_t a0 = p.a->forwarded(), b0 = p.b->forwarded();
+  CHECK(batch(p, 1, 0) == 0);
+  CHECK(p.a->forwarded() > a0);
+  CHECK(p.b->forwarded() > b0);
+  CHECK(batch(p, 2, 32, [&] { p.b->cut(); }) == 0);
+  CHECK(p.set().failovers() > 0);
+  const std::size_t b_cut = p.b->forwarded();
+  CHECK(batch(p, 3, 64) == 0);
+  CHECK(p.b->forwarded() == b_cut);
+}
+
+TEST_CASE("iscsi multipath: both paths cut and restored one after the other under load, three times: no error") {
+  if (!have_tgtd())
+    VB_SKIP(kNoTgtd);
+  TwoPaths p(vb::IscsiOptions::PathPolicy::failover);
+  p.wait_both();
+  unsigned seed = 10;
+  for (int cycle = 0; cycle < 3; ++cycle) {
+    for (UnitAttentionProxy *path : {p.a.get(), p.b.get()}) {
+      CHECK(batch(p, ++seed, 0, [&] { path->cut(); }) == 0);
+      CHECK(p.set().ready_paths() == 1);
+      path->restore();
+      p.wait_both();
+      CHECK(batch(p, ++seed, 16) == 0);
+    }
+  }
+  CHECK(p.set().failovers() > 0);
+}
+
+TEST_CASE("iscsi multipath: with every path cut, I/O is held and goes out on the first path back") {
+  if (!have_tgtd())
+    VB_SKIP(kNoTgtd);
+  TwoPaths p(vb::IscsiOptions::PathPolicy::failover);
+  p.wait_both();
+  CHECK(batch(p, 1, 0, [&] {
+          p.a->cut();
+          p.b->cut();
+          run_for(p.loop(), 500ms); // held meanwhile, not failed
+          CHECK(p.set().ready_paths() == 0);
+          CHECK(vb::test::events_of(p.disk->backend).health().state == vb::BackendEvents::State::reconnecting);
+          p.b->restore();
+        }) == 0);
+  CHECK(p.set().ready_paths() >= 1);
+}
+
+TEST_CASE("iscsi multipath: with no path for longer than reconnect-timeout, held I/O fails with EIO") {
+  if (!have_tgtd())
+    VB_SKIP(kNoTgtd);
+  TwoPaths p(vb::IscsiOptions::PathPolicy::failover, 1s);
+  p.wait_both();
+  std::vector<char> out = pattern(kBlock, 5);
+  iovec v{};
+  Result r;
+  p.a->cut();
+  p.b->cut();
+  REQUIRE(p.disk->q->submit(rw(vb::Op::write, 0, out, v), &Result::on_done, &r) == 0);
+  run_until(p.loop(), [&] { return r.calls > 0; });
+  CHECK(r.error == EIO);
+  CHECK(vb::test::events_of(p.disk->backend).health().state == vb::BackendEvents::State::failing);
+  CHECK(p.disk->q->submit(rw(vb::Op::write, 0, out, v), &Result::on_done, &r) == EIO); // at once now
+  p.a->restore();
+  for (int i = 0; i < 200 && p.set().ready_paths() == 0; ++i)
+    run_for(p.loop(), 50ms);
+  CHECK(p.disk->run(rw(vb::Op::write, 0, out, v)) == 0);
+}
+
+TEST_CASE("iscsi multipath: a path that shows another LUN is refused and never carries I/O") {
+  if (!have_tgtd())
+    VB_SKIP(kNoTgtd);
+  TempDir dir, other_dir;
+  TgtdServer tgt{dir};
+  tgt.add_lun(1, kLunBytes);
+  TgtdServer other{other_dir}; // the same target name and LUN number, another logical unit
+  other.add_lun(1, kLunBytes, 512, "scsi_id=vb-other-lun,scsi_sn=vbother01");
+  {
+    vb::test::OpenedBackend<vb::IscsiBackend> probe_a(options_for(tgt.uri(1)));
+    vb::test::OpenedBackend<vb::IscsiBackend> probe_b(options_for(other.uri(1)));
+    REQUIRE_MESSAGE(probe_a.backend.lun().identity != probe_b.backend.lun().identity,
+                    "the second tgtd must show another identity for the test to mean anything");
+  }
+  UnitAttentionProxy a(port_of(tgt)), b(port_of(other));
+  auto o = options_for(vb::test::through(a, tgt));
+  o.portals = {portal_of(b)};
+  o.request_timeout = 0ms;
+  vb::test::OpenedBackend<vb::IscsiBackend> disk(o);
+  auto &set = dynamic_cast<vb::IscsiPathSet &>(*disk.q);
+  run_for(disk.loop, 1500ms); // path 1 has logged in, been checked and refused by now
+  CHECK(set.ready_paths() == 1);
+
+  std::vector<char> out = pattern(kBlock, 7);
+  iovec v{};
+  Result r;
+  REQUIRE(disk.q->submit(rw(vb::Op::write, 0, out, v), &Result::on_done, &r) == 0);
+  disk.loop.run_once(false);
+  a.cut(); // the only good path: the write waits rather than go to the other LUN
+  run_for(disk.loop, 1s);
+  CHECK(set.ready_paths() == 0);
+  a.restore();
+  run_until(disk.loop, [&] { return r.calls > 0; });
+  CHECK(r.error == 0);
+  CHECK(stored(tgt.backing_file(1), 0, kBlock) == out);
+  CHECK(stored(other.backing_file(1), 0, kBlock) == std::vector<char>(kBlock, 0));
+}
