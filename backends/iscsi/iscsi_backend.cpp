@@ -39,6 +39,7 @@ void IscsiBackend::connect() {
     path.portal = portal;
     t.paths.push_back(path);
   }
+  t.path_book.init(t.paths);
   // The first path that logs in tells what the LUN is; every other path must show the same.
   std::string failures;
   for (unsigned p = 0; p < t.paths.size() && !first_; ++p) {
@@ -67,6 +68,12 @@ void IscsiBackend::connect() {
               format_size(t.max_rw_bytes).c_str(), c.read_only ? ", read-only" : "", c.can_flush ? ", flush" : "",
               c.can_discard ? ", unmap" : "",
               c.can_write_zeroes ? (c.can_zero_unmap ? ", write same (unmap)" : ", write same") : "");
+}
+
+std::vector<BackendPathStatus> IscsiBackend::paths() const {
+  if (target_->paths.size() < 2)
+    return {};
+  return target_->path_book.snapshot();
 }
 
 std::unique_ptr<BackendQueue> IscsiBackend::open_queue(EventLoop &loop, unsigned index) {

@@ -27,6 +27,8 @@ public:
   // background on their own loop). Called on that loop's thread.
   std::unique_ptr<BackendQueue> open_queue(EventLoop &loop, unsigned index) override;
   const char *kind() const noexcept override { return "iscsi"; }
+  // Multipath: each path's sessions, failovers and last error (empty with one path).
+  std::vector<BackendPathStatus> paths() const override;
 
   // What open() learnt; valid after open().
   const LunInfo &lun() const noexcept { return target_->lun; }

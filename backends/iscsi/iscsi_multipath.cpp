@@ -14,6 +14,7 @@ IscsiPathSet::IscsiPathSet(EventLoop &loop, std::shared_ptr<const IscsiTarget> t
     : loop_(loop), target_(std::move(target)), name_(std::move(name)), index_(index), health_(target_->sessions),
       redispatch_(loop, [this] { redispatch(); }), tick_(loop, [this] { on_tick(); }) {
   const std::size_t n = target_->paths.size();
+  target_->path_book.add_queue();
   paths_.reserve(n);
   waiting_.reserve(256);
   for (unsigned p = 0; p < n; ++p) {
@@ -41,6 +42,10 @@ IscsiPathSet::~IscsiPathSet() {
   cancel_all();
   tick_.cancel();
   redispatch_.cancel();
+  std::vector<bool> counted;
+  for (const auto &p : paths_)
+    counted.push_back(p->counted);
+  target_->path_book.remove_queue(counted);
   paths_.clear(); // the sessions go while this object is still whole
 }
 
@@ -130,6 +135,7 @@ void IscsiPathSet::on_path_done(void *ctx, int error) noexcept {
   // Lost with its path's session: it goes out again on another path, from the loop (this runs
   // inside the path's session teardown).
   ++self->failovers_;
+  self->target_->path_book.failed_over(f->path, 1);
   if (self->cancelled_) {
     self->finish(f, ECANCELED);
     return;
@@ -167,6 +173,12 @@ void IscsiPathSet::redispatch() noexcept {
 
 void IscsiPathSet::on_path_changed(Path &path, bool ready) noexcept {
   path.ready = ready;
+  if (ready != path.counted) {
+    target_->path_book.set_up(path.index, ready);
+    path.counted = ready;
+  }
+  if (!ready && path.session)
+    report_error(path);
   if (ready) {
     if (down_) {
       const double down_s = std::chrono::duration<double>(SessionClock::now() - down_since_).count();
@@ -200,7 +212,22 @@ void IscsiPathSet::update_health() noexcept {
     health_.set(fail_fast_ ? Backend::State::failing : Backend::State::reconnecting, why_down_);
 }
 
+void IscsiPathSet::report_error(Path &path) noexcept {
+  const std::string &now = path.session->last_error();
+  if (now == path.reported)
+    return;
+  try {
+    path.reported = now;
+  } catch (...) {
+    return;
+  }
+  target_->path_book.set_error(path.index, now);
+}
+
 void IscsiPathSet::on_tick() noexcept {
+  for (auto &p : paths_) // a refused login never changes readiness: its reason shows here
+    if (p->session && !p->ready)
+      report_error(*p);
   if (!down_ || fail_fast_ || cancelled_)
     return;
   const auto limit = target_->options.reconnect_timeout;

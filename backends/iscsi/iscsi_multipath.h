@@ -57,6 +57,8 @@ private:
     IscsiPathSet *set = nullptr;
     unsigned index = 0;
     bool ready = false;
+    bool counted = false; // counted as up in the target's path book
+    std::string reported; // the last error put in the book
     std::unique_ptr<IscsiSession> session;
     void path_changed(bool now_ready) noexcept override { set->on_path_changed(*this, now_ready); }
     bool others_ready() const noexcept override { return set->ready_paths() > (ready ? 1u : 0u); }
@@ -80,6 +82,7 @@ private:
   void drop_waiting(int error) noexcept;
   void on_tick() noexcept;
   void update_health() noexcept;
+  void report_error(Path &path) noexcept; // the session's last error into the path book
 
   EventLoop &loop_;
   std::shared_ptr<const IscsiTarget> target_;

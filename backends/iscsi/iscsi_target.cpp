@@ -622,4 +622,63 @@ void derive_capabilities(IscsiTarget &t) {
                         : std::chrono::milliseconds(30000);
 }
 
+void IscsiPathBook::init(const std::vector<IscsiUri> &paths) {
+  std::lock_guard lock(mu_);
+  paths_.clear();
+  for (const IscsiUri &p : paths) {
+    BackendPathStatus s;
+    s.name = p.portal;
+    paths_.push_back(std::move(s));
+  }
+}
+
+void IscsiPathBook::add_queue() noexcept {
+  std::lock_guard lock(mu_);
+  for (BackendPathStatus &p : paths_)
+    ++p.sessions;
+}
+
+void IscsiPathBook::remove_queue(const std::vector<bool> &was_up) noexcept {
+  std::lock_guard lock(mu_);
+  for (std::size_t i = 0; i < paths_.size(); ++i) {
+    if (paths_[i].sessions > 0)
+      --paths_[i].sessions;
+    if (i < was_up.size() && was_up[i] && paths_[i].sessions_up > 0)
+      --paths_[i].sessions_up;
+  }
+}
+
+void IscsiPathBook::set_up(std::size_t path, bool up) noexcept {
+  std::lock_guard lock(mu_);
+  if (path >= paths_.size())
+    return;
+  BackendPathStatus &p = paths_[path];
+  if (up && p.sessions_up < p.sessions)
+    ++p.sessions_up;
+  else if (!up && p.sessions_up > 0)
+    --p.sessions_up;
+}
+
+void IscsiPathBook::failed_over(std::size_t path, std::uint64_t requests) noexcept {
+  std::lock_guard lock(mu_);
+  if (path < paths_.size())
+    paths_[path].failovers += requests;
+}
+
+void IscsiPathBook::set_error(std::size_t path, const std::string &why) noexcept {
+  std::lock_guard lock(mu_);
+  if (path >= paths_.size())
+    return;
+  try {
+    paths_[path].last_error = why;
+  } catch (...) {
+    // status only
+  }
+}
+
+std::vector<BackendPathStatus> IscsiPathBook::snapshot() const {
+  std::lock_guard lock(mu_);
+  return paths_;
+}
+
 } // namespace vb

@@ -134,6 +134,23 @@ private:
   Handler handler_;
 };
 
+// The paths of a multipath device as status shows them: how many queues' sessions are up on
+// each, failovers, the last error. Written by the queues' path sets, read by status. Any thread.
+class IscsiPathBook {
+public:
+  void init(const std::vector<IscsiUri> &paths);
+  void add_queue() noexcept; // a path set opened: one more session per path
+  void remove_queue(const std::vector<bool> &was_up) noexcept;
+  void set_up(std::size_t path, bool up) noexcept;
+  void failed_over(std::size_t path, std::uint64_t requests) noexcept;
+  void set_error(std::size_t path, const std::string &why) noexcept;
+  std::vector<BackendPathStatus> snapshot() const;
+
+private:
+  mutable std::mutex mu_;
+  std::vector<BackendPathStatus> paths_;
+};
+
 // Everything the sessions of one device share; immutable after IscsiBackend::open(), apart from
 // size and the reports.
 struct IscsiTarget {
@@ -159,6 +176,8 @@ struct IscsiTarget {
 
   // The LUN's state: the worst of its sessions' (one per queue).
   mutable SessionHealth sessions;
+  // Multipath: each path's sessions.
+  mutable IscsiPathBook path_book;
 
 private:
   mutable std::mutex mu_;

@@ -20,6 +20,7 @@
 #include <mutex>
 #include <string>
 #include <sys/uio.h>
+#include <vector>
 
 namespace vb {
 
@@ -152,6 +153,16 @@ private:
   ResizeHandler on_resize_;
 };
 
+// One path to the storage, for status and metrics (a backend that reaches it several ways:
+// iSCSI multipath).
+struct BackendPathStatus {
+  std::string name;            // "192.0.2.1:3260"
+  unsigned sessions = 0;       // one per queue
+  unsigned sessions_up = 0;    // of those, logged in and carrying I/O when the policy picks it
+  std::uint64_t failovers = 0; // requests moved off this path when it failed
+  std::string last_error;      // why it last went down or was refused; empty if never
+};
+
 // Threads: open() and capabilities() on the device's control thread; open_queue() on the
 // queue's loop thread; device_destroyed() on the control thread.
 class Backend {
@@ -181,6 +192,8 @@ public:
   // Optional. The device was torn down for good (not a restart): drop anything kept for a
   // successor daemon, such as a memory disk's contents file.
   virtual void device_destroyed() noexcept {}
+  // Optional, any thread. The paths to the storage when there are several; empty otherwise.
+  virtual std::vector<BackendPathStatus> paths() const { return {}; }
 
 protected:
   // open()'s work, once events are known.

@@ -50,6 +50,17 @@ struct Rates {
 // zero rates (the interval's latency is still filled).
 Rates compute_rates(const QueueSnapshot &previous, const QueueSnapshot &current, double elapsed_seconds) noexcept;
 
+// One path to the storage (iSCSI multipath), as the backend reports it.
+struct PathStatus {
+  std::string name;      // "192.0.2.1:3260"
+  unsigned sessions = 0; // one per queue
+  unsigned sessions_up = 0;
+  std::uint64_t failovers = 0; // requests moved off it when it failed
+  std::string last_error;
+  // "up" (every queue's session), "degraded" (some), "down" (none).
+  const char *state() const noexcept { return sessions_up == 0 ? "down" : sessions_up < sessions ? "degraded" : "up"; }
+};
+
 struct DeviceStatus {
   std::string name;             // the VDUSE/vDPA name, "disk0"
   std::string disk;             // "vda", "vhost-vdpa-0"; empty if not attached (or not known yet)
@@ -70,6 +81,7 @@ struct DeviceStatus {
   bool read_only = false;
   std::chrono::system_clock::time_point started{}; // when this daemon began serving the device
   std::vector<QueueSnapshot> queues;               // one per virtqueue, in queue order
+  std::vector<PathStatus> paths;                   // several paths to the storage (multipath); else empty
   std::optional<Rates> rates;                      // over a recent interval, if the caller has two samples
 
   // Every queue merged.

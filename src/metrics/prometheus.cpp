@@ -166,6 +166,22 @@ std::string format_prometheus(const std::vector<DeviceStatus> &devices, const Bu
   for (const DeviceStatus &d : devices)
     w.sample("backend_reconnects_total", {{"device", d.name}}, d.reconnects);
 
+  // Paths are labelled by their number (0 = the URI's portal, then the portals key's order):
+  // labels carry no user-written text but the device name; status shows each path's portal.
+  auto per_path = [&](const char *family, auto value) {
+    for (const DeviceStatus &d : devices)
+      for (std::size_t i = 0; i < d.paths.size(); ++i)
+        w.sample(family, {{"device", d.name}, {"path", std::to_string(i)}}, value(d.paths[i]));
+  };
+  w.family("backend_path_sessions_up", "gauge",
+           "Multipath: the queues' sessions logged in on each path (of backend_path_sessions).");
+  per_path("backend_path_sessions_up", [](const PathStatus &p) { return std::uint64_t{p.sessions_up}; });
+  w.family("backend_path_sessions", "gauge", "Multipath: sessions each path has, one per queue.");
+  per_path("backend_path_sessions", [](const PathStatus &p) { return std::uint64_t{p.sessions}; });
+  w.family("backend_path_failovers_total", "counter",
+           "Multipath: requests sent again on another path after this one failed.");
+  per_path("backend_path_failovers_total", [](const PathStatus &p) { return p.failovers; });
+
   w.family("requests_total", "counter", "Requests completed, by operation.");
   for (std::size_t i = 0; i < devices.size(); ++i)
     for (std::size_t k = 0; k < kRequestKinds; ++k)

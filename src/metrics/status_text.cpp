@@ -112,6 +112,14 @@ void format_device(std::string &out, const DeviceStatus &d, std::chrono::system_
   if (d.reconnects != 0 || d.held_requests != 0)
     line(out, "Reconnects",
          std::to_string(d.reconnects) + ", " + std::to_string(d.held_requests) + " requests held now");
+  for (std::size_t i = 0; i < d.paths.size(); ++i) {
+    const PathStatus &p = d.paths[i];
+    std::string text = p.name + ": " + p.state() + " (" + std::to_string(p.sessions_up) + " of " +
+                       std::to_string(p.sessions) + " sessions), " + std::to_string(p.failovers) + " failovers";
+    if (!p.last_error.empty())
+      text += ", last error: " + p.last_error;
+    line(out, ("Path " + std::to_string(i)).c_str(), text);
+  }
 }
 
 // Seconds since the epoch, or null for an unset time.
@@ -186,6 +194,16 @@ void device_json(JsonWriter &w, const DeviceStatus &d, std::chrono::system_clock
   else
     w.value(static_cast<std::int64_t>(std::chrono::duration_cast<std::chrono::seconds>(now - d.started).count()));
   w.member("in_flight", total.in_flight);
+  w.key("paths").begin_array();
+  for (const PathStatus &p : d.paths) {
+    w.begin_object();
+    text_member(w, "name", p.name);
+    w.member("state", std::string_view(p.state()));
+    w.member("sessions", p.sessions).member("sessions_up", p.sessions_up).member("failovers", p.failovers);
+    text_member(w, "last_error", p.last_error);
+    w.end_object();
+  }
+  w.end_array();
   w.key("queues").begin_array();
   for (const QueueSnapshot &q : d.queues)
     w.begin_object().member("in_flight", q.in_flight).member("requests", q.total_requests()).end_object();

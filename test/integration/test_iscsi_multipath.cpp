@@ -137,9 +137,20 @@ TEST_CASE("iscsi multipath, failover policy: I/O on the first path, cut under lo
   CHECK(p.b->forwarded() > b_before);
   CHECK(p.set().ready_paths() == 1);
   CHECK(vb::test::events_of(p.disk->backend).health().state == vb::BackendEvents::State::connected);
+  {
+    const auto paths = p.disk->backend.paths(); // what status shows
+    REQUIRE(paths.size() == 2);
+    CHECK(paths[0].name == portal_of(*p.a));
+    CHECK(paths[0].sessions == 1);
+    CHECK(paths[0].failovers == p.set().failovers());
+    CHECK(paths[0].last_error.find("session lost") != std::string::npos);
+    CHECK(paths[1].sessions_up == 1);
+    CHECK(paths[1].failovers == 0);
+  }
 
   p.a->restore();
   p.wait_both();
+  CHECK(p.disk->backend.paths()[0].sessions_up == 1);
   const std::size_t b_back = p.b->forwarded();
   const std::size_t a_back = p.a->forwarded();
   CHECK(batch(p, 3, 64) == 0);
@@ -240,6 +251,8 @@ TEST_CASE("iscsi multipath: a path that shows another LUN is refused and never c
   auto &set = dynamic_cast<vb::IscsiPathSet &>(*disk.q);
   run_for(disk.loop, 1500ms); // path 1 has logged in, been checked and refused by now
   CHECK(set.ready_paths() == 1);
+  CHECK(disk.backend.paths()[1].sessions_up == 0);
+  CHECK(disk.backend.paths()[1].last_error.find("different LUN") != std::string::npos);
 
   std::vector<char> out = pattern(kBlock, 7);
   iovec v{};

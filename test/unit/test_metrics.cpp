@@ -1116,3 +1116,39 @@ TEST_CASE("device list: one line per device with its node by-id link backend and
   CHECK(j["devices"].items[2]["identity"].is_null());
   CHECK(j["devices"].items[2].members.size() == 9);
 }
+
+TEST_CASE("multipath paths show in status text, status json and prometheus (labelled by number)") {
+  const auto now = std::chrono::system_clock::time_point(std::chrono::seconds(1'700'000'000)) + 1h;
+  std::vector<DeviceStatus> devices{make_device("disk0", 10, 300'000)};
+  devices[0].backend = "iscsi";
+  devices[0].paths = {{"192.0.2.1:3260", 2, 2, 0, ""},
+                      {"[2001:db8::2]:3260", 2, 1, 17, "session lost: the connection closed or failed"}};
+  const std::string text = format_status_text(devices, now);
+  CHECK(text.find("Path 0: 192.0.2.1:3260: up (2 of 2 sessions), 0 failovers\n") != std::string::npos);
+  CHECK(text.find("Path 1: [2001:db8::2]:3260: degraded (1 of 2 sessions), 17 failovers, last error: session "
+                  "lost: the connection closed or failed\n") != std::string::npos);
+
+  const Json j = parse_json(format_status_json(devices, now));
+  const Json &paths = j["devices"].items[0]["paths"];
+  REQUIRE(paths.items.size() == 2);
+  CHECK(paths.items[0]["name"].s == "192.0.2.1:3260");
+  CHECK(paths.items[0]["state"].s == "up");
+  CHECK(paths.items[1]["state"].s == "degraded");
+  CHECK(paths.items[1]["sessions_up"].n == 1);
+  CHECK(paths.items[1]["failovers"].n == 17);
+  CHECK(paths.items[1]["last_error"].s == "session lost: the connection closed or failed");
+  devices[0].paths[1].sessions_up = 0;
+  CHECK(parse_json(format_status_json(devices, now))["devices"].items[0]["paths"].items[1]["state"].s == "down");
+
+  const Exposition e = parse_exposition(format_prometheus(devices, {"1.2.3", "abc123"}));
+  CHECK(e.types.at("vduse_bridge_backend_path_failovers_total") == "counter");
+  unsigned seen = 0;
+  for (const Sample &s : e.samples)
+    if (s.name == "vduse_bridge_backend_path_failovers_total") {
+      ++seen;
+      CHECK(s.labels.at("path") == (s.value == 17 ? "1" : "0"));
+    } else if (s.name == "vduse_bridge_backend_path_sessions_up" && s.labels.at("path") == "1") {
+      CHECK(s.value == 0);
+    }
+  CHECK(seen == 2);
+}
