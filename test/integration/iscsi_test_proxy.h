@@ -3,6 +3,7 @@
 // delivers late) or cut.
 #pragma once
 
+#include "common/log.h"
 #include "event/event_loop.h"
 #include "iscsi/iscsi_options.h"
 #include "test_support.h"
@@ -14,7 +15,9 @@
 #include <atomic>
 #include <cerrno>
 #include <chrono>
+#include <csignal>
 #include <cstdint>
+#include <cstdlib>
 #include <fcntl.h>
 #include <fstream>
 #include <netinet/in.h>
@@ -27,6 +30,19 @@
 #include <vector>
 
 namespace vb::test {
+
+// Set up once per test program: VB_TEST_DEBUG=1 shows the backend's and libiscsi's debug
+// messages; SIGPIPE is ignored as the daemon does (libiscsi writes to sockets a cut path closed:
+// EPIPE, not death).
+inline const bool iscsi_test_setup = [] {
+  if (std::getenv("VB_TEST_DEBUG"))
+    vb::set_log_level(vb::LogLevel::debug);
+  (void)::signal(SIGPIPE, SIG_IGN);
+  return true;
+}();
+
+inline bool have_tgtd() { return find_program("tgtd") && find_program("tgtadm"); }
+inline constexpr const char *kNoTgtd = "tgtd/tgtadm not installed (package tgt; scripts/install-deps installs it)";
 
 inline void run_for(vb::EventLoop &loop, std::chrono::milliseconds duration) {
   bool expired = false;

@@ -42,6 +42,8 @@
 #include <vector>
 
 using namespace std::chrono_literals;
+using vb::test::have_tgtd;
+using vb::test::kNoTgtd;
 using vb::test::options_for;
 using vb::test::pattern;
 using vb::test::port_of;
@@ -55,16 +57,6 @@ using vb::test::through;
 using vb::test::UnitAttentionProxy;
 
 namespace {
-
-// VB_TEST_DEBUG=1 shows the backend's and libiscsi's debug messages.
-const bool debug_logging = [] {
-  if (std::getenv("VB_TEST_DEBUG"))
-    vb::set_log_level(vb::LogLevel::debug);
-  return true;
-}();
-
-bool have_tgtd() { return vb::test::find_program("tgtd") && vb::test::find_program("tgtadm"); }
-constexpr const char *kNoTgtd = "tgtd/tgtadm not installed (package tgt; scripts/install-deps installs it)";
 
 using vb::test::run;
 using vb::test::run_until;

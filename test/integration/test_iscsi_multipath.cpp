@@ -20,6 +20,8 @@
 #include <vector>
 
 using namespace std::chrono_literals;
+using vb::test::have_tgtd;
+using vb::test::kNoTgtd;
 using vb::test::options_for;
 using vb::test::pattern;
 using vb::test::port_of;
@@ -33,17 +35,6 @@ using vb::test::TgtdServer;
 using vb::test::UnitAttentionProxy;
 
 namespace {
-
-const bool debug_logging = [] {
-  if (std::getenv("VB_TEST_DEBUG"))
-    vb::set_log_level(vb::LogLevel::debug);
-  // As the daemon does: libiscsi writes to a socket a cut path closed (EPIPE, not death).
-  (void)::signal(SIGPIPE, SIG_IGN);
-  return true;
-}();
-
-bool have_tgtd() { return vb::test::find_program("tgtd") && vb::test::find_program("tgtadm"); }
-constexpr const char *kNoTgtd = "tgtd/tgtadm not installed (package tgt; scripts/install-deps installs it)";
 
 constexpr std::uint64_t kLunBytes = 8 << 20;
 constexpr std::size_t kBlock = 4096;
