@@ -744,11 +744,12 @@ TEST_CASE("an iscsi device with several portals (multipath)") {
   CHECK(i.portals == std::vector<std::string>{"192.0.2.2:3260", "192.0.2.3:3261", "[2001:db8::4]:3260"});
   CHECK_FALSE(i.discover_portals);
   CHECK(i.path_policy == vb::IscsiOptions::PathPolicy::round_robin);
-  const auto &d =
-      parse_config(iscsi_head + "      portals: discover\n", "iscsi.yaml").devices[0].backend.as<vb::IscsiOptions>();
+  const Config discover = parse_config(iscsi_head + "      portals: discover\n", "iscsi.yaml");
+  const auto &d = discover.devices[0].backend.as<vb::IscsiOptions>();
   CHECK(d.discover_portals);
   CHECK(d.portals.empty());
-  const auto &none = parse_config(iscsi_head, "iscsi.yaml").devices[0].backend.as<vb::IscsiOptions>();
+  const Config plain = parse_config(iscsi_head, "iscsi.yaml");
+  const auto &none = plain.devices[0].backend.as<vb::IscsiOptions>();
   CHECK(none.portals.empty());
   CHECK_FALSE(none.discover_portals);
   CHECK(none.path_policy == vb::IscsiOptions::PathPolicy::failover);
