@@ -23,9 +23,16 @@ IscsiPathSet::IscsiPathSet(EventLoop &loop, std::shared_ptr<const IscsiTarget> t
     path->index = p;
     paths_.push_back(std::move(path));
   }
-  // Sessions after every Path exists: an adopted one reports ready from its constructor.
-  for (unsigned p = 0; p < n; ++p) {
-    iscsi_context *ctx = p == first_path ? first : nullptr;
+  // Sessions after every Path exists: an adopted one reports ready from its constructor. The
+  // adopted one last: if making another throws, first is still the caller's to destroy.
+  std::vector<unsigned> order;
+  for (unsigned p = 0; p < n; ++p)
+    if (!first || p != first_path)
+      order.push_back(p);
+  if (first && first_path < n)
+    order.push_back(first_path);
+  for (unsigned p : order) {
+    iscsi_context *ctx = first && p == first_path ? first : nullptr;
     Path &path = *paths_[p];
     path.session = std::make_unique<IscsiSession>(
         loop, target_, ctx, index, name_ + " path " + std::to_string(p) + " (" + target_->paths[p].portal + ")", p,
@@ -83,15 +90,17 @@ int IscsiPathSet::submit(const Request &req, CompletionFn done, void *ctx) noexc
 
 int IscsiPathSet::pick() noexcept {
   const unsigned n = static_cast<unsigned>(paths_.size());
+  // Ready as the path said, and as its session is now (it may have gone without saying yet).
+  auto usable = [this](unsigned p) { return paths_[p]->ready && paths_[p]->session->connected(); };
   if (target_->options.path_policy == IscsiOptions::PathPolicy::failover) {
     for (unsigned p = 0; p < n; ++p)
-      if (paths_[p]->ready)
+      if (usable(p))
         return static_cast<int>(p);
     return -1;
   }
   for (unsigned k = 0; k < n; ++k) {
     const unsigned p = (next_ + k) % n;
-    if (paths_[p]->ready) {
+    if (usable(p)) {
       next_ = (p + 1) % n;
       return static_cast<int>(p);
     }
@@ -112,7 +121,6 @@ void IscsiPathSet::dispatch(Forwarded *f) noexcept {
       finish(f, rc); // the request itself is refused (out of range, not whole blocks, ENOMEM)
       return;
     }
-    paths_[f->path]->ready = false; // it stopped being ready and has not said so yet
   }
   if (!down_) {
     down_ = true;
@@ -228,6 +236,19 @@ void IscsiPathSet::on_tick() noexcept {
   for (auto &p : paths_) // a refused login never changes readiness: its reason shows here
     if (p->session && !p->ready)
       report_error(*p);
+  if (down_ && why_down_.empty() && !cancelled_) {
+    // No path has logged in yet (a queue opened while the target was away): once an attempt
+    // has failed, the queue is reconnecting, and says why.
+    for (auto &p : paths_)
+      if (p->session && !p->session->last_error().empty()) {
+        try {
+          why_down_ = "no path has logged in yet; path " + std::to_string(p->index) + ": " + p->session->last_error();
+        } catch (...) {
+        }
+        update_health();
+        break;
+      }
+  }
   if (!down_ || fail_fast_ || cancelled_)
     return;
   const auto limit = target_->options.reconnect_timeout;

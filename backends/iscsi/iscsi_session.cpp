@@ -454,6 +454,10 @@ void IscsiSession::complete_part(Part *part, int error) noexcept {
   Job *job = part->job;
   if (error != 0 && job->error == 0)
     job->error = error;
+  // Every error here but a fence's ECANCELED comes from the target's answers: the request's
+  // result is decided, and a lost session must not send it again (SessionJob::answered_error).
+  if (error != 0 && error != ECANCELED)
+    job->answered_error = true;
   if (--job->parts_left == 0)
     core_.retire(job);
 }

@@ -401,6 +401,12 @@ std::size_t NbdConnection::fence_job(SessionJob *job) noexcept {
   return dropped;
 }
 
+// The own transport knows what is fully written; with libnbd carrying the commands that is not
+// known, so every job counts as touching its buffers.
+bool NbdConnection::touches_buffers(const SessionJob &job) const noexcept {
+  return !transport_ || transport_->touches_buffers(static_cast<const Job *>(&job)); // the ctx queue() was given
+}
+
 int NbdConnection::on_command_done(void *user_data, int *error) noexcept {
   auto *op = static_cast<Job *>(user_data);
   NbdConnection *self = op->conn;

@@ -106,6 +106,7 @@ private:
   void send(SessionJob *job) noexcept override;
   void requeue(SessionJob *job) noexcept override;
   std::size_t fence_job(SessionJob *job) noexcept override;
+  bool touches_buffers(const SessionJob &job) const noexcept override;
   void release(SessionJob *job, int error) noexcept override;
 
   void on_connected() noexcept;

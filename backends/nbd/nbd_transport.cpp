@@ -191,6 +191,13 @@ std::size_t NbdTransport::drop_unsent(const void *ctx) noexcept {
   return dropped;
 }
 
+bool NbdTransport::touches_buffers(const void *ctx) const noexcept {
+  for (const auto &cmd : cmds_)
+    if (cmd->in_use && cmd->ctx == ctx && (cmd->read || cmd->unsent > 0))
+      return true;
+  return false;
+}
+
 void NbdTransport::release(Cmd *cmd) noexcept {
   if (!cmd->in_use)
     std::abort(); // twice: the counts below would wrap

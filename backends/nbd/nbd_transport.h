@@ -58,6 +58,9 @@ public:
   // The driver reset: ctx's commands not written to the socket at all yet are taken back (no
   // callback for them); returns how many. A command partly written stays (it must be finished).
   std::size_t drop_unsent(const void *ctx) noexcept;
+  // Whether a command of ctx may still touch its buffers: a read not answered, a write whose
+  // header or payload is not fully written.
+  bool touches_buffers(const void *ctx) const noexcept;
   std::size_t in_flight() const noexcept { return in_flight_; }
 
 private:

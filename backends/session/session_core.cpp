@@ -279,8 +279,9 @@ void SessionCore::fence(const void *source) noexcept {
 void SessionCore::abandon_fenced(const void *source) noexcept {
   // Only losing the connection stops the peer's answers (read data) from landing in the old
   // driver's buffers, and the rest of a write from being sent out of them.
-  if (std::any_of(in_flight_.begin(), in_flight_.end(),
-                  [source](const SessionJob *j) { return j->fenced && j->source == source; }))
+  if (std::any_of(in_flight_.begin(), in_flight_.end(), [this, source](const SessionJob *j) {
+        return j->fenced && j->source == source && protocol_.touches_buffers(*j);
+      }))
     lost("requests from before the driver's reset were not answered in time");
 }
 

@@ -93,6 +93,10 @@ public:
   // The driver reset while job was in flight: drop (complete with ECANCELED) its commands that
   // are not at the peer yet. Returns how many; may retire the job.
   virtual std::size_t fence_job(SessionJob * /*job*/) noexcept { return 0; }
+  // Whether job's commands may still read or write its buffers: a read not answered, a write
+  // not fully sent. abandon_fenced() drops a connection only for such a job; one whose writes
+  // are all at the peer is left to finish (dropping it would let a newer write overtake it).
+  virtual bool touches_buffers(const SessionJob & /*job*/) const noexcept { return true; }
   // Whether job has a command sent before issued_before and not answered yet.
   virtual bool overdue(const SessionJob &job, SessionClock::time_point issued_before) const noexcept {
     return job.issued < issued_before;
@@ -177,8 +181,9 @@ public:
 
   // The engine's.
   void fence(const void *source) noexcept; // the driver reset: see BackendQueue::fence()
-  // source's fenced jobs on the wire are given up: the connection is dropped (they complete
-  // with ECANCELED, the other queues' are resubmitted). See BackendQueue::abandon_fenced().
+  // source's fenced jobs on the wire that may still touch their buffers (touches_buffers) are
+  // given up: the connection is dropped (they complete with ECANCELED, the other queues' are
+  // resubmitted). See BackendQueue::abandon_fenced().
   void abandon_fenced(const void *source) noexcept;
   void cancel(const void *source) noexcept; // source's jobs complete with ECANCELED (its queue goes)
   void cancel_all() noexcept;               // every job completes with ECANCELED; no more attempts

@@ -536,10 +536,13 @@ void BlockExport::stop_queues() noexcept {
   const auto budget = reset_budget(config_.control_timeout);
   const auto abandon_at = std::chrono::steady_clock::now() + budget;
   const auto give_up_at = abandon_at + std::min<std::chrono::milliseconds>(budget, std::chrono::seconds(1));
-  for (unsigned i = 0; i < queues_.size(); ++i)
-    if (!queues_[i]->settle_sync(abandon_at, give_up_at))
-      VB_LOG_ERROR("%s: queue %u: requests from before the reset are still in the backend after it was abandoned",
-                   config_.name.c_str(), i);
+  std::vector<QueueWorker *> all;
+  for (auto &q : queues_)
+    all.push_back(q.get());
+  if (!settle_queues(all, abandon_at, give_up_at))
+    VB_LOG_WARN("%s: requests from before the reset are still in the backend (writes sent in full, which no "
+                "longer read the driver's memory); the new driver's requests wait for them",
+                config_.name.c_str());
 }
 
 std::uint16_t BlockExport::on_get_vq_state(std::uint32_t index) noexcept {

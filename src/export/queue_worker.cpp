@@ -338,28 +338,41 @@ QueueStats QueueWorker::stats_sync() {
   return s;
 }
 
-bool QueueWorker::settle_sync(std::chrono::steady_clock::time_point abandon_at,
-                              std::chrono::steady_clock::time_point give_up_at) {
-  bool abandoned = false;
-  for (;;) {
-    std::size_t left = 0;
-    run_sync([&] { left = outstanding_old_; });
-    if (left == 0)
-      return true;
-    const auto now = std::chrono::steady_clock::now();
-    if (now >= give_up_at)
-      return false;
-    if (!abandoned && now >= abandon_at) {
-      VB_LOG_WARN("%s: %zu request(s) from before the reset still unanswered; abandoning them", name_.c_str(), left);
-      run_sync([this] {
-        if (backend_queue_ && outstanding_old_ > 0)
-          backend_queue_->abandon_fenced();
-      });
-      abandoned = true;
-      continue;
+std::size_t QueueWorker::old_requests_sync() {
+  std::size_t left = 0;
+  run_sync([&] { left = outstanding_old_; });
+  return left;
+}
+
+void QueueWorker::abandon_old_sync() {
+  run_sync([this] {
+    if (backend_queue_ && outstanding_old_ > 0) {
+      VB_LOG_WARN("%s: %zu request(s) from before the reset still unanswered; abandoning them", name_.c_str(),
+                  outstanding_old_);
+      backend_queue_->abandon_fenced();
     }
-    std::this_thread::sleep_for(std::chrono::milliseconds(2));
-  }
+  });
+}
+
+bool settle_queues(const std::vector<QueueWorker *> &queues, std::chrono::steady_clock::time_point abandon_at,
+                   std::chrono::steady_clock::time_point give_up_at) {
+  auto wait_until = [&](std::chrono::steady_clock::time_point deadline) {
+    for (;;) {
+      std::size_t left = 0;
+      for (QueueWorker *q : queues)
+        left += q->old_requests_sync();
+      if (left == 0)
+        return true;
+      if (std::chrono::steady_clock::now() >= deadline)
+        return false;
+      std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    }
+  };
+  if (wait_until(abandon_at))
+    return true;
+  for (QueueWorker *q : queues) // every queue gets its abandon, whatever the others do
+    q->abandon_old_sync();
+  return wait_until(give_up_at);
 }
 
 bool QueueWorker::drain_sync(unsigned timeout_ms) {

@@ -66,12 +66,10 @@ public:
   // and the new driver's requests wait until what was already sent has finished, so nothing
   // from before the reset lands after a write made after it.
   void stop_sync();
-  // Control thread, after stop_sync(): waits until the requests from before the reset have
-  // finished, so that none of them touches the old driver's buffers once the reset is answered
-  // (a read landing in memory the new driver already uses, a write sending what it put there).
-  // At abandon_at the backend abandons them (BackendQueue::abandon_fenced). False if some are
-  // still in the backend at give_up_at.
-  bool settle_sync(std::chrono::steady_clock::time_point abandon_at, std::chrono::steady_clock::time_point give_up_at);
+  // Control thread, after stop_sync(): how many requests from before the reset are still in
+  // the backend, and (settle_queues) the backend's abandon of them (BackendQueue::abandon_fenced).
+  std::size_t old_requests_sync();
+  void abandon_old_sync();
   // Control thread. Planned restart: stops taking new requests from the ring (kicks are left
   // unanswered) while requests in flight still complete normally; the in-flight log stays valid
   // for the successor. Follow with drain_sync().
@@ -152,5 +150,15 @@ private:
   std::unique_ptr<metrics::QueueCounters> counters_ = std::make_unique<metrics::QueueCounters>();
   std::thread thread_;
 };
+
+// Control thread, after stop_sync() on each of queues: waits until the requests from before the
+// reset have finished, so that none of them touches the old driver's buffers once the reset is
+// answered (a read landing in memory the new driver already uses, a write sending what it put
+// there). At abandon_at every queue that still has some abandons them at once; then they get
+// until give_up_at. False if some were still in the backend then (a backend that cannot abandon,
+// or writes sent in full that the server has not answered: those no longer touch the buffers,
+// and the new driver's requests wait for them).
+bool settle_queues(const std::vector<QueueWorker *> &queues, std::chrono::steady_clock::time_point abandon_at,
+                   std::chrono::steady_clock::time_point give_up_at);
 
 } // namespace vb

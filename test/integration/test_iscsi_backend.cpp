@@ -829,7 +829,7 @@ TEST_CASE("iscsi: each queue's session keeps one ISID across logins, distinct fr
 }
 
 // A reset is answered only once the old driver's requests no longer touch its memory: a read
-// the target sits on is abandoned (the engine's settle_sync), and its data never lands.
+// the target sits on is abandoned (the engine's settle_queues), and its data never lands.
 TEST_CASE("iscsi: after a fence, an abandoned read completes with ECANCELED at once and its buffer is never written") {
   if (!have_tgtd())
     VB_SKIP(kNoTgtd);

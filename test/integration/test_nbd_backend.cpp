@@ -577,7 +577,7 @@ TEST_CASE("nbd: after a fence, writes held for a reconnect or lost on the wire n
 }
 
 // A reset is answered only once the old driver's requests no longer touch its memory; one the
-// server sits on is abandoned (the engine's settle_sync): its answer must never land in the
+// server sits on is abandoned (the engine's settle_queues): its answer must never land in the
 // buffer, which the new driver may be using by then.
 TEST_CASE("nbd: after a fence, an abandoned read completes with ECANCELED at once and its buffer is never written") {
   if (!have_nbdkit())
@@ -611,6 +611,40 @@ TEST_CASE("nbd: after a fence, an abandoned read completes with ECANCELED at onc
   CHECK(new_buf == std::vector<char>(4096, 'o'));
   CHECK(old_buf == std::vector<char>(4096, 'x')); // the old answer never landed
   CHECK(old_read.calls == 1);
+}
+
+// Review finding: a write sent in full no longer reads its buffer, and dropping its connection
+// would let the new driver's writes overtake it at the server (NBD has no session reinstatement).
+// The own transport knows it was sent in full: the connection is kept and the write finishes.
+// With libnbd carrying the commands that is not known, and the connection is dropped.
+TEST_CASE("nbd: after a fence, abandoning keeps a connection whose old writes are all at the server") {
+  if (!have_nbdkit())
+    VB_SKIP("nbdkit not installed");
+  bool direct = true;
+  SUBCASE("the daemon's own transmission path: kept") { direct = true; }
+  SUBCASE("libnbd carries the commands: dropped") { direct = false; }
+  TempDir dir;
+  const std::string image = filled_image(dir, 1 << 20, 'o');
+  NbdDisk d(dir, {"file", image, "delay-write=2"}, {"--filter=delay"}, [direct](vb::NbdOptions &o) {
+    o.connections = 1;
+    o.direct_transmission = direct;
+  });
+  std::string w(4096, 'W');
+  iovec v[1] = {{w.data(), w.size()}};
+  Result old_write;
+  REQUIRE(d.q->submit({vb::Op::write, 0, 4096, v, 1}, &Result::on_done, &old_write) == 0);
+  d.loop.run_once(false); // 4 KiB: written to the socket at once
+  d.q->fence();
+  d.q->abandon_fenced();
+  run_until(d.loop, [&] { return old_write.calls > 0; });
+  if (direct) {
+    CHECK(old_write.error == 0);                                    // the server's answer, 2 s later
+    CHECK(vb::test::events_of(d.backend).health().recoveries == 0); // never lost the connection
+    CHECK(vb::test::events_of(d.backend).health().state == vb::BackendEvents::State::connected);
+    CHECK(bytes_at(image, 0, 4096) == w);
+  } else {
+    CHECK(old_write.error == ECANCELED);
+  }
 }
 
 // Item 10: a server that answers ESHUTDOWN but keeps the socket open; nothing else would ever

@@ -469,7 +469,7 @@ TEST_CASE("engine: after a reset nothing held from before reaches the backend, a
 
 // The reset is answered only once the old driver's requests no longer touch its memory: a read
 // on the wire that lands later would overwrite what the new driver (a guest rebooting in a VMM)
-// already keeps there. settle_sync() waits for them, and abandons them at the deadline.
+// already keeps there. settle_queues() waits for them, and abandons them at the deadline.
 TEST_CASE("engine: after a reset, settle waits for a read from before it, then abandons what is left") {
   HoldingBackend backend;
   Engine e(backend);
@@ -490,7 +490,7 @@ TEST_CASE("engine: after a reset, settle waits for a read from before it, then a
     std::atomic<bool> settled{false};
     std::thread control([&] {
       const auto now = Clock::now();
-      CHECK(e.worker->settle_sync(now + std::chrono::seconds(10), now + std::chrono::seconds(11)));
+      CHECK(vb::settle_queues({e.worker.get()}, now + std::chrono::seconds(10), now + std::chrono::seconds(11)));
       settled = true;
     });
     std::this_thread::sleep_for(std::chrono::milliseconds(200));
@@ -505,7 +505,7 @@ TEST_CASE("engine: after a reset, settle waits for a read from before it, then a
     read();
     e.worker->stop_sync();
     const auto start = Clock::now();
-    CHECK(e.worker->settle_sync(start + std::chrono::milliseconds(300), start + std::chrono::seconds(2)));
+    CHECK(vb::settle_queues({e.worker.get()}, start + std::chrono::milliseconds(300), start + std::chrono::seconds(2)));
     const auto took = Clock::now() - start;
     CHECK(took >= std::chrono::milliseconds(300));
     CHECK(took < std::chrono::milliseconds(1500));
@@ -520,7 +520,8 @@ TEST_CASE("engine: after a reset, settle waits for a read from before it, then a
       backend.held[0].sent = false; // the double's abandon then leaves it, as a file backend would
     }
     const auto start = Clock::now();
-    CHECK_FALSE(e.worker->settle_sync(start + std::chrono::milliseconds(100), start + std::chrono::milliseconds(400)));
+    CHECK_FALSE(vb::settle_queues({e.worker.get()}, start + std::chrono::milliseconds(100),
+                                  start + std::chrono::milliseconds(400)));
     CHECK(backend.abandons == 1);
     backend.release(0, 0);
     CHECK(e.worker->drain_sync(5000));
@@ -531,6 +532,35 @@ TEST_CASE("engine: after a reset, settle waits for a read from before it, then a
   read();
   backend.release(0, 0);
   e.wait_used(static_cast<std::uint16_t>(used + 1));
+}
+
+// Review finding: the queues were settled one after the other, and a queue that could not be
+// abandoned used up the time of the ones after it, which were then never abandoned.
+TEST_CASE("engine: a reset abandons every queue's old requests, whatever the other queues do") {
+  HoldingBackend stuck_backend, other_backend;
+  Engine stuck(stuck_backend), other(other_backend);
+  for (Engine *e : {&stuck, &other}) {
+    const auto h = e->header(VIRTIO_BLK_T_IN, 8);
+    const auto data = e->drv.alloc(512);
+    const auto st = e->drv.alloc(1);
+    e->drv.add_chain({{h, 16, false}, {data, 512, true}, {st, 1, true}});
+    e->kick();
+  }
+  REQUIRE(vb::test::wait_until([&] { return stuck_backend.count() == 1 && other_backend.count() == 1; }));
+  stuck.worker->stop_sync();
+  other.worker->stop_sync();
+  {
+    std::lock_guard lock(stuck_backend.mu);
+    stuck_backend.held[0].sent = false; // the double's abandon leaves it: this queue cannot settle
+  }
+  const auto start = std::chrono::steady_clock::now();
+  CHECK_FALSE(vb::settle_queues({stuck.worker.get(), other.worker.get()}, start + std::chrono::milliseconds(100),
+                                start + std::chrono::milliseconds(400)));
+  CHECK(stuck_backend.abandons == 1);
+  CHECK(other_backend.abandons == 1); // abandoned too, though it comes second
+  CHECK(other_backend.count() == 0);
+  stuck_backend.release(0, 0);
+  CHECK(stuck.worker->drain_sync(5000));
 }
 
 TEST_CASE("reset budget: 5 s, or a third of control-timeout when shorter") {
