@@ -3,11 +3,9 @@
 #include "common/log.h"
 #include "common/units.h"
 #include "iscsi/iscsi_discovery.h"
-#include "iscsi/iscsi_fencing.h"
 #include "iscsi/iscsi_multipath.h"
 #include "iscsi/iscsi_session.h"
 
-#include <chrono>
 #include <iscsi/iscsi.h>
 #include <stdexcept>
 
@@ -49,11 +47,6 @@ void IscsiBackend::connect() {
     try {
       t.lun = login_and_probe(ctx, t.paths[p], t.options, [this] { return open_cancelled(); });
       derive_capabilities(t);
-      if (t.options.fencing == IscsiOptions::Fencing::persistent_reservation)
-        first_key_ =
-            pr_join_sync(ctx, t.paths[p].lun,
-                         PrSlot{pr_owner(t.options, t.paths[p]), static_cast<std::uint16_t>(session_number(0, p))},
-                         static_cast<std::uint32_t>(std::chrono::steady_clock::now().time_since_epoch().count()));
       first_ = ctx;
       first_path_ = p;
     } catch (const std::exception &e) {
@@ -97,12 +90,8 @@ std::unique_ptr<BackendQueue> IscsiBackend::open_queue(EventLoop &loop, unsigned
   try {
     std::string name = target_->name + " q" + std::to_string(index);
     if (target_->paths.size() > 1)
-      return std::make_unique<IscsiPathSet>(loop, target_, ctx, first_path_, ctx ? first_key_ : 0, index,
-                                            std::move(name));
-    auto session = std::make_unique<IscsiSession>(loop, target_, ctx, index, std::move(name));
-    if (ctx)
-      session->set_pr_key(first_key_);
-    return session;
+      return std::make_unique<IscsiPathSet>(loop, target_, ctx, first_path_, index, std::move(name));
+    return std::make_unique<IscsiSession>(loop, target_, ctx, index, std::move(name));
   } catch (...) {
     if (ctx)
       iscsi_destroy_context(ctx);

@@ -10,8 +10,8 @@
 namespace vb {
 
 IscsiPathSet::IscsiPathSet(EventLoop &loop, std::shared_ptr<const IscsiTarget> target, iscsi_context *first,
-                           unsigned first_path, std::uint64_t first_key, unsigned index, std::string name)
-    : target_(std::move(target)), name_(std::move(name)), health_(target_->sessions), first_key_(first_key),
+                           unsigned first_path, unsigned index, std::string name)
+    : target_(std::move(target)), name_(std::move(name)), health_(target_->sessions),
       redispatch_(loop, [this] { redispatch(); }), tick_(loop, [this] { on_tick(); }) {
   const std::size_t n = target_->paths.size();
   target_->path_book.add_queue();
@@ -37,8 +37,6 @@ IscsiPathSet::IscsiPathSet(EventLoop &loop, std::shared_ptr<const IscsiTarget> t
     path.session = std::make_unique<IscsiSession>(
         loop, target_, ctx, index, name_ + " path " + std::to_string(p) + " (" + target_->paths[p].portal + ")", p,
         &path, &paths_health_);
-    if (ctx)
-      path.session->set_pr_key(first_key_);
   }
   if (ready_paths() == 0) {
     down_ = true; // logging in: requests wait, reconnect-timeout counts from now
@@ -86,85 +84,8 @@ int IscsiPathSet::submit(const Request &req, CompletionFn done, void *ctx) noexc
   f->ctx = ctx;
   f->set = this;
   f->seq = ++seq_;
-  f->complete_with = 0;
   dispatch(f);
   return 0;
-}
-
-bool IscsiPathSet::fencing_on() const noexcept {
-  return target_->options.fencing == IscsiOptions::Fencing::persistent_reservation;
-}
-
-namespace {
-// What changes the LUN's data: a copy of it that runs late can undo a newer write.
-bool changes_data(Op op) noexcept { return op == Op::write || op == Op::discard || op == Op::write_zeroes; }
-} // namespace
-
-void IscsiPathSet::hold_for_fence(Forwarded *f) noexcept {
-  Path &path = *paths_[f->path];
-  try {
-    path.fenced_out.push_back(f);
-  } catch (const std::bad_alloc &) {
-    finish(f, f->complete_with != 0 ? f->complete_with : EIO);
-    return;
-  }
-  if (!path.fencing)
-    start_fence(path);
-}
-
-// From a live path: PREEMPT the dead path's key. Its nexus can then no longer write, and what
-// waited for that goes.
-void IscsiPathSet::start_fence(Path &dead) noexcept {
-  const std::uint64_t victim = dead.session->pr_key();
-  if (victim == 0) {
-    release_fenced(dead); // it never registered: under the reservation it cannot write
-    return;
-  }
-  for (auto &p : paths_) {
-    if (p.get() == &dead || !p->ready || !p->session->connected())
-      continue;
-    const unsigned dead_index = dead.index, from = p->index;
-    const bool sent = p->session->preempt(victim, [this, dead_index, from, victim](bool ok, const std::string &why) {
-      Path &d = *paths_[dead_index];
-      d.fencing = false;
-      if (!ok && d.session->pr_key() != victim) {
-        // It logged in again meanwhile: its own login preempted that key (hence the conflict).
-        release_fenced(d);
-        return;
-      }
-      if (!ok) {
-        VB_LOG_WARN("%s: fencing path %u from path %u failed (%s); its writes wait, and it is tried again",
-                    name_.c_str(), dead_index, from, why.c_str());
-        return;
-      }
-      VB_LOG_INFO("%s: path %u fenced (its key preempted from path %u); %zu of its write(s) go out again",
-                  name_.c_str(), dead_index, from, d.fenced_out.size());
-      release_fenced(d);
-    });
-    if (sent) {
-      dead.fencing = true;
-      dead.fencing_from = from;
-      return;
-    }
-  }
-  // No live path can send it now: tried again on the next tick, or its own next login fences it.
-}
-
-void IscsiPathSet::release_fenced(Path &path) noexcept {
-  std::vector<Forwarded *> out;
-  out.swap(path.fenced_out);
-  for (Forwarded *f : out) {
-    if (f->complete_with != 0) {
-      finish(f, f->complete_with);
-      continue;
-    }
-    try {
-      waiting_.push_back(f);
-    } catch (const std::bad_alloc &) {
-      finish(f, EIO);
-    }
-  }
-  redispatch_.schedule();
 }
 
 int IscsiPathSet::pick() noexcept {
@@ -215,22 +136,8 @@ void IscsiPathSet::dispatch(Forwarded *f) noexcept {
 void IscsiPathSet::on_path_done(void *ctx, int error) noexcept {
   auto *f = static_cast<Forwarded *>(ctx);
   IscsiPathSet *self = f->set;
-  if (error == ECANCELED && !self->cancelled_ && self->fencing_on() && changes_data(f->req.op) &&
-      !self->paths_[f->path]->session->connected()) {
-    // From before a reset, lost with its path: it may still run at the target. It completes once
-    // that path is fenced, so that the new driver's writes (which wait for it) cannot be overtaken.
-    f->complete_with = ECANCELED;
-    self->hold_for_fence(f);
-    return;
-  }
   if (error != kHandedBack) {
     self->finish(f, error);
-    return;
-  }
-  if (self->fencing_on() && changes_data(f->req.op) && !self->cancelled_) {
-    ++self->failovers_;
-    self->target_->path_book.failed_over(f->path, 1);
-    self->hold_for_fence(f);
     return;
   }
   // Lost with its path's session: it goes out again on another path, from the loop (this runs
@@ -274,8 +181,6 @@ void IscsiPathSet::redispatch() noexcept {
 
 void IscsiPathSet::on_path_changed(Path &path, bool ready) noexcept {
   path.ready = ready;
-  if (ready && path.session && !path.fenced_out.empty())
-    release_fenced(path); // its login registered a new key and preempted the slot's old one
   if (ready != path.counted) {
     target_->path_book.set_up(path.index, ready);
     path.counted = ready;
@@ -328,14 +233,9 @@ void IscsiPathSet::report_error(Path &path) noexcept {
 }
 
 void IscsiPathSet::on_tick() noexcept {
-  for (auto &p : paths_) { // a refused login never changes readiness: its reason shows here
+  for (auto &p : paths_) // a refused login never changes readiness: its reason shows here
     if (p->session && !p->ready)
       report_error(*p);
-    if (p->fencing && !paths_[p->fencing_from]->session->connected())
-      p->fencing = false; // the path that sent the PREEMPT went with it: its answer never comes
-    if (p->session && !p->fenced_out.empty() && !p->fencing)
-      start_fence(*p); // no live path could send it before, or it failed
-  }
   if (down_ && why_down_.empty() && !cancelled_) {
     // No path has logged in yet (a queue opened while the target was away): once an attempt
     // has failed, the queue is reconnecting, and says why.
@@ -374,12 +274,8 @@ void IscsiPathSet::fence() noexcept {
   // What waits for a path never reached the target: dropped. What each path sent is its own
   // session's to fence (finished, or ECANCELED when lost, never sent again).
   drop_waiting(ECANCELED);
-  for (auto &p : paths_) {
-    // Waiting for a dead path's fence: never sent again either, but completed only once fenced.
-    for (Forwarded *f : p->fenced_out)
-      f->complete_with = ECANCELED;
+  for (auto &p : paths_)
     p->session->fence();
-  }
 }
 
 void IscsiPathSet::abandon_fenced() noexcept {
@@ -393,12 +289,6 @@ void IscsiPathSet::cancel_all() noexcept {
     if (p->session)
       p->session->cancel_all();
   drop_waiting(ECANCELED);
-  for (auto &p : paths_) { // the queue goes: nothing may be left to complete later
-    std::vector<Forwarded *> out;
-    out.swap(p->fenced_out);
-    for (Forwarded *f : out)
-      finish(f, ECANCELED);
-  }
 }
 
 } // namespace vb
