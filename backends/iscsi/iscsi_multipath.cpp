@@ -66,19 +66,9 @@ int IscsiPathSet::submit(const Request &req, CompletionFn done, void *ctx) noexc
     return ECANCELED;
   if (fail_fast_)
     return EIO; // no path for longer than reconnect-timeout
-  Forwarded *f = nullptr;
-  if (!pool_.empty()) {
-    f = pool_.back();
-    pool_.pop_back();
-  } else {
-    try {
-      pool_.reserve(pool_all_.size() + 1); // so that finish() never allocates
-      pool_all_.push_back(std::make_unique<Forwarded>());
-      f = pool_all_.back().get();
-    } catch (const std::bad_alloc &) {
-      return ENOMEM;
-    }
-  }
+  Forwarded *f = pool_.take();
+  if (!f)
+    return ENOMEM;
   f->req = req;
   f->done = done;
   f->ctx = ctx;
@@ -161,7 +151,7 @@ void IscsiPathSet::finish(Forwarded *f, int error) noexcept {
   const CompletionFn done = f->done;
   void *ctx = f->ctx;
   f->done = nullptr;
-  pool_.push_back(f); // room reserved when it was made
+  pool_.give(f); // never allocates (JobPool)
   done(ctx, error);
 }
 

@@ -90,8 +90,7 @@ private:
   SessionHealth::Session health_;
   std::vector<std::unique_ptr<Path>> paths_;
   std::vector<Forwarded *> waiting_; // handed back or held for a path, not in any path now
-  std::vector<std::unique_ptr<Forwarded>> pool_all_;
-  std::vector<Forwarded *> pool_;
+  JobPool<Forwarded> pool_;
   Deferred redispatch_;
   Timer tick_;
   std::uint64_t seq_ = 0;

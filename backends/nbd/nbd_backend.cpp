@@ -67,23 +67,9 @@ public:
   }
   // Posted behind every request this queue forwarded, so it reaches them all and nothing the
   // queue submits afterwards.
-  void fence() noexcept override {
-    NbdConnection *target = &target_;
-    const void *source = this;
-    try {
-      target_.loop().post([target, source] { target->fence(source); });
-    } catch (...) {
-      VB_LOG_ERROR("nbd: cannot fence a forwarding queue (out of memory)");
-    }
-  }
+  void fence() noexcept override { post_to_owner(&NbdConnection::fence, "fence a forwarding queue"); }
   void abandon_fenced() noexcept override {
-    NbdConnection *target = &target_;
-    const void *source = this;
-    try {
-      target_.loop().post([target, source] { target->abandon_fenced(source); });
-    } catch (...) {
-      VB_LOG_ERROR("nbd: cannot abandon a forwarding queue's requests (out of memory)");
-    }
+    post_to_owner(&NbdConnection::abandon_fenced, "abandon a forwarding queue's requests");
   }
   // The owner's loop cancels this queue's requests (waited for: the owner's loop never waits
   // on this one); then every completion not yet delivered is delivered here, now, so none is
@@ -113,6 +99,17 @@ public:
   }
 
 private:
+  // Runs the owner connection's call for this queue's requests on the owner's loop.
+  void post_to_owner(void (NbdConnection::*call)(const void *) noexcept, const char *what) noexcept {
+    NbdConnection *target = &target_;
+    const void *source = this;
+    try {
+      target_.loop().post([target, source, call] { (target->*call)(source); });
+    } catch (...) {
+      VB_LOG_ERROR("nbd: cannot %s (out of memory)", what);
+    }
+  }
+
   struct Forwarded;
   // Forwarded requests whose completion has not been delivered yet; a delivery that finds its
   // request gone (delivered by cancel_all) does nothing.
