@@ -3,9 +3,11 @@
 #include "common/log.h"
 #include "common/units.h"
 #include "iscsi/iscsi_discovery.h"
+#include "iscsi/iscsi_fencing.h"
 #include "iscsi/iscsi_multipath.h"
 #include "iscsi/iscsi_session.h"
 
+#include <chrono>
 #include <iscsi/iscsi.h>
 #include <stdexcept>
 
@@ -47,6 +49,20 @@ void IscsiBackend::connect() {
     try {
       t.lun = login_and_probe(ctx, t.paths[p], t.options, [this] { return open_cancelled(); });
       derive_capabilities(t);
+      if (t.options.fencing == IscsiOptions::Fencing::persistent_reservation) {
+        // The device's first login fences whatever this host left registered on the LUN (a
+        // daemon that died, a queue or path no longer configured), then each session its slot.
+        const PrJoined joined = pr_join_blocking(
+            ctx, t.paths[p].lun,
+            PrSlot{pr_owner(t.options, t.paths[p]), static_cast<std::uint16_t>(session_number(0, p))},
+            static_cast<std::uint32_t>(std::chrono::steady_clock::now().time_since_epoch().count()),
+            setup_bound_seconds(t.options), [this] { return open_cancelled(); });
+        first_key_ = joined.key;
+        if (joined.preempted > 0)
+          VB_LOG_INFO("iscsi: %s: fenced %zu earlier registration(s) of this host (persistent-reservation keys "
+                      "preempted)",
+                      t.name.c_str(), joined.preempted);
+      }
       first_ = ctx;
       first_path_ = p;
     } catch (const std::exception &e) {
@@ -90,8 +106,12 @@ std::unique_ptr<BackendQueue> IscsiBackend::open_queue(EventLoop &loop, unsigned
   try {
     std::string name = target_->name + " q" + std::to_string(index);
     if (target_->paths.size() > 1)
-      return std::make_unique<IscsiPathSet>(loop, target_, ctx, first_path_, index, std::move(name));
-    return std::make_unique<IscsiSession>(loop, target_, ctx, index, std::move(name));
+      return std::make_unique<IscsiPathSet>(loop, target_, ctx, first_path_, ctx ? first_key_ : 0, index,
+                                            std::move(name));
+    auto session = std::make_unique<IscsiSession>(loop, target_, ctx, index, std::move(name));
+    if (ctx)
+      session->set_pr_key(first_key_);
+    return session;
   } catch (...) {
     if (ctx)
       iscsi_destroy_context(ctx);

@@ -43,6 +43,7 @@ private:
   std::mutex mu_;
   iscsi_context *first_ = nullptr; // logged in by open(), adopted by queue 0
   unsigned first_path_ = 0;        // on which of the paths
+  std::uint64_t first_key_ = 0;    // its persistent-reservation key (fencing), 0: none
 };
 
 } // namespace vb

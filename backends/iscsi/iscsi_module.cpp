@@ -195,6 +195,16 @@ void apply_path_policy(const ConfigChecker &check, const ConfigValue &v, const B
   out.path_policy = check.choice(v, policies);
 }
 
+void apply_fencing(const ConfigChecker &check, const ConfigValue &v, const BackendDevice & /*device*/,
+                   IscsiOptions &out) {
+  using F = IscsiOptions::Fencing;
+  static constexpr std::array<std::pair<std::string_view, F>, 2> kinds{{
+      {"none", F::none},
+      {"persistent-reservation", F::persistent_reservation},
+  }};
+  out.fencing = check.choice(v, kinds);
+}
+
 void apply_initiator_name(const ConfigChecker &check, const ConfigValue &v, const BackendDevice & /*device*/,
                           IscsiOptions &out) {
   const std::string what = "an iSCSI name starting with iqn., eui. or naa. such as iqn.2026-11.org.example:host1 "
@@ -260,20 +270,21 @@ void apply_header_digest(const ConfigChecker &check, const ConfigValue &v, const
   out.header_digest = check.choice(v, digests);
 }
 
-constexpr std::array<BackendKey<IscsiOptions>, 8> keys{{
+constexpr std::array<BackendKey<IscsiOptions>, 9> keys{{
     {"uri", true, &apply_uri},
     {"portals", false, &apply_portals},
     {"path-policy", false, &apply_path_policy},
+    {"fencing", false, &apply_fencing},
     {"initiator-name", false, &apply_initiator_name},
     {"chap", false, &apply_chap},
     {"header-digest", false, &apply_header_digest},
     {"reconnect-timeout", false, &apply_timeout<IscsiOptions, &IscsiOptions::reconnect_timeout, Forever::unlimited>},
     {"request-timeout", false, &apply_timeout<IscsiOptions, &IscsiOptions::request_timeout, Forever::zero>},
 }};
-constexpr std::array<std::string_view, 12> key_names{
-    "uri",      "portals",       "path-policy",       "initiator-name",
-    "chap",     "header-digest", "reconnect-timeout", "request-timeout",
-    "username", "password-file", "target-username",   "target-password-file"};
+constexpr std::array<std::string_view, 13> key_names{
+    "uri",           "portals",         "path-policy",         "fencing",         "initiator-name",
+    "chap",          "header-digest",   "reconnect-timeout",   "request-timeout", "username",
+    "password-file", "target-username", "target-password-file"};
 
 std::unique_ptr<BackendOptions> parse(const BackendKeys &in) {
   auto out = std::make_unique<IscsiOptions>();

@@ -10,8 +10,8 @@
 namespace vb {
 
 IscsiPathSet::IscsiPathSet(EventLoop &loop, std::shared_ptr<const IscsiTarget> target, iscsi_context *first,
-                           unsigned first_path, unsigned index, std::string name)
-    : target_(std::move(target)), name_(std::move(name)), health_(target_->sessions),
+                           unsigned first_path, std::uint64_t first_key, unsigned index, std::string name)
+    : target_(std::move(target)), name_(std::move(name)), health_(target_->sessions), first_key_(first_key),
       redispatch_(loop, [this] { redispatch(); }), tick_(loop, [this] { on_tick(); }) {
   const std::size_t n = target_->paths.size();
   target_->path_book.add_queue();
@@ -37,6 +37,8 @@ IscsiPathSet::IscsiPathSet(EventLoop &loop, std::shared_ptr<const IscsiTarget> t
     path.session = std::make_unique<IscsiSession>(
         loop, target_, ctx, index, name_ + " path " + std::to_string(p) + " (" + target_->paths[p].portal + ")", p,
         &path, &paths_health_);
+    if (ctx)
+      path.session->set_pr_key(first_key_);
   }
   if (ready_paths() == 0) {
     down_ = true; // logging in: requests wait, reconnect-timeout counts from now
@@ -74,8 +76,116 @@ int IscsiPathSet::submit(const Request &req, CompletionFn done, void *ctx) noexc
   f->ctx = ctx;
   f->set = this;
   f->seq = ++seq_;
+  f->complete_with = 0;
   dispatch(f);
   return 0;
+}
+
+bool IscsiPathSet::fencing_on() const noexcept {
+  return target_->options.fencing == IscsiOptions::Fencing::persistent_reservation;
+}
+
+namespace {
+// What changes the LUN's data: a copy of it that runs late can undo a newer write.
+bool changes_data(Op op) noexcept { return op == Op::write || op == Op::discard || op == Op::write_zeroes; }
+} // namespace
+
+void IscsiPathSet::hold_for_fence(Forwarded *f, std::uint64_t victim) noexcept {
+  Path &path = *paths_[f->path];
+  f->victim = victim;
+  f->held_since = SessionClock::now();
+  try {
+    path.fenced_out.push_back(f);
+  } catch (const std::bad_alloc &) {
+    finish(f, f->complete_with != 0 ? f->complete_with : EIO);
+    return;
+  }
+  if (!path.fencing)
+    start_fence(path);
+}
+
+template <typename Fenced> void IscsiPathSet::release_fenced(Path &path, Fenced fenced) noexcept {
+  std::size_t kept = 0;
+  bool any = false;
+  for (Forwarded *f : path.fenced_out) {
+    if (!fenced(f)) {
+      path.fenced_out[kept++] = f;
+      continue;
+    }
+    any = true;
+    if (f->complete_with != 0) {
+      finish(f, f->complete_with); // from before a reset: completes, never sent again
+      continue;
+    }
+    try {
+      waiting_.push_back(f);
+    } catch (const std::bad_alloc &) {
+      finish(f, EIO);
+    }
+  }
+  path.fenced_out.resize(kept);
+  if (any)
+    redispatch_.schedule();
+}
+
+// From a live path: PREEMPT the key a dead path's writes were sent under. That nexus can then no
+// longer write, and what waited for it goes.
+void IscsiPathSet::start_fence(Path &dead) noexcept {
+  if (dead.fenced_out.empty() || cancelled_)
+    return;
+  const std::uint64_t victim = dead.fenced_out.front()->victim;
+  if (victim == dead.session->pr_key() && dead.session->connected())
+    return; // never preempt a live session (cannot happen: a held write was lost with its nexus)
+  const auto now = SessionClock::now();
+  if (now < dead.fence_next_try)
+    return;
+  for (auto &p : paths_) {
+    if (p.get() == &dead || !p->ready || !p->session->connected())
+      continue;
+    const unsigned dead_index = dead.index, from = p->index;
+    const bool sent = p->session->preempt(victim, [this, dead_index, from, victim](bool ok, const std::string &why) {
+      Path &d = *paths_[dead_index];
+      d.fencing = false;
+      if (!ok) {
+        d.fence_next_try = SessionClock::now() + std::chrono::seconds(1);
+        VB_LOG_WARN("%s: fencing path %u from path %u failed (%s); its writes wait, and it is tried again",
+                    name_.c_str(), dead_index, from, why.c_str());
+        return;
+      }
+      VB_LOG_INFO("%s: path %u fenced (its key preempted from path %u): its writes go out again", name_.c_str(),
+                  dead_index, from);
+      release_fenced(d, [victim](const Forwarded *f) { return f->victim == victim; });
+      start_fence(d); // writes of another of its logins may wait too
+    });
+    if (sent) {
+      dead.fencing = true;
+      dead.fencing_from = from;
+      dead.fencing_context = p->session->context_generation();
+      dead.fencing_since = now;
+      return;
+    }
+  }
+  // No live path can send it now: tried again on the next tick, or its own next login fences it.
+}
+
+// Held longer than reconnect-timeout (no path could fence it): the request fails, as it would
+// with no path at all.
+void IscsiPathSet::expire_fenced(Path &path) noexcept {
+  const auto limit = target_->options.reconnect_timeout;
+  const auto now = SessionClock::now();
+  std::size_t kept = 0, failed = 0;
+  for (Forwarded *f : path.fenced_out) {
+    if (std::chrono::duration_cast<std::chrono::milliseconds>(now - f->held_since) < limit) {
+      path.fenced_out[kept++] = f;
+      continue;
+    }
+    ++failed;
+    finish(f, f->complete_with != 0 ? f->complete_with : EIO);
+  }
+  path.fenced_out.resize(kept);
+  if (failed > 0)
+    VB_LOG_ERROR("%s: path %u could not be fenced within %s (reconnect-timeout): %zu of its write(s) fail",
+                 name_.c_str(), path.index, format_duration(limit).c_str(), failed);
 }
 
 int IscsiPathSet::pick() noexcept {
@@ -126,6 +236,22 @@ void IscsiPathSet::dispatch(Forwarded *f) noexcept {
 void IscsiPathSet::on_path_done(void *ctx, int error) noexcept {
   auto *f = static_cast<Forwarded *>(ctx);
   IscsiPathSet *self = f->set;
+  Path &path = *self->paths_[f->path];
+  if (self->fencing_on() && !self->cancelled_ && changes_data(f->req.op) && error != 0 &&
+      (error == kHandedBack || !path.session->connected())) {
+    // Lost with its path: the target may still run it, unless the nexus it went on is fenced
+    // (a key of 0: never registered, and under the reservation it cannot write).
+    if (const std::uint64_t victim = path.session->pr_key(); victim != 0) {
+      if (error == kHandedBack) {
+        ++self->failovers_;
+        self->target_->path_book.failed_over(f->path, 1);
+      } else {
+        f->complete_with = error; // from before a reset (ECANCELED) or failed: completes once fenced
+      }
+      self->hold_for_fence(f, victim);
+      return;
+    }
+  }
   if (error != kHandedBack) {
     self->finish(f, error);
     return;
@@ -171,6 +297,11 @@ void IscsiPathSet::redispatch() noexcept {
 
 void IscsiPathSet::on_path_changed(Path &path, bool ready) noexcept {
   path.ready = ready;
+  if (ready && path.session && !path.fenced_out.empty()) {
+    // Its login registered a new key and preempted the slot's older ones.
+    const std::uint64_t now_key = path.session->pr_key();
+    release_fenced(path, [now_key](const Forwarded *f) { return f->victim != now_key; });
+  }
   if (ready != path.counted) {
     target_->path_book.set_up(path.index, ready);
     path.counted = ready;
@@ -223,9 +354,23 @@ void IscsiPathSet::report_error(Path &path) noexcept {
 }
 
 void IscsiPathSet::on_tick() noexcept {
-  for (auto &p : paths_) // a refused login never changes readiness: its reason shows here
+  for (auto &p : paths_) { // a refused login never changes readiness: its reason shows here
     if (p->session && !p->ready)
       report_error(*p);
+    if (p->fencing) {
+      // The path that sent the PREEMPT lost that context (its answer never comes), or the
+      // target sits on it: asked again.
+      const IscsiSession &from = *paths_[p->fencing_from]->session;
+      if (!from.connected() || from.context_generation() != p->fencing_context ||
+          SessionClock::now() - p->fencing_since > std::chrono::seconds(setup_bound_seconds(target_->options)))
+        p->fencing = false;
+    }
+    if (p->session && !p->fenced_out.empty()) {
+      expire_fenced(*p);
+      if (!p->fencing)
+        start_fence(*p); // no live path could send it before, or it failed
+    }
+  }
   if (down_ && why_down_.empty() && !cancelled_) {
     // No path has logged in yet (a queue opened while the target was away): once an attempt
     // has failed, the queue is reconnecting, and says why.
@@ -264,8 +409,12 @@ void IscsiPathSet::fence() noexcept {
   // What waits for a path never reached the target: dropped. What each path sent is its own
   // session's to fence (finished, or ECANCELED when lost, never sent again).
   drop_waiting(ECANCELED);
-  for (auto &p : paths_)
+  for (auto &p : paths_) {
+    // Waiting for a dead path's fence: never sent again either, but completed only once fenced.
+    for (Forwarded *f : p->fenced_out)
+      f->complete_with = ECANCELED;
     p->session->fence();
+  }
 }
 
 void IscsiPathSet::abandon_fenced() noexcept {
@@ -279,6 +428,12 @@ void IscsiPathSet::cancel_all() noexcept {
     if (p->session)
       p->session->cancel_all();
   drop_waiting(ECANCELED);
+  for (auto &p : paths_) { // the queue goes: nothing may be left to complete later
+    std::vector<Forwarded *> out;
+    out.swap(p->fenced_out);
+    for (Forwarded *f : out)
+      finish(f, ECANCELED);
+  }
 }
 
 } // namespace vb

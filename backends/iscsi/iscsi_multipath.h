@@ -36,9 +36,10 @@ namespace vb {
 class IscsiPathSet final : public BackendQueue {
 public:
   // first: a context logged in by IscsiBackend::open() on path first_path, adopted (queue 0),
-  // or nullptr. target->paths has two or more entries.
+  // or nullptr; first_key its persistent-reservation key (0: none). target->paths has two or
+  // more entries.
   IscsiPathSet(EventLoop &loop, std::shared_ptr<const IscsiTarget> target, iscsi_context *first, unsigned first_path,
-               unsigned index, std::string name);
+               std::uint64_t first_key, unsigned index, std::string name);
   ~IscsiPathSet() override;
   IscsiPathSet(const IscsiPathSet &) = delete;
   IscsiPathSet &operator=(const IscsiPathSet &) = delete;
@@ -53,12 +54,22 @@ public:
   std::uint64_t failovers() const noexcept { return failovers_; }
 
 private:
+  struct Forwarded;
   struct Path final : SessionPathObserver {
     IscsiPathSet *set = nullptr;
     unsigned index = 0;
     bool ready = false;
     bool counted = false; // counted as up in the target's path book
     std::string reported; // the last error put in the book
+    // fencing: persistent-reservation. Writes lost with this path's session wait here until its
+    // key is preempted from a live path (or its own next login preempts it): until then the
+    // target may still run their first copies.
+    std::vector<Forwarded *> fenced_out;
+    bool fencing = false;               // a PREEMPT for it is in flight,
+    unsigned fencing_from = 0;          // from that path,
+    std::uint64_t fencing_context = 0;  // on that context of its session (lost with it: asked again),
+    SessionClock::time_point fencing_since{};
+    SessionClock::time_point fence_next_try{}; // after a failed PREEMPT
     std::unique_ptr<IscsiSession> session;
     void path_changed(bool now_ready) noexcept override { set->on_path_changed(*this, now_ready); }
     bool others_ready() const noexcept override { return set->ready_paths() > (ready ? 1u : 0u); }
@@ -71,6 +82,9 @@ private:
     IscsiPathSet *set = nullptr;
     std::uint64_t seq = 0; // submission order: what is handed back goes out again oldest first
     unsigned path = 0;
+    int complete_with = 0; // waiting for a fence: completes with this then (from before a reset), or goes out again
+    std::uint64_t victim = 0; // waiting for a fence: the key of the nexus it was lost with
+    SessionClock::time_point held_since{};
   };
 
   static void on_path_done(void *ctx, int error) noexcept;
@@ -83,6 +97,11 @@ private:
   void on_tick() noexcept;
   void update_health() noexcept;
   void report_error(Path &path) noexcept; // the session's last error into the path book
+  bool fencing_on() const noexcept;
+  void hold_for_fence(Forwarded *f, std::uint64_t victim) noexcept;
+  void start_fence(Path &dead) noexcept;
+  template <typename Fenced> void release_fenced(Path &path, Fenced fenced) noexcept;
+  void expire_fenced(Path &path) noexcept;
 
   std::shared_ptr<const IscsiTarget> target_;
   std::string name_;
@@ -90,6 +109,7 @@ private:
   SessionHealth::Session health_;
   std::vector<std::unique_ptr<Path>> paths_;
   std::vector<Forwarded *> waiting_; // handed back or held for a path, not in any path now
+  std::uint64_t first_key_ = 0;      // the adopted session's persistent-reservation key
   JobPool<Forwarded> pool_;
   Deferred redispatch_;
   Timer tick_;

@@ -28,6 +28,10 @@ struct IscsiOptions : BackendOptionsOf<IscsiOptions> {
   // round-robin, each in turn.
   enum class PathPolicy { failover, round_robin };
   PathPolicy path_policy = PathPolicy::failover;
+  // persistent-reservation: each session registers a key and preempts its slot's stale ones, and
+  // a dead path's key is preempted before its writes go out on another path (iscsi_fencing.h).
+  enum class Fencing { none, persistent_reservation };
+  Fencing fencing = Fencing::none;
   // The initiator's iSCSI name (iqn., eui. or naa.); empty: default_initiator_name(), one derived
   // from the host name.
   std::string initiator_name;

@@ -96,7 +96,10 @@ IscsiSession::IscsiSession(EventLoop &loop, std::shared_ptr<const IscsiTarget> t
   }
 }
 
-IscsiSession::~IscsiSession() { core_.cancel_all(); }
+IscsiSession::~IscsiSession() {
+  leave_reservation();
+  core_.cancel_all();
+}
 
 int IscsiSession::submit(const Request &req, CompletionFn done, void *ctx) noexcept {
   const BackendCapabilities &caps = target_->caps;
@@ -632,9 +635,65 @@ void IscsiSession::check_probe() noexcept {
     fail("the target came back with a different LUN (" + why + "); refusing it", true);
     return;
   }
+  if (target_->options.fencing == IscsiOptions::Fencing::persistent_reservation) {
+    start_fencing();
+    return;
+  }
   // The same LUN, maybe resized while the session was down.
   adopt_size(now.blocks, "after logging in again");
   become_ready();
+}
+
+// fencing: persistent-reservation: this login registers a new key and preempts the slot's stale
+// ones (its previous login's nexus can then no longer write) before the session carries I/O.
+void IscsiSession::start_fencing() noexcept {
+  const PrSlot slot{pr_owner(target_->options, uri()), static_cast<std::uint16_t>(session_number(index_, path_))};
+  const auto seed = static_cast<std::uint32_t>(std::chrono::steady_clock::now().time_since_epoch().count()) ^
+                    (static_cast<std::uint32_t>(generation_) << 8);
+  const std::uint64_t generation = generation_;
+  const bool queued = pr_.join(ctx_, uri().lun, slot, false, seed, [this, generation](bool ok, const std::string &why) {
+    if (closing_ || generation != generation_ || phase_ != Phase::probing)
+      return;
+    if (!ok) {
+      fail("the fence (persistent reservation) could not be set up: " + why, true);
+      return;
+    }
+    pr_key_ = pr_.key();
+    if (pr_.preempted() > 0)
+      VB_LOG_INFO("%s: fenced %zu earlier session(s) of this queue and path (their persistent-reservation keys "
+                  "preempted): what they still send is refused",
+                  name_.c_str(), pr_.preempted());
+    adopt_size(probed_.blocks, "after logging in again");
+    become_ready();
+  });
+  if (!queued)
+    fail("cannot queue PERSISTENT RESERVE: " + iscsi_error(ctx_));
+}
+
+bool IscsiSession::preempt(std::uint64_t victim, PrSteps::Done done) noexcept {
+  if (!ctx_ || !core_.ready() || pr_key_ == 0 || pr_preempt_.busy())
+    return false;
+  if (!pr_preempt_.preempt(ctx_, uri().lun, pr_key_, victim, std::move(done)))
+    return false;
+  if (!in_service_)
+    flush_.schedule(); // queued outside iscsi_service(): written on the next turn of the loop
+  return true;
+}
+
+// A clean close (the device removed, the daemon stopping): this nexus unregisters, so that the
+// LUN is not left reserved for nobody. Bounded: a target that does not answer keeps the key.
+void IscsiSession::leave_reservation() noexcept {
+  if (!ctx_ || !core_.ready() || pr_key_ == 0 || closing_)
+    return;
+  pr_.cancel();
+  pr_preempt_.cancel();
+  bool left = false;
+  if (!pr_.leave(ctx_, uri().lun, pr_key_, [&left](bool, const std::string &) { left = true; }))
+    return;
+  std::string why;
+  if (poll_context_until(ctx_, [&left] { return left; }, 1, {}, why))
+    pr_key_ = 0;
+  pr_.cancel();
 }
 
 // CAPACITY DATA HAS CHANGED: read the capacity again, without holding anything up (the command
@@ -768,6 +827,8 @@ void IscsiSession::close_context() noexcept {
   flush_.cancel();
   watch_.reset();
   watch_fd_ = -1;
+  pr_.cancel(); // their tasks go with the context
+  pr_preempt_.cancel();
   if (ctx_) {
     closing_ = true;
     iscsi_destroy_context(ctx_); // cancels its commands; their callbacks see closing_

@@ -19,6 +19,7 @@
 #pragma once
 
 #include "event/event_loop.h"
+#include "iscsi/iscsi_fencing.h"
 #include "iscsi/iscsi_target.h"
 #include "session/session_core.h"
 #include "vduse-bridge/backend.h"
@@ -68,6 +69,16 @@ public:
   // Why the session was last lost or an attempt failed; empty if never.
   const std::string &last_error() const noexcept { return core_.last_error(); }
   const IscsiUri &uri() const noexcept { return target_->paths.empty() ? target_->uri : target_->paths[path_]; }
+  // fencing: persistent-reservation. The key this session's nexus registered (0: none), set by
+  // the owner for an adopted context (pr_join_sync), else by each login.
+  std::uint64_t pr_key() const noexcept { return pr_key_; }
+  void set_pr_key(std::uint64_t key) noexcept { pr_key_ = key; }
+  // Counts the contexts this session has made: a command sent on an older one has no answer
+  // coming once it changed.
+  std::uint64_t context_generation() const noexcept { return generation_; }
+  // From this (ready) session: PREEMPT victim, another session's key (a dead path's), so that its
+  // nexus can no longer write. False (done not called) when it cannot be sent now.
+  bool preempt(std::uint64_t victim, PrSteps::Done done) noexcept;
   // Commands sent again after UNIT ATTENTION, BUSY, TASK SET FULL, NOT READY...
   std::uint64_t retries() const noexcept { return retries_; }
 
@@ -112,6 +123,8 @@ private:
   static void on_probed(iscsi_context *iscsi, int status, void *command_data, void *private_data) noexcept;
   void check_probe() noexcept;
   void become_ready() noexcept;
+  void start_fencing() noexcept;
+  void leave_reservation() noexcept;
   // Resize.
   void check_capacity() noexcept;
   static void on_capacity(iscsi_context *iscsi, int status, void *command_data, void *private_data) noexcept;
@@ -160,6 +173,9 @@ private:
   bool capacity_again_ = false;
   unsigned capacity_attentions_ = 0;
   LunInfo probed_;
+  PrSteps pr_;         // this login's registration (fencing: persistent-reservation)
+  PrSteps pr_preempt_; // a dead path's key, preempted from this session
+  std::uint64_t pr_key_ = 0;
   std::vector<unsigned char> zeros_; // one logical block of zeros, the WRITE SAME data
   JobPool<Job> jobs_;
   SessionCore core_; // last: its timers go first; the held and in-flight jobs, health, backoff

@@ -440,6 +440,33 @@ bool parse_provisioning(scsi_task *task, LunInfo &info) {
   return true;
 }
 
+bool poll_context_until(iscsi_context *ctx, const std::function<bool()> &finished, int seconds,
+                        const std::function<bool()> &cancelled, std::string &why) {
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(seconds);
+  while (!finished()) {
+    if (cancelled && cancelled()) {
+      why = "cancelled";
+      return false;
+    }
+    if (std::chrono::steady_clock::now() >= deadline) {
+      why = "no answer within " + std::to_string(seconds) + "s";
+      return false;
+    }
+    // libiscsi may change sockets during a login (a redirect to another portal).
+    pollfd pfd{iscsi_get_fd(ctx), static_cast<short>(iscsi_which_events(ctx)), 0};
+    const int n = ::poll(&pfd, 1, 100);
+    if (n < 0 && errno != EINTR) {
+      why = std::string("poll: ") + errno_text(errno);
+      return false;
+    }
+    if (iscsi_service(ctx, n > 0 ? pfd.revents : 0) < 0 && !finished()) {
+      why.clear(); // libiscsi's error says why
+      return false;
+    }
+  }
+  return true;
+}
+
 namespace {
 
 // iscsi_full_connect_sync, but polled here: it gives up at the deadline, and within 100 ms of
@@ -469,24 +496,11 @@ int full_connect_within(iscsi_context *ctx, const IscsiUri &uri, int seconds, co
     delete login; // not queued: the callback never runs
     return -1;
   }
-  auto give_up = [&](std::string reason) {
+  if (!poll_context_until(ctx, [login] { return login->done; }, seconds, cancelled, why)) {
     login->abandoned = true;
-    why = std::move(reason);
+    if (why.rfind("no answer", 0) == 0)
+      why += " (the login bound: request-timeout, or 30s)";
     return -1;
-  };
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(seconds);
-  while (!login->done) {
-    if (cancelled && cancelled())
-      return give_up("cancelled");
-    if (std::chrono::steady_clock::now() >= deadline)
-      return give_up("no answer within " + std::to_string(seconds) + "s (the login bound: request-timeout, or 30s)");
-    // libiscsi may change sockets during a login (a redirect to another portal).
-    pollfd pfd{iscsi_get_fd(ctx), static_cast<short>(iscsi_which_events(ctx)), 0};
-    const int n = ::poll(&pfd, 1, 100);
-    if (n < 0 && errno != EINTR)
-      return give_up(std::string("poll: ") + errno_text(errno));
-    if (iscsi_service(ctx, n > 0 ? pfd.revents : 0) < 0 && !login->done)
-      return give_up({}); // libiscsi's error says why
   }
   const int status = login->status;
   delete login;
@@ -495,13 +509,17 @@ int full_connect_within(iscsi_context *ctx, const IscsiUri &uri, int seconds, co
 
 } // namespace
 
+int setup_bound_seconds(const IscsiOptions &options) noexcept {
+  const long long ms = options.request_timeout.count();
+  return ms > 0 ? static_cast<int>(std::clamp<long long>((ms + 999) / 1000, 1, 3600)) : 30;
+}
+
 LunInfo login_and_probe(iscsi_context *ctx, const IscsiUri &uri, const IscsiOptions &options,
                         const std::function<bool()> &cancelled) {
   const std::string name = describe_lun(uri);
   // libiscsi times out these commands itself while it runs its own loop. Without a
   // request-timeout a start-up that hangs is still worse than one that fails.
-  const long long ms = options.request_timeout.count();
-  const int seconds = ms > 0 ? static_cast<int>(std::clamp<long long>((ms + 999) / 1000, 1, 3600)) : 30;
+  const int seconds = setup_bound_seconds(options);
   iscsi_set_timeout(ctx, seconds);
   std::string why;
   if (full_connect_within(ctx, uri, seconds, cancelled, why) != 0) {

@@ -107,6 +107,15 @@ bool parse_mode_sense(scsi_task *task, LunInfo &info);
 bool parse_block_limits(scsi_task *task, LunInfo &info);
 bool parse_provisioning(scsi_task *task, LunInfo &info);
 
+// Runs ctx's I/O (blocking, setup only) until finished() is true: true then. False when the
+// deadline passes, cancelled() turns true (checked every 100 ms) or the context fails, with the
+// reason in why (empty: iscsi_error says it).
+bool poll_context_until(iscsi_context *ctx, const std::function<bool()> &finished, int seconds,
+                        const std::function<bool()> &cancelled, std::string &why);
+
+// How long one setup step may take: request-timeout (whole seconds, at least 1), else 30 s.
+int setup_bound_seconds(const IscsiOptions &options) noexcept;
+
 // Logs ctx in to uri's LUN and reads everything LunInfo holds. Blocking (each step bounded by
 // request-timeout, 30 s without one; the login also gives up once cancelled() is true): setup
 // only. Throws std::runtime_error with libiscsi's reason (and a hint for authentication failures).

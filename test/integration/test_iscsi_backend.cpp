@@ -867,6 +867,50 @@ TEST_CASE("iscsi: after a fence, an abandoned read completes with ECANCELED at o
   CHECK(old_read.calls == 1);
 }
 
+// Issue 12 item 7 left request-timeout off by default: tgtd does not reinstate sessions, so a
+// write given up on and sent again could still arrive late on the old session, after a newer
+// one. With fencing: persistent-reservation the new login preempts the old session's key first:
+// the late copy is refused. Without it (the second case) the race shows: the old data lands.
+TEST_CASE("iscsi fencing: a write delivered late on a session given up on is refused, and the newer write stays") {
+  if (!have_tgtd())
+    VB_SKIP(kNoTgtd);
+  bool fencing = true;
+  SUBCASE("fencing: persistent-reservation") { fencing = true; }
+  SUBCASE("fencing: none (tgtd does not reinstate: the late write lands)") { fencing = false; }
+  TgtdLun lun(4 << 20);
+  TgtdServer &tgt = lun.tgt;
+  UnitAttentionProxy proxy(port_of(tgt));
+  auto o = options_for(through(proxy, tgt));
+  o.request_timeout = 1s;
+  if (fencing)
+    o.fencing = vb::IscsiOptions::Fencing::persistent_reservation;
+  vb::test::OpenedBackend<vb::IscsiBackend> client(o);
+  std::vector<char> a = pattern(4096, 1), b = pattern(4096, 2), c = pattern(4096, 3);
+  iovec av{}, bv{}, cv{};
+  CHECK(client.run(rw(vb::Op::write, 0, a, av)) == 0);
+
+  proxy.freeze(); // B's first copy stays in the network
+  Result late;
+  REQUIRE(client.q->submit(rw(vb::Op::write, 0, b, bv), &Result::on_done, &late) == 0);
+  run_until(client.loop, [&] { return late.calls > 0; }); // request-timeout: a new session sends B again
+  CHECK(late.error == 0);
+  CHECK(client.run(rw(vb::Op::write, 0, c, cv)) == 0); // the newer write
+  CHECK(stored(tgt.backing_file(1), 0, 4096) == c);
+
+  proxy.release(); // B's first copy arrives now, on the old session
+  for (int i = 0; i < 100 && proxy.released_bytes() == 0 && proxy.released_to_closed() == 0; ++i)
+    run_for(client.loop, 20ms);
+  CHECK(proxy.released_bytes() > 0); // it did reach the target
+  run_for(client.loop, 500ms);
+  if (fencing)
+    CHECK(stored(tgt.backing_file(1), 0, 4096) == c);
+  else
+    CHECK(stored(tgt.backing_file(1), 0, 4096) == b);
+  std::vector<char> in(4096);
+  iovec iv{};
+  CHECK(client.run(rw(vb::Op::read, 0, in, iv)) == 0); // and the disk goes on
+}
+
 // Item 2 for iSCSI: after a reset, held requests never reach the target and a command sent
 // before it is not sent again when its session is lost.
 TEST_CASE("iscsi: after a fence, requests held for a new session or lost with the old one never reach the target") {

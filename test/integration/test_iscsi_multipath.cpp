@@ -259,3 +259,44 @@ TEST_CASE("iscsi multipath: a path that shows another LUN is refused and never c
   CHECK(stored(tgt.backing_file(1), 0, kBlock) == out);
   CHECK(stored(other.backing_file(1), 0, kBlock) == std::vector<char>(kBlock, 0));
 }
+
+// The issue's "a path frozen": its writes are sent again on the other path once request-timeout
+// gives up on it, and with fencing: persistent-reservation its key is preempted from the live path
+// first, so their first copies, delivered late, are refused instead of undoing a newer write.
+TEST_CASE("iscsi multipath with fencing: a frozen path's write goes out on the other path, and its late copy is "
+          "refused") {
+  if (!have_tgtd())
+    VB_SKIP(kNoTgtd);
+  TempDir dir;
+  TgtdServer tgt{dir};
+  tgt.add_lun(1, kLunBytes);
+  UnitAttentionProxy a(port_of(tgt)), b(port_of(tgt));
+  auto o = options_for(vb::test::through(a, tgt));
+  o.portals = {portal_of(b)};
+  o.request_timeout = 1s;
+  o.fencing = vb::IscsiOptions::Fencing::persistent_reservation;
+  vb::test::OpenedBackend<vb::IscsiBackend> disk(o);
+  auto &set = dynamic_cast<vb::IscsiPathSet &>(*disk.q);
+  for (int i = 0; i < 200 && set.ready_paths() < 2; ++i)
+    run_for(disk.loop, 50ms);
+  REQUIRE(set.ready_paths() == 2);
+  std::vector<char> first = pattern(kBlock, 1), late = pattern(kBlock, 2), newer = pattern(kBlock, 3);
+  iovec v1{}, v2{}, v3{};
+  CHECK(disk.run(rw(vb::Op::write, 0, first, v1)) == 0);
+
+  a.freeze(); // path 0 (failover: the one in use) hangs with the write inside
+  Result r;
+  REQUIRE(disk.q->submit(rw(vb::Op::write, 0, late, v2), &Result::on_done, &r) == 0);
+  run_until(disk.loop, [&] { return r.calls > 0; });
+  CHECK(r.error == 0);
+  CHECK(set.failovers() > 0);
+  CHECK(disk.run(rw(vb::Op::write, 0, newer, v3)) == 0);
+  CHECK(stored(tgt.backing_file(1), 0, kBlock) == newer);
+
+  a.release();
+  for (int i = 0; i < 100 && a.released_bytes() == 0 && a.released_to_closed() == 0; ++i)
+    run_for(disk.loop, 20ms);
+  CHECK(a.released_bytes() > 0);
+  run_for(disk.loop, 500ms);
+  CHECK(stored(tgt.backing_file(1), 0, kBlock) == newer); // the late copy was refused
+}

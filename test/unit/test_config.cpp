@@ -744,6 +744,9 @@ TEST_CASE("an iscsi device with several portals (multipath)") {
   CHECK(i.portals == std::vector<std::string>{"192.0.2.2:3260", "192.0.2.3:3261", "[2001:db8::4]:3260"});
   CHECK_FALSE(i.discover_portals);
   CHECK(i.path_policy == vb::IscsiOptions::PathPolicy::round_robin);
+  CHECK(i.fencing == vb::IscsiOptions::Fencing::none);
+  const Config fenced = parse_config(iscsi_head + "      fencing: persistent-reservation\n", "iscsi.yaml");
+  CHECK(fenced.devices[0].backend.as<vb::IscsiOptions>().fencing == vb::IscsiOptions::Fencing::persistent_reservation);
   const Config discover = parse_config(iscsi_head + "      portals: discover\n", "iscsi.yaml");
   const auto &d = discover.devices[0].backend.as<vb::IscsiOptions>();
   CHECK(d.discover_portals);
@@ -878,7 +881,7 @@ TEST_CASE("bad iscsi keys name the file, line, key and what was expected") {
       {"request-timeout a map", iscsi_head + "      request-timeout: {s: 1}\n", 6, "devices[0].backend.request-timeout",
        "got a map"},
       {"nbd key for iscsi", iscsi_head + "      connections: 4\n", 6, "devices[0].backend.connections",
-       "expected an iscsi backend key (type, uri, portals, path-policy, initiator-name, chap, header-digest, "
+       "expected an iscsi backend key (type, uri, portals, path-policy, fencing, initiator-name, chap, header-digest, "
        "reconnect-timeout, request-timeout), got 'connections'"},
       {"portals a map", iscsi_head + "      portals: {a: 1}\n", 6, "devices[0].backend.portals",
        "expected a list of portals of the URI's target (host or host:port, such as [192.0.2.2:3260, "
@@ -900,6 +903,8 @@ TEST_CASE("bad iscsi keys name the file, line, key and what was expected") {
        "expected at most 7 portals besides the URI's (one path each), got more"},
       {"path-policy unknown", iscsi_head + "      path-policy: least-busy\n", 6, "devices[0].backend.path-policy",
        "expected failover or round-robin, got 'least-busy'"},
+      {"fencing unknown", iscsi_head + "      fencing: scsi2\n", 6, "devices[0].backend.fencing",
+       "expected none or persistent-reservation, got 'scsi2'"},
       {"iscsi key near miss", iscsi_head + "      header_digest: none\n", 6, "devices[0].backend.header_digest",
        "(did you mean 'header-digest'?)"},
       {"chap for nbd", nbd_head + "      chap: {username: u, password-file: /s}\n", 6, "devices[0].backend.chap",
