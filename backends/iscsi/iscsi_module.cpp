@@ -270,7 +270,7 @@ void apply_header_digest(const ConfigChecker &check, const ConfigValue &v, const
   out.header_digest = check.choice(v, digests);
 }
 
-constexpr std::array<BackendKey<IscsiOptions>, 9> keys{{
+constexpr std::array<BackendKey<IscsiOptions>, 11> keys{{
     {"uri", true, &apply_uri},
     {"portals", false, &apply_portals},
     {"path-policy", false, &apply_path_policy},
@@ -280,11 +280,13 @@ constexpr std::array<BackendKey<IscsiOptions>, 9> keys{{
     {"header-digest", false, &apply_header_digest},
     {"reconnect-timeout", false, &apply_timeout<IscsiOptions, &IscsiOptions::reconnect_timeout, Forever::unlimited>},
     {"request-timeout", false, &apply_timeout<IscsiOptions, &IscsiOptions::request_timeout, Forever::zero>},
+    {"nop-interval", false, &apply_timeout<IscsiOptions, &IscsiOptions::nop_interval, Forever::zero>},
+    {"nop-timeout", false, &apply_timeout<IscsiOptions, &IscsiOptions::nop_timeout, Forever::zero>},
 }};
-constexpr std::array<std::string_view, 13> key_names{
-    "uri",           "portals",         "path-policy",         "fencing",         "initiator-name",
-    "chap",          "header-digest",   "reconnect-timeout",   "request-timeout", "username",
-    "password-file", "target-username", "target-password-file"};
+constexpr std::array<std::string_view, 15> key_names{
+    "uri",          "portals",         "path-policy",         "fencing",         "initiator-name",
+    "chap",         "header-digest",   "reconnect-timeout",   "request-timeout", "nop-interval",
+    "nop-timeout",  "username",        "password-file",       "target-username", "target-password-file"};
 
 std::unique_ptr<BackendOptions> parse(const BackendKeys &in) {
   auto out = std::make_unique<IscsiOptions>();

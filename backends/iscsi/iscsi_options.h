@@ -48,6 +48,17 @@ struct IscsiOptions : BackendOptionsOf<IscsiOptions> {
   // written "forever") = no timeout (the
   // default: only a target that reinstates sessions ends the first copy's session).
   std::chrono::milliseconds request_timeout{0};
+  // The path checker: a NOP-Out every nop_interval on a logged-in session, which counts as dead
+  // (connection lost: its commands go out again, on another path if there is one) when the
+  // answer has not come nop_timeout later. 0 = off; nop_interval -1 (not set): 5 s with two or
+  // more paths, off with one (there a new login would wait for the same target).
+  std::chrono::milliseconds nop_interval{-1};
+  std::chrono::milliseconds nop_timeout{5000};
+  std::chrono::milliseconds effective_nop_interval(std::size_t paths) const noexcept {
+    if (nop_interval.count() >= 0)
+      return nop_interval;
+    return paths > 1 ? std::chrono::milliseconds(5000) : std::chrono::milliseconds(0);
+  }
   // Reads and writes larger than this are sent as several commands; 0 = the LUN's limit (VPD
   // Block Limits) or 32 MiB. Not a configuration key: tests lower it to exercise splitting.
   std::uint32_t max_command_bytes = 0;

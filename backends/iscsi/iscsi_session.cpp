@@ -83,7 +83,9 @@ IscsiSession::IscsiSession(EventLoop &loop, std::shared_ptr<const IscsiTarget> t
                            SessionHealth *paths_health)
     : loop_(loop), target_(std::move(target)), name_(std::move(name)), index_(index), path_(path), observer_(observer),
       failure_timer_(loop, [this] { handle_failure(); }), retry_timer_(loop, [this] { on_retry_timer(); }),
-      flush_(loop, [this] { flush(); }), zeros_(target_->caps.logical_block_size, 0),
+      flush_(loop, [this] { flush(); }),
+      nop_interval_(target_->options.effective_nop_interval(target_->paths.size())),
+      zeros_(target_->caps.logical_block_size, 0),
       core_(loop, paths_health ? *paths_health : target_->sessions, *this,
             iscsi_session_settings(*target_, name_, observer)) {
   if (ctx) {
@@ -906,7 +908,46 @@ void IscsiSession::update_events() noexcept {
 }
 
 // libiscsi does its own timekeeping (timeouts of its PDUs) only when serviced.
-void IscsiSession::on_tick() noexcept { service(0); }
+void IscsiSession::on_tick() noexcept {
+  service(0);
+  check_alive();
+}
+
+// A hung target or path (a frozen link, a stalled portal) answers nothing, and without a
+// request-timeout nothing would notice: a NOP-Out every nop-interval must be answered within
+// nop-timeout, or the session counts as lost, like a cut connection.
+void IscsiSession::check_alive() noexcept {
+  if (!ctx_ || !core_.ready() || failure_ || nop_interval_.count() <= 0 || target_->options.nop_timeout.count() <= 0)
+    return;
+  const auto now = SessionClock::now();
+  if (nop_generation_ != generation_) { // a new context: counted from its first tick
+    nop_generation_ = generation_;
+    nop_outstanding_ = false;
+    nop_sent_ = now;
+    return;
+  }
+  if (nop_outstanding_) {
+    if (now - nop_sent_ >= target_->options.nop_timeout)
+      fail("no answer to a NOP-Out within " + format_duration(target_->options.nop_timeout) +
+           " (nop-timeout): the target or the path is hung");
+    return;
+  }
+  if (now - nop_sent_ < nop_interval_)
+    return;
+  if (iscsi_nop_out_async(ctx_, &on_nop, nullptr, 0, this) != 0)
+    return; // tried again on the next tick
+  nop_outstanding_ = true;
+  nop_sent_ = now;
+  if (!in_service_)
+    flush_.schedule();
+}
+
+void IscsiSession::on_nop(iscsi_context * /*iscsi*/, int status, void * /*command_data*/, void *private_data) noexcept {
+  auto *self = static_cast<IscsiSession *>(private_data);
+  if (self->closing_ || status != SCSI_STATUS_GOOD)
+    return; // the context goes (or failed): a new one starts over
+  self->nop_outstanding_ = false;
+}
 
 bool IscsiSession::overdue(const SessionJob &job, Clock::time_point issued_before) const noexcept {
   for (const Part &p : static_cast<const Job &>(job).parts)

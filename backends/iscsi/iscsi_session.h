@@ -124,6 +124,9 @@ private:
   void check_probe() noexcept;
   void become_ready() noexcept;
   void start_fencing() noexcept;
+  // The path checker (nop-interval, nop-timeout).
+  void check_alive() noexcept;
+  static void on_nop(iscsi_context *iscsi, int status, void *command_data, void *private_data) noexcept;
   void leave_reservation() noexcept;
   // Resize.
   void check_capacity() noexcept;
@@ -176,6 +179,10 @@ private:
   PrSteps pr_;         // this login's registration (fencing: persistent-reservation)
   PrSteps pr_preempt_; // a dead path's key, preempted from this session
   std::uint64_t pr_key_ = 0;
+  std::chrono::milliseconds nop_interval_{0};
+  std::uint64_t nop_generation_ = 0; // the context the state below is of
+  bool nop_outstanding_ = false;
+  SessionClock::time_point nop_sent_{}; // the last NOP-Out (outstanding: not answered yet)
   std::vector<unsigned char> zeros_; // one logical block of zeros, the WRITE SAME data
   JobPool<Job> jobs_;
   SessionCore core_; // last: its timers go first; the held and in-flight jobs, health, backoff

@@ -15,6 +15,7 @@
 #include <chrono>
 #include <csignal>
 #include <cstdlib>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -44,7 +45,8 @@ std::string portal_of(const UnitAttentionProxy &proxy) { return "127.0.0.1:" + s
 
 // tgtd with LUN 1, two proxies in front of it (path 0: a, path 1: b), an iscsi backend over both.
 struct TwoPaths {
-  explicit TwoPaths(vb::IscsiOptions::PathPolicy policy, std::chrono::milliseconds reconnect_timeout = 20s) {
+  explicit TwoPaths(vb::IscsiOptions::PathPolicy policy, std::chrono::milliseconds reconnect_timeout = 20s,
+                    const std::function<void(vb::IscsiOptions &)> &adjust = {}) {
     tgt.add_lun(1, kLunBytes);
     a = std::make_unique<UnitAttentionProxy>(port_of(tgt));
     b = std::make_unique<UnitAttentionProxy>(port_of(tgt));
@@ -53,6 +55,8 @@ struct TwoPaths {
     o.path_policy = policy;
     o.request_timeout = 0ms;
     o.reconnect_timeout = reconnect_timeout;
+    if (adjust)
+      adjust(o);
     disk = std::make_unique<vb::test::OpenedBackend<vb::IscsiBackend>>(o);
   }
   vb::IscsiPathSet &set() { return dynamic_cast<vb::IscsiPathSet &>(*disk->q); }
@@ -258,6 +262,29 @@ TEST_CASE("iscsi multipath: a path that shows another LUN is refused and never c
   CHECK(r.error == 0);
   CHECK(stored(tgt.backing_file(1), 0, kBlock) == out);
   CHECK(stored(other.backing_file(1), 0, kBlock) == std::vector<char>(kBlock, 0));
+}
+
+// A path that hangs (frozen: the link stays up, nothing comes back) with no request-timeout: only
+// the path checker notices. Its NOP-Out goes unanswered, the session counts as lost, and the
+// writes it held go out on the other path.
+TEST_CASE("iscsi multipath: a hung path is found by its NOP-Out and its writes complete on the other path") {
+  if (!have_tgtd())
+    VB_SKIP(kNoTgtd);
+  TwoPaths p(vb::IscsiOptions::PathPolicy::failover, 20s, [](vb::IscsiOptions &o) {
+    o.nop_interval = 500ms;
+    o.nop_timeout = 1s;
+  });
+  p.wait_both();
+  const std::size_t on_b = p.b->forwarded();
+  const auto start = std::chrono::steady_clock::now();
+  CHECK(batch(p, 7, 0, [&] { p.a->freeze(); }) == 0);
+  const auto took = std::chrono::steady_clock::now() - start;
+  MESSAGE("a hung path's writes completed on the other path after "
+          << std::chrono::duration_cast<std::chrono::milliseconds>(took).count() << " ms");
+  CHECK(took < 5s); // at most nop-interval + nop-timeout + a tick, and the resend
+  CHECK(p.set().failovers() >= 1);
+  CHECK(p.b->forwarded() > on_b + kBatch * kBlock); // the writes went again on path 1
+  p.a->release();
 }
 
 // The issue's "a path frozen": its writes are sent again on the other path once request-timeout

@@ -756,6 +756,16 @@ TEST_CASE("an iscsi device with several portals (multipath)") {
   CHECK(none.portals.empty());
   CHECK_FALSE(none.discover_portals);
   CHECK(none.path_policy == vb::IscsiOptions::PathPolicy::failover);
+  // The path checker: on by default with two or more paths only; 0 (or forever) turns it off.
+  CHECK(none.effective_nop_interval(1) == std::chrono::milliseconds(0));
+  CHECK(none.effective_nop_interval(2) == std::chrono::seconds(5));
+  CHECK(none.nop_timeout == std::chrono::seconds(5));
+  const Config nop = parse_config(iscsi_head + "      nop-interval: 2s\n      nop-timeout: 3s\n", "iscsi.yaml");
+  const auto &n = nop.devices[0].backend.as<vb::IscsiOptions>();
+  CHECK(n.effective_nop_interval(1) == std::chrono::seconds(2));
+  CHECK(n.nop_timeout == std::chrono::seconds(3));
+  const Config off = parse_config(iscsi_head + "      nop-interval: 0\n", "iscsi.yaml");
+  CHECK(off.devices[0].backend.as<vb::IscsiOptions>().effective_nop_interval(4) == std::chrono::milliseconds(0));
 }
 
 TEST_CASE("an iscsi device gets the iscsi defaults") {
