@@ -52,11 +52,11 @@ void IscsiBackend::connect() {
       if (t.options.fencing == IscsiOptions::Fencing::persistent_reservation) {
         // The device's first login fences whatever this host left registered on the LUN (a
         // daemon that died, a queue or path no longer configured), then each session its slot.
-        const PrJoined joined = pr_join_blocking(
-            ctx, t.paths[p].lun,
-            PrSlot{pr_owner(t.options, t.paths[p]), static_cast<std::uint16_t>(session_number(0, p))},
-            static_cast<std::uint32_t>(std::chrono::steady_clock::now().time_since_epoch().count()),
-            setup_bound_seconds(t.options), [this] { return open_cancelled(); });
+        const PrJoined joined =
+            pr_join_blocking(ctx, t.paths[p].lun,
+                             PrSlot{pr_owner(t.options, t.paths[p]), static_cast<std::uint16_t>(session_number(0, p))},
+                             static_cast<std::uint32_t>(std::chrono::steady_clock::now().time_since_epoch().count()),
+                             setup_bound_seconds(t.options), [this] { return open_cancelled(); });
         first_key_ = joined.key;
         if (joined.preempted > 0)
           VB_LOG_INFO("iscsi: %s: fenced %zu earlier registration(s) of this host (persistent-reservation keys "

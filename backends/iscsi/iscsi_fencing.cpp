@@ -132,8 +132,7 @@ bool PrSteps::start(iscsi_context *ctx, int lun, Step first, Done done) noexcept
   return issue();
 }
 
-bool PrSteps::join(iscsi_context *ctx, int lun, PrSlot slot, bool whole_owner, std::uint32_t seed,
-                   Done done) noexcept {
+bool PrSteps::join(iscsi_context *ctx, int lun, PrSlot slot, bool whole_owner, std::uint32_t seed, Done done) noexcept {
   slot_ = slot;
   whole_owner_ = whole_owner;
   seed_ = seed;
@@ -196,8 +195,8 @@ bool PrSteps::issue() noexcept {
     t = pr_out(ctx_, lun_, SCSI_PERSISTENT_RESERVE_REGISTER_AND_IGNORE_EXISTING_KEY, 0, 0, key_, &on_done, this);
     break;
   case Step::preempt:
-    t = pr_out(ctx_, lun_, SCSI_PERSISTENT_RESERVE_PREEMPT_AND_ABORT, kRegistrantsOnly, key_, victims_.back(),
-               &on_done, this);
+    t = pr_out(ctx_, lun_, SCSI_PERSISTENT_RESERVE_PREEMPT_AND_ABORT, kRegistrantsOnly, key_, victims_.back(), &on_done,
+               this);
     break;
   case Step::preempt_plain:
     t = pr_out(ctx_, lun_, SCSI_PERSISTENT_RESERVE_PREEMPT, kRegistrantsOnly, key_, victims_.back(), &on_done, this);
@@ -268,8 +267,7 @@ void PrSteps::next(int status, scsi_task *task) {
   }
   std::vector<std::uint64_t> listed;
   const bool keys_step = step_ == Step::read_keys || step_ == Step::victims || step_ == Step::check_gone;
-  if (keys_step &&
-      (status != SCSI_STATUS_GOOD || !parse_pr_keys(task->datain.data, datain_size(task), listed))) {
+  if (keys_step && (status != SCSI_STATUS_GOOD || !parse_pr_keys(task->datain.data, datain_size(task), listed))) {
     finish(false, status == SCSI_STATUS_GOOD ? "READ KEYS: malformed parameter data"
                                              : what_failed("PERSISTENT RESERVE IN (READ KEYS)", status, task));
     return;
@@ -342,9 +340,9 @@ void PrSteps::next(int status, scsi_task *task) {
       return;
     }
     if (!r.held || r.type != kRegistrantsOnly) {
-      finish(false, r.held ? "RESERVE conflicts: another initiator holds a reservation of type " + std::to_string(r.type) +
-                               " on the LUN"
-                         : "RESERVE conflicts, and no reservation is held");
+      finish(false, r.held ? "RESERVE conflicts: another initiator holds a reservation of type " +
+                                 std::to_string(r.type) + " on the LUN"
+                           : "RESERVE conflicts, and no reservation is held");
       return;
     }
     finish(true, {}); // Registrants Only, held by a registrant: every registrant may write
@@ -392,7 +390,8 @@ PrJoined pr_join_blocking(iscsi_context *ctx, int lun, PrSlot slot, std::uint32_
     throw std::runtime_error("cannot queue PERSISTENT RESERVE: " + iscsi_error(ctx));
   }
   std::string why;
-  if (!poll_context_until(ctx, [&] { return result->done; }, seconds, cancelled, why)) {
+  if (!poll_context_until(
+          ctx, [&] { return result->done; }, seconds, cancelled, why)) {
     steps->abandon();
     throw std::runtime_error("the fence (persistent reservation) was not set up: " +
                              (why.empty() ? iscsi_error(ctx) : why));

@@ -284,9 +284,9 @@ constexpr std::array<BackendKey<IscsiOptions>, 11> keys{{
     {"nop-timeout", false, &apply_timeout<IscsiOptions, &IscsiOptions::nop_timeout, Forever::zero>},
 }};
 constexpr std::array<std::string_view, 15> key_names{
-    "uri",          "portals",         "path-policy",         "fencing",         "initiator-name",
-    "chap",         "header-digest",   "reconnect-timeout",   "request-timeout", "nop-interval",
-    "nop-timeout",  "username",        "password-file",       "target-username", "target-password-file"};
+    "uri",         "portals",       "path-policy",       "fencing",         "initiator-name",
+    "chap",        "header-digest", "reconnect-timeout", "request-timeout", "nop-interval",
+    "nop-timeout", "username",      "password-file",     "target-username", "target-password-file"};
 
 std::unique_ptr<BackendOptions> parse(const BackendKeys &in) {
   auto out = std::make_unique<IscsiOptions>();

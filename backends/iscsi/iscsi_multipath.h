@@ -65,9 +65,9 @@ private:
     // key is preempted from a live path (or its own next login preempts it): until then the
     // target may still run their first copies.
     std::vector<Forwarded *> fenced_out;
-    bool fencing = false;               // a PREEMPT for it is in flight,
-    unsigned fencing_from = 0;          // from that path,
-    std::uint64_t fencing_context = 0;  // on that context of its session (lost with it: asked again),
+    bool fencing = false;              // a PREEMPT for it is in flight,
+    unsigned fencing_from = 0;         // from that path,
+    std::uint64_t fencing_context = 0; // on that context of its session (lost with it: asked again),
     SessionClock::time_point fencing_since{};
     SessionClock::time_point fence_next_try{}; // after a failed PREEMPT
     std::unique_ptr<IscsiSession> session;
@@ -82,7 +82,7 @@ private:
     IscsiPathSet *set = nullptr;
     std::uint64_t seq = 0; // submission order: what is handed back goes out again oldest first
     unsigned path = 0;
-    int complete_with = 0; // waiting for a fence: completes with this then (from before a reset), or goes out again
+    int complete_with = 0;    // waiting for a fence: completes with this then (from before a reset), or goes out again
     std::uint64_t victim = 0; // waiting for a fence: the key of the nexus it was lost with
     SessionClock::time_point held_since{};
   };

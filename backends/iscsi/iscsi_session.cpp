@@ -83,11 +83,9 @@ IscsiSession::IscsiSession(EventLoop &loop, std::shared_ptr<const IscsiTarget> t
                            SessionHealth *paths_health)
     : loop_(loop), target_(std::move(target)), name_(std::move(name)), index_(index), path_(path), observer_(observer),
       failure_timer_(loop, [this] { handle_failure(); }), retry_timer_(loop, [this] { on_retry_timer(); }),
-      flush_(loop, [this] { flush(); }),
-      nop_interval_(target_->options.effective_nop_interval(target_->paths.size())),
-      zeros_(target_->caps.logical_block_size, 0),
-      core_(loop, paths_health ? *paths_health : target_->sessions, *this,
-            iscsi_session_settings(*target_, name_, observer)) {
+      flush_(loop, [this] { flush(); }), nop_interval_(target_->options.effective_nop_interval(target_->paths.size())),
+      zeros_(target_->caps.logical_block_size, 0), core_(loop, paths_health ? *paths_health : target_->sessions, *this,
+                                                         iscsi_session_settings(*target_, name_, observer)) {
   if (ctx) {
     ctx_ = ctx;
     ++generation_;
@@ -693,7 +691,8 @@ void IscsiSession::leave_reservation() noexcept {
   if (!pr_.leave(ctx_, uri().lun, pr_key_, [&left](bool, const std::string &) { left = true; }))
     return;
   std::string why;
-  if (poll_context_until(ctx_, [&left] { return left; }, 1, {}, why))
+  if (poll_context_until(
+          ctx_, [&left] { return left; }, 1, {}, why))
     pr_key_ = 0;
   pr_.cancel();
 }

@@ -183,7 +183,7 @@ private:
   std::uint64_t nop_generation_ = 0; // the context the state below is of
   bool nop_outstanding_ = false;
   SessionClock::time_point nop_sent_{}; // the last NOP-Out (outstanding: not answered yet)
-  std::vector<unsigned char> zeros_; // one logical block of zeros, the WRITE SAME data
+  std::vector<unsigned char> zeros_;    // one logical block of zeros, the WRITE SAME data
   JobPool<Job> jobs_;
   SessionCore core_; // last: its timers go first; the held and in-flight jobs, health, backoff
 };

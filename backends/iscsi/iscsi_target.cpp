@@ -496,7 +496,8 @@ int full_connect_within(iscsi_context *ctx, const IscsiUri &uri, int seconds, co
     delete login; // not queued: the callback never runs
     return -1;
   }
-  if (!poll_context_until(ctx, [login] { return login->done; }, seconds, cancelled, why)) {
+  if (!poll_context_until(
+          ctx, [login] { return login->done; }, seconds, cancelled, why)) {
     login->abandoned = true;
     if (why.rfind("no answer", 0) == 0)
       why += " (the login bound: request-timeout, or 30s)";

@@ -79,8 +79,8 @@ struct Nexus {
   int write_status() {
     std::vector<unsigned char> block(512, 0);
     for (int i = 0;; ++i) {
-      Task t(iscsi_write10_sync(ctx, uri.lun, 0, block.data(), static_cast<std::uint32_t>(block.size()), 512, 0, 0,
-                                0, 0, 0));
+      Task t(iscsi_write10_sync(ctx, uri.lun, 0, block.data(), static_cast<std::uint32_t>(block.size()), 512, 0, 0, 0,
+                                0, 0));
       REQUIRE(t);
       if (t->status != SCSI_STATUS_CHECK_CONDITION || t->sense.key != SCSI_SENSE_UNIT_ATTENTION || i > 8)
         return t->status;
@@ -95,7 +95,8 @@ struct Nexus {
       why = w;
     }));
     std::string poll_why;
-    REQUIRE(vb::poll_context_until(ctx, [&] { return done; }, 10, {}, poll_why));
+    REQUIRE(vb::poll_context_until(
+        ctx, [&] { return done; }, 10, {}, poll_why));
     (void)steps;
     return ok;
   }
@@ -165,23 +166,36 @@ TEST_CASE("iscsi reservations: PREEMPT of a key already gone is done, and of the
   Nexus one(o, 1), two(o, 2);
   vb::PrSteps s1, s2;
   std::string why;
-  REQUIRE(one.run(s1, [&](vb::PrSteps::Done d) { return s1.join(one.ctx, one.uri.lun, {owner, 1}, false, 11, d); },
-                  why));
+  REQUIRE(one.run(
+      s1,
+      [&](vb::PrSteps::Done d) {
+        return s1.join(one.ctx, one.uri.lun, {owner, 1}, false, 11, d);
+      },
+      why));
   // The second registrant's RESERVE conflicts (Registrants Only has one holder): READ RESERVATION
   // shows ours, which is enough.
-  REQUIRE(two.run(s2, [&](vb::PrSteps::Done d) { return s2.join(two.ctx, two.uri.lun, {owner, 2}, false, 22, d); },
-                  why));
+  REQUIRE(two.run(
+      s2,
+      [&](vb::PrSteps::Done d) {
+        return s2.join(two.ctx, two.uri.lun, {owner, 2}, false, 22, d);
+      },
+      why));
   INFO(why);
   const std::uint64_t k1 = s1.key(), k2 = s2.key();
   CHECK(one.reservation().key == k1); // the first one holds it
 
   // A key that is gone (its slot's own new login preempted it, or it was never there).
   vb::PrSteps p;
-  CHECK(two.run(p, [&](vb::PrSteps::Done d) { return p.preempt(two.ctx, two.uri.lun, k2, vb::pr_key({owner, 1}, 77), d); },
-                why));
+  CHECK(two.run(
+      p,
+      [&](vb::PrSteps::Done d) {
+        return p.preempt(two.ctx, two.uri.lun, k2, vb::pr_key({owner, 1}, 77), d);
+      },
+      why));
   CHECK(why.empty());
   // The holder: its nexus is fenced, the reservation now the preempting nexus's.
-  CHECK(two.run(p, [&](vb::PrSteps::Done d) { return p.preempt(two.ctx, two.uri.lun, k2, k1, d); }, why));
+  CHECK(two.run(
+      p, [&](vb::PrSteps::Done d) { return p.preempt(two.ctx, two.uri.lun, k2, k1, d); }, why));
   const vb::PrReservation r = two.reservation();
   CHECK(r.held);
   CHECK(r.key == k2);

@@ -892,7 +892,7 @@ TEST_CASE("bad iscsi keys name the file, line, key and what was expected") {
        "got a map"},
       {"nbd key for iscsi", iscsi_head + "      connections: 4\n", 6, "devices[0].backend.connections",
        "expected an iscsi backend key (type, uri, portals, path-policy, fencing, initiator-name, chap, header-digest, "
-       "reconnect-timeout, request-timeout), got 'connections'"},
+       "reconnect-timeout, request-timeout, nop-interval, nop-timeout), got 'connections'"},
       {"portals a map", iscsi_head + "      portals: {a: 1}\n", 6, "devices[0].backend.portals",
        "expected a list of portals of the URI's target (host or host:port, such as [192.0.2.2:3260, "
        "\"[2001:db8::2]:3260\"]) or discover, got a map"},
