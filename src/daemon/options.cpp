@@ -2,6 +2,7 @@
 
 #include "common/errors.h"
 #include "common/units.h"
+#include "control/metrics_http_server.h"
 
 #include <algorithm>
 #include <array>
@@ -138,6 +139,11 @@ Options parse_options(const std::vector<std::string> &args) {
       o.metrics_listen = value("--metrics-listen");
       if (o.metrics_listen.empty())
         throw std::invalid_argument("option --metrics-listen needs an address such as 127.0.0.1:9437");
+      try { // checked here, so that --check and the daemon refuse it alike, before anything starts
+        (void)control::parse_loopback_address(o.metrics_listen);
+      } catch (const std::invalid_argument &e) {
+        throw std::invalid_argument(std::string("option --metrics-listen: ") + e.what());
+      }
     } else if (a == "--timeout" || a.rfind("--timeout=", 0) == 0) {
       const std::string text = value("--timeout");
       if (text == "forever") {

@@ -146,6 +146,13 @@ TEST_CASE("cli: usage errors name what is wrong") {
   CHECK(usage_error({"frobnicate"}) == "unknown argument 'frobnicate' (see --help)");
   CHECK(usage_error({"--json"}) == "option --json goes with a command such as status (see --help)");
   CHECK(usage_error({"status", "bad\tname"}) == "'bad\tname' is not a device name");
+  // --metrics-listen is checked when the options are read: --check refuses it as the daemon would.
+  CHECK(usage_error({"--check", "--metrics-listen", "0.0.0.0:9437"})
+            .starts_with("option --metrics-listen: metrics address \"0.0.0.0:9437\": not a loopback address"));
+  CHECK(usage_error({"--check", "--metrics-listen=127.0.0.1:99999"}) ==
+        "option --metrics-listen: metrics address \"127.0.0.1:99999\": the port must be a number from 0 to 65535");
+  CHECK(usage_error({"--metrics-listen", "localhost"}).starts_with("option --metrics-listen: metrics address"));
+  CHECK(parse({"--metrics-listen", "[::1]:9437"}).metrics_listen == "[::1]:9437");
 }
 
 TEST_CASE("cli: add sends the absolute path of a readable file") {
