@@ -951,3 +951,49 @@ TEST_CASE("iscsi: after a fence, requests held for a new session or lost with th
   CHECK(stored(tgt.backing_file(1), 0, 4096) == a);
   CHECK(all_zero(stored(tgt.backing_file(1), 4096, 4096)));
 }
+
+// Issue 14: the first login of a device whose target accepts the connection and never answers
+// (a hung portal) is bounded, and a daemon stopping or a device removed cancels it at once.
+TEST_CASE("iscsi: the first login to a portal that never answers is bounded and can be cancelled") {
+  const int listener = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  REQUIRE(listener >= 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  REQUIRE(::bind(listener, reinterpret_cast<sockaddr *>(&addr), sizeof addr) == 0);
+  REQUIRE(::listen(listener, 8) == 0); // the kernel completes the handshake; nothing reads
+  socklen_t len = sizeof addr;
+  REQUIRE(::getsockname(listener, reinterpret_cast<sockaddr *>(&addr), &len) == 0);
+  const std::string uri =
+      "iscsi://127.0.0.1:" + std::to_string(ntohs(addr.sin_port)) + "/iqn.2026-11.org.vduse-bridge.test:hung/1";
+
+  SUBCASE("bounded by request-timeout") {
+    auto o = options_for(uri);
+    o.request_timeout = 1s;
+    vb::IscsiBackend backend(o);
+    vb::RecordingBackendEvents events;
+    const auto t0 = std::chrono::steady_clock::now();
+    // libiscsi's own timer (whole seconds, checked as it runs) or the poll's deadline, first.
+    CHECK_THROWS_WITH_AS(backend.open(events), doctest::Contains("cannot log in to"), std::runtime_error);
+    const auto took = std::chrono::steady_clock::now() - t0;
+    CHECK(took >= 400ms);
+    CHECK(took < 3s);
+  }
+  SUBCASE("cancelled from another thread") {
+    auto o = options_for(uri);
+    o.request_timeout = 0ms; // the bound is 30 s
+    vb::IscsiBackend backend(o);
+    vb::RecordingBackendEvents events;
+    std::atomic<bool> cancelled{false};
+    std::thread canceller([&] {
+      std::this_thread::sleep_for(300ms);
+      cancelled = true;
+    });
+    const auto t0 = std::chrono::steady_clock::now();
+    CHECK_THROWS_WITH_AS(backend.open(events, &cancelled), doctest::Contains("cancelled"), std::runtime_error);
+    const auto took = std::chrono::steady_clock::now() - t0;
+    canceller.join();
+    CHECK(took < 1s);
+  }
+  ::close(listener);
+}
