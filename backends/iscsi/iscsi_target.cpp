@@ -472,18 +472,46 @@ namespace {
 // iscsi_full_connect_sync, but polled here: it gives up at the deadline, and within 100 ms of
 // cancelled() turning true (a daemon stopping, a device removed while its target is away).
 // 0 when logged in; else -1 with the reason in `why` (empty: libiscsi's error says it).
+// Not iscsi_full_connect_async(): it allocates state that only its callbacks free, and a login
+// given up on during the TCP connect never gets one.
 int full_connect_within(iscsi_context *ctx, const IscsiUri &uri, int seconds, const std::function<bool()> &cancelled,
                         std::string &why) {
-  // On the heap: a login given up on (cancelled, timed out) may still have its callback run
-  // later, when the caller destroys the context (libiscsi cancels what is queued). Then the
-  // callback frees it; a callback that never comes leaves these few bytes behind.
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(seconds);
+  auto left = [&deadline] {
+    const auto s = std::chrono::ceil<std::chrono::seconds>(deadline - std::chrono::steady_clock::now()).count();
+    return static_cast<int>(std::max<long long>(s, 1));
+  };
+  // The TCP connect: its callback runs only from iscsi_service(), never when the context is
+  // destroyed, so its state can live here (the caller destroys ctx when this fails).
+  struct Step {
+    bool done = false;
+    int status = 0;
+  } connected;
+  auto on_connected = [](iscsi_context *, int status, void *, void *p) {
+    auto *c = static_cast<Step *>(p);
+    c->done = true;
+    c->status = status;
+  };
+  if (iscsi_connect_async(ctx, uri.portal.c_str(), on_connected, &connected) != 0)
+    return -1;
+  if (!poll_context_until(
+          ctx, [&connected] { return connected.done; }, left(), cancelled, why)) {
+    iscsi_disconnect(ctx); // no later callback into this frame
+    if (why.rfind("no answer", 0) == 0)
+      why += " (the login bound: request-timeout, or 30s)";
+    return -1;
+  }
+  if (connected.status != 0)
+    return -1;
+  // The login: a PDU, whose callback runs with CANCELLED when the context is destroyed. So its
+  // state is on the heap, freed by the callback once given up on.
   struct Login {
     bool done = false;
     bool abandoned = false;
     int status = 0;
   };
   auto *login = new Login;
-  auto on_done = [](iscsi_context *, int status, void *, void *p) {
+  auto on_logged_in = [](iscsi_context *, int status, void *, void *p) {
     auto *l = static_cast<Login *>(p);
     if (l->abandoned) {
       delete l;
@@ -492,12 +520,12 @@ int full_connect_within(iscsi_context *ctx, const IscsiUri &uri, int seconds, co
     l->done = true;
     l->status = status;
   };
-  if (iscsi_full_connect_async(ctx, uri.portal.c_str(), uri.lun, on_done, login) != 0) {
+  if (iscsi_login_async(ctx, on_logged_in, login) != 0) {
     delete login; // not queued: the callback never runs
     return -1;
   }
   if (!poll_context_until(
-          ctx, [login] { return login->done; }, seconds, cancelled, why)) {
+          ctx, [login] { return login->done; }, left(), cancelled, why)) {
     login->abandoned = true;
     if (why.rfind("no answer", 0) == 0)
       why += " (the login bound: request-timeout, or 30s)";
@@ -505,7 +533,16 @@ int full_connect_within(iscsi_context *ctx, const IscsiUri &uri, int seconds, co
   }
   const int status = login->status;
   delete login;
-  return status == 0 ? 0 : -1;
+  if (status != 0)
+    return -1;
+  // A new session usually starts with a UNIT ATTENTION (power on, reset): taken here, as
+  // iscsi_full_connect does, so that the checks that follow get answers (bounded).
+  for (int i = 0; i < 10; ++i) {
+    TaskPtr tur(iscsi_testunitready_sync(ctx, uri.lun));
+    if (!tur || tur->status != SCSI_STATUS_CHECK_CONDITION || tur->sense.key != SCSI_SENSE_UNIT_ATTENTION)
+      break;
+  }
+  return 0;
 }
 
 } // namespace
