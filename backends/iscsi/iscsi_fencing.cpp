@@ -72,8 +72,11 @@ bool parse_pr_keys(const unsigned char *data, std::size_t size, std::vector<std:
       (std::size_t{data[4]} << 24) | (std::size_t{data[5]} << 16) | (std::size_t{data[6]} << 8) | std::size_t{data[7]};
   if (length % 8 != 0)
     return false;
-  // A list longer than what arrived is cut to what arrived (the allocation length was ours).
-  const std::size_t n = std::min({length / 8, (size - 8) / 8, max});
+  // A list longer than what arrived (or than max) is not the whole list: a key past the cut
+  // would be neither preempted nor found, so the data is refused rather than cut.
+  if (length / 8 > (size - 8) / 8 || length / 8 > max)
+    return false;
+  const std::size_t n = length / 8;
   keys.reserve(n);
   for (std::size_t i = 0; i < n; ++i)
     keys.push_back(be64(data + 8 + 8 * i));
@@ -129,7 +132,10 @@ bool PrSteps::start(iscsi_context *ctx, int lun, Step first, Done done) noexcept
   preempted_ = 0;
   done_ = std::move(done);
   step_ = first;
-  return issue();
+  if (issue())
+    return true;
+  done_ = nullptr; // the caller hears false instead
+  return false;
 }
 
 bool PrSteps::join(iscsi_context *ctx, int lun, PrSlot slot, bool whole_owner, std::uint32_t seed, Done done) noexcept {
@@ -211,8 +217,7 @@ bool PrSteps::issue() noexcept {
     return false;
   }
   if (!t) {
-    step_ = Step::idle;
-    done_ = nullptr;
+    step_ = Step::idle; // done_ is kept: a step after the first reports the failure through it
     return false;
   }
   task_ = t;
@@ -240,19 +245,21 @@ void PrSteps::on_done(iscsi_context * /*iscsi*/, int status, void *command_data,
     scsi_free_scsi_task(task);
 }
 
-// The victim just preempted (or found gone): the next one, or what follows.
-void PrSteps::after_preempt() noexcept {
+// The victim just preempted (or found gone): the next one, or what follows. True when the
+// sequence finished (done has run, and may have started another one on this object).
+bool PrSteps::after_preempt() noexcept {
   victims_.pop_back();
   ++preempted_;
   if (!victims_.empty()) {
     step_ = Step::preempt; // the next victim, asked the same way
-    return;
+    return false;
   }
   if (!join_) {
     finish(true, {});
-    return;
+    return true;
   }
   step_ = Step::reserve;
+  return false;
 }
 
 void PrSteps::next(int status, scsi_task *task) {
@@ -308,7 +315,8 @@ void PrSteps::next(int status, scsi_task *task) {
       finish(false, what_failed("PERSISTENT RESERVE OUT (PREEMPT)", status, task));
       return;
     }
-    after_preempt();
+    if (after_preempt())
+      return;
     break;
   case Step::check_gone:
     if (std::find(listed.begin(), listed.end(), key_) == listed.end()) {
@@ -319,7 +327,8 @@ void PrSteps::next(int status, scsi_task *task) {
       finish(false, "PERSISTENT RESERVE OUT (PREEMPT) failed: RESERVATION CONFLICT, and the key is still registered");
       return;
     }
-    after_preempt();
+    if (after_preempt())
+      return;
     break;
   case Step::reserve:
     if (conflict(status)) {

@@ -55,10 +55,10 @@ constexpr std::uint64_t pr_key(PrSlot s, std::uint16_t tag) noexcept {
 }
 constexpr bool pr_in_slot(std::uint64_t key, PrSlot s) noexcept { return (key >> 16) == (pr_key(s, 0) >> 16); }
 constexpr bool pr_of_owner(std::uint64_t key, PrSlot s) noexcept { return (key >> 32) == s.owner; }
-// PERSISTENT RESERVE IN / READ KEYS parameter data (hostile): the keys, at most max of them;
-// false when it is malformed.
+// PERSISTENT RESERVE IN / READ KEYS parameter data (hostile): the keys; false when it is
+// malformed or lists more than arrived or than max (8190: what the allocation holds).
 bool parse_pr_keys(const unsigned char *data, std::size_t size, std::vector<std::uint64_t> &keys,
-                   std::size_t max = 4096);
+                   std::size_t max = 8190);
 // PERSISTENT RESERVE IN / READ RESERVATION parameter data (hostile): whether a reservation is
 // held, its type and the key shown; false when malformed.
 struct PrReservation {
@@ -106,7 +106,7 @@ private:
   bool issue() noexcept;
   static void on_done(iscsi_context *iscsi, int status, void *command_data, void *private_data) noexcept;
   void next(int status, scsi_task *task);
-  void after_preempt() noexcept;
+  bool after_preempt() noexcept;
   void finish(bool ok, const std::string &why) noexcept;
 
   iscsi_context *ctx_ = nullptr;

@@ -43,20 +43,27 @@ TEST_CASE("fencing: READ KEYS data is read as hostile input") {
   const auto two = read_keys_data(16, {1, 0x1122334455667788ull});
   REQUIRE(vb::parse_pr_keys(two.data(), two.size(), keys));
   CHECK(keys == std::vector<std::uint64_t>{1, 0x1122334455667788ull});
-  // A length that claims more than arrived: only what arrived.
+  // A length that claims more than arrived is not the whole list: a key past the cut would be
+  // neither preempted nor found, so it is refused, not cut.
   const auto claims = read_keys_data(0xfffffff8u, {5});
-  REQUIRE(vb::parse_pr_keys(claims.data(), claims.size(), keys));
-  CHECK(keys == std::vector<std::uint64_t>{5});
+  CHECK_FALSE(vb::parse_pr_keys(claims.data(), claims.size(), keys));
+  const auto one_more = read_keys_data(24, {5, 6});
+  CHECK_FALSE(vb::parse_pr_keys(one_more.data(), one_more.size(), keys));
   // Not whole keys, too short, no data.
   const auto odd = read_keys_data(12, {5, 6});
   CHECK_FALSE(vb::parse_pr_keys(odd.data(), odd.size(), keys));
   CHECK_FALSE(vb::parse_pr_keys(two.data(), 7, keys));
   CHECK_FALSE(vb::parse_pr_keys(nullptr, 0, keys));
-  // Bounded by max.
+  // Bounded by max: more keys than that are refused, as many are read.
   std::vector<std::uint64_t> many(100, 9);
   const auto lots = read_keys_data(800, many);
-  REQUIRE(vb::parse_pr_keys(lots.data(), lots.size(), keys, 10));
-  CHECK(keys.size() == 10);
+  CHECK_FALSE(vb::parse_pr_keys(lots.data(), lots.size(), keys, 10));
+  REQUIRE(vb::parse_pr_keys(lots.data(), lots.size(), keys, 100));
+  CHECK(keys.size() == 100);
+  // The allocation's 8190 keys are read whole by default.
+  const auto full = read_keys_data(8190 * 8, std::vector<std::uint64_t>(8190, 3));
+  REQUIRE(vb::parse_pr_keys(full.data(), full.size(), keys));
+  CHECK(keys.size() == 8190);
 }
 
 TEST_CASE("fencing: the keys to preempt are the slot's (or the owner's) others, once each, never our own or 0") {
