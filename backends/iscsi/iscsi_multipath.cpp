@@ -21,6 +21,7 @@ IscsiPathSet::IscsiPathSet(EventLoop &loop, std::shared_ptr<const IscsiTarget> t
     auto path = std::make_unique<Path>();
     path->set = this;
     path->index = p;
+    path->unfenced.reserve(16);
     paths_.push_back(std::move(path));
   }
   // Sessions after every Path exists: an adopted one reports ready from its constructor. The
@@ -77,6 +78,8 @@ int IscsiPathSet::submit(const Request &req, CompletionFn done, void *ctx) noexc
   f->set = this;
   f->seq = ++seq_;
   f->complete_with = 0;
+  f->refusals = 0;
+  f->held_since = {};
   dispatch(f);
   return 0;
 }
@@ -88,13 +91,18 @@ bool IscsiPathSet::fencing_on() const noexcept {
 namespace {
 // What changes the LUN's data: a copy of it that runs late can undo a newer write.
 bool changes_data(Op op) noexcept { return op == Op::write || op == Op::discard || op == Op::write_zeroes; }
+constexpr unsigned kMaxRefusals = 64; // ALUA refusals of one request (each after a new read of the states)
 } // namespace
 
 void IscsiPathSet::hold_for_fence(Forwarded *f, std::uint64_t victim) noexcept {
   Path &path = *paths_[f->path];
   f->victim = victim;
-  f->held_since = SessionClock::now();
+  if (f->held_since == SessionClock::time_point{})
+    f->held_since = SessionClock::now(); // reconnect-timeout counts from the first hold
   try {
+    // (unfenced has room reserved for its keys: one per login lost, preempted one by one)
+    if (std::find(path.unfenced.begin(), path.unfenced.end(), victim) == path.unfenced.end())
+      path.unfenced.push_back(victim);
     path.fenced_out.push_back(f);
   } catch (const std::bad_alloc &) {
     finish(f, f->complete_with != 0 ? f->complete_with : EIO);
@@ -102,6 +110,18 @@ void IscsiPathSet::hold_for_fence(Forwarded *f, std::uint64_t victim) noexcept {
   }
   if (!path.fencing)
     start_fence(path);
+}
+
+bool IscsiPathSet::hold_behind_fence(Forwarded *f) noexcept {
+  if (!fencing_on() || !changes_data(f->req.op))
+    return false;
+  for (auto &p : paths_)
+    if (!p->unfenced.empty()) {
+      f->path = p->index;
+      hold_for_fence(f, p->unfenced.front());
+      return true;
+    }
+  return false;
 }
 
 template <typename Fenced> void IscsiPathSet::release_fenced(Path &path, Fenced fenced) noexcept {
@@ -131,9 +151,9 @@ template <typename Fenced> void IscsiPathSet::release_fenced(Path &path, Fenced 
 // From a live path: PREEMPT the key a dead path's writes were sent under. That nexus can then no
 // longer write, and what waited for it goes.
 void IscsiPathSet::start_fence(Path &dead) noexcept {
-  if (dead.fenced_out.empty() || cancelled_)
+  if (dead.unfenced.empty() || cancelled_)
     return;
-  const std::uint64_t victim = dead.fenced_out.front()->victim;
+  const std::uint64_t victim = dead.unfenced.front();
   if (victim == dead.session->pr_key() && dead.session->connected())
     return; // never preempt a live session (cannot happen: a held write was lost with its nexus)
   const auto now = SessionClock::now();
@@ -154,6 +174,7 @@ void IscsiPathSet::start_fence(Path &dead) noexcept {
       }
       VB_LOG_INFO("%s: path %u fenced (its key preempted from path %u): its writes go out again", name_.c_str(),
                   dead_index, from);
+      d.unfenced.erase(std::remove(d.unfenced.begin(), d.unfenced.end(), victim), d.unfenced.end());
       release_fenced(d, [victim](const Forwarded *f) { return f->victim == victim; });
       start_fence(d); // writes of another of its logins may wait too
     });
@@ -188,10 +209,31 @@ void IscsiPathSet::expire_fenced(Path &path) noexcept {
                  name_.c_str(), path.index, format_duration(limit).c_str(), failed);
 }
 
+int IscsiPathSet::rank(unsigned p) const noexcept {
+  // Ready as the path said, and as its session is now (it may have gone without saying yet).
+  const Path &path = *paths_[p];
+  if (!path.ready || !path.session || !path.session->connected())
+    return -1;
+  return alua_rank(path.session->access());
+}
+
+bool IscsiPathSet::any_carries_io() const noexcept {
+  for (unsigned p = 0; p < paths_.size(); ++p)
+    if (rank(p) >= 0)
+      return true;
+  return false;
+}
+
 int IscsiPathSet::pick() noexcept {
   const unsigned n = static_cast<unsigned>(paths_.size());
-  // Ready as the path said, and as its session is now (it may have gone without saying yet).
-  auto usable = [this](unsigned p) { return paths_[p]->ready && paths_[p]->session->connected(); };
+  // ALUA first: only paths of the best rank there is (active/optimized, else non-optimized).
+  int best = -1;
+  for (unsigned p = 0; p < n; ++p)
+    if (const int r = rank(p); r >= 0 && (best < 0 || r < best))
+      best = r;
+  if (best < 0)
+    return -1;
+  auto usable = [this, best](unsigned p) { return rank(p) == best; };
   if (target_->options.path_policy == IscsiOptions::PathPolicy::failover) {
     for (unsigned p = 0; p < n; ++p)
       if (usable(p))
@@ -209,6 +251,8 @@ int IscsiPathSet::pick() noexcept {
 }
 
 void IscsiPathSet::dispatch(Forwarded *f) noexcept {
+  if (hold_behind_fence(f))
+    return;
   for (std::size_t tries = 0; tries < paths_.size(); ++tries) {
     const int p = pick();
     if (p < 0)
@@ -225,6 +269,12 @@ void IscsiPathSet::dispatch(Forwarded *f) noexcept {
   if (!down_) {
     down_ = true;
     down_since_ = SessionClock::now();
+    if (ready_paths() > 0) // logged in, but no port takes I/O (ALUA standby, unavailable...)
+      try {
+        why_down_ = "no path's port takes I/O now (ALUA)";
+        update_health();
+      } catch (...) {
+      }
   }
   try {
     waiting_.push_back(f);
@@ -237,6 +287,25 @@ void IscsiPathSet::on_path_done(void *ctx, int error) noexcept {
   auto *f = static_cast<Forwarded *>(ctx);
   IscsiPathSet *self = f->set;
   Path &path = *self->paths_[f->path];
+  if (error == kPathRefused) {
+    // The path's port refused every command of it (ALUA standby, unavailable, transitioning):
+    // nothing ran, so no fence is needed; another path takes it. Bounded, should a target keep
+    // saying active in REPORT TARGET PORT GROUPS and refuse the I/O.
+    if (self->cancelled_ || ++f->refusals > kMaxRefusals) {
+      self->finish(f, self->cancelled_ ? ECANCELED : EIO);
+      return;
+    }
+    ++self->failovers_;
+    self->target_->path_book.failed_over(f->path, 1);
+    try {
+      self->waiting_.push_back(f);
+    } catch (const std::bad_alloc &) {
+      self->finish(f, EIO);
+      return;
+    }
+    self->redispatch_.schedule();
+    return;
+  }
   if (self->fencing_on() && !self->cancelled_ && changes_data(f->req.op) && error != 0 &&
       (error == kHandedBack || !path.session->connected())) {
     // Lost with its path: the target may still run it, unless the nexus it went on is fenced
@@ -297,9 +366,13 @@ void IscsiPathSet::redispatch() noexcept {
 
 void IscsiPathSet::on_path_changed(Path &path, bool ready) noexcept {
   path.ready = ready;
-  if (ready && path.session && !path.fenced_out.empty()) {
-    // Its login registered a new key and preempted the slot's older ones.
+  if (ready && path.session && !path.unfenced.empty()) {
+    // Its login registered a new key and preempted the slot's older ones (every key of this
+    // path in this queue is of that slot).
     const std::uint64_t now_key = path.session->pr_key();
+    path.unfenced.erase(
+        std::remove_if(path.unfenced.begin(), path.unfenced.end(), [now_key](std::uint64_t k) { return k != now_key; }),
+        path.unfenced.end());
     release_fenced(path, [now_key](const Forwarded *f) { return f->victim != now_key; });
   }
   if (ready != path.counted) {
@@ -308,7 +381,7 @@ void IscsiPathSet::on_path_changed(Path &path, bool ready) noexcept {
   }
   if (!ready && path.session)
     report_error(path);
-  if (ready) {
+  if (ready && any_carries_io()) {
     if (down_) {
       const double down_s = std::chrono::duration<double>(SessionClock::now() - down_since_).count();
       if (!why_down_.empty())
@@ -316,11 +389,17 @@ void IscsiPathSet::on_path_changed(Path &path, bool ready) noexcept {
                     path.index, target_->paths[path.index].portal.c_str(), down_s, waiting_.size());
       down_ = false;
       why_down_.clear();
-    } else {
+    } else if (!path.session || rank(path.index) >= 0) {
       VB_LOG_INFO("%s: path %u (%s) is ready", name_.c_str(), path.index, target_->paths[path.index].portal.c_str());
+    } else {
+      VB_LOG_INFO("%s: path %u (%s) is logged in; its port takes no I/O now (ALUA %s)", name_.c_str(), path.index,
+                  target_->paths[path.index].portal.c_str(), alua_state_name(path.session->access()));
     }
     fail_fast_ = false;
     redispatch_.schedule();
+  } else if (ready && path.session) { // (an adopted session says ready from its constructor)
+    VB_LOG_INFO("%s: path %u (%s) is logged in; its port takes no I/O now (ALUA %s)", name_.c_str(), path.index,
+                target_->paths[path.index].portal.c_str(), alua_state_name(path.session->access()));
   } else if (path.session) {
     const std::size_t left = ready_paths();
     VB_LOG_WARN("%s: path %u (%s) is down (%s); %zu path(s) left", name_.c_str(), path.index,
@@ -332,6 +411,31 @@ void IscsiPathSet::on_path_changed(Path &path, bool ready) noexcept {
     }
   }
   update_health();
+}
+
+void IscsiPathSet::on_access_changed(Path &path) noexcept {
+  if (!path.session)
+    return; // being made: on_path_changed() follows
+  target_->path_book.set_access(path.index, alua_state_name(path.session->access()));
+  if (!path.ready)
+    return;
+  if (any_carries_io()) {
+    if (down_) {
+      VB_LOG_INFO("%s: path %u (%s) takes I/O again (ALUA %s); %zu request(s) go out", name_.c_str(), path.index,
+                  target_->paths[path.index].portal.c_str(), alua_state_name(path.session->access()), waiting_.size());
+      down_ = false;
+      why_down_.clear();
+    }
+    fail_fast_ = false;
+    redispatch_.schedule();
+  }
+  update_health();
+}
+
+void IscsiPathSet::on_access_announced() noexcept {
+  for (auto &p : paths_)
+    if (p->session)
+      p->session->refresh_access();
 }
 
 void IscsiPathSet::update_health() noexcept {
@@ -361,11 +465,15 @@ void IscsiPathSet::on_tick() noexcept {
       // The path that sent the PREEMPT lost that context (its answer never comes), or the
       // target sits on it: asked again.
       const IscsiSession &from = *paths_[p->fencing_from]->session;
-      if (!from.connected() || from.context_generation() != p->fencing_context ||
-          SessionClock::now() - p->fencing_since > std::chrono::seconds(setup_bound_seconds(target_->options)))
+      const bool same_context = from.connected() && from.context_generation() == p->fencing_context;
+      if (!same_context) {
+        p->fencing = false; // its answer never comes
+      } else if (SessionClock::now() - p->fencing_since > std::chrono::seconds(setup_bound_seconds(target_->options))) {
         p->fencing = false;
+        paths_[p->fencing_from]->session->cancel_preempt(); // or it would refuse the next one
+      }
     }
-    if (p->session && !p->fenced_out.empty()) {
+    if (p->session && !p->unfenced.empty()) {
       expire_fenced(*p);
       if (!p->fencing)
         start_fence(*p); // no live path could send it before, or it failed

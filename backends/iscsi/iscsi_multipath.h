@@ -55,7 +55,7 @@ public:
 
 private:
   struct Forwarded;
-  struct Path final : SessionPathObserver {
+  struct Path final : IscsiPathObserver {
     IscsiPathSet *set = nullptr;
     unsigned index = 0;
     bool ready = false;
@@ -65,6 +65,10 @@ private:
     // key is preempted from a live path (or its own next login preempts it): until then the
     // target may still run their first copies.
     std::vector<Forwarded *> fenced_out;
+    // Keys of this path's lost logins not preempted yet. They outlive the writes held for them
+    // (which may fail at reconnect-timeout): until each is preempted, by a live path or by this
+    // path's own next login, no write goes out on any path, since a late copy could still land.
+    std::vector<std::uint64_t> unfenced;
     bool fencing = false;              // a PREEMPT for it is in flight,
     unsigned fencing_from = 0;         // from that path,
     std::uint64_t fencing_context = 0; // on that context of its session (lost with it: asked again),
@@ -73,6 +77,8 @@ private:
     std::unique_ptr<IscsiSession> session;
     void path_changed(bool now_ready) noexcept override { set->on_path_changed(*this, now_ready); }
     bool others_ready() const noexcept override { return set->ready_paths() > (ready ? 1u : 0u); }
+    void access_changed() noexcept override { set->on_access_changed(*this); }
+    void access_announced() noexcept override { set->on_access_announced(); }
   };
   // One request on its way through a path.
   struct Forwarded {
@@ -85,11 +91,17 @@ private:
     int complete_with = 0;    // waiting for a fence: completes with this then (from before a reset), or goes out again
     std::uint64_t victim = 0; // waiting for a fence: the key of the nexus it was lost with
     SessionClock::time_point held_since{};
+    unsigned refusals = 0; // times a path's port refused it for its ALUA state
   };
 
   static void on_path_done(void *ctx, int error) noexcept;
   void on_path_changed(Path &path, bool ready) noexcept;
-  int pick() noexcept; // a ready path's index, or -1
+  void on_access_changed(Path &path) noexcept;
+  void on_access_announced() noexcept;
+  // A path I/O may go to now: ready, and its ALUA state carries I/O (alua_rank); its rank, or -1.
+  int rank(unsigned path) const noexcept;
+  bool any_carries_io() const noexcept;
+  int pick() noexcept; // the index of a path of the best rank there is, or -1
   void dispatch(Forwarded *f) noexcept;
   void redispatch() noexcept; // handed back and held requests, oldest first
   void finish(Forwarded *f, int error) noexcept;
@@ -99,6 +111,7 @@ private:
   void report_error(Path &path) noexcept; // the session's last error into the path book
   bool fencing_on() const noexcept;
   void hold_for_fence(Forwarded *f, std::uint64_t victim) noexcept;
+  bool hold_behind_fence(Forwarded *f) noexcept; // a new write while a key is unfenced: held
   void start_fence(Path &dead) noexcept;
   template <typename Fenced> void release_fenced(Path &path, Fenced fenced) noexcept;
   void expire_fenced(Path &path) noexcept;

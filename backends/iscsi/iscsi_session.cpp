@@ -31,6 +31,7 @@ struct IscsiSession::Part {
 struct IscsiSession::Job : SessionJob {
   IscsiSession *session = nullptr;
   unsigned parts_left = 0;
+  bool hand_back = false;      // a command was refused for this path's ALUA state: kPathRefused
   std::vector<scsi_iovec> iov; // the request's buffers, cut at command boundaries
   std::vector<Part> parts;     // fixed while the job is in flight: libiscsi holds pointers to them
 };
@@ -42,6 +43,9 @@ constexpr unsigned kMaxUnitAttentionRetries = 8;
 constexpr unsigned kMaxCommandsPerRequest = 1024;
 constexpr unsigned kMaxDelayedRetries = 40; // BUSY & co: 10 ms doubling to 1 s, about 30 s in all
 constexpr auto kMaxRetryDelay = std::chrono::milliseconds(1000);
+// ALUA states are read again this often: a path that carries no I/O hears no unit attention.
+constexpr auto kAluaPollRefused = std::chrono::seconds(1); // standby, unavailable, transitioning
+constexpr auto kAluaPollActive = std::chrono::seconds(5);
 
 const char *op_name(Op op) noexcept {
   switch (op) {
@@ -79,7 +83,7 @@ SessionSettings iscsi_session_settings(const IscsiTarget &target, std::string na
 } // namespace
 
 IscsiSession::IscsiSession(EventLoop &loop, std::shared_ptr<const IscsiTarget> target, iscsi_context *ctx,
-                           unsigned index, std::string name, unsigned path, SessionPathObserver *observer,
+                           unsigned index, std::string name, unsigned path, IscsiPathObserver *observer,
                            SessionHealth *paths_health)
     : loop_(loop), target_(std::move(target)), name_(std::move(name)), index_(index), path_(path), observer_(observer),
       failure_timer_(loop, [this] { handle_failure(); }), retry_timer_(loop, [this] { on_retry_timer(); }),
@@ -89,8 +93,12 @@ IscsiSession::IscsiSession(EventLoop &loop, std::shared_ptr<const IscsiTarget> t
   if (ctx) {
     ctx_ = ctx;
     ++generation_;
+    // open() checked this login: its ALUA data is the target's.
+    tpgs_ = target_->lun.tpgs;
+    alua_port_ = target_->lun.alua_port;
     core_.start(true);
     update_events();
+    refresh_access();
   } else {
     core_.start(false);
   }
@@ -98,6 +106,11 @@ IscsiSession::IscsiSession(EventLoop &loop, std::shared_ptr<const IscsiTarget> t
 
 IscsiSession::~IscsiSession() {
   leave_reservation();
+  core_.cancel_all();
+}
+
+void IscsiSession::cancel_all() noexcept {
+  leave_reservation(); // while the session is still up: cancel_all() closes it
   core_.cancel_all();
 }
 
@@ -122,6 +135,7 @@ int IscsiSession::submit(const Request &req, CompletionFn done, void *ctx) noexc
   job->done = done;
   job->ctx = ctx;
   job->source = this;
+  job->hand_back = false;
   if (int rc = plan(job); rc != 0 || (rc = core_.submit(job)) != 0) {
     jobs_.give(job);
     return rc;
@@ -340,6 +354,9 @@ void IscsiSession::on_check_condition(Part *part, const scsi_sense &sense) noexc
     if (sense.ascq == SCSI_SENSE_ASCQ_CAPACITY_DATA_HAS_CHANGED) {
       VB_LOG_INFO("%s: the target says the LUN's capacity changed; reading it again", name_.c_str());
       check_capacity();
+    } else if (alua_attention(sense.key, sense.ascq) && observer_) {
+      VB_LOG_INFO("%s: the target says the ALUA states changed (%s); reading them again", name_.c_str(), kind.c_str());
+      observer_->access_announced(); // every path reads its state again
     } else {
       report(part, kind, kind + ": retrying the command");
     }
@@ -352,6 +369,16 @@ void IscsiSession::on_check_condition(Part *part, const scsi_sense &sense) noexc
     complete_part(part, EIO);
     return;
   case SCSI_SENSE_NOT_READY:
+    if (const auto state = alua_state_from_sense(sense.key, sense.ascq); state && observer_ && tpgs_ != 0) {
+      // This path's port takes no I/O now (ALUA): the command did not run; the request goes
+      // to another path once its other commands are answered.
+      set_access(*state, "NOT READY");
+      refresh_access();
+      report(part, kind, kind + ": the path's port takes no I/O now; the request goes to another path");
+      part->job->hand_back = true;
+      complete_part(part, 0);
+      return;
+    }
     if ((sense.ascq >> 8) == 0x04 && sense.ascq != 0x0402 && sense.ascq != 0x0403) { // becoming ready, busy...
       retry_later(part, kind);
       return;
@@ -461,8 +488,11 @@ void IscsiSession::complete_part(Part *part, int error) noexcept {
   // result is decided, and a lost session must not send it again (SessionJob::answered_error).
   if (error != 0 && error != ECANCELED)
     job->answered_error = true;
-  if (--job->parts_left == 0)
+  if (--job->parts_left == 0) {
+    if (job->hand_back && job->error == 0)
+      job->error = kPathRefused;
     core_.retire(job);
+  }
 }
 
 void IscsiSession::release(SessionJob *job, int /*error*/) noexcept { jobs_.give(static_cast<Job *>(job)); }
@@ -546,9 +576,12 @@ bool IscsiSession::issue_probe(std::size_t which) noexcept {
   case 1:
     task = iscsi_inquiry_task(ctx_, lun, 1, SCSI_INQUIRY_PAGECODE_DEVICE_IDENTIFICATION, 255, &on_probed, this);
     break;
-  default:
+  case 2:
     task = iscsi_modesense6_task(ctx_, lun, 1, SCSI_MODESENSE_PC_CURRENT, SCSI_MODEPAGE_RETURN_ALL_PAGES, 0, 255,
                                  &on_probed, this);
+    break;
+  default:
+    task = iscsi_inquiry_task(ctx_, lun, 0, 0, 255, &on_probed, this); // standard: TPGS (ALUA)
     break;
   }
   if (!task) {
@@ -584,8 +617,11 @@ void IscsiSession::on_probed(iscsi_context * /*iscsi*/, int status, void *comman
       case 1:
         ok = parse_device_identification(task, self->probed_);
         break;
-      default:
+      case 2:
         ok = parse_mode_sense(task, self->probed_);
+        break;
+      default:
+        ok = parse_standard_inquiry(task, self->probed_);
         break;
       }
       self->probe_ok_[which] = ok;
@@ -641,7 +677,7 @@ void IscsiSession::check_probe() noexcept {
   }
   // The same LUN, maybe resized while the session was down.
   adopt_size(now.blocks, "after logging in again");
-  become_ready();
+  finish_login();
 }
 
 // fencing: persistent-reservation: this login registers a new key and preempts the slot's stale
@@ -664,7 +700,7 @@ void IscsiSession::start_fencing() noexcept {
                   "preempted): what they still send is refused",
                   name_.c_str(), pr_.preempted());
     adopt_size(probed_.blocks, "after logging in again");
-    become_ready();
+    finish_login();
   });
   if (!queued)
     fail("cannot queue PERSISTENT RESERVE: " + iscsi_error(ctx_));
@@ -783,6 +819,123 @@ void IscsiSession::adopt_size(std::uint64_t blocks, const char *how) noexcept {
   }
 }
 
+// Multipath with ALUA: the path's state is known before it carries I/O (a standby path
+// would refuse it).
+void IscsiSession::finish_login() noexcept {
+  tpgs_ = probed_.tpgs;
+  alua_port_ = probed_.alua_port;
+  if (!observer_ || tpgs_ == 0) {
+    set_access(AluaState::none, "at login");
+    become_ready();
+    return;
+  }
+  alua_login_ = true;
+  alua_attentions_ = 0;
+  if (!issue_rtpg())
+    fail("cannot queue REPORT TARGET PORT GROUPS: " + iscsi_error(ctx_));
+}
+
+// Multipath only (one path has nothing to choose): the next read of the ALUA state.
+void IscsiSession::refresh_access() noexcept {
+  if (!observer_ || !ctx_ || !core_.ready() || failure_ || tpgs_ == 0)
+    return;
+  if (alua_task_) {
+    alua_again_ = true; // asked again while reading: read once more afterwards
+    return;
+  }
+  if (!issue_rtpg()) {
+    fail("cannot queue REPORT TARGET PORT GROUPS: " + iscsi_error(ctx_));
+    return;
+  }
+  if (!in_service_)
+    flush_.schedule();
+}
+
+bool IscsiSession::issue_rtpg() noexcept {
+  unsigned char cdb[12];
+  rtpg_cdb(cdb, kRtpgBytes);
+  scsi_task *task = scsi_create_task(sizeof cdb, cdb, SCSI_XFER_READ, static_cast<int>(kRtpgBytes));
+  if (!task)
+    return false;
+  if (iscsi_scsi_command_async(ctx_, target_->uri.lun, task, &on_alua, nullptr, this) != 0) {
+    scsi_free_scsi_task(task);
+    return false;
+  }
+  alua_task_ = task;
+  alua_read_at_ = SessionClock::now();
+  return true;
+}
+
+void IscsiSession::on_alua(iscsi_context * /*iscsi*/, int status, void *command_data, void *private_data) noexcept {
+  auto *self = static_cast<IscsiSession *>(private_data);
+  auto *task = static_cast<scsi_task *>(command_data);
+  const bool current = task && !self->closing_ && task == self->alua_task_;
+  std::optional<AluaState> state;
+  bool attention = false;
+  std::string why;
+  if (current) {
+    self->alua_task_ = nullptr;
+    attention = status == SCSI_STATUS_CHECK_CONDITION && task->sense.key == SCSI_SENSE_UNIT_ATTENTION;
+    if (status == SCSI_STATUS_GOOD) {
+      state = parse_rtpg(task->datain.data, static_cast<std::size_t>(std::max(0, task->datain.size)), self->alua_port_);
+      if (!state)
+        why = "its data does not list this path's port group with a known state";
+    } else if (!attention) {
+      try {
+        why = status == SCSI_STATUS_CHECK_CONDITION ? describe_sense(task->sense) : describe_status(status);
+      } catch (...) {
+      }
+    }
+  }
+  if (task)
+    scsi_free_scsi_task(task);
+  if (!current)
+    return;
+  const bool login = self->alua_login_;
+  if (status == SCSI_STATUS_CANCELLED || status == SCSI_STATUS_ERROR || status == SCSI_STATUS_TIMEOUT) {
+    if (login)
+      self->fail("the session failed while reading its ALUA state");
+    return; // otherwise the session is lost: the next login reads it
+  }
+  if (attention && self->alua_attentions_++ < kMaxUnitAttentionRetries) {
+    if (!self->issue_rtpg())
+      self->fail("cannot queue REPORT TARGET PORT GROUPS: " + iscsi_error(self->ctx_));
+    return;
+  }
+  self->alua_attentions_ = 0;
+  self->alua_login_ = false;
+  if (!state && (login || attention)) {
+    if (self->target_->first_report("REPORT TARGET PORT GROUPS"))
+      VB_LOG_WARN("%s: REPORT TARGET PORT GROUPS failed (%s); the path is used as if the target had no ALUA "
+                  "(reported once)",
+                  self->name_.c_str(), attention ? "unit attentions" : why.c_str());
+    if (login)
+      state = AluaState::none;
+  }
+  if (state) // a failed read later keeps what the last one said
+    self->set_access(*state, login ? "at login" : "REPORT TARGET PORT GROUPS");
+  if (login) {
+    self->become_ready();
+    return;
+  }
+  if (self->alua_again_) {
+    self->alua_again_ = false;
+    self->refresh_access();
+  }
+}
+
+void IscsiSession::set_access(AluaState state, const char *how) noexcept {
+  if (state == alua_)
+    return;
+  const AluaState was = alua_;
+  alua_ = state;
+  if (state != AluaState::none)
+    VB_LOG_INFO("%s: ALUA state %s%s%s (%s)", name_.c_str(), alua_state_name(state),
+                was == AluaState::none ? "" : ", it was ", alua_state_name(was), how);
+  if (observer_)
+    observer_->access_changed();
+}
+
 void IscsiSession::become_ready() noexcept {
   phase_ = Phase::none;
   core_.connected();
@@ -841,6 +994,10 @@ void IscsiSession::close_context() noexcept {
   capacity_task_ = nullptr; // cancelled with the context
   capacity_again_ = false;
   capacity_attentions_ = 0;
+  alua_task_ = nullptr; // likewise
+  alua_again_ = false;
+  alua_attentions_ = 0;
+  alua_login_ = false;
 }
 
 void IscsiSession::service(int revents) noexcept {
@@ -910,6 +1067,9 @@ void IscsiSession::update_events() noexcept {
 void IscsiSession::on_tick() noexcept {
   service(0);
   check_alive();
+  if (observer_ && tpgs_ != 0 && core_.ready() && !alua_task_ &&
+      SessionClock::now() - alua_read_at_ >= (alua_rank(alua_) < 0 ? kAluaPollRefused : kAluaPollActive))
+    refresh_access();
 }
 
 // A hung target or path (a frozen link, a stalled portal) answers nothing, and without a

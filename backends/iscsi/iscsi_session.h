@@ -38,6 +38,19 @@ struct scsi_sense;
 
 namespace vb {
 
+// A path set's view of one of its sessions: also told when the path's ALUA state changes.
+class IscsiPathObserver : public SessionPathObserver {
+public:
+  virtual void access_changed() noexcept = 0;   // this path's state is another now
+  virtual void access_announced() noexcept = 0; // the target says states changed: every path reads its own
+
+protected:
+  ~IscsiPathObserver() = default;
+};
+// A request whose commands this path's port refused for its ALUA state (NOT READY: standby,
+// unavailable, transitioning): none of them ran, and it goes out again on another path.
+inline constexpr int kPathRefused = EHOSTUNREACH;
+
 class IscsiSession final : public BackendQueue, private SessionProtocol {
 public:
   // Adopts ctx if given (logged in already, by IscsiBackend::open()), else logs in in the
@@ -46,7 +59,7 @@ public:
   // observer: the session is one path of several (IscsiPathSet): it holds nothing (kHandedBack)
   // and reports its health to paths_health instead of the device's.
   IscsiSession(EventLoop &loop, std::shared_ptr<const IscsiTarget> target, iscsi_context *ctx, unsigned index,
-               std::string name, unsigned path = 0, SessionPathObserver *observer = nullptr,
+               std::string name, unsigned path = 0, IscsiPathObserver *observer = nullptr,
                SessionHealth *paths_health = nullptr);
   ~IscsiSession() override;
   IscsiSession(const IscsiSession &) = delete;
@@ -55,8 +68,9 @@ public:
   // Loop thread. Fails synchronously only for a request out of range or not in whole blocks
   // (and with EIO once the target has been unreachable for longer than reconnect-timeout).
   int submit(const Request &req, CompletionFn done, void *ctx) noexcept override;
-  // Completes everything in flight or held with ECANCELED and stops reconnecting.
-  void cancel_all() noexcept override { core_.cancel_all(); }
+  // Completes everything in flight or held with ECANCELED and stops reconnecting; with
+  // fencing, the session's key is unregistered first (bounded: 1 s), as the queue is going.
+  void cancel_all() noexcept override;
   // The driver reset: held requests, and commands waiting to be sent again (after BUSY, UNIT
   // ATTENTION...), complete with ECANCELED now; commands the target has complete with its
   // answer, or with ECANCELED if the session is lost first (never sent again).
@@ -79,8 +93,14 @@ public:
   // From this (ready) session: PREEMPT victim, another session's key (a dead path's), so that its
   // nexus can no longer write. False (done not called) when it cannot be sent now.
   bool preempt(std::uint64_t victim, PrSteps::Done done) noexcept;
+  // A PREEMPT given up on (no answer): forgotten, so that another can be sent.
+  void cancel_preempt() noexcept { pr_preempt_.cancel(); }
   // Commands sent again after UNIT ATTENTION, BUSY, TASK SET FULL, NOT READY...
   std::uint64_t retries() const noexcept { return retries_; }
+  // ALUA: this path's access state as last read (none: the target has no ALUA, or not known
+  // yet), and a new read of it (REPORT TARGET PORT GROUPS, in the background).
+  AluaState access() const noexcept { return alua_; }
+  void refresh_access() noexcept;
 
   struct Job;  // one backend request
   struct Part; // one SCSI command of a job
@@ -124,6 +144,11 @@ private:
   void check_probe() noexcept;
   void become_ready() noexcept;
   void start_fencing() noexcept;
+  void finish_login() noexcept; // after the checks (and the fence): the ALUA state, then ready
+  // ALUA.
+  bool issue_rtpg() noexcept;
+  static void on_alua(iscsi_context *iscsi, int status, void *command_data, void *private_data) noexcept;
+  void set_access(AluaState state, const char *how) noexcept;
   // The path checker (nop-interval, nop-timeout).
   void check_alive() noexcept;
   static void on_nop(iscsi_context *iscsi, int status, void *command_data, void *private_data) noexcept;
@@ -144,7 +169,7 @@ private:
   std::string name_;
   unsigned index_;
   unsigned path_;
-  SessionPathObserver *observer_; // one path of several, or nullptr
+  IscsiPathObserver *observer_; // one path of several, or nullptr
   iscsi_context *ctx_ = nullptr;
   std::unique_ptr<IoWatch> watch_;
   int watch_fd_ = -1;
@@ -164,9 +189,9 @@ private:
   std::optional<Failure> failure_;
   std::uint64_t generation_ = 0; // of the context; results of older ones are ignored
   std::uint64_t retries_ = 0;
-  // The checks of a LUN after each login: READ CAPACITY(16), VPD 0x83, MODE SENSE(6).
-  std::array<scsi_task *, 3> probe_tasks_{};
-  std::array<bool, 3> probe_ok_{};
+  // The checks of a LUN after each login: READ CAPACITY(16), VPD 0x83, MODE SENSE(6), INQUIRY.
+  std::array<scsi_task *, 4> probe_tasks_{};
+  std::array<bool, 4> probe_ok_{};
   unsigned probes_left_ = 0;
   unsigned probe_attentions_ = 0; // UNIT ATTENTIONs answered to the checks (one per new session)
   bool tcp_connected_ = false;
@@ -176,6 +201,17 @@ private:
   bool capacity_again_ = false;
   unsigned capacity_attentions_ = 0;
   LunInfo probed_;
+  // ALUA: what the login found (TPGS, this path's port), the state, the read in flight, whether
+  // another read was asked for meanwhile, UNIT ATTENTIONs answered to it in a row, whether it is
+  // the login's (the session is ready once it is answered), when the last one was sent.
+  int tpgs_ = 0;
+  AluaPort alua_port_;
+  AluaState alua_ = AluaState::none;
+  scsi_task *alua_task_ = nullptr;
+  bool alua_again_ = false;
+  unsigned alua_attentions_ = 0;
+  bool alua_login_ = false;
+  SessionClock::time_point alua_read_at_{};
   PrSteps pr_;         // this login's registration (fencing: persistent-reservation)
   PrSteps pr_preempt_; // a dead path's key, preempted from this session
   std::uint64_t pr_key_ = 0;

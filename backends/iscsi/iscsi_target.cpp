@@ -361,7 +361,18 @@ bool parse_device_identification(scsi_task *task, LunInfo &info) {
   std::string identity;
   std::string wwn;
   int wwn_rank = 0;
+  AluaPort port;
   for (const scsi_inquiry_device_designator *d = page->designators; d; d = d->next) {
+    if (d->association == SCSI_ASSOCIATION_TARGET_PORT && d->designator_length >= 4 && d->designator) {
+      // ALUA: the port this path reached, and its group (bytes 2-3 of the 4-byte designator).
+      const auto *v = reinterpret_cast<const unsigned char *>(d->designator);
+      const int value = (v[2] << 8) | v[3];
+      if (d->designator_type == SCSI_DESIGNATOR_TYPE_TARGET_PORT_GROUP)
+        port.group = value;
+      else if (d->designator_type == SCSI_DESIGNATOR_TYPE_RELATIVE_TARGET_PORT)
+        port.relative_port = value;
+      continue;
+    }
     if (d->association != SCSI_ASSOCIATION_LOGICAL_UNIT || d->designator_length <= 0)
       continue;
     const bool binary = d->code_set == SCSI_CODESET_BINARY;
@@ -398,6 +409,17 @@ bool parse_device_identification(scsi_task *task, LunInfo &info) {
   }
   info.identity = identity;
   info.wwn = wwn;
+  info.alua_port = port;
+  return true;
+}
+
+bool parse_standard_inquiry(scsi_task *task, LunInfo &info) {
+  if (!task || task->status != SCSI_STATUS_GOOD)
+    return false;
+  const auto *inq = static_cast<const scsi_inquiry_standard *>(scsi_datain_unmarshall(task));
+  if (!inq)
+    return false;
+  info.tpgs = inq->tpgs & 3;
   return true;
 }
 
@@ -582,6 +604,7 @@ LunInfo login_and_probe(iscsi_context *ctx, const IscsiUri &uri, const IscsiOpti
   if (inq->device_type != SCSI_INQUIRY_PERIPHERAL_DEVICE_TYPE_DIRECT_ACCESS)
     throw std::runtime_error(name + ": the LUN is not a disk (its device type is " +
                              scsi_devtype_to_str(inq->device_type) + ")");
+  info.tpgs = inq->tpgs & 3;
   TaskPtr capacity(iscsi_readcapacity16_sync(ctx, lun));
   if (!parse_read_capacity16(capacity.get(), info))
     throw std::runtime_error(name + ": READ CAPACITY(16) failed: " + failure_of(ctx, capacity.get()));
@@ -727,6 +750,17 @@ void IscsiPathBook::set_error(std::size_t path, const std::string &why) noexcept
     return;
   try {
     paths_[path].last_error = why;
+  } catch (...) {
+    // status only
+  }
+}
+
+void IscsiPathBook::set_access(std::size_t path, const char *alua) noexcept {
+  std::lock_guard lock(mu_);
+  if (path >= paths_.size())
+    return;
+  try {
+    paths_[path].alua = alua;
   } catch (...) {
     // status only
   }

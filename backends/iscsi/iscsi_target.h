@@ -6,6 +6,7 @@
 // read-only once open() has filled it, apart from first_report() and size (any thread).
 #pragma once
 
+#include "iscsi/iscsi_alua.h"
 #include "iscsi/iscsi_options.h"
 #include "session/session_health.h"
 #include "vduse-bridge/backend.h"
@@ -97,12 +98,15 @@ struct LunInfo {
   std::uint64_t max_write_same_blocks = 0;   // per WRITE SAME; 0 = not stated
   bool lbpu = false;                         // VPD 0xB2: UNMAP
   bool lbpws = false;                        // VPD 0xB2: WRITE SAME(16) with UNMAP
+  int tpgs = 0;                              // standard INQUIRY TPGS: 0 = no ALUA
+  AluaPort alua_port;                        // VPD 0x83: where this path's target port is
 };
 
 // Each reads one completed task into info; false when the task failed or its data is not
 // understood (info is then unchanged).
 bool parse_read_capacity16(scsi_task *task, LunInfo &info);
 bool parse_device_identification(scsi_task *task, LunInfo &info);
+bool parse_standard_inquiry(scsi_task *task, LunInfo &info);
 bool parse_mode_sense(scsi_task *task, LunInfo &info);
 bool parse_block_limits(scsi_task *task, LunInfo &info);
 bool parse_provisioning(scsi_task *task, LunInfo &info);
@@ -153,6 +157,7 @@ public:
   void set_up(std::size_t path, bool up) noexcept;
   void failed_over(std::size_t path, std::uint64_t requests) noexcept;
   void set_error(std::size_t path, const std::string &why) noexcept;
+  void set_access(std::size_t path, const char *alua) noexcept; // the last ALUA state a session read
   std::vector<BackendPathStatus> snapshot() const;
 
 private:

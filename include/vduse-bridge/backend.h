@@ -161,6 +161,7 @@ struct BackendPathStatus {
   unsigned sessions_up = 0;    // of those, logged in and carrying I/O when the policy picks it
   std::uint64_t failovers = 0; // requests moved off this path when it failed
   std::string last_error;      // why it last went down or was refused; empty if never
+  std::string alua;            // its ALUA state ("active/optimized", "standby", ...); empty: no ALUA
 };
 
 // Threads: open() and capabilities() on the device's control thread; open_queue() on the

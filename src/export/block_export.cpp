@@ -345,7 +345,8 @@ metrics::DeviceStatus BlockExport::status() const {
   d.serial = config_.serial;
   d.backend_identity = backend_->capabilities().identity;
   for (BackendPathStatus &p : backend_->paths())
-    d.paths.push_back({std::move(p.name), p.sessions, p.sessions_up, p.failovers, std::move(p.last_error)});
+    d.paths.push_back(
+        {std::move(p.name), p.sessions, p.sessions_up, p.failovers, std::move(p.last_error), std::move(p.alua)});
   const RecordingBackendEvents::Health h = backend_events_.health();
   d.backend_state = h.state == Backend::State::connected      ? metrics::BackendState::connected
                     : h.state == Backend::State::reconnecting ? metrics::BackendState::reconnecting

@@ -57,6 +57,7 @@ struct PathStatus {
   unsigned sessions_up = 0;
   std::uint64_t failovers = 0; // requests moved off it when it failed
   std::string last_error;
+  std::string alua; // its ALUA state; empty: the target has no ALUA
   // "up" (every queue's session), "degraded" (some), "down" (none).
   const char *state() const noexcept { return sessions_up == 0 ? "down" : sessions_up < sessions ? "degraded" : "up"; }
 };

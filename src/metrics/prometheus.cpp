@@ -181,6 +181,15 @@ std::string format_prometheus(const std::vector<DeviceStatus> &devices, const Bu
   w.family("backend_path_failovers_total", "counter",
            "Multipath: requests sent again on another path after this one failed.");
   per_path("backend_path_failovers_total", [](const PathStatus &p) { return p.failovers; });
+  w.family("backend_path_alua_state", "gauge",
+           "Multipath: each path's ALUA access state as a state set (paths of a target with ALUA only).");
+  for (const DeviceStatus &d : devices)
+    for (std::size_t i = 0; i < d.paths.size(); ++i)
+      if (!d.paths[i].alua.empty())
+        for (const char *s : {"active/optimized", "active/non-optimized", "standby", "unavailable", "lba-dependent",
+                              "offline", "transitioning"})
+          w.sample("backend_path_alua_state", {{"device", d.name}, {"path", std::to_string(i)}, {"state", s}},
+                   d.paths[i].alua == s ? 1 : 0);
 
   w.family("requests_total", "counter", "Requests completed, by operation.");
   for (std::size_t i = 0; i < devices.size(); ++i)

@@ -116,6 +116,8 @@ void format_device(std::string &out, const DeviceStatus &d, std::chrono::system_
     const PathStatus &p = d.paths[i];
     std::string text = p.name + ": " + p.state() + " (" + std::to_string(p.sessions_up) + " of " +
                        std::to_string(p.sessions) + " sessions), " + std::to_string(p.failovers) + " failovers";
+    if (!p.alua.empty())
+      text += ", ALUA " + p.alua;
     if (!p.last_error.empty())
       text += ", last error: " + p.last_error;
     line(out, ("Path " + std::to_string(i)).c_str(), text);
@@ -201,6 +203,7 @@ void device_json(JsonWriter &w, const DeviceStatus &d, std::chrono::system_clock
     w.member("state", std::string_view(p.state()));
     w.member("sessions", p.sessions).member("sessions_up", p.sessions_up).member("failovers", p.failovers);
     text_member(w, "last_error", p.last_error);
+    text_member(w, "alua", p.alua);
     w.end_object();
   }
   w.end_array();

@@ -154,6 +154,9 @@ public:
       std::this_thread::sleep_for(std::chrono::milliseconds(1));
   }
   void restore() { cut_ = false; }
+  // New connections are closed as they are accepted (the portal is gone) until restore();
+  // the links there are, frozen ones too, stay.
+  void refuse_new() { cut_ = true; }
   // Bytes the initiator sent that went on to the target (which path carried the I/O).
   std::size_t forwarded() const { return forwarded_; }
   // After release(): bytes delivered late, and frozen links the target had closed meanwhile.

@@ -12,6 +12,7 @@
 
 #include <doctest/doctest.h>
 
+#include <cerrno>
 #include <chrono>
 #include <csignal>
 #include <cstdlib>
@@ -326,4 +327,53 @@ TEST_CASE("iscsi multipath with fencing: a frozen path's write goes out on the o
   CHECK(a.released_bytes() > 0);
   run_for(disk.loop, 500ms);
   CHECK(stored(tgt.backing_file(1), 0, kBlock) == newer); // the late copy was refused
+}
+
+TEST_CASE("iscsi multipath with fencing: a write that failed before its path could be fenced leaves its key to "
+          "preempt, and no write goes out until it is") {
+  if (!have_tgtd())
+    VB_SKIP(kNoTgtd);
+  TempDir dir;
+  TgtdServer tgt{dir};
+  tgt.add_lun(1, kLunBytes);
+  UnitAttentionProxy a(port_of(tgt)), b(port_of(tgt));
+  auto o = options_for(vb::test::through(a, tgt));
+  o.portals = {portal_of(b)};
+  o.request_timeout = 1s;
+  o.reconnect_timeout = 2s;
+  o.fencing = vb::IscsiOptions::Fencing::persistent_reservation;
+  vb::test::OpenedBackend<vb::IscsiBackend> disk(o);
+  auto &set = dynamic_cast<vb::IscsiPathSet &>(*disk.q);
+  for (int i = 0; i < 200 && set.ready_paths() < 2; ++i)
+    run_for(disk.loop, 50ms);
+  REQUIRE(set.ready_paths() == 2);
+  std::vector<char> first = pattern(kBlock, 1), late = pattern(kBlock, 2), newer = pattern(kBlock, 3);
+  iovec v1{}, v2{}, v3{};
+  CHECK(disk.run(rw(vb::Op::write, 0, first, v1)) == 0);
+
+  // Path 1 gone; path 0 (in use) hangs with a write inside and its portal takes no new login:
+  // no live path can preempt path 0's key, and the write fails at reconnect-timeout.
+  b.cut();
+  a.freeze();
+  a.refuse_new();
+  Result r;
+  REQUIRE(disk.q->submit(rw(vb::Op::write, 0, late, v2), &Result::on_done, &r) == 0);
+  run_until(disk.loop, [&] { return r.calls > 0; });
+  CHECK(r.error == EIO);
+
+  // Path 1 back: a newer write to the same block goes out once path 0's key is preempted.
+  b.restore();
+  for (int i = 0; i < 300 && set.ready_paths() < 1; ++i)
+    run_for(disk.loop, 50ms);
+  REQUIRE(set.ready_paths() == 1);
+  CHECK(disk.run(rw(vb::Op::write, 0, newer, v3)) == 0);
+  CHECK(stored(tgt.backing_file(1), 0, kBlock) == newer);
+
+  // The failed write's first copy reaches the target now, on path 0's old nexus: refused.
+  a.release();
+  for (int i = 0; i < 100 && a.released_bytes() == 0 && a.released_to_closed() == 0; ++i)
+    run_for(disk.loop, 20ms);
+  CHECK(a.released_bytes() > 0);
+  run_for(disk.loop, 500ms);
+  CHECK(stored(tgt.backing_file(1), 0, kBlock) == newer);
 }

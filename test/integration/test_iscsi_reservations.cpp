@@ -147,6 +147,7 @@ TEST_CASE("iscsi reservations: a device's first login fences what this host left
     CHECK(r.type == SCSI_PERSISTENT_RESERVE_TYPE_WRITE_EXCLUSIVE_REGISTRANTS_ONLY);
     CHECK(stale.write_status() == SCSI_STATUS_RESERVATION_CONFLICT); // the fenced nexus cannot write
     CHECK(other.write_status() == SCSI_STATUS_GOOD);                 // a registrant can
+    disk.q->cancel_all(); // as the engine does before a queue goes (QueueWorker)
   }
   // Closed cleanly: none of this host's keys is left, and the reservation went with its holder.
   const auto keys = other.keys();

@@ -1121,8 +1121,8 @@ TEST_CASE("multipath paths show in status text, status json and prometheus (labe
   const auto now = std::chrono::system_clock::time_point(std::chrono::seconds(1'700'000'000)) + 1h;
   std::vector<DeviceStatus> devices{make_device("disk0", 10, 300'000)};
   devices[0].backend = "iscsi";
-  devices[0].paths = {{"192.0.2.1:3260", 2, 2, 0, ""},
-                      {"[2001:db8::2]:3260", 2, 1, 17, "session lost: the connection closed or failed"}};
+  devices[0].paths = {{"192.0.2.1:3260", 2, 2, 0, "", ""},
+                      {"[2001:db8::2]:3260", 2, 1, 17, "session lost: the connection closed or failed", ""}};
   const std::string text = format_status_text(devices, now);
   CHECK(text.find("Path 0: 192.0.2.1:3260: up (2 of 2 sessions), 0 failovers\n") != std::string::npos);
   CHECK(text.find("Path 1: [2001:db8::2]:3260: degraded (1 of 2 sessions), 17 failovers, last error: session "
@@ -1151,4 +1151,40 @@ TEST_CASE("multipath paths show in status text, status json and prometheus (labe
       CHECK(s.value == 0);
     }
   CHECK(seen == 2);
+}
+
+TEST_CASE("multipath paths' ALUA states show in status text, status json and a prometheus state set") {
+  const auto now = std::chrono::system_clock::time_point(std::chrono::seconds(1'700'000'000)) + 1h;
+  std::vector<DeviceStatus> devices{make_device("disk0", 10, 300'000), make_device("disk1", 10, 300'000)};
+  devices[0].backend = devices[1].backend = "iscsi";
+  devices[0].paths = {{"192.0.2.1:3260", 1, 1, 0, "", "active/optimized"}, {"192.0.2.2:3260", 1, 1, 3, "", "standby"}};
+  devices[1].paths = {{"192.0.2.9:3260", 1, 1, 0, "", ""}, {"192.0.2.10:3260", 1, 1, 0, "", ""}}; // no ALUA
+  const std::string text = format_status_text(devices, now);
+  CHECK(text.find("Path 0: 192.0.2.1:3260: up (1 of 1 sessions), 0 failovers, ALUA active/optimized\n") !=
+        std::string::npos);
+  CHECK(text.find("Path 1: 192.0.2.2:3260: up (1 of 1 sessions), 3 failovers, ALUA standby\n") != std::string::npos);
+  CHECK(text.find("Path 0: 192.0.2.9:3260: up (1 of 1 sessions), 0 failovers\n") != std::string::npos);
+
+  const Json j = parse_json(format_status_json(devices, now));
+  CHECK(j["devices"].items[0]["paths"].items[0]["alua"].s == "active/optimized");
+  CHECK(j["devices"].items[0]["paths"].items[1]["alua"].s == "standby");
+  CHECK(j["devices"].items[1]["paths"].items[0]["alua"].is_null());
+
+  const Exposition e = parse_exposition(format_prometheus(devices, {"1.2.3", "abc123"}));
+  CHECK(e.types.at("vduse_bridge_backend_path_alua_state") == "gauge");
+  std::map<std::string, double> set; // "path state" -> value, disk0 only
+  for (const Sample &s : e.samples)
+    if (s.name == "vduse_bridge_backend_path_alua_state") {
+      CHECK(s.labels.at("device") == "disk0"); // a target without ALUA has no samples
+      set[s.labels.at("path") + " " + s.labels.at("state")] = s.value;
+    }
+  CHECK(set.size() == 14); // 7 states for each of 2 paths
+  CHECK(set["0 active/optimized"] == 1);
+  CHECK(set["0 standby"] == 0);
+  CHECK(set["1 standby"] == 1);
+  CHECK(set["1 active/optimized"] == 0);
+  double ones = 0;
+  for (const auto &[k, v] : set)
+    ones += v;
+  CHECK(ones == 2); // one state each
 }
