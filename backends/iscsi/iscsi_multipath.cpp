@@ -291,19 +291,11 @@ void IscsiPathSet::on_path_done(void *ctx, int error) noexcept {
     // The path's port refused every command of it (ALUA standby, unavailable, transitioning):
     // nothing ran, so no fence is needed; another path takes it. Bounded, should a target keep
     // saying active in REPORT TARGET PORT GROUPS and refuse the I/O.
-    if (self->cancelled_ || ++f->refusals > kMaxRefusals) {
-      self->finish(f, self->cancelled_ ? ECANCELED : EIO);
-      return;
-    }
-    ++self->failovers_;
-    self->target_->path_book.failed_over(f->path, 1);
-    try {
-      self->waiting_.push_back(f);
-    } catch (const std::bad_alloc &) {
+    if (!self->cancelled_ && ++f->refusals > kMaxRefusals) {
       self->finish(f, EIO);
       return;
     }
-    self->redispatch_.schedule();
+    self->fail_over(f);
     return;
   }
   if (self->fencing_on() && !self->cancelled_ && changes_data(f->req.op) && error != 0 &&
@@ -325,21 +317,26 @@ void IscsiPathSet::on_path_done(void *ctx, int error) noexcept {
     self->finish(f, error);
     return;
   }
-  // Lost with its path's session: it goes out again on another path, from the loop (this runs
-  // inside the path's session teardown).
-  ++self->failovers_;
-  self->target_->path_book.failed_over(f->path, 1);
-  if (self->cancelled_) {
-    self->finish(f, ECANCELED);
+  // Lost with its path's session: it goes out again on another path.
+  self->fail_over(f);
+}
+
+// f goes out again on another path, from the loop (this may run inside the path's session
+// teardown, or its completion).
+void IscsiPathSet::fail_over(Forwarded *f) noexcept {
+  ++failovers_;
+  target_->path_book.failed_over(f->path, 1);
+  if (cancelled_) {
+    finish(f, ECANCELED);
     return;
   }
   try {
-    self->waiting_.push_back(f);
+    waiting_.push_back(f);
   } catch (const std::bad_alloc &) {
-    self->finish(f, EIO);
+    finish(f, EIO);
     return;
   }
-  self->redispatch_.schedule();
+  redispatch_.schedule();
 }
 
 void IscsiPathSet::finish(Forwarded *f, int error) noexcept {

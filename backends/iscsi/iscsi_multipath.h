@@ -104,6 +104,7 @@ private:
   int pick() noexcept; // the index of a path of the best rank there is, or -1
   void dispatch(Forwarded *f) noexcept;
   void redispatch() noexcept; // handed back and held requests, oldest first
+  void fail_over(Forwarded *f) noexcept;
   void finish(Forwarded *f, int error) noexcept;
   void drop_waiting(int error) noexcept;
   void on_tick() noexcept;

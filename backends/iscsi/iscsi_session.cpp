@@ -47,6 +47,15 @@ constexpr auto kMaxRetryDelay = std::chrono::milliseconds(1000);
 constexpr auto kAluaPollRefused = std::chrono::seconds(1); // standby, unavailable, transitioning
 constexpr auto kAluaPollActive = std::chrono::seconds(5);
 
+// Why a command failed, for a log line ("" when out of memory).
+std::string failure_text(int status, const scsi_task *task) noexcept {
+  try {
+    return status == SCSI_STATUS_CHECK_CONDITION ? describe_sense(task->sense) : describe_status(status);
+  } catch (...) {
+    return {};
+  }
+}
+
 const char *op_name(Op op) noexcept {
   switch (op) {
   case Op::read:
@@ -761,10 +770,7 @@ void IscsiSession::on_capacity(iscsi_context * /*iscsi*/, int status, void *comm
     attention = status == SCSI_STATUS_CHECK_CONDITION && task->sense.key == SCSI_SENSE_UNIT_ATTENTION;
     parsed = !attention && parse_read_capacity16(task, info);
     if (!parsed && !attention)
-      try {
-        why = status == SCSI_STATUS_CHECK_CONDITION ? describe_sense(task->sense) : describe_status(status);
-      } catch (...) {
-      }
+      why = failure_text(status, task);
   }
   if (task)
     scsi_free_scsi_task(task);
@@ -881,10 +887,7 @@ void IscsiSession::on_alua(iscsi_context * /*iscsi*/, int status, void *command_
       if (!state)
         why = "its data does not list this path's port group with a known state";
     } else if (!attention) {
-      try {
-        why = status == SCSI_STATUS_CHECK_CONDITION ? describe_sense(task->sense) : describe_status(status);
-      } catch (...) {
-      }
+      why = failure_text(status, task);
     }
   }
   if (task)

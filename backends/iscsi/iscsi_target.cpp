@@ -491,6 +491,42 @@ bool poll_context_until(iscsi_context *ctx, const std::function<bool()> &finishe
 
 namespace {
 
+struct PendingLogin {
+  bool done = false;
+  bool abandoned = false;
+  int status = 0;
+};
+// Logins given up on whose callback has not run: a few bytes each, at most kMaxAbandoned kept
+// (past that they are left to leak: a target that accepts connections and never answers a login,
+// thousands of times).
+constexpr std::size_t kMaxAbandoned = 4096;
+std::mutex abandoned_mu;
+std::vector<std::unique_ptr<PendingLogin>> &abandoned_logins() {
+  static auto *list = new std::vector<std::unique_ptr<PendingLogin>>; // never destroyed: callbacks may come late
+  return *list;
+}
+void keep_abandoned(PendingLogin *l) {
+  l->abandoned = true;
+  std::lock_guard lock(abandoned_mu);
+  auto &list = abandoned_logins();
+  if (list.size() < kMaxAbandoned) {
+    try {
+      list.emplace_back(l);
+    } catch (...) {
+    }
+  }
+}
+void forget_abandoned(PendingLogin *l) {
+  std::lock_guard lock(abandoned_mu);
+  auto &list = abandoned_logins();
+  for (auto it = list.begin(); it != list.end(); ++it)
+    if (it->get() == l) {
+      list.erase(it); // deletes it
+      return;
+    }
+  delete l; // not kept (the list was full)
+}
+
 // iscsi_full_connect_sync, but polled here: it gives up at the deadline, and within 100 ms of
 // cancelled() turning true (a daemon stopping, a device removed while its target is away).
 // 0 when logged in; else -1 with the reason in `why` (empty: libiscsi's error says it).
@@ -499,6 +535,9 @@ namespace {
 int full_connect_within(iscsi_context *ctx, const IscsiUri &uri, int seconds, const std::function<bool()> &cancelled,
                         std::string &why) {
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(seconds);
+  // The poll below bounds the login to the deadline; libiscsi's own timer counts whole seconds
+  // of the wall clock (a 1 s bound could end after 0.1 s), so it is off until the login is done.
+  iscsi_set_timeout(ctx, 0);
   auto left = [&deadline] {
     const auto s = std::chrono::ceil<std::chrono::seconds>(deadline - std::chrono::steady_clock::now()).count();
     return static_cast<int>(std::max<long long>(s, 1));
@@ -525,18 +564,14 @@ int full_connect_within(iscsi_context *ctx, const IscsiUri &uri, int seconds, co
   }
   if (connected.status != 0)
     return -1;
-  // The login: a PDU, whose callback runs with CANCELLED when the context is destroyed. So its
-  // state is on the heap, freed by the callback once given up on.
-  struct Login {
-    bool done = false;
-    bool abandoned = false;
-    int status = 0;
-  };
-  auto *login = new Login;
+  // The login: a PDU, whose callback may still run once the login is given up on (with
+  // CANCELLED when the context is destroyed, in some libiscsi versions; bookworm's never runs
+  // it). So its state is on the heap, and an abandoned one is kept reachable until then.
+  auto *login = new PendingLogin;
   auto on_logged_in = [](iscsi_context *, int status, void *, void *p) {
-    auto *l = static_cast<Login *>(p);
+    auto *l = static_cast<PendingLogin *>(p);
     if (l->abandoned) {
-      delete l;
+      forget_abandoned(l);
       return;
     }
     l->done = true;
@@ -548,13 +583,14 @@ int full_connect_within(iscsi_context *ctx, const IscsiUri &uri, int seconds, co
   }
   if (!poll_context_until(
           ctx, [login] { return login->done; }, left(), cancelled, why)) {
-    login->abandoned = true;
+    keep_abandoned(login);
     if (why.rfind("no answer", 0) == 0)
       why += " (the login bound: request-timeout, or 30s)";
     return -1;
   }
   const int status = login->status;
   delete login;
+  iscsi_set_timeout(ctx, seconds); // the checks that follow: libiscsi's timer again
   if (status != 0)
     return -1;
   // A new session usually starts with a UNIT ATTENTION (power on, reset): taken here, as
