@@ -19,8 +19,9 @@ source "$(dirname "$0")/../lib/iscsi.sh"
 command -v fio >/dev/null || skip "fio not installed"
 PYTHON=/usr/bin/python3
 [ -x "$PYTHON" ] || skip "python3 not installed"
-[ -d /sys/module/iscsi_target_mod ] && [ -d /sys/module/target_core_file ] ||
+if [ ! -d /sys/module/iscsi_target_mod ] || [ ! -d /sys/module/target_core_file ]; then
   skip "LIO (iscsi_target_mod, target_core_file) is not loaded in this kernel"
+fi
 mountpoint -q /sys/kernel/config || mount -t configfs configfs /sys/kernel/config ||
   fail "cannot mount configfs"
 CFS=/sys/kernel/config/target
@@ -178,7 +179,9 @@ phase "phase 3 (A optimized again)" 3
 set_state b 0
 wait_alua "both active/optimized" active/optimized active/optimized
 phase "phase 4 (both optimized, round-robin)" 4
-[ "$da" -gt 50 ] && [ "$db" -gt 50 ] || fail "phase 4: round-robin did not use both ports (A $da, B $db)"
+if [ "$da" -le 50 ] || [ "$db" -le 50 ]; then
+  fail "phase 4: round-robin did not use both ports (A $da, B $db)"
+fi
 
 rc=0
 wait "$fio_pid" || rc=$?
