@@ -266,6 +266,10 @@ void IscsiPathSet::dispatch(Forwarded *f) noexcept {
       return;
     }
   }
+  if (fail_fast_) {
+    finish(f, EIO); // no path for longer than reconnect-timeout: as new requests do
+    return;
+  }
   if (!down_) {
     down_ = true;
     down_since_ = SessionClock::now();

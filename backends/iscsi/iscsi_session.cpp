@@ -378,7 +378,8 @@ void IscsiSession::on_check_condition(Part *part, const scsi_sense &sense) noexc
     complete_part(part, EIO);
     return;
   case SCSI_SENSE_NOT_READY:
-    if (const auto state = alua_state_from_sense(sense.key, sense.ascq); state && observer_ && tpgs_ != 0) {
+    if (const auto state = alua_state_from_sense(sense.key, sense.ascq);
+        state && observer_ && tpgs_ != 0 && alua_readable_) {
       // This path's port takes no I/O now (ALUA): the command did not run; the request goes
       // to another path once its other commands are answered.
       set_access(*state, "NOT READY");
@@ -498,8 +499,8 @@ void IscsiSession::complete_part(Part *part, int error) noexcept {
   if (error != 0 && error != ECANCELED)
     job->answered_error = true;
   if (--job->parts_left == 0) {
-    if (job->hand_back && job->error == 0)
-      job->error = kPathRefused;
+    if (job->hand_back && job->error == 0)                 // refused for the port's ALUA state: nothing ran
+      job->error = job->fenced ? ECANCELED : kPathRefused; // from before a reset: never sent again
     core_.retire(job);
   }
 }
@@ -566,6 +567,7 @@ void IscsiSession::on_logged_in(iscsi_context * /*iscsi*/, int status, void * /*
 // name would corrupt whatever uses it.
 void IscsiSession::start_probe() noexcept {
   phase_ = Phase::probing;
+  probe_alua_ = AluaState::none;
   probed_ = LunInfo{};
   probe_ok_ = {};
   probes_left_ = 0;
@@ -617,6 +619,9 @@ void IscsiSession::on_probed(iscsi_context * /*iscsi*/, int status, void *comman
     // A new session usually starts with a UNIT ATTENTION (power on, reset): ask again.
     attention = status == SCSI_STATUS_CHECK_CONDITION && task->sense.key == SCSI_SENSE_UNIT_ATTENTION &&
                 self->probe_attentions_++ < 10;
+    if (status == SCSI_STATUS_CHECK_CONDITION)
+      if (const auto state = alua_state_from_sense(task->sense.key, task->sense.ascq))
+        self->probe_alua_ = *state; // the port refuses the checks for its state
     if (!attention) {
       bool ok = false;
       switch (which) {
@@ -655,6 +660,11 @@ void IscsiSession::on_probed(iscsi_context * /*iscsi*/, int status, void *comman
 void IscsiSession::check_probe() noexcept {
   const LunInfo &was = target_->lun;
   const LunInfo &now = probed_;
+  if (probe_alua_ != AluaState::none) {
+    // Not another LUN: this port takes no commands in its ALUA state. Logged in again later.
+    fail(std::string("the port refuses the LUN checks in its ALUA state (") + alua_state_name(probe_alua_) + ")");
+    return;
+  }
   std::string why;
   try {
     if (!probe_ok_[0])
@@ -915,6 +925,12 @@ void IscsiSession::on_alua(iscsi_context * /*iscsi*/, int status, void *command_
     if (login)
       state = AluaState::none;
   }
+  // NOT READY is taken as a state only where REPORT TARGET PORT GROUPS reads one (else it could
+  // stick: nothing would ever read another).
+  if (login)
+    self->alua_readable_ = state.has_value();
+  else if (state)
+    self->alua_readable_ = true;
   if (state) // a failed read later keeps what the last one said
     self->set_access(*state, login ? "at login" : "REPORT TARGET PORT GROUPS");
   if (login) {

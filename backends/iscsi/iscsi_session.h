@@ -207,6 +207,8 @@ private:
   int tpgs_ = 0;
   AluaPort alua_port_;
   AluaState alua_ = AluaState::none;
+  bool alua_readable_ = false;             // the login's REPORT TARGET PORT GROUPS gave a state
+  AluaState probe_alua_ = AluaState::none; // a login check refused with an ALUA NOT READY
   scsi_task *alua_task_ = nullptr;
   bool alua_again_ = false;
   unsigned alua_attentions_ = 0;

@@ -542,60 +542,73 @@ int full_connect_within(iscsi_context *ctx, const IscsiUri &uri, int seconds, co
     const auto s = std::chrono::ceil<std::chrono::seconds>(deadline - std::chrono::steady_clock::now()).count();
     return static_cast<int>(std::max<long long>(s, 1));
   };
-  // The TCP connect: its callback runs only from iscsi_service(), never when the context is
-  // destroyed, so its state can live here (the caller destroys ctx when this fails).
-  struct Step {
-    bool done = false;
-    int status = 0;
-  } connected;
-  auto on_connected = [](iscsi_context *, int status, void *, void *p) {
-    auto *c = static_cast<Step *>(p);
-    c->done = true;
-    c->status = status;
-  };
-  if (iscsi_connect_async(ctx, uri.portal.c_str(), on_connected, &connected) != 0)
-    return -1;
-  if (!poll_context_until(
-          ctx, [&connected] { return connected.done; }, left(), cancelled, why)) {
-    iscsi_disconnect(ctx); // no later callback into this frame
-    if (why.rfind("no answer", 0) == 0)
-      why += " (the login bound: request-timeout, or 30s)";
-    return -1;
-  }
-  if (connected.status != 0)
-    return -1;
-  // The login: a PDU, whose callback may still run once the login is given up on (with
-  // CANCELLED when the context is destroyed, in some libiscsi versions; bookworm's never runs
-  // it). So its state is on the heap, and an abandoned one is kept reachable until then.
-  auto *login = new PendingLogin;
-  auto on_logged_in = [](iscsi_context *, int status, void *, void *p) {
-    auto *l = static_cast<PendingLogin *>(p);
-    if (l->abandoned) {
-      forget_abandoned(l);
-      return;
+  std::string portal = uri.portal;
+  for (int redirects = 0;; ++redirects) {
+    // The TCP connect: its callback runs only from iscsi_service(), never when the context is
+    // destroyed, so its state can live here (the caller destroys ctx when this fails).
+    struct Step {
+      bool done = false;
+      int status = 0;
+    } connected;
+    auto on_connected = [](iscsi_context *, int status, void *, void *p) {
+      auto *c = static_cast<Step *>(p);
+      c->done = true;
+      c->status = status;
+    };
+    if (iscsi_connect_async(ctx, portal.c_str(), on_connected, &connected) != 0)
+      return -1;
+    if (!poll_context_until(
+            ctx, [&connected] { return connected.done; }, left(), cancelled, why)) {
+      iscsi_disconnect(ctx); // no later callback into this frame
+      if (why.rfind("no answer", 0) == 0)
+        why += " (the login bound: request-timeout, or 30s)";
+      return -1;
     }
-    l->done = true;
-    l->status = status;
-  };
-  if (iscsi_login_async(ctx, on_logged_in, login) != 0) {
-    delete login; // not queued: the callback never runs
-    return -1;
+    if (connected.status != 0)
+      return -1;
+    // The login: a PDU, whose callback may still run once the login is given up on (with
+    // CANCELLED when the context is destroyed, in some libiscsi versions; bookworm's never runs
+    // it). So its state is on the heap, and an abandoned one is kept reachable until then.
+    auto *login = new PendingLogin;
+    auto on_logged_in = [](iscsi_context *, int status, void *, void *p) {
+      auto *l = static_cast<PendingLogin *>(p);
+      if (l->abandoned) {
+        forget_abandoned(l);
+        return;
+      }
+      l->done = true;
+      l->status = status;
+    };
+    if (iscsi_login_async(ctx, on_logged_in, login) != 0) {
+      delete login; // not queued: the callback never runs
+      return -1;
+    }
+    if (!poll_context_until(
+            ctx, [login] { return login->done; }, left(), cancelled, why)) {
+      keep_abandoned(login);
+      if (why.rfind("no answer", 0) == 0)
+        why += " (the login bound: request-timeout, or 30s)";
+      return -1;
+    }
+    const int status = login->status;
+    delete login;
+    const char *moved = iscsi_get_target_address(ctx);
+    if (status == SCSI_STATUS_REDIRECT && moved && *moved && redirects < 4) {
+      // The target moved to another portal: log in there, within the same deadline.
+      VB_LOG_INFO("iscsi: %s redirects the login to %s", portal.c_str(), moved);
+      portal = moved;
+      iscsi_disconnect(ctx);
+      continue;
+    }
+    if (status != 0)
+      return -1;
+    break;
   }
-  if (!poll_context_until(
-          ctx, [login] { return login->done; }, left(), cancelled, why)) {
-    keep_abandoned(login);
-    if (why.rfind("no answer", 0) == 0)
-      why += " (the login bound: request-timeout, or 30s)";
-    return -1;
-  }
-  const int status = login->status;
-  delete login;
   iscsi_set_timeout(ctx, seconds); // the checks that follow: libiscsi's timer again
-  if (status != 0)
-    return -1;
+
   // A new session usually starts with a UNIT ATTENTION (power on, reset): taken here, as
   // iscsi_full_connect does, so that the checks that follow get answers (bounded).
-  for (int i = 0; i < 10; ++i) {
+  for (int i = 0; i < 10 && std::chrono::steady_clock::now() < deadline && !(cancelled && cancelled()); ++i) {
     TaskPtr tur(iscsi_testunitready_sync(ctx, uri.lun));
     if (!tur || tur->status != SCSI_STATUS_CHECK_CONDITION || tur->sense.key != SCSI_SENSE_UNIT_ATTENTION)
       break;
