@@ -10,7 +10,8 @@
 #     within a second while E's connect hangs; SIGTERM ends the daemon within 1 s, exit 0.
 #  3. A daemon with no device: `add FILE` returns once the device serves (its drop-in written),
 #     adding it twice exits 1, a restart brings it back, `reload` of a broken drop-in exits 1
-#     naming the problem and changes nothing, a reload adding a device whose server is missing
+#     naming the problem and changes nothing, `reload` of a setting a running device cannot take
+#     exits 1 naming the device, a reload adding a device whose server is missing
 #     exits 3 naming it waiting while the others serve on, `remove` returns once the disk is gone.
 # shellcheck source-path=SCRIPTDIR/../lib
 source "$(dirname "$0")/../lib/nbd.sh"
@@ -180,6 +181,18 @@ grep -q "queues" "$work/reload.out" || fail "reload does not say what is wrong: 
 disk_ready vbaddf0 || fail "a failed reload took vbaddf0 away"
 echo "ok: reload with a broken drop-in: exit 1, nothing changed ($(head -n 1 "$work/reload.out" | cut -c1-120))"
 rm "$work/main.d/broken.yaml"
+# A setting that cannot change under a running device: reload fails naming the device and
+# what to do, and the device serves on unchanged.
+cp "$work/main.d/vbaddf0.yaml" "$work/vbaddf0.yaml.kept"
+sed -i 's/size: 16M/size: 32M/' "$work/main.d/vbaddf0.yaml"
+rc=0
+"$DAEMON" reload >"$work/reload.out" 2>&1 || rc=$?
+[ "$rc" = 1 ] || fail "reload changing vbaddf0's size exited $rc (expected 1): $(cat "$work/reload.out")"
+grep -q "vbaddf0: changed settings are not applied" "$work/reload.out" ||
+  fail "reload does not say which settings it could not apply: $(cat "$work/reload.out")"
+[ "$(blockdev --getsize64 "/dev/$(disk_of vbaddf0)")" = $((16 << 20)) ] || fail "vbaddf0 changed under a refused reload"
+echo "ok: reload changing a running device's size: exit 1, $(grep -o 'vbaddf0: changed settings[^(]*' "$work/reload.out" | head -n 1)"
+mv "$work/vbaddf0.yaml.kept" "$work/main.d/vbaddf0.yaml"
 # A device whose server is not there, added by reload: it waits (reload says so, exit 3), and the
 # device already served goes on.
 cat >"$work/main.d/vbunreach0.yaml" <<EOF
