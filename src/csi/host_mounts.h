@@ -1,0 +1,64 @@
+// The host's mount table and the mount operations the node service needs: find what is mounted at
+// a path (/proc/self/mountinfo), mount a filesystem, bind-mount, unmount, and run the helper
+// programs (mount, mkfs, blkid, resize2fs, xfs_growfs) with a bound on their time and output.
+//
+// Blocking; any thread. Paths come from kubelet's requests and are checked by the caller
+// (absolute, no "..", no control characters) before they reach here.
+#pragma once
+
+#include <chrono>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace vb::csi {
+
+struct MountEntry {
+  unsigned major = 0, minor = 0; // st_dev of the mounted filesystem (or the bound file's)
+  std::string root;              // the part of the filesystem mounted here ("/" unless a bind)
+  std::string mount_point;
+  std::string options; // per-mount (ro/rw, ...)
+  std::string fs_type;
+  std::string source;
+};
+
+// Parses mountinfo text (proc(5)); octal escapes (\040 for a space) are undone. Lines that do
+// not parse are skipped.
+std::vector<MountEntry> parse_mountinfo(const std::string &text);
+
+// The entries of /proc/self/mountinfo; throws std::runtime_error if it cannot be read.
+std::vector<MountEntry> read_mounts();
+
+// The last (topmost) mount at path, if any.
+std::optional<MountEntry> mount_at(const std::vector<MountEntry> &mounts, const std::string &path);
+
+// Whether a mount entry is read-only ("ro" among its per-mount options).
+bool is_read_only(const MountEntry &m);
+
+// What is wrong with a path from a request ("" if nothing): not absolute, "." or ".." parts, a
+// control character, longer than 4096 bytes.
+std::string path_problem(const std::string &path);
+
+struct CommandResult {
+  int exit_code = -1; // -1: did not run, or killed
+  std::string output; // stdout and stderr, at most 64 KiB
+  bool timed_out = false;
+};
+
+// Runs argv (argv[0] looked up in PATH) with no shell, stdin from /dev/null; kills it at timeout.
+CommandResult run_command(const std::vector<std::string> &argv, std::chrono::seconds timeout);
+
+// The filesystem type on a block device ("ext4", "xfs"), "" when it holds none (blkid -p finds
+// nothing), or throws std::runtime_error when it cannot tell.
+std::string probe_filesystem(const std::string &device);
+
+// Each throws std::runtime_error with the failing step and its words.
+void make_filesystem(const std::string &device, const std::string &fs_type);
+void mount_filesystem(const std::string &device, const std::string &target, const std::string &fs_type,
+                      const std::vector<std::string> &flags, bool read_only);
+void bind_mount(const std::string &source, const std::string &target, bool read_only);
+// Unmounts every mount stacked at target; nothing mounted is fine.
+void unmount_all(const std::string &target);
+void grow_filesystem(const std::string &device, const std::string &mount_point, const std::string &fs_type);
+
+} // namespace vb::csi

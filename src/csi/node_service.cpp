@@ -1,0 +1,594 @@
+#include "csi/node_service.h"
+
+#include "common/errors.h"
+#include "common/log.h"
+#include "control/control_client.h"
+#include "csi/device_list.h"
+#include "csi/host_mounts.h"
+#include "csi/volume_spec.h"
+#include "csi/volume_state.h"
+
+#include <fcntl.h>
+#include <linux/fs.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <sys/sysmacros.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <thread>
+
+using grpc::Status;
+using grpc::StatusCode;
+namespace v1 = ::csi::v1;
+
+namespace vb::csi {
+namespace {
+
+constexpr std::size_t kMaxMountFlags = 32;
+constexpr std::size_t kMaxMountFlag = 256;
+
+Status invalid(const std::string &m) { return {StatusCode::INVALID_ARGUMENT, m}; }
+Status precondition(const std::string &m) { return {StatusCode::FAILED_PRECONDITION, m}; }
+Status unavailable(const std::string &m) { return {StatusCode::UNAVAILABLE, m}; }
+Status internal(const std::string &m) { return {StatusCode::INTERNAL, m}; }
+
+Status check_path(const std::string &what, const std::string &path) {
+  if (path.empty())
+    return invalid(what + " is missing");
+  if (auto p = path_problem(path); !p.empty())
+    return invalid(what + ": " + p);
+  return Status::OK;
+}
+
+Status check_volume_id(const std::string &id) {
+  if (auto p = volume_id_problem(id); !p.empty())
+    return invalid(p);
+  return Status::OK;
+}
+
+bool reader_mode(const v1::VolumeCapability &c) {
+  const auto m = c.access_mode().mode();
+  return m == v1::VolumeCapability::AccessMode::SINGLE_NODE_READER_ONLY ||
+         m == v1::VolumeCapability::AccessMode::MULTI_NODE_READER_ONLY;
+}
+
+// The filesystem and mount flags a mount capability asks for, checked.
+Status check_mount_capability(const v1::VolumeCapability &c, std::string &fs_type) {
+  const auto &m = c.mount();
+  fs_type = m.fs_type();
+  if (!fs_type.empty() && fs_type != "ext2" && fs_type != "ext3" && fs_type != "ext4" && fs_type != "xfs")
+    return invalid("volume_capability.mount.fs_type: expected ext2, ext3, ext4 or xfs, got '" + fs_type.substr(0, 32) +
+                   "'");
+  if (c.access_mode().mode() == v1::VolumeCapability::AccessMode::MULTI_NODE_MULTI_WRITER)
+    return invalid("volume_capability: a filesystem volume cannot be written from several nodes "
+                   "(MULTI_NODE_MULTI_WRITER needs volumeMode: Block)");
+  if (static_cast<std::size_t>(m.mount_flags_size()) > kMaxMountFlags)
+    return invalid("volume_capability.mount.mount_flags: at most " + std::to_string(kMaxMountFlags) + " flags");
+  for (const auto &f : m.mount_flags()) {
+    bool bad = f.empty() || f.size() > kMaxMountFlag;
+    for (char ch : f)
+      bad = bad || ch == ',' || ch == ' ' || static_cast<unsigned char>(ch) < 0x20 || ch == 0x7f;
+    if (bad)
+      return invalid("volume_capability.mount.mount_flags: '" + f.substr(0, 64) +
+                     "' is not a mount option (one word each, no commas or spaces)");
+  }
+  return Status::OK;
+}
+
+Status check_capability(const v1::VolumeCapability &c, bool present) {
+  if (!present)
+    return invalid("volume_capability is missing");
+  if (!c.has_block() && !c.has_mount())
+    return invalid("volume_capability: neither block nor mount access");
+  return Status::OK;
+}
+
+// stat() of a block device node: its device number, or 0.
+dev_t block_device_number(const std::string &node) {
+  struct stat st {};
+  if (::stat(node.c_str(), &st) != 0 || !S_ISBLK(st.st_mode))
+    return 0;
+  return st.st_rdev;
+}
+
+bool same_device(const MountEntry &m, dev_t dev) { return m.major == ::major(dev) && m.minor == ::minor(dev); }
+
+// Whether target (a file bind-mounted for a block volume) is the device node dev.
+bool target_is_device(const std::string &target, dev_t dev) {
+  struct stat st {};
+  return ::stat(target.c_str(), &st) == 0 && S_ISBLK(st.st_mode) && st.st_rdev == dev;
+}
+
+std::uint64_t device_size(const std::string &node) {
+  int fd = ::open(node.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+  if (fd < 0)
+    return 0;
+  std::uint64_t size = 0;
+  if (::ioctl(fd, BLKGETSIZE64, &size) != 0)
+    size = 0;
+  ::close(fd);
+  return size;
+}
+
+std::string control_text(const std::string &socket, const std::string &command, std::chrono::milliseconds t) {
+  return control::control_request(socket, command, t);
+}
+
+Status daemon_error(const control::ControlError &e) {
+  using R = control::ControlError::Reason;
+  if (e.reason() == R::failed)
+    return internal(std::string("vduse-bridge: ") + e.what());
+  return unavailable(std::string("the vduse-bridge daemon cannot be asked: ") + e.what());
+}
+
+void make_dirs(const std::string &path, mode_t mode) {
+  std::string sofar;
+  std::size_t at = 1;
+  while (at != std::string::npos) {
+    at = path.find('/', at);
+    sofar = path.substr(0, at);
+    if (::mkdir(sofar.c_str(), mode) != 0 && errno != EEXIST)
+      throw std::runtime_error(errno_message("mkdir " + sofar, errno));
+    if (at != std::string::npos)
+      ++at;
+  }
+}
+
+void remove_volume_dir(const std::string &dir) {
+  for (const char *f : {"staged", "device.yaml", "chap-password", "chap-target-password", "tls-psk"})
+    ::unlink((dir + "/" + f).c_str());
+  ::rmdir(dir.c_str());
+}
+
+// Where else than `except` the device is mounted: a mount of its filesystem, or a bind mount of
+// its node (a published block volume); "" if nowhere.
+std::string mounted_elsewhere(const std::vector<MountEntry> &mounts, dev_t dev, const std::string &node,
+                              const std::string &except) {
+  const std::string base = node.substr(node.rfind('/') + 1);
+  for (const auto &m : mounts) {
+    if (m.mount_point == except)
+      continue;
+    if (same_device(m, dev))
+      return m.mount_point;
+    if (m.root == "/" + base && target_is_device(m.mount_point, dev))
+      return m.mount_point;
+  }
+  return "";
+}
+
+// Logs one call's outcome (never a secret: requests are not logged, only ids and paths).
+Status logged(const char *call, const std::string &volume_id, Status s, std::chrono::steady_clock::time_point started) {
+  const auto ms =
+      std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - started).count();
+  if (s.ok())
+    VB_LOG_INFO("%s %s: ok (%lld ms)", call, volume_id.c_str(), static_cast<long long>(ms));
+  else
+    VB_LOG_WARN("%s %s: %s (code %d, %lld ms)", call, volume_id.c_str(), s.error_message().c_str(),
+                static_cast<int>(s.error_code()), static_cast<long long>(ms));
+  return s;
+}
+
+} // namespace
+
+// ---- Identity ----
+
+Status IdentityService::GetPluginInfo(grpc::ServerContext *, const v1::GetPluginInfoRequest *,
+                                      v1::GetPluginInfoResponse *out) {
+  out->set_name(kDriverName);
+  out->set_vendor_version(VDUSE_BRIDGE_VERSION);
+  return Status::OK;
+}
+
+Status IdentityService::GetPluginCapabilities(grpc::ServerContext *, const v1::GetPluginCapabilitiesRequest *,
+                                              v1::GetPluginCapabilitiesResponse *out) {
+  // No CONTROLLER_SERVICE: volumes are provisioned statically. Expansion is online (the disk
+  // grows under a mounted filesystem).
+  out->add_capabilities()->mutable_volume_expansion()->set_type(v1::PluginCapability::VolumeExpansion::ONLINE);
+  return Status::OK;
+}
+
+Status IdentityService::Probe(grpc::ServerContext *, const v1::ProbeRequest *, v1::ProbeResponse *out) {
+  // Ready when the host's daemon answers: without it no volume can be staged.
+  bool ready = true;
+  try {
+    (void)control_text(options_.control_socket, "list", std::chrono::seconds(5));
+  } catch (const control::ControlError &e) {
+    ready = e.reason() == control::ControlError::Reason::failed;
+    if (!ready)
+      VB_LOG_WARN("Probe: not ready: %s", e.what());
+  }
+  out->mutable_ready()->set_value(ready);
+  return Status::OK;
+}
+
+// ---- Node ----
+
+NodeService::Claim::Claim(NodeService &s, std::string volume_id) : service_(s), volume_id_(std::move(volume_id)) {
+  std::lock_guard lock(service_.mutex_);
+  held_ = service_.busy_.insert(volume_id_).second;
+}
+
+NodeService::Claim::~Claim() {
+  if (!held_)
+    return;
+  std::lock_guard lock(service_.mutex_);
+  service_.busy_.erase(volume_id_);
+}
+
+#define VB_CSI_CALL(NAME, BODY)                                                                                        \
+  const auto started = std::chrono::steady_clock::now();                                                               \
+  Status s = check_volume_id(request->volume_id());                                                                    \
+  if (s.ok()) {                                                                                                        \
+    Claim claim(*this, request->volume_id());                                                                          \
+    if (!claim.held())                                                                                                 \
+      s = Status(StatusCode::ABORTED, "another call for volume " + request->volume_id() + " is in progress");          \
+    else {                                                                                                             \
+      try {                                                                                                            \
+        s = BODY;                                                                                                      \
+      } catch (const control::ControlError &e) {                                                                       \
+        s = daemon_error(e);                                                                                           \
+      } catch (const std::exception &e) {                                                                              \
+        s = internal(e.what());                                                                                        \
+      }                                                                                                                \
+    }                                                                                                                  \
+  }                                                                                                                    \
+  return logged(NAME, request->volume_id().substr(0, kMaxVolumeId), s, started)
+
+Status NodeService::NodeStageVolume(grpc::ServerContext *, const v1::NodeStageVolumeRequest *request,
+                                    v1::NodeStageVolumeResponse *) {
+  VB_CSI_CALL("NodeStageVolume", stage(*request));
+}
+Status NodeService::NodeUnstageVolume(grpc::ServerContext *, const v1::NodeUnstageVolumeRequest *request,
+                                      v1::NodeUnstageVolumeResponse *) {
+  VB_CSI_CALL("NodeUnstageVolume", unstage(*request));
+}
+Status NodeService::NodePublishVolume(grpc::ServerContext *, const v1::NodePublishVolumeRequest *request,
+                                      v1::NodePublishVolumeResponse *) {
+  VB_CSI_CALL("NodePublishVolume", publish(*request));
+}
+Status NodeService::NodeUnpublishVolume(grpc::ServerContext *, const v1::NodeUnpublishVolumeRequest *request,
+                                        v1::NodeUnpublishVolumeResponse *) {
+  VB_CSI_CALL("NodeUnpublishVolume", unpublish(*request));
+}
+Status NodeService::NodeExpandVolume(grpc::ServerContext *, const v1::NodeExpandVolumeRequest *request,
+                                     v1::NodeExpandVolumeResponse *response) {
+  VB_CSI_CALL("NodeExpandVolume", expand(*request, response));
+}
+
+Status NodeService::stage(const v1::NodeStageVolumeRequest &r) {
+  if (Status s = check_path("staging_target_path", r.staging_target_path()); !s.ok())
+    return s;
+  if (Status s = check_capability(r.volume_capability(), r.has_volume_capability()); !s.ok())
+    return s;
+  const auto &cap = r.volume_capability();
+  std::string fs_type;
+  if (cap.has_mount())
+    if (Status s = check_mount_capability(cap, fs_type); !s.ok())
+      return s;
+  const bool read_only = reader_mode(cap);
+  const std::string device = device_name_for(r.volume_id());
+  const std::string dir = volume_dir(device);
+
+  VolumeSpec spec;
+  try {
+    spec = build_volume_spec(r.volume_id(), {r.volume_context().begin(), r.volume_context().end()},
+                             {r.secrets().begin(), r.secrets().end()}, dir, read_only);
+  } catch (const VolumeSpecError &e) {
+    return invalid(e.what());
+  }
+
+  // A volume staged before (this plugin restarted, or kubelet retries) keeps its state: the same
+  // request must find what it made and succeed.
+  std::optional<StagedVolume> previous;
+  try {
+    previous = load_staged_volume(dir + "/staged");
+  } catch (const std::exception &e) { // written again below
+    VB_LOG_WARN("NodeStageVolume %s: %s: written again", r.volume_id().c_str(), e.what());
+  }
+  if (previous && previous->access != (cap.has_block() ? "block" : "mount"))
+    return {StatusCode::ALREADY_EXISTS,
+            "volume " + r.volume_id() + " is staged with " + previous->access + " access already; unstage it first"};
+
+  make_dirs(options_.state_dir, 0700);
+  if (::mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST)
+    throw std::runtime_error(errno_message("mkdir " + dir, errno));
+  // Secrets are written again at every stage: a rotated Secret reaches the next reconnect.
+  for (const auto &f : spec.secrets)
+    write_file_atomically(f.path, f.content, 0600);
+  const std::string config_path = dir + "/device.yaml";
+  write_file_atomically(config_path, spec.config, 0600);
+
+  try {
+    (void)control_text(options_.control_socket, "add " + config_path, options_.stage_timeout);
+  } catch (const control::ControlError &e) {
+    const std::string what = e.what();
+    const bool exists = e.reason() == control::ControlError::Reason::failed &&
+                        what.find("a device named '" + device + "' exists already") != std::string::npos;
+    if (!exists) {
+      if (e.reason() == control::ControlError::Reason::failed)
+        return precondition("vduse-bridge refused the device for volume " + r.volume_id() + ": " + what);
+      return daemon_error(e);
+    }
+  }
+
+  // Wait for the device to serve and its node to appear.
+  const auto deadline = std::chrono::steady_clock::now() + options_.stage_timeout;
+  std::string last_state = "not listed";
+  std::string node;
+  dev_t dev = 0;
+  for (;;) {
+    auto listed =
+        find_device(parse_device_list(control_text(options_.control_socket, "list", std::chrono::seconds(5))), device);
+    if (listed) {
+      last_state = listed->state;
+      if (listed->serving() && !listed->node.empty() && (dev = block_device_number(listed->node)) != 0) {
+        node = listed->node;
+        break;
+      }
+    }
+    if (std::chrono::steady_clock::now() >= deadline)
+      return unavailable("device " + device + " for volume " + r.volume_id() + " is not serving after " +
+                         std::to_string(options_.stage_timeout.count() / 1000) + "s (" + last_state +
+                         "): it is kept, and the next NodeStageVolume goes on waiting");
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
+
+  StagedVolume staged{r.volume_id(), cap.has_block() ? "block" : "mount", r.staging_target_path(), node, ""};
+  if (cap.has_block()) {
+    write_file_atomically(dir + "/staged", format_staged_volume(staged), 0600);
+    return Status::OK;
+  }
+
+  const auto mounts = read_mounts();
+  if (auto m = mount_at(mounts, r.staging_target_path())) {
+    if (!same_device(*m, dev))
+      return {StatusCode::ALREADY_EXISTS,
+              "staging_target_path " + r.staging_target_path() + " has " + m->source + " mounted, not " + node};
+    staged.fs_type = m->fs_type;
+    write_file_atomically(dir + "/staged", format_staged_volume(staged), 0600);
+    return Status::OK;
+  }
+  std::string found = probe_filesystem(node);
+  if (found.empty()) {
+    if (read_only)
+      return precondition("volume " + r.volume_id() +
+                          " is blank and its access mode is read-only: nothing to "
+                          "mount (write a filesystem on it first, or stage it writable once)");
+    if (fs_type.empty())
+      fs_type = "ext4";
+    VB_LOG_INFO("NodeStageVolume %s: %s is blank: making an %s filesystem", r.volume_id().c_str(), node.c_str(),
+                fs_type.c_str());
+    make_filesystem(node, fs_type);
+    found = fs_type;
+  } else if (fs_type.empty()) {
+    if (found != "ext2" && found != "ext3" && found != "ext4" && found != "xfs")
+      return precondition("volume " + r.volume_id() + " holds " + found +
+                          ", not a filesystem this plugin mounts "
+                          "(ext2, ext3, ext4, xfs): nothing was changed");
+    fs_type = found;
+  } else if (found != fs_type) {
+    return precondition("volume " + r.volume_id() + " holds " + found + ", not the " + fs_type +
+                        " asked for: it is not reformatted");
+  }
+  staged.fs_type = fs_type;
+  write_file_atomically(dir + "/staged", format_staged_volume(staged), 0600);
+  make_dirs(r.staging_target_path(), 0750);
+  mount_filesystem(node, r.staging_target_path(), fs_type,
+                   {cap.mount().mount_flags().begin(), cap.mount().mount_flags().end()}, read_only);
+  return Status::OK;
+}
+
+Status NodeService::unstage(const v1::NodeUnstageVolumeRequest &r) {
+  if (Status s = check_path("staging_target_path", r.staging_target_path()); !s.ok())
+    return s;
+  const std::string device = device_name_for(r.volume_id());
+  const std::string dir = volume_dir(device);
+  std::optional<StagedVolume> staged;
+  try {
+    staged = load_staged_volume(dir + "/staged");
+  } catch (const std::exception &e) {
+    VB_LOG_WARN("NodeUnstageVolume %s: %s: going on from the daemon's list", r.volume_id().c_str(), e.what());
+  }
+  std::string node = staged ? staged->device_node : "";
+  bool daemon_has_it = false;
+  auto listed =
+      find_device(parse_device_list(control_text(options_.control_socket, "list", std::chrono::seconds(5))), device);
+  if (listed) {
+    daemon_has_it = true;
+    if (!listed->node.empty())
+      node = listed->node;
+  }
+  const dev_t dev = node.empty() ? 0 : block_device_number(node);
+  const auto mounts = read_mounts();
+  if (dev != 0) {
+    if (auto where = mounted_elsewhere(mounts, dev, node, r.staging_target_path()); !where.empty())
+      return precondition("volume " + r.volume_id() + " is still published at " + where +
+                          " (NodeUnpublishVolume first)");
+  }
+  if (auto m = mount_at(mounts, r.staging_target_path()); m && (dev == 0 || same_device(*m, dev)))
+    unmount_all(r.staging_target_path());
+  if (daemon_has_it) {
+    try {
+      (void)control_text(options_.control_socket, "remove " + device, std::chrono::seconds(60));
+    } catch (const control::ControlError &e) {
+      if (e.reason() != control::ControlError::Reason::failed ||
+          std::string(e.what()).find("no device named") == std::string::npos)
+        throw;
+    }
+  }
+  remove_volume_dir(dir);
+  return Status::OK;
+}
+
+Status NodeService::publish(const v1::NodePublishVolumeRequest &r) {
+  if (Status s = check_path("target_path", r.target_path()); !s.ok())
+    return s;
+  if (Status s = check_path("staging_target_path", r.staging_target_path()); !s.ok())
+    return s;
+  if (Status s = check_capability(r.volume_capability(), r.has_volume_capability()); !s.ok())
+    return s;
+  const auto &cap = r.volume_capability();
+  std::string fs_type;
+  if (cap.has_mount())
+    if (Status s = check_mount_capability(cap, fs_type); !s.ok())
+      return s;
+  const std::string device = device_name_for(r.volume_id());
+  auto staged = load_staged_volume(volume_dir(device) + "/staged");
+  if (!staged)
+    return precondition("volume " + r.volume_id() + " is not staged on this node (NodeStageVolume first)");
+  const std::string access = cap.has_block() ? "block" : "mount";
+  if (staged->access != access)
+    return precondition("volume " + r.volume_id() + " is staged for " + staged->access + " access, not " + access);
+  const dev_t dev = block_device_number(staged->device_node);
+  if (dev == 0)
+    return precondition("volume " + r.volume_id() + ": its device " + staged->device_node +
+                        " is gone (stage it again)");
+  const bool read_only = r.readonly() || reader_mode(cap);
+  const auto mounts = read_mounts();
+  if (access == "mount") {
+    auto sm = mount_at(mounts, staged->staging_path);
+    if (!sm || !same_device(*sm, dev))
+      return precondition("volume " + r.volume_id() + " is not mounted at its staging path " + staged->staging_path +
+                          " (stage it again)");
+  }
+  if (auto m = mount_at(mounts, r.target_path())) {
+    const bool ours = access == "mount" ? same_device(*m, dev) : target_is_device(r.target_path(), dev);
+    if (!ours)
+      return {StatusCode::ALREADY_EXISTS, "target_path " + r.target_path() + " has " + m->source + " mounted"};
+    if (is_read_only(*m) != read_only)
+      return {StatusCode::ALREADY_EXISTS, "target_path " + r.target_path() + " is published " +
+                                              (is_read_only(*m) ? "read-only" : "read-write") + " already"};
+    return Status::OK;
+  }
+  const std::string parent = r.target_path().substr(0, r.target_path().rfind('/'));
+  if (!parent.empty())
+    make_dirs(parent, 0750);
+  if (access == "mount") {
+    if (::mkdir(r.target_path().c_str(), 0750) != 0 && errno != EEXIST)
+      throw std::runtime_error(errno_message("mkdir " + r.target_path(), errno));
+    bind_mount(staged->staging_path, r.target_path(), read_only);
+  } else {
+    int fd = ::open(r.target_path().c_str(), O_WRONLY | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0640);
+    if (fd < 0)
+      throw std::runtime_error(errno_message("create " + r.target_path(), errno));
+    ::close(fd);
+    bind_mount(staged->device_node, r.target_path(), read_only);
+  }
+  return Status::OK;
+}
+
+Status NodeService::unpublish(const v1::NodeUnpublishVolumeRequest &r) {
+  if (Status s = check_path("target_path", r.target_path()); !s.ok())
+    return s;
+  unmount_all(r.target_path());
+  // kubelet expects the target gone: a directory (mount) or a file (block).
+  if (::rmdir(r.target_path().c_str()) != 0 && errno == ENOTDIR)
+    ::unlink(r.target_path().c_str());
+  return Status::OK;
+}
+
+Status NodeService::NodeGetVolumeStats(grpc::ServerContext *, const v1::NodeGetVolumeStatsRequest *request,
+                                       v1::NodeGetVolumeStatsResponse *out) {
+  const auto &r = *request;
+  if (Status s = check_volume_id(r.volume_id()); !s.ok())
+    return s;
+  if (Status s = check_path("volume_path", r.volume_path()); !s.ok())
+    return s;
+  try {
+    const auto mounts = read_mounts();
+    if (!mount_at(mounts, r.volume_path()))
+      return {StatusCode::NOT_FOUND, "volume_path " + r.volume_path() + " is not a mounted volume"};
+    struct stat st {};
+    if (::stat(r.volume_path().c_str(), &st) != 0)
+      return {StatusCode::NOT_FOUND, errno_message("volume_path " + r.volume_path(), errno)};
+    if (S_ISBLK(st.st_mode)) {
+      auto *u = out->add_usage();
+      u->set_unit(v1::VolumeUsage::BYTES);
+      u->set_total(static_cast<std::int64_t>(device_size(r.volume_path())));
+    } else {
+      struct statvfs vs {};
+      if (::statvfs(r.volume_path().c_str(), &vs) != 0)
+        return internal(errno_message("statvfs " + r.volume_path(), errno));
+      auto *b = out->add_usage();
+      b->set_unit(v1::VolumeUsage::BYTES);
+      b->set_total(static_cast<std::int64_t>(vs.f_blocks * vs.f_frsize));
+      b->set_available(static_cast<std::int64_t>(vs.f_bavail * vs.f_frsize));
+      b->set_used(static_cast<std::int64_t>((vs.f_blocks - vs.f_bfree) * vs.f_frsize));
+      auto *i = out->add_usage();
+      i->set_unit(v1::VolumeUsage::INODES);
+      i->set_total(static_cast<std::int64_t>(vs.f_files));
+      i->set_available(static_cast<std::int64_t>(vs.f_favail));
+      i->set_used(static_cast<std::int64_t>(vs.f_files - vs.f_ffree));
+    }
+    // The condition: the daemon's view of the device. Not serving, or reconnecting to its
+    // server, is abnormal (I/O waits); the daemon not answering is too.
+    auto *c = out->mutable_volume_condition();
+    const std::string device = device_name_for(r.volume_id());
+    try {
+      auto listed = find_device(
+          parse_device_list(control_text(options_.control_socket, "list", std::chrono::seconds(5))), device);
+      if (!listed) {
+        c->set_abnormal(true);
+        c->set_message("vduse-bridge has no device " + device + " for this volume");
+      } else if (listed->state != "serving") {
+        c->set_abnormal(true);
+        c->set_message("device " + device + " is " + listed->state + ": I/O waits until it serves again");
+      } else {
+        c->set_message("device " + device + " is serving");
+      }
+    } catch (const control::ControlError &e) {
+      c->set_abnormal(true);
+      c->set_message(std::string("the vduse-bridge daemon does not answer: ") + e.what());
+    }
+    return Status::OK;
+  } catch (const std::exception &e) {
+    return internal(e.what());
+  }
+}
+
+Status NodeService::expand(const v1::NodeExpandVolumeRequest &r, v1::NodeExpandVolumeResponse *out) {
+  if (Status s = check_path("volume_path", r.volume_path()); !s.ok())
+    return s;
+  auto staged = load_staged_volume(volume_dir(device_name_for(r.volume_id())) + "/staged");
+  if (!staged)
+    return {StatusCode::NOT_FOUND, "volume " + r.volume_id() + " is not staged on this node"};
+  if (block_device_number(staged->device_node) == 0)
+    return {StatusCode::NOT_FOUND, "volume " + r.volume_id() + ": its device " + staged->device_node + " is gone"};
+  const std::int64_t required = r.has_capacity_range() ? r.capacity_range().required_bytes() : 0;
+  const std::int64_t limit = r.has_capacity_range() ? r.capacity_range().limit_bytes() : 0;
+  if (required < 0 || limit < 0 || (limit > 0 && required > limit))
+    return invalid("capacity_range: expected 0 <= required_bytes <= limit_bytes");
+  // The daemon follows the backend's size (resize-poll-interval for NBD, capacity data for iSCSI)
+  // and the kernel then resizes the disk: give that a bounded while.
+  const auto deadline = std::chrono::steady_clock::now() + options_.stage_timeout;
+  std::uint64_t size = device_size(staged->device_node);
+  while (static_cast<std::int64_t>(size) < required && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(250));
+    size = device_size(staged->device_node);
+  }
+  if (static_cast<std::int64_t>(size) < required)
+    return {StatusCode::OUT_OF_RANGE, "the disk of volume " + r.volume_id() + " holds " + std::to_string(size) +
+                                          " bytes, fewer than the " + std::to_string(required) +
+                                          " asked: resize the remote LUN or export first"};
+  if (staged->access == "mount")
+    grow_filesystem(staged->device_node, staged->staging_path, staged->fs_type);
+  out->set_capacity_bytes(static_cast<std::int64_t>(size));
+  return Status::OK;
+}
+
+Status NodeService::NodeGetCapabilities(grpc::ServerContext *, const v1::NodeGetCapabilitiesRequest *,
+                                        v1::NodeGetCapabilitiesResponse *out) {
+  for (auto t : {v1::NodeServiceCapability::RPC::STAGE_UNSTAGE_VOLUME, v1::NodeServiceCapability::RPC::GET_VOLUME_STATS,
+                 v1::NodeServiceCapability::RPC::EXPAND_VOLUME, v1::NodeServiceCapability::RPC::VOLUME_CONDITION})
+    out->add_capabilities()->mutable_rpc()->set_type(t);
+  return Status::OK;
+}
+
+Status NodeService::NodeGetInfo(grpc::ServerContext *, const v1::NodeGetInfoRequest *, v1::NodeGetInfoResponse *out) {
+  out->set_node_id(options_.node_id);
+  return Status::OK;
+}
+
+} // namespace vb::csi
