@@ -148,6 +148,7 @@ CommandResult run_command(const std::vector<std::string> &argv, std::chrono::sec
   posix_spawn_file_actions_adddup2(&actions, pipe_fds[1], 1);
   posix_spawn_file_actions_adddup2(&actions, pipe_fds[1], 2);
   std::vector<char *> args;
+  args.reserve(argv.size() + 1);
   for (const auto &a : argv)
     args.push_back(const_cast<char *>(a.c_str()));
   args.push_back(nullptr);

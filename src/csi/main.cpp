@@ -19,15 +19,15 @@ int main(int argc, char **argv) {
   try {
     options = vb::csi::parse_csi_options({argv + 1, argv + argc});
   } catch (const std::exception &e) {
-    std::fprintf(stderr, "vduse-bridge-csi: %s\n", e.what());
+    (void)std::fprintf(stderr, "vduse-bridge-csi: %s\n", e.what());
     return 2;
   }
   if (options.help) {
-    std::fputs(vb::csi::csi_usage(), stdout);
+    (void)std::fputs(vb::csi::csi_usage(), stdout);
     return 0;
   }
   if (options.version) {
-    std::printf("vduse-bridge-csi %s (CSI v1, driver %s)\n", VDUSE_BRIDGE_VERSION, vb::csi::kDriverName);
+    (void)std::printf("vduse-bridge-csi %s (CSI v1, driver %s)\n", VDUSE_BRIDGE_VERSION, vb::csi::kDriverName);
     return 0;
   }
 
@@ -37,17 +37,17 @@ int main(int argc, char **argv) {
   sigaddset(&stop_signals, SIGTERM);
   sigaddset(&stop_signals, SIGINT);
   pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
-  ::signal(SIGPIPE, SIG_IGN);
+  (void)::signal(SIGPIPE, SIG_IGN);
 
   // A socket left by a plugin that was killed is in the way of bind(); nothing else may be.
   struct stat st {};
   if (::lstat(options.endpoint_path.c_str(), &st) == 0) {
     if (!S_ISSOCK(st.st_mode)) {
-      std::fprintf(stderr, "vduse-bridge-csi: --endpoint %s exists and is not a socket\n",
-                   options.endpoint_path.c_str());
+      (void)std::fprintf(stderr, "vduse-bridge-csi: --endpoint %s exists and is not a socket\n",
+                         options.endpoint_path.c_str());
       return 1;
     }
-    ::unlink(options.endpoint_path.c_str());
+    (void)::unlink(options.endpoint_path.c_str());
   }
 
   vb::csi::IdentityService identity(options);
@@ -59,10 +59,10 @@ int main(int argc, char **argv) {
   builder.SetMaxReceiveMessageSize(1 << 20); // requests are small: bound what a client can make us hold
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (!server) {
-    std::fprintf(stderr, "vduse-bridge-csi: cannot listen on %s\n", options.endpoint_path.c_str());
+    (void)std::fprintf(stderr, "vduse-bridge-csi: cannot listen on %s\n", options.endpoint_path.c_str());
     return 1;
   }
-  ::chmod(options.endpoint_path.c_str(), 0660);
+  (void)::chmod(options.endpoint_path.c_str(), 0660);
   VB_LOG_INFO("vduse-bridge-csi %s: driver %s, node %s, serving CSI on %s (daemon %s, state in %s)",
               VDUSE_BRIDGE_VERSION, vb::csi::kDriverName, options.node_id.c_str(), options.endpoint_path.c_str(),
               options.control_socket.c_str(), options.state_dir.c_str());
@@ -75,6 +75,6 @@ int main(int argc, char **argv) {
   });
   server->Wait();
   waiter.join();
-  ::unlink(options.endpoint_path.c_str());
+  (void)::unlink(options.endpoint_path.c_str());
   return 0;
 }

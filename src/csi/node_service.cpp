@@ -112,6 +112,38 @@ std::uint64_t device_size(const std::string &node) {
   return size;
 }
 
+// The kernel's read-only flag of a block device (BLKROSET): a read-only bind mount of a device
+// node does not stop writes to the device, so a read-only block publish sets it on the disk.
+void set_block_read_only(const std::string &node, bool read_only) {
+  int fd = ::open(node.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+  if (fd < 0)
+    throw std::runtime_error(errno_message("open " + node, errno));
+  int flag = read_only ? 1 : 0;
+  const int rc = ::ioctl(fd, BLKROSET, &flag);
+  const int err = errno;
+  ::close(fd);
+  if (rc != 0)
+    throw std::runtime_error(errno_message(std::string("BLKROSET ") + (read_only ? "1" : "0") + " on " + node, err));
+}
+
+// The publishes of a block volume other than `except`: bind mounts of its node.
+std::vector<MountEntry> block_publishes(const std::vector<MountEntry> &mounts, dev_t dev, const std::string &node,
+                                        const std::string &except) {
+  const std::string base = node.substr(node.rfind('/') + 1);
+  std::vector<MountEntry> out;
+  for (const auto &m : mounts)
+    if (m.mount_point != except && m.root == "/" + base && target_is_device(m.mount_point, dev))
+      out.push_back(m);
+  return out;
+}
+
+std::string not_serving_message(const std::string &device, const std::string &volume_id,
+                                std::chrono::milliseconds waited, const std::string &state) {
+  return "device " + device + " for volume " + volume_id + " is not serving after " +
+         std::to_string(waited.count() / 1000) + "s (" + state +
+         "): it is kept, and the next NodeStageVolume goes on waiting";
+}
+
 std::string control_text(const std::string &socket, const std::string &command, std::chrono::milliseconds t) {
   return control::control_request(socket, command, t);
 }
@@ -329,9 +361,7 @@ Status NodeService::stage(const v1::NodeStageVolumeRequest &r) {
       }
     }
     if (std::chrono::steady_clock::now() >= deadline)
-      return unavailable("device " + device + " for volume " + r.volume_id() + " is not serving after " +
-                         std::to_string(options_.stage_timeout.count() / 1000) + "s (" + last_state +
-                         "): it is kept, and the next NodeStageVolume goes on waiting");
+      return unavailable(not_serving_message(device, r.volume_id(), options_.stage_timeout, last_state));
     std::this_thread::sleep_for(std::chrono::milliseconds(200));
   }
 
@@ -462,6 +492,14 @@ Status NodeService::publish(const v1::NodePublishVolumeRequest &r) {
                                               (is_read_only(*m) ? "read-only" : "read-write") + " already"};
     return Status::OK;
   }
+  if (access == "block") {
+    // One disk, one read-only flag: every publish on this node read-only, or none.
+    for (const auto &other : block_publishes(mounts, dev, staged->device_node, r.target_path()))
+      if (is_read_only(other) != read_only)
+        return precondition("volume " + r.volume_id() + " is published " + (read_only ? "read-write" : "read-only") +
+                            " at " + other.mount_point +
+                            ": a block volume is read-only for all its pods on a node or for none");
+  }
   const std::string parent = r.target_path().substr(0, r.target_path().rfind('/'));
   if (!parent.empty())
     make_dirs(parent, 0750);
@@ -475,6 +513,7 @@ Status NodeService::publish(const v1::NodePublishVolumeRequest &r) {
       throw std::runtime_error(errno_message("create " + r.target_path(), errno));
     ::close(fd);
     bind_mount(staged->device_node, r.target_path(), read_only);
+    set_block_read_only(staged->device_node, read_only);
   }
   return Status::OK;
 }
@@ -486,6 +525,18 @@ Status NodeService::unpublish(const v1::NodeUnpublishVolumeRequest &r) {
   // kubelet expects the target gone: a directory (mount) or a file (block).
   if (::rmdir(r.target_path().c_str()) != 0 && errno == ENOTDIR)
     ::unlink(r.target_path().c_str());
+  // The last publish of a block volume gone: its disk's read-only flag goes too.
+  std::optional<StagedVolume> staged;
+  try {
+    staged = load_staged_volume(volume_dir(device_name_for(r.volume_id())) + "/staged");
+  } catch (const std::exception &e) {
+    VB_LOG_WARN("NodeUnpublishVolume %s: %s", r.volume_id().c_str(), e.what());
+  }
+  if (staged && staged->access == "block") {
+    const dev_t dev = block_device_number(staged->device_node);
+    if (dev != 0 && block_publishes(read_mounts(), dev, staged->device_node, "").empty())
+      set_block_read_only(staged->device_node, false);
+  }
   return Status::OK;
 }
 

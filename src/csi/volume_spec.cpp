@@ -93,7 +93,7 @@ std::string device_name_for(const std::string &volume_id) {
     h *= 1099511628211ULL;
   }
   char hex[17];
-  std::snprintf(hex, sizeof hex, "%016llx", static_cast<unsigned long long>(h));
+  (void)std::snprintf(hex, sizeof hex, "%016llx", static_cast<unsigned long long>(h));
   return std::string("csi-") + hex;
 }
 
@@ -124,12 +124,16 @@ VolumeSpec build_volume_spec(const std::string &volume_id, const std::map<std::s
   // A configuration key (devices[0]....) back to what set it, for the parser's messages.
   std::vector<std::pair<std::string, std::string>> origin;
 
-  for (const auto &[key, value] : attributes) {
+  for (const auto &attribute : attributes) {
+    const std::string &key = attribute.first;
+    const std::string &value = attribute.second;
     // Kubernetes adds csi.storage.k8s.io/... keys (pod name, ephemeral): not ours.
     if (key.find('/') != std::string::npos)
       continue;
     auto attr_error = [&key](const std::string &what) {
-      return VolumeSpecError(key, "volume attribute '" + key + "': " + what);
+      std::string m = "volume attribute '";
+      m.append(key).append("': ").append(what);
+      return VolumeSpecError(key, m);
     };
     if (auto p = key_problem(key); !p.empty())
       throw VolumeSpecError(key.substr(0, kMaxAttributeKey), "a volume attribute key: expected " + p);
@@ -176,7 +180,9 @@ VolumeSpec build_volume_spec(const std::string &volume_id, const std::map<std::s
     throw VolumeSpecError("type", "volume attribute 'type' is missing: the backend type (nbd, iscsi, file or "
                                   "memory), as in vduse-bridge.yaml");
 
-  for (const auto &[key, value] : secrets) {
+  for (const auto &secret : secrets) {
+    const std::string &key = secret.first;
+    const std::string &value = secret.second;
     const SecretKey *known = nullptr;
     for (const auto &s : kSecrets)
       if (key == s.secret)
@@ -185,10 +191,13 @@ VolumeSpec build_volume_spec(const std::string &volume_id, const std::map<std::s
       throw VolumeSpecError(key.substr(0, kMaxAttributeKey),
                             "node-stage secret '" + key.substr(0, kMaxAttributeKey) +
                                 "': not a secret this plugin uses (chap-password, chap-target-password, tls-psk)");
-    if (value.empty() || value.size() > kMaxSecretValue)
-      throw VolumeSpecError(key, "node-stage secret '" + key + "': expected 1 to " + std::to_string(kMaxSecretValue) +
-                                     " bytes, got " + std::to_string(value.size()));
-    std::string path = secret_dir + "/" + key;
+    if (value.empty() || value.size() > kMaxSecretValue) {
+      std::string m = "node-stage secret '";
+      m.append(key).append("': expected 1 to ").append(std::to_string(kMaxSecretValue)).append(" bytes, got ");
+      throw VolumeSpecError(key, m.append(std::to_string(value.size())));
+    }
+    std::string path = secret_dir;
+    path.append("/").append(key);
     spec.secrets.push_back({path, value});
     std::string ck = known->config_key;
     if (ck.rfind("chap.", 0) == 0)
@@ -222,18 +231,18 @@ VolumeSpec build_volume_spec(const std::string &volume_id, const std::map<std::s
       ro_given = true;
       y += "    read-only: true\n";
     } else {
-      y += "    " + k + ": " + v + "\n";
+      y.append("    ").append(k).append(": ").append(v).append("\n");
     }
   }
   if (read_only && !ro_given)
     y += "    read-only: true\n";
   y += "    backend:\n      type: " + quoted(type) + "\n";
   for (const auto &[k, v] : backend_lines)
-    y += "      " + k + ":" + v + "\n";
+    y.append("      ").append(k).append(":").append(v).append("\n");
   if (!chap_lines.empty()) {
     y += "      chap:\n";
     for (const auto &[k, v] : chap_lines)
-      y += "        " + k + ": " + v + "\n";
+      y.append("        ").append(k).append(": ").append(v).append("\n");
   }
 
   // The daemon's own parser has the last word; its message goes back under the attribute's name.
