@@ -11,7 +11,9 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <condition_variable>
 #include <cstdio>
+#include <mutex>
 #include <thread>
 
 int main(int argc, char **argv) {
@@ -67,6 +69,31 @@ int main(int argc, char **argv) {
               VDUSE_BRIDGE_VERSION, vb::csi::kDriverName, options.node_id.c_str(), options.endpoint_path.c_str(),
               options.control_socket.c_str(), options.state_dir.c_str());
 
+  // The start-up sweep, once the daemon answers (it may come up after the plugin). Calls wait
+  // for it while it runs, so none races it.
+  std::mutex sweep_mutex;
+  std::condition_variable sweep_stop;
+  bool stopping = false;
+  std::thread sweeper([&] {
+    std::unique_lock lock(sweep_mutex);
+    bool told = false;
+    while (!stopping) {
+      lock.unlock();
+      const int removed = node.remove_stale_devices();
+      lock.lock();
+      if (removed > 0)
+        VB_LOG_INFO("removed %d device(s) staged before the host restarted", removed);
+      if (removed >= 0)
+        break;
+      if (!told)
+        VB_LOG_WARN("the daemon does not answer at %s yet: devices left from before a reboot are looked for "
+                    "once it does",
+                    options.control_socket.c_str());
+      told = true;
+      sweep_stop.wait_for(lock, std::chrono::seconds(2));
+    }
+  });
+
   std::thread waiter([&] {
     int sig = 0;
     sigwait(&stop_signals, &sig);
@@ -75,6 +102,12 @@ int main(int argc, char **argv) {
   });
   server->Wait();
   waiter.join();
+  {
+    std::lock_guard lock(sweep_mutex);
+    stopping = true;
+  }
+  sweep_stop.notify_all();
+  sweeper.join();
   (void)::unlink(options.endpoint_path.c_str());
   return 0;
 }

@@ -253,6 +253,7 @@ NodeService::Claim::~Claim() {
   const auto started = std::chrono::steady_clock::now();                                                               \
   Status s = check_volume_id(request->volume_id());                                                                    \
   if (s.ok()) {                                                                                                        \
+    std::shared_lock sweep(sweep_mutex_);                                                                              \
     Claim claim(*this, request->volume_id());                                                                          \
     if (!claim.held())                                                                                                 \
       s = Status(StatusCode::ABORTED, "another call for volume " + request->volume_id() + " is in progress");          \
@@ -450,6 +451,43 @@ Status NodeService::unstage(const v1::NodeUnstageVolumeRequest &r) {
   }
   remove_volume_dir(dir);
   return Status::OK;
+}
+
+int NodeService::remove_stale_devices() {
+  std::unique_lock sweep(sweep_mutex_);
+  std::vector<ListedDevice> devices;
+  try {
+    devices = parse_device_list(control_text(options_.control_socket, "list", std::chrono::seconds(5)));
+  } catch (const control::ControlError &e) {
+    VB_LOG_DEBUG("the daemon does not answer (%s): devices left from before a reboot are looked for later", e.what());
+    return -1;
+  }
+  int removed = 0;
+  const auto mounts = read_mounts();
+  for (const auto &d : devices) {
+    if (!is_csi_device_name(d.name))
+      continue;
+    struct stat st {};
+    if (::stat(volume_dir(d.name).c_str(), &st) == 0 || errno != ENOENT)
+      continue; // staged by this plugin since the last boot (or unknown: keep it)
+    const dev_t dev = d.node.empty() ? 0 : block_device_number(d.node);
+    if (dev != 0) {
+      if (auto where = mounted_elsewhere(mounts, dev, d.node, ""); !where.empty()) {
+        VB_LOG_WARN("device %s has no state in %s but %s is mounted at %s: kept", d.name.c_str(),
+                    options_.state_dir.c_str(), d.node.c_str(), where.c_str());
+        continue;
+      }
+    }
+    try {
+      (void)control_text(options_.control_socket, "remove " + d.name, std::chrono::seconds(60));
+      VB_LOG_INFO("device %s: no volume of this node's is staged on it since the host started: removed",
+                  d.name.c_str());
+      ++removed;
+    } catch (const control::ControlError &e) {
+      VB_LOG_WARN("device %s: left from before a reboot, but remove failed: %s", d.name.c_str(), e.what());
+    }
+  }
+  return removed;
 }
 
 Status NodeService::publish(const v1::NodePublishVolumeRequest &r) {

@@ -10,8 +10,10 @@
 #include "csi.grpc.pb.h"
 #include "csi/csi_options.h"
 
+#include <chrono>
 #include <mutex>
 #include <set>
+#include <shared_mutex>
 #include <string>
 
 namespace vb::csi {
@@ -51,6 +53,13 @@ public:
   grpc::Status NodeGetInfo(grpc::ServerContext *, const ::csi::v1::NodeGetInfoRequest *,
                            ::csi::v1::NodeGetInfoResponse *) override;
 
+  // The start-up sweep, run from a thread until the daemon answers once. A csi- device of the
+  // daemon's whose state directory is gone was staged before the host's /run was emptied (a
+  // reboot: the daemon restarted it from its drop-in) and nothing here will ever unstage it: it is
+  // removed unless its disk is mounted somewhere. Calls wait while it runs. Returns how many were
+  // removed, or -1 if the daemon did not answer (then nothing is changed: try again later).
+  int remove_stale_devices();
+
   // Held for the length of one call on a volume.
   class Claim {
   public:
@@ -73,6 +82,7 @@ private:
   grpc::Status unpublish(const ::csi::v1::NodeUnpublishVolumeRequest &r);
   grpc::Status expand(const ::csi::v1::NodeExpandVolumeRequest &r, ::csi::v1::NodeExpandVolumeResponse *out);
   std::string volume_dir(const std::string &device) const { return options_.state_dir + "/" + device; }
+  std::shared_mutex sweep_mutex_; // shared by calls, exclusive for the start-up sweep
 
   const CsiOptions &options_;
   std::mutex mutex_;

@@ -97,6 +97,15 @@ std::string device_name_for(const std::string &volume_id) {
   return std::string("csi-") + hex;
 }
 
+bool is_csi_device_name(const std::string &name) {
+  if (name.size() != 20 || name.compare(0, 4, "csi-") != 0)
+    return false;
+  for (std::size_t i = 4; i < name.size(); ++i)
+    if (!((name[i] >= '0' && name[i] <= '9') || (name[i] >= 'a' && name[i] <= 'f')))
+      return false;
+  return true;
+}
+
 std::string volume_id_problem(const std::string &volume_id) {
   if (volume_id.empty())
     return "the volume id is empty";

@@ -47,6 +47,8 @@ struct VolumeSpec {
 // "csi-" and 16 hex digits of a 64-bit FNV-1a hash of the volume id: a valid device name, and 20
 // bytes, so the disk's serial (/dev/disk/by-id/virtio-csi-...) is the whole name.
 std::string device_name_for(const std::string &volume_id);
+// Whether NAME is one device_name_for() makes: csi- and 16 lower-case hex digits.
+bool is_csi_device_name(const std::string &name);
 
 // What is wrong with a volume id ("" if nothing): empty, longer than kMaxVolumeId, or holding
 // a control character.

@@ -37,6 +37,13 @@ TEST_CASE("device names follow the volume id: valid, 20 bytes, distinct") {
   CHECK(a != b);
   CHECK(a == device_name_for("pv-1"));
   CHECK(device_name_for("") != device_name_for(std::string(1, '\0')));
+  // The start-up sweep removes only devices with such a name: an operator's own are never touched.
+  CHECK(is_csi_device_name(a));
+  CHECK(is_csi_device_name(device_name_for(std::string(300, 'x'))));
+  CHECK_FALSE(is_csi_device_name("csi-data"));
+  CHECK_FALSE(is_csi_device_name("csi-0123456789ABCDEF"));
+  CHECK_FALSE(is_csi_device_name("vol-0123456789abcdef"));
+  CHECK_FALSE(is_csi_device_name(a + "0"));
 }
 
 TEST_CASE("volume ids are bounded and printable") {
