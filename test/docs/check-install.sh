@@ -33,6 +33,8 @@ check() {
   local root=$1 prefix=$2 confdir=$3 unit conf before=$failures
   for f in sbin/vduse-bridge share/man/man8/vduse-bridge.8 share/man/man5/vduse-bridge.yaml.5 \
     share/man/man7/vduse-bridge-testing.7 lib/modules-load.d/vduse-bridge.conf \
+    sbin/vduse-bridge-csi share/man/man8/vduse-bridge-csi.8 share/vduse-bridge/kubernetes/node-plugin.yaml \
+    share/vduse-bridge/kubernetes/csi-driver.yaml share/vduse-bridge/kubernetes/example-nbd-volume.yaml \
     lib/systemd/system/vduse-bridge.service; do
     [ -e "$root$prefix/$f" ] || fail "$prefix: $f not installed"
   done
