@@ -92,6 +92,14 @@ def code_of(call, *args, **kwargs):
         return e.code(), e.details()
 
 
+def device_name_for(volume_id):
+    """The plugin's device name for a volume id: csi- and FNV-1a-64 of it, in hex."""
+    h = 14695981039346656037
+    for b in volume_id.encode():
+        h = ((h ^ b) * 1099511628211) & 0xFFFFFFFFFFFFFFFF
+    return "csi-%016x" % h
+
+
 failures = []
 
 
