@@ -4,13 +4,15 @@
 #include "common/units.h"
 #include "csi/host_mounts.h"
 
+#include <algorithm>
 #include <stdexcept>
 
 namespace vb::csi {
 
 const char *csi_usage() {
   return "usage: vduse-bridge-csi --endpoint unix:///PATH --nodeid NAME [--control-socket PATH]\n"
-         "                        [--state-dir DIR] [--stage-timeout DURATION] [--log-level LEVEL]\n"
+         "                        [--state-dir DIR] [--stage-timeout DURATION] [--backends LIST]\n"
+         "                        [--log-level LEVEL]\n"
          "       vduse-bridge-csi --help | --version\n"
          "\n"
          "A CSI node plugin: kubelet's stage/publish calls become vduse-bridge devices (asked of the\n"
@@ -21,6 +23,8 @@ const char *csi_usage() {
          "  --control-socket PATH     the daemon's control socket (default /run/vduse-bridge/control.sock)\n"
          "  --state-dir DIR           staged volumes and their secrets (default /run/vduse-bridge/csi)\n"
          "  --stage-timeout DURATION  how long NodeStageVolume waits for the device to serve (default 60s)\n"
+         "  --backends LIST           the backend types volumes may name (default nbd,iscsi; file and\n"
+         "                            memory give whoever writes PersistentVolumes the host's files and memory)\n"
          "  --log-level LEVEL         error, warning, info (the default) or debug\n";
 }
 
@@ -67,10 +71,10 @@ CsiOptions parse_csi_options(const std::vector<std::string> &args) {
         throw std::invalid_argument("option --control-socket: " + p);
     } else if (name == "--state-dir") {
       o.state_dir = take();
-      if (auto p = path_problem(o.state_dir); !p.empty())
-        throw std::invalid_argument("option --state-dir: " + p);
       while (o.state_dir.size() > 1 && o.state_dir.back() == '/')
         o.state_dir.pop_back();
+      if (auto p = path_problem(o.state_dir); !p.empty())
+        throw std::invalid_argument("option --state-dir: " + p);
     } else if (name == "--stage-timeout") {
       const std::string v = take();
       auto d = parse_duration(v);
@@ -78,6 +82,20 @@ CsiOptions parse_csi_options(const std::vector<std::string> &args) {
         throw std::invalid_argument("option --stage-timeout needs a positive duration such as 60s (" +
                                     (d ? std::string("got 0") : d.error) + ")");
       o.stage_timeout = *d.value;
+    } else if (name == "--backends") {
+      const std::string v = take();
+      o.backends.clear();
+      std::size_t at = 0;
+      while (at <= v.size()) {
+        const std::size_t comma = std::min(v.find(',', at), v.size());
+        const std::string t = v.substr(at, comma - at);
+        if (t != "nbd" && t != "iscsi" && t != "file" && t != "memory")
+          throw std::invalid_argument("option --backends needs a comma-separated list of nbd, iscsi, file and "
+                                      "memory (not '" +
+                                      t + "')");
+        o.backends.insert(t);
+        at = comma + 1;
+      }
     } else if (name == "--log-level") {
       const std::string v = take();
       LogLevel level;

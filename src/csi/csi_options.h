@@ -2,6 +2,7 @@
 #pragma once
 
 #include <chrono>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -13,6 +14,9 @@ struct CsiOptions {
   std::string control_socket = "/run/vduse-bridge/control.sock";
   std::string state_dir = "/run/vduse-bridge/csi";
   std::chrono::milliseconds stage_timeout = std::chrono::seconds(60);
+  // The backend types a volume may name: file and memory reach the host's files and memory, so
+  // they are for nodes whose PersistentVolumes are written by the node's own operator.
+  std::set<std::string, std::less<>> backends = {"nbd", "iscsi"};
   bool help = false;
   bool version = false;
 };

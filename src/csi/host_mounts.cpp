@@ -8,10 +8,14 @@
 #include <signal.h>
 #include <spawn.h>
 #include <sys/mount.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <sstream>
 #include <stdexcept>
@@ -127,6 +131,8 @@ std::string path_problem(const std::string &path) {
   for (char c : path)
     if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f)
       return "expected a path without control characters";
+  if (path.size() == 1 || path.back() == '/' || path.find("//") != std::string::npos)
+    return "expected a plain path below / (no '//', no trailing '/')";
   std::istringstream in(path);
   std::string part;
   while (std::getline(in, part, '/'))
@@ -196,10 +202,13 @@ CommandResult run_command(const std::vector<std::string> &argv, std::chrono::sec
 std::string probe_filesystem(const std::string &device) {
   // -p: low-level probe of the device itself, not blkid's cache. Exit 2: nothing found.
   CommandResult r = run_command({"blkid", "-p", "-o", "export", device}, std::chrono::seconds(60));
-  if (r.exit_code == 2)
+  if (r.exit_code == 2) {
+    check_disk_reads(device);
     return "";
+  }
   if (r.exit_code != 0)
-    throw std::runtime_error("blkid -p " + device + ": " + words(r));
+    throw std::runtime_error("blkid -p " + device + ": " + words(r) +
+                             ": what it holds cannot be told, and it is not formatted");
   std::istringstream in(r.output);
   std::string line, type, usage;
   while (std::getline(in, line)) {
@@ -211,6 +220,68 @@ std::string probe_filesystem(const std::string &device) {
   if (type.empty()) // a partition table, or something blkid names only by its usage
     return usage.empty() ? "unknown" : usage;
   return type;
+}
+
+void check_disk_reads(const std::string &device) {
+  constexpr std::size_t kSpan = 1 << 20;
+  const int fd = ::open(device.c_str(), O_RDONLY | O_DIRECT | O_CLOEXEC);
+  if (fd < 0)
+    throw std::runtime_error(errno_message("open " + device + " to read it", errno) +
+                             ": it cannot be told blank, and is not formatted");
+  void *buf = nullptr;
+  if (::posix_memalign(&buf, 4096, kSpan) != 0) {
+    ::close(fd);
+    throw std::runtime_error("out of memory reading " + device);
+  }
+  std::string problem;
+  const off_t size = ::lseek(fd, 0, SEEK_END);
+  if (size < 0) {
+    problem = errno_message("the size of " + device, errno);
+  } else {
+    const off_t last = size > static_cast<off_t>(kSpan) ? (size - static_cast<off_t>(kSpan)) & ~off_t{4095} : 0;
+    for (off_t at : {off_t{0}, last}) {
+      const std::size_t want = std::min<std::size_t>(kSpan, static_cast<std::size_t>(size - at));
+      const ssize_t got = ::pread(fd, buf, want, at);
+      if (got < 0 || static_cast<std::size_t>(got) != want) {
+        problem = got < 0 ? errno_message("read " + device + " at " + std::to_string(at), errno)
+                          : "short read of " + device + " at " + std::to_string(at);
+        break;
+      }
+    }
+  }
+  ::free(buf);
+  ::close(fd);
+  if (!problem.empty())
+    throw std::runtime_error(problem + ": it cannot be told blank, and is not formatted");
+}
+
+std::string device_claimed(const std::string &device) {
+  const int fd = ::open(device.c_str(), O_RDONLY | O_EXCL | O_CLOEXEC | O_NONBLOCK);
+  if (fd >= 0) {
+    ::close(fd);
+    return "";
+  }
+  if (errno == EBUSY)
+    return device + " is in use: a filesystem on it is mounted (perhaps in another mount namespace) or a "
+                    "device-mapper or md device holds it";
+  if (errno == ENOENT || errno == ENXIO || errno == ENODEV)
+    return ""; // gone: nothing can hold it
+  return errno_message("open " + device + " exclusively", errno);
+}
+
+std::string block_serial(const std::string &node) {
+  struct stat st {};
+  if (::stat(node.c_str(), &st) != 0 || !S_ISBLK(st.st_mode))
+    return "";
+  const std::string path =
+      "/sys/dev/block/" + std::to_string(major(st.st_rdev)) + ":" + std::to_string(minor(st.st_rdev)) + "/serial";
+  const SmallFile f = read_small_file(path, 64);
+  if (f.error != 0 || f.too_large(64))
+    return "";
+  std::string serial = f.text;
+  while (!serial.empty() && (serial.back() == '\n' || serial.back() == ' ' || serial.back() == '\0'))
+    serial.pop_back();
+  return serial;
 }
 
 void make_filesystem(const std::string &device, const std::string &fs_type) {

@@ -48,9 +48,23 @@ struct CommandResult {
 // Runs argv (argv[0] looked up in PATH) with no shell, stdin from /dev/null; kills it at timeout.
 CommandResult run_command(const std::vector<std::string> &argv, std::chrono::seconds timeout);
 
-// The filesystem type on a block device ("ext4", "xfs"), "" when it holds none (blkid -p finds
-// nothing), or throws std::runtime_error when it cannot tell.
+// The filesystem type on a block device ("ext4", "xfs"), "" when it holds none, or throws
+// std::runtime_error when it cannot tell. Blank means blkid -p found nothing AND the first and
+// last MiB read without an error: blkid's "nothing found" is also its answer to a read that
+// failed, and a disk taken for blank gets a new filesystem.
 std::string probe_filesystem(const std::string &device);
+
+// Reads the first and last MiB of a block device (O_DIRECT: the disk, not the page cache); throws
+// std::runtime_error naming the step that failed.
+void check_disk_reads(const std::string &device);
+
+// Why the block device cannot be claimed for itself ("" if it can): a mounted filesystem on it
+// (in any mount namespace) or a holder (device-mapper, md) has it open exclusively. Bind mounts
+// of the node and plain opens do not count: the mount table tells those.
+std::string device_claimed(const std::string &device);
+
+// The serial of the block device at node (/sys/dev/block/M:m/serial, virtio-blk's), "" if none.
+std::string block_serial(const std::string &node);
 
 // Each throws std::runtime_error with the failing step and its words.
 void make_filesystem(const std::string &device, const std::string &fs_type);

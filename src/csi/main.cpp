@@ -7,12 +7,15 @@
 
 #include <grpcpp/grpcpp.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <condition_variable>
 #include <cstdio>
+#include <cstring>
 #include <mutex>
 #include <thread>
 
@@ -46,6 +49,19 @@ int main(int argc, char **argv) {
   if (::lstat(options.endpoint_path.c_str(), &st) == 0) {
     if (!S_ISSOCK(st.st_mode)) {
       (void)std::fprintf(stderr, "vduse-bridge-csi: --endpoint %s exists and is not a socket\n",
+                         options.endpoint_path.c_str());
+      return 1;
+    }
+    // Stale only if nobody answers on it: a plugin still serving there is not taken over.
+    const int probe = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    std::memcpy(addr.sun_path, options.endpoint_path.c_str(), options.endpoint_path.size() + 1);
+    const bool live = probe >= 0 && ::connect(probe, reinterpret_cast<sockaddr *>(&addr), sizeof addr) == 0;
+    if (probe >= 0)
+      ::close(probe);
+    if (live) {
+      (void)std::fprintf(stderr, "vduse-bridge-csi: --endpoint %s: another plugin is serving there\n",
                          options.endpoint_path.c_str());
       return 1;
     }

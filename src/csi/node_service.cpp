@@ -2,6 +2,7 @@
 
 #include "common/errors.h"
 #include "common/log.h"
+#include "common/small_file.h"
 #include "control/control_client.h"
 #include "csi/device_list.h"
 #include "csi/host_mounts.h"
@@ -17,6 +18,8 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstring>
+#include <filesystem>
 #include <thread>
 
 using grpc::Status;
@@ -168,10 +171,21 @@ void make_dirs(const std::string &path, mode_t mode) {
   }
 }
 
+// The volume's directory and all in it (its files, a temporary one a killed plugin left).
 void remove_volume_dir(const std::string &dir) {
-  for (const char *f : {"staged", "device.yaml", "chap-password", "chap-target-password", "tls-psk"})
-    ::unlink((dir + "/" + f).c_str());
-  ::rmdir(dir.c_str());
+  std::error_code ec;
+  for (const auto &entry : std::filesystem::directory_iterator(dir, ec))
+    std::filesystem::remove(entry.path(), ec);
+  if (::rmdir(dir.c_str()) != 0 && errno != ENOENT)
+    VB_LOG_WARN("%s", errno_message("rmdir " + dir, errno).c_str());
+}
+
+// Control characters of a request's strings, made visible before they reach a log line.
+std::string printable(std::string_view text) {
+  std::string out;
+  for (char c : text.substr(0, 512))
+    out += (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) ? '?' : c;
+  return out;
 }
 
 // Where else than `except` the device is mounted: a mount of its filesystem, or a bind mount of
@@ -195,10 +209,10 @@ Status logged(const char *call, const std::string &volume_id, Status s, std::chr
   const auto ms =
       std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - started).count();
   if (s.ok())
-    VB_LOG_INFO("%s %s: ok (%lld ms)", call, volume_id.c_str(), static_cast<long long>(ms));
+    VB_LOG_INFO("%s %s: ok (%lld ms)", call, printable(volume_id).c_str(), static_cast<long long>(ms));
   else
-    VB_LOG_WARN("%s %s: %s (code %d, %lld ms)", call, volume_id.c_str(), s.error_message().c_str(),
-                static_cast<int>(s.error_code()), static_cast<long long>(ms));
+    VB_LOG_WARN("%s %s: %s (code %d, %lld ms)", call, printable(volume_id).c_str(),
+                printable(s.error_message()).c_str(), static_cast<int>(s.error_code()), static_cast<long long>(ms));
   return s;
 }
 
@@ -222,16 +236,9 @@ Status IdentityService::GetPluginCapabilities(grpc::ServerContext *, const v1::G
 }
 
 Status IdentityService::Probe(grpc::ServerContext *, const v1::ProbeRequest *, v1::ProbeResponse *out) {
-  // Ready when the host's daemon answers: without it no volume can be staged.
-  bool ready = true;
-  try {
-    (void)control_text(options_.control_socket, "list", std::chrono::seconds(5));
-  } catch (const control::ControlError &e) {
-    ready = e.reason() == control::ControlError::Reason::failed;
-    if (!ready)
-      VB_LOG_WARN("Probe: not ready: %s", e.what());
-  }
-  out->mutable_ready()->set_value(ready);
+  // Ready whenever it serves: the liveness probe restarts a plugin that is not, and restarting
+  // it would not bring a stopped daemon back (calls that need the daemon say UNAVAILABLE).
+  out->mutable_ready()->set_value(true);
   return Status::OK;
 }
 
@@ -304,6 +311,13 @@ Status NodeService::stage(const v1::NodeStageVolumeRequest &r) {
   const std::string device = device_name_for(r.volume_id());
   const std::string dir = volume_dir(device);
 
+  if (auto t = r.volume_context().find("type"); t != r.volume_context().end() && !options_.backends.count(t->second)) {
+    std::string allowed;
+    for (const auto &b : options_.backends)
+      allowed.append(allowed.empty() ? "" : ",").append(b);
+    return invalid("volume attribute 'type': '" + printable(t->second.substr(0, 32)) +
+                   "' is not allowed on this node (vduse-bridge-csi --backends " + allowed + ")");
+  }
   VolumeSpec spec;
   try {
     spec = build_volume_spec(r.volume_id(), {r.volume_context().begin(), r.volume_context().end()},
@@ -323,14 +337,35 @@ Status NodeService::stage(const v1::NodeStageVolumeRequest &r) {
   if (previous && previous->access != (cap.has_block() ? "block" : "mount"))
     return {StatusCode::ALREADY_EXISTS,
             "volume " + r.volume_id() + " is staged with " + previous->access + " access already; unstage it first"};
+  if (previous && previous->volume_id != r.volume_id())
+    return {StatusCode::ALREADY_EXISTS, "device " + device + " is staged for another volume id (" +
+                                            printable(previous->volume_id) + "); unstage that first"};
+  // A device made from other attributes (the PersistentVolume was recreated with another URI, or
+  // another access mode) is not adopted: it would serve another disk than the one asked for.
+  const std::string config_path = dir + "/device.yaml";
+  if (const SmallFile before = read_small_file(config_path, 1 << 20); before.error == 0 && before.text != spec.config) {
+    if (find_device(parse_device_list(control_text(options_.control_socket, "list", std::chrono::seconds(5))), device))
+      return {StatusCode::ALREADY_EXISTS, "volume " + r.volume_id() +
+                                              " is staged with other volume attributes or "
+                                              "another access mode (its device " +
+                                              device + " serves those); unstage it first"};
+  }
 
   make_dirs(options_.state_dir, 0700);
   if (::mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST)
     throw std::runtime_error(errno_message("mkdir " + dir, errno));
-  // Secrets are written again at every stage: a rotated Secret reaches the next reconnect.
+  // Secrets are written again at every stage: a rotated Secret reaches the next reconnect, and a
+  // key dropped from it goes.
+  for (const char *key : {"chap-password", "chap-target-password", "tls-psk"}) {
+    const std::string path = dir + "/" + key;
+    bool kept = false;
+    for (const auto &f : spec.secrets)
+      kept = kept || f.path == path;
+    if (!kept)
+      ::unlink(path.c_str());
+  }
   for (const auto &f : spec.secrets)
     write_file_atomically(f.path, f.content, 0600);
-  const std::string config_path = dir + "/device.yaml";
   write_file_atomically(config_path, spec.config, 0600);
 
   try {
@@ -356,7 +391,8 @@ Status NodeService::stage(const v1::NodeStageVolumeRequest &r) {
         find_device(parse_device_list(control_text(options_.control_socket, "list", std::chrono::seconds(5))), device);
     if (listed) {
       last_state = listed->state;
-      if (listed->serving() && !listed->node.empty() && (dev = block_device_number(listed->node)) != 0) {
+      if (listed->serving() && !listed->node.empty() && block_serial(listed->node) == device &&
+          (dev = block_device_number(listed->node)) != 0) {
         node = listed->node;
         break;
       }
@@ -422,13 +458,14 @@ Status NodeService::unstage(const v1::NodeUnstageVolumeRequest &r) {
   } catch (const std::exception &e) {
     VB_LOG_WARN("NodeUnstageVolume %s: %s: going on from the daemon's list", r.volume_id().c_str(), e.what());
   }
-  std::string node = staged ? staged->device_node : "";
+  // A recorded node is believed only while its serial is still this device's.
+  std::string node = staged && block_serial(staged->device_node) == device ? staged->device_node : "";
   bool daemon_has_it = false;
   auto listed =
       find_device(parse_device_list(control_text(options_.control_socket, "list", std::chrono::seconds(5))), device);
   if (listed) {
     daemon_has_it = true;
-    if (!listed->node.empty())
+    if (!listed->node.empty() && block_serial(listed->node) == device)
       node = listed->node;
   }
   const dev_t dev = node.empty() ? 0 : block_device_number(node);
@@ -440,6 +477,10 @@ Status NodeService::unstage(const v1::NodeUnstageVolumeRequest &r) {
   }
   if (auto m = mount_at(mounts, r.staging_target_path()); m && (dev == 0 || same_device(*m, dev)))
     unmount_all(r.staging_target_path());
+  // What this mount table cannot show: a mount in another namespace, a device-mapper holder.
+  if (dev != 0)
+    if (auto why = device_claimed(node); !why.empty())
+      return precondition("volume " + r.volume_id() + ": " + why + "; the device is kept");
   if (daemon_has_it) {
     try {
       (void)control_text(options_.control_socket, "remove " + device, std::chrono::seconds(60));
@@ -454,27 +495,40 @@ Status NodeService::unstage(const v1::NodeUnstageVolumeRequest &r) {
 }
 
 int NodeService::remove_stale_devices() {
-  std::unique_lock sweep(sweep_mutex_);
-  std::vector<ListedDevice> devices;
+  // Asked once without the lock, so that a daemon that does not answer holds up no call.
   try {
-    devices = parse_device_list(control_text(options_.control_socket, "list", std::chrono::seconds(5)));
+    (void)control_text(options_.control_socket, "list", std::chrono::seconds(5));
   } catch (const control::ControlError &e) {
     VB_LOG_DEBUG("the daemon does not answer (%s): devices left from before a reboot are looked for later", e.what());
     return -1;
   }
+  std::unique_lock sweep(sweep_mutex_);
+  std::vector<ListedDevice> devices;
+  std::vector<MountEntry> mounts;
+  try {
+    devices = parse_device_list(control_text(options_.control_socket, "list", std::chrono::seconds(5)));
+    mounts = read_mounts();
+  } catch (const std::exception &e) {
+    VB_LOG_DEBUG("the start-up sweep: %s: tried again later", e.what());
+    return -1;
+  }
   int removed = 0;
-  const auto mounts = read_mounts();
   for (const auto &d : devices) {
     if (!is_csi_device_name(d.name))
       continue;
     struct stat st {};
     if (::stat(volume_dir(d.name).c_str(), &st) == 0 || errno != ENOENT)
       continue; // staged by this plugin since the last boot (or unknown: keep it)
-    const dev_t dev = d.node.empty() ? 0 : block_device_number(d.node);
+    const dev_t dev = d.node.empty() || block_serial(d.node) != d.name ? 0 : block_device_number(d.node);
     if (dev != 0) {
-      if (auto where = mounted_elsewhere(mounts, dev, d.node, ""); !where.empty()) {
-        VB_LOG_WARN("device %s has no state in %s but %s is mounted at %s: kept", d.name.c_str(),
-                    options_.state_dir.c_str(), d.node.c_str(), where.c_str());
+      std::string where = mounted_elsewhere(mounts, dev, d.node, "");
+      if (where.empty())
+        where = device_claimed(d.node);
+      else
+        where = std::string(d.node).append(" is mounted at ").append(where);
+      if (!where.empty()) {
+        VB_LOG_WARN("device %s has no state in %s but %s: kept", d.name.c_str(), options_.state_dir.c_str(),
+                    where.c_str());
         continue;
       }
     }
@@ -488,6 +542,30 @@ int NodeService::remove_stale_devices() {
     }
   }
   return removed;
+}
+
+std::string NodeService::current_node(const std::string &device, const StagedVolume &staged) {
+  // The recorded /dev/vdX may name another disk by now (the daemon started the device again and
+  // the kernel gave the name to another one): believed only while its serial is this device's.
+  if (block_serial(staged.device_node) == device)
+    return staged.device_node;
+  std::optional<ListedDevice> listed;
+  try {
+    listed =
+        find_device(parse_device_list(control_text(options_.control_socket, "list", std::chrono::seconds(5))), device);
+  } catch (const control::ControlError &e) {
+    VB_LOG_WARN("%s: the recorded node %s is not its disk, and the daemon cannot be asked: %s", device.c_str(),
+                staged.device_node.c_str(), e.what());
+    return "";
+  }
+  if (!listed || listed->node.empty() || block_serial(listed->node) != device)
+    return "";
+  VB_LOG_INFO("%s: its disk is %s now (%s when staged)", device.c_str(), listed->node.c_str(),
+              staged.device_node.c_str());
+  StagedVolume moved = staged;
+  moved.device_node = listed->node;
+  write_file_atomically(volume_dir(device) + "/staged", format_staged_volume(moved), 0600);
+  return listed->node;
 }
 
 Status NodeService::publish(const v1::NodePublishVolumeRequest &r) {
@@ -509,10 +587,11 @@ Status NodeService::publish(const v1::NodePublishVolumeRequest &r) {
   const std::string access = cap.has_block() ? "block" : "mount";
   if (staged->access != access)
     return precondition("volume " + r.volume_id() + " is staged for " + staged->access + " access, not " + access);
-  const dev_t dev = block_device_number(staged->device_node);
+  const std::string node = current_node(device, *staged);
+  const dev_t dev = node.empty() ? 0 : block_device_number(node);
   if (dev == 0)
-    return precondition("volume " + r.volume_id() + ": its device " + staged->device_node +
-                        " is gone (stage it again)");
+    return precondition("volume " + r.volume_id() + ": its device " + device + " (" + staged->device_node +
+                        " when staged) is gone (stage it again)");
   const bool read_only = r.readonly() || reader_mode(cap);
   const auto mounts = read_mounts();
   if (access == "mount") {
@@ -528,11 +607,13 @@ Status NodeService::publish(const v1::NodePublishVolumeRequest &r) {
     if (is_read_only(*m) != read_only)
       return {StatusCode::ALREADY_EXISTS, "target_path " + r.target_path() + " is published " +
                                               (is_read_only(*m) ? "read-only" : "read-write") + " already"};
+    if (access == "block" && read_only) // a plugin killed after the bind mount: the flag may be missing
+      set_block_read_only(node, true);
     return Status::OK;
   }
   if (access == "block") {
     // One disk, one read-only flag: every publish on this node read-only, or none.
-    for (const auto &other : block_publishes(mounts, dev, staged->device_node, r.target_path()))
+    for (const auto &other : block_publishes(mounts, dev, node, r.target_path()))
       if (is_read_only(other) != read_only)
         return precondition("volume " + r.volume_id() + " is published " + (read_only ? "read-write" : "read-only") +
                             " at " + other.mount_point +
@@ -550,8 +631,9 @@ Status NodeService::publish(const v1::NodePublishVolumeRequest &r) {
     if (fd < 0)
       throw std::runtime_error(errno_message("create " + r.target_path(), errno));
     ::close(fd);
-    bind_mount(staged->device_node, r.target_path(), read_only);
-    set_block_read_only(staged->device_node, read_only);
+    // The flag first: a read-only publish is never writable, not even for a moment.
+    set_block_read_only(node, read_only);
+    bind_mount(node, r.target_path(), read_only);
   }
   return Status::OK;
 }
@@ -571,9 +653,10 @@ Status NodeService::unpublish(const v1::NodeUnpublishVolumeRequest &r) {
     VB_LOG_WARN("NodeUnpublishVolume %s: %s", r.volume_id().c_str(), e.what());
   }
   if (staged && staged->access == "block") {
-    const dev_t dev = block_device_number(staged->device_node);
-    if (dev != 0 && block_publishes(read_mounts(), dev, staged->device_node, "").empty())
-      set_block_read_only(staged->device_node, false);
+    const std::string node = current_node(device_name_for(r.volume_id()), *staged);
+    const dev_t dev = node.empty() ? 0 : block_device_number(node);
+    if (dev != 0 && block_publishes(read_mounts(), dev, node, "").empty())
+      set_block_read_only(node, false);
   }
   return Status::OK;
 }
@@ -643,8 +726,10 @@ Status NodeService::expand(const v1::NodeExpandVolumeRequest &r, v1::NodeExpandV
   auto staged = load_staged_volume(volume_dir(device_name_for(r.volume_id())) + "/staged");
   if (!staged)
     return {StatusCode::NOT_FOUND, "volume " + r.volume_id() + " is not staged on this node"};
-  if (block_device_number(staged->device_node) == 0)
-    return {StatusCode::NOT_FOUND, "volume " + r.volume_id() + ": its device " + staged->device_node + " is gone"};
+  const std::string node = current_node(device_name_for(r.volume_id()), *staged);
+  if (node.empty() || block_device_number(node) == 0)
+    return {StatusCode::NOT_FOUND,
+            "volume " + r.volume_id() + ": its device (" + staged->device_node + " when staged) is gone"};
   const std::int64_t required = r.has_capacity_range() ? r.capacity_range().required_bytes() : 0;
   const std::int64_t limit = r.has_capacity_range() ? r.capacity_range().limit_bytes() : 0;
   if (required < 0 || limit < 0 || (limit > 0 && required > limit))
@@ -652,17 +737,17 @@ Status NodeService::expand(const v1::NodeExpandVolumeRequest &r, v1::NodeExpandV
   // The daemon follows the backend's size (resize-poll-interval for NBD, capacity data for iSCSI)
   // and the kernel then resizes the disk: give that a bounded while.
   const auto deadline = std::chrono::steady_clock::now() + options_.stage_timeout;
-  std::uint64_t size = device_size(staged->device_node);
+  std::uint64_t size = device_size(node);
   while (static_cast<std::int64_t>(size) < required && std::chrono::steady_clock::now() < deadline) {
     std::this_thread::sleep_for(std::chrono::milliseconds(250));
-    size = device_size(staged->device_node);
+    size = device_size(node);
   }
   if (static_cast<std::int64_t>(size) < required)
     return {StatusCode::OUT_OF_RANGE, "the disk of volume " + r.volume_id() + " holds " + std::to_string(size) +
                                           " bytes, fewer than the " + std::to_string(required) +
                                           " asked: resize the remote LUN or export first"};
   if (staged->access == "mount")
-    grow_filesystem(staged->device_node, staged->staging_path, staged->fs_type);
+    grow_filesystem(node, staged->staging_path, staged->fs_type);
   out->set_capacity_bytes(static_cast<std::int64_t>(size));
   return Status::OK;
 }

@@ -9,6 +9,7 @@
 
 #include "csi.grpc.pb.h"
 #include "csi/csi_options.h"
+#include "csi/volume_state.h"
 
 #include <chrono>
 #include <mutex>
@@ -82,6 +83,9 @@ private:
   grpc::Status unpublish(const ::csi::v1::NodeUnpublishVolumeRequest &r);
   grpc::Status expand(const ::csi::v1::NodeExpandVolumeRequest &r, ::csi::v1::NodeExpandVolumeResponse *out);
   std::string volume_dir(const std::string &device) const { return options_.state_dir + "/" + device; }
+  // The staged volume's disk now, checked by its serial (the daemon asked if the recorded node
+  // names another disk; the record is corrected); "" if it has none.
+  std::string current_node(const std::string &device, const StagedVolume &staged);
   std::shared_mutex sweep_mutex_; // shared by calls, exclusive for the start-up sweep
 
   const CsiOptions &options_;

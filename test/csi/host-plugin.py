@@ -7,6 +7,7 @@ daemon and kernel are in the VM group test/vm/csi.
 usage: host-plugin.py BUILD_DIR"""
 
 import os
+import subprocess
 import socket
 import sys
 import tempfile
@@ -72,7 +73,8 @@ caps = plugin.identity.GetPluginCapabilities(pb.GetPluginCapabilitiesRequest(), 
 check(not any(x.HasField("service") and x.service.type == x.service.CONTROLLER_SERVICE for x in caps.capabilities),
       "no CONTROLLER_SERVICE capability (statically provisioned volumes)")
 probe = plugin.identity.Probe(pb.ProbeRequest(), timeout=10)
-check(probe.HasField("ready") and not probe.ready.value, "Probe: not ready while no daemon listens")
+# Ready while no daemon listens: a liveness restart of the plugin would not bring the daemon back.
+check(probe.HasField("ready") and probe.ready.value, "Probe: ready (alive) while no daemon listens")
 ncaps = n.NodeGetCapabilities(pb.NodeGetCapabilitiesRequest(), timeout=10)
 types = sorted(x.rpc.type for x in ncaps.capabilities)
 R = pb.NodeServiceCapability.RPC
@@ -91,8 +93,20 @@ expect(I.INVALID_ARGUMENT, n.NodeStageVolume, S(volume_id="v1", volume_capabilit
 expect(I.INVALID_ARGUMENT, n.NodeStageVolume, S(volume_id="v1", staging_target_path="relative/x",
                                                  volume_capability=c.block_cap(), volume_context=good),
        "stage with a relative staging path")
+expect(I.INVALID_ARGUMENT, n.NodeStageVolume, S(volume_id="v1", staging_target_path=stage_dir + "//x",
+                                                 volume_capability=c.block_cap(), volume_context=good),
+       "stage with a staging path holding '//'")
+expect(I.INVALID_ARGUMENT, n.NodeStageVolume, S(volume_id="v1", staging_target_path=stage_dir + "/",
+                                                 volume_capability=c.block_cap(), volume_context=good),
+       "stage with a staging path ending in '/'")
 expect(I.INVALID_ARGUMENT, n.NodeStageVolume, S(volume_id="v1", staging_target_path=stage_dir,
                                                  volume_context=good), "stage without a capability")
+# file and memory would give whoever writes PersistentVolumes the host's files and memory.
+for t in ("file", "memory"):
+    expect(I.INVALID_ARGUMENT, n.NodeStageVolume,
+           S(volume_id="v1", staging_target_path=stage_dir, volume_capability=c.block_cap(),
+             volume_context={"type": t, "path": "/var/lib/kubelet/pki/kubelet.key", "size": "1G"}),
+           "stage a %s volume without --backends allowing it" % t, contains="--backends iscsi,nbd")
 expect(I.INVALID_ARGUMENT, n.NodeStageVolume, S(volume_id="v1", staging_target_path=stage_dir,
                                                  volume_capability=c.mount_cap("btrfs"), volume_context=good),
        "stage with fs_type btrfs", contains="fs_type")
@@ -141,7 +155,7 @@ expect(I.UNAVAILABLE, n.NodeUnstageVolume, pb.NodeUnstageVolumeRequest(volume_id
 # --- a daemon that holds `add`: a second call for the same volume meanwhile is ABORTED ---
 fake = FakeDaemon(control, hold=3)
 fake.start()
-check(plugin.identity.Probe(pb.ProbeRequest(), timeout=10).ready.value, "Probe: ready once the daemon answers")
+check(plugin.identity.Probe(pb.ProbeRequest(), timeout=10).ready.value, "Probe: ready with the daemon answering")
 req = S(volume_id="v2", staging_target_path=stage_dir, volume_capability=c.block_cap(),
         volume_context={"type": "nbd", "uri": "nbds+unix:///?socket=/run/none.sock"},
         secrets={"tls-psk": "alice:0123456789abcdef"})
@@ -167,6 +181,13 @@ if fake.adds:
           "the device file names the secret's path, not its value")
 log = open(os.path.join(work, "plugin.log")).read()
 check("0123456789abcdef" not in log and "hunter2" not in log, "no secret value in the plugin's log")
+# A second plugin on the socket of one that serves leaves it alone (only a stale socket is replaced).
+second = subprocess.run([binary, "--endpoint", "unix://" + os.path.join(work, "csi.sock"), "--nodeid", "x",
+                         "--state-dir", os.path.join(work, "state2"), "--control-socket", control],
+                        capture_output=True, text=True, timeout=30)
+check(second.returncode == 1 and "another plugin is serving" in second.stderr,
+      "a second plugin on a live endpoint exits 1 (%d: %s)" % (second.returncode, second.stderr.strip()))
+check(plugin.identity.Probe(pb.ProbeRequest(), timeout=10).ready.value, "and the first one still serves")
 check(plugin.stop() == 0, "SIGTERM stops the plugin with exit 0")
 check(not os.path.exists(os.path.join(work, "csi.sock")), "the socket is removed at exit")
 

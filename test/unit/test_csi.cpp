@@ -12,6 +12,7 @@
 #include <doctest/doctest.h>
 
 #include <map>
+#include <set>
 #include <string>
 
 using namespace vb::csi;
@@ -224,6 +225,19 @@ TEST_CASE("request paths must be absolute, plain and bounded") {
   CHECK(path_problem("/a/./b") != "");
   CHECK(path_problem("/a\nb") != "");
   CHECK(path_problem("/" + std::string(5000, 'a')) != "");
+  // One spelling per path: "//" or a trailing "/" would miss the mount at the plain spelling.
+  CHECK(path_problem("/a//b") != "");
+  CHECK(path_problem("/a/b/") != "");
+  CHECK(path_problem("/") != "");
+}
+
+TEST_CASE("a disk that cannot be read is never taken for blank; serials and claims of what is no disk") {
+  CHECK_THROWS_WITH_AS(check_disk_reads("/nonexistent/vd-none"), doctest::Contains("not formatted"),
+                       std::runtime_error);
+  CHECK_THROWS_AS(probe_filesystem("/nonexistent/vd-none"), std::runtime_error);
+  CHECK(block_serial("/nonexistent/vd-none") == "");
+  CHECK(block_serial("/dev/null") == ""); // a character device has no block serial
+  CHECK(device_claimed("/nonexistent/vd-none") == "");
 }
 
 TEST_CASE("commands run without a shell, bounded in time") {
@@ -267,4 +281,13 @@ TEST_CASE("the command line: endpoint and node id required, values checked") {
                   std::invalid_argument);
   CHECK_THROWS_AS(parse_csi_options({"--endpoint", "unix:///s", "--nodeid", "n", "--bogus"}), std::invalid_argument);
   CHECK(parse_csi_options({"--help"}).help);
+  // Backends: nbd and iscsi unless the operator allows more; only known types.
+  CHECK(o.backends == std::set<std::string, std::less<>>{"iscsi", "nbd"});
+  auto all = parse_csi_options({"--endpoint", "unix:///s", "--nodeid", "n", "--backends", "nbd,iscsi,file,memory"});
+  CHECK(all.backends.size() == 4);
+  CHECK(parse_csi_options({"--endpoint", "unix:///s", "--nodeid", "n", "--backends=nbd"}).backends.size() == 1);
+  for (const char *bad : {"", "nbd,", "nbd,,iscsi", "ceph", "NBD"})
+    CHECK_THROWS_AS(parse_csi_options({"--endpoint", "unix:///s", "--nodeid", "n", "--backends", bad}),
+                    std::invalid_argument);
+  CHECK(parse_csi_options({"--endpoint", "unix:///s", "--nodeid", "n", "--state-dir", "/x/y/"}).state_dir == "/x/y");
 }

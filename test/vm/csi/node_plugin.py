@@ -55,11 +55,12 @@ def start_daemon():
                "the daemon answers list")
 
 
-def start_nbdkit(sock=nbd_sock, img=nbd_img, key="nbdkit"):
+def start_nbdkit(sock=nbd_sock, img=nbd_img, key="nbdkit", filters=(), params=()):
     if os.path.exists(sock):
         os.unlink(sock)
     logf = open(os.path.join(work, key + ".log"), "ab")
-    p = subprocess.Popen(["nbdkit", "-f", "-U", sock, "file", "file=" + img], stdout=logf, stderr=logf)
+    p = subprocess.Popen(["nbdkit", "-f", "-U", sock, *filters, "file", "file=" + img, *params],
+                         stdout=logf, stderr=logf)
     procs[key] = p
     write_pid(key, p.pid)
     c.wait_for(lambda: os.path.exists(sock), 30, "nbdkit listens on " + sock)
@@ -139,6 +140,9 @@ def cleanup():
     stop("daemon")
     stop("nbdkit")
     stop("late")
+    stop("faulty")
+    if "holder" in procs:
+        procs["holder"].kill()
 
 
 with open(main_yaml, "w") as f:
@@ -444,6 +448,79 @@ try:
     subprocess.run(["umount", manual], check=True)
     expect(Code.OK, N.NodeUnstageVolume, pb.NodeUnstageVolumeRequest(volume_id=vid_b, staging_target_path=stage_rb),
            "unstage B (no state left: from the daemon's list)")
+    check(not [line for line in daemon_list().splitlines() if line.startswith("csi-")], "no csi- device is left")
+
+    # ---- 9. what the plugin must not trust: blkid's "nothing found", its own records, its mount table ----
+    # (a) reads fail while blkid probes: the disk is not taken for blank, and not formatted.
+    faulty_sock, faulty_img = os.path.join(work, "faulty.sock"), os.path.join(work, "faulty.img")
+    inject = os.path.join(work, "inject-read-errors")
+    with open(faulty_img, "wb") as f:
+        f.write(os.urandom(64 << 20))  # data no filesystem signature names
+    before = sha(faulty_img)
+    open(inject, "w").close()
+    start_nbdkit(faulty_sock, faulty_img, "faulty", filters=("--filter=error",),
+                 params=("error-pread=EIO", "error-pread-rate=100%", "error-pread-file=" + inject))
+    vid_f = "pv-faulty"
+    stage_f = os.path.join(work, "mnt-stage-faulty")
+    faulty_attrs = {"type": "nbd", "uri": "nbd+unix:///?socket=" + faulty_sock, "reconnect-timeout": "60s"}
+    got, msg = c.code_of(N.NodeStageVolume, stage_req(vid_f, stage_f, cap_fs, faulty_attrs), timeout=STAGE_TIMEOUT + 60)
+    check(got != Code.OK and "not formatted" in msg, "stage a disk whose reads fail: refused (%s: %s)" % (got.name, msg))
+    check(sha(faulty_img) == before, "the disk's data is unchanged (no mkfs)")
+    check(not is_mounted(stage_f), "nothing is mounted at its staging path")
+    os.unlink(inject)
+    expect(Code.OK, N.NodeStageVolume, stage_req(vid_f, stage_f, cap_fs, faulty_attrs),
+           "stage it again once it reads: blank, so formatted", timeout=STAGE_TIMEOUT + 60)
+    # (b) a copy of the staging mount in another mount namespace (private propagation): the
+    # plugin's mount table does not show it, but the filesystem is still mounted there.
+    holder = subprocess.Popen(["unshare", "-m", "--propagation", "private", "sleep", "600"])
+    procs["holder"] = holder
+    time.sleep(1)
+    expect(Code.FAILED_PRECONDITION, N.NodeUnstageVolume,
+           pb.NodeUnstageVolumeRequest(volume_id=vid_f, staging_target_path=stage_f),
+           "unstage while another mount namespace holds its filesystem", contains="in use")
+    check(device_state(c.device_name_for(vid_f)) == "serving", "the device is kept")
+    holder.kill()
+    holder.wait()
+    expect(Code.OK, N.NodeUnstageVolume, pb.NodeUnstageVolumeRequest(volume_id=vid_f, staging_target_path=stage_f),
+           "unstage once that namespace is gone")
+    # (c) a staged record naming another disk (a node name reused after the device was restarted):
+    # the publish follows the device's serial, not the record.
+    vid_c, vid_d = "pv-record-c", "pv-record-d"
+    dev_c, dev_d = c.device_name_for(vid_c), c.device_name_for(vid_d)
+    stage_c, stage_d = os.path.join(work, "mnt-stage-rc"), os.path.join(work, "mnt-stage-rd")
+    target_c, target_d = os.path.join(work, "pods", "f", "dev"), os.path.join(work, "pods", "g", "dev")
+    expect(Code.OK, N.NodeStageVolume, stage_req(vid_c, stage_c, c.block_cap(), faulty_attrs), "stage volume C (block)")
+    expect(Code.OK, N.NodeStageVolume, stage_req(vid_d, stage_d, c.block_cap(), late_attrs), "stage volume D (block)")
+    listed = {line.split()[0]: line.split()[1] for line in daemon_list().splitlines() if line.startswith("csi-")}
+    node_c, node_d = listed.get(dev_c), listed.get(dev_d)
+    record = os.path.join(state_dir, dev_c, "staged")
+    with open(record) as f:
+        text = f.read()
+    with open(record, "w") as f:
+        f.write(text.replace("device-node=" + node_c, "device-node=" + node_d))
+    expect(Code.OK, N.NodePublishVolume, publish_req(vid_c, stage_c, target_c, c.block_cap()),
+           "publish C with its record naming D's disk")
+    check(os.stat(target_c).st_rdev == os.stat(node_c).st_rdev,
+          "C's target is C's disk %s, not D's %s" % (node_c, node_d))
+    with open(record) as f:
+        check("device-node=" + node_c in f.read(), "and the record is corrected")
+    # (d) a read-only block publish retried after its flag was lost: the flag is set again.
+    expect(Code.OK, N.NodePublishVolume, publish_req(vid_d, stage_d, target_d, c.block_cap(), readonly=True),
+           "publish D read-only")
+    subprocess.run(["blockdev", "--setrw", node_d], check=True)
+    expect(Code.OK, N.NodePublishVolume, publish_req(vid_d, stage_d, target_d, c.block_cap(), readonly=True),
+           "publish D read-only again (kubelet's retry)")
+    ro = subprocess.run(["blockdev", "--getro", node_d], capture_output=True, text=True).stdout.strip()
+    check(ro == "1", "D's disk is read-only again (%s)" % ro)
+    # (e) the same volume id staged again with other attributes: not adopted.
+    expect(Code.ALREADY_EXISTS, N.NodeStageVolume,
+           stage_req(vid_d, stage_d, c.block_cap(), dict(late_attrs, uri="nbd+unix:///?socket=" + nbd_sock)),
+           "stage D again naming another export while it is staged")
+    for vid, stage, target in ((vid_c, stage_c, target_c), (vid_d, stage_d, target_d)):
+        expect(Code.OK, N.NodeUnpublishVolume, pb.NodeUnpublishVolumeRequest(volume_id=vid, target_path=target),
+               "unpublish " + vid)
+        expect(Code.OK, N.NodeUnstageVolume, pb.NodeUnstageVolumeRequest(volume_id=vid, staging_target_path=stage),
+               "unstage " + vid)
     check(not [line for line in daemon_list().splitlines() if line.startswith("csi-")], "no csi- device is left")
 
     logs = all_logs()
