@@ -291,7 +291,7 @@ def main():
                            for m in as_list(registrar.get("volumeMounts"))):
                     problem(rw, "does not mount hostPath /var/lib/kubelet/plugins_registry at /registration")
 
-        with Section("the plugin's liveness probe is the livenessprobe sidecar's --health-port"):
+        with Section("the plugin's liveness probe is the livenessprobe sidecar's --http-endpoint, patient enough"):
             port = get(plugin, "livenessProbe", "httpGet", "port")
             if port is None:
                 problem(pw, "no livenessProbe.httpGet.port")
@@ -301,9 +301,27 @@ def main():
                     if not named:
                         problem(pw, f"livenessProbe port {port!r} names no port of the container")
                     port = named[0] if named else None
-                health = flags(prober).get("--health-port", "9808") if prober is not None else None
-                if port is not None and health is not None and str(port) != str(health):
-                    problem(pw, f"livenessProbe port {port} is not the livenessprobe's --health-port {health}")
+                health = None
+                if prober is not None:
+                    pf = flags(prober)
+                    if "--health-port" in pf:
+                        problem(where_of(ds), "livenessprobe: --health-port is deprecated, use --http-endpoint=:PORT")
+                    endpoint = pf.get("--http-endpoint", ":9808")
+                    health = str(endpoint).rsplit(":", 1)[-1]
+                    # Probe answers at once, but a loaded node answers late: 1 s (the default)
+                    # restarts a plugin that is only slow, killing an mkfs it runs.
+                    timeout = str(pf.get("--probe-timeout", "1s"))
+                    if not timeout.endswith("s") or not timeout[:-1].isdigit() or int(timeout[:-1]) < 5:
+                        problem(where_of(ds), f"livenessprobe --probe-timeout {timeout}: expected at least 5s")
+                if port is not None and health is not None and str(port) != health:
+                    problem(pw, f"livenessProbe port {port} is not the livenessprobe's --http-endpoint port {health}")
+
+        with Section("the plugin runs on every node, tainted ones too, and is not evicted first"):
+            if not any(t.get("operator") == "Exists" and not t.get("key") for t in as_list(spec.get("tolerations"))):
+                problem(where_of(ds), "no toleration {operator: Exists}: nodes with taints get no plugin, and "
+                                      "their pods' volumes never stage")
+            if spec.get("priorityClassName") != "system-node-critical":
+                problem(where_of(ds), "priorityClassName is not system-node-critical")
 
         with Section("the DaemonSet's namespace and service account are defined"):
             ns = get(ds, "metadata", "namespace")
@@ -334,6 +352,12 @@ def main():
                 problem(w, f"csi.driver is {csi.get('driver')!r}, not the CSIDriver's name {driver!r}")
             if not csi.get("volumeHandle"):
                 problem(w, "no csi.volumeHandle")
+            # No attach step: only ReadWriteOncePod keeps a writable filesystem on one node.
+            modes = set(as_list(get(pv, "spec", "accessModes")))
+            if get(pv, "spec", "volumeMode", default="Filesystem") == "Filesystem" and modes & {"ReadWriteOnce",
+                                                                                               "ReadWriteMany"}:
+                problem(w, f"accessModes {sorted(modes)}: a writable filesystem volume needs ReadWriteOncePod "
+                           "(nothing else stops two nodes mounting it)")
             attrs = csi.get("volumeAttributes") or {}
             if not isinstance(attrs, dict):
                 problem(w, "csi.volumeAttributes is not a map")
