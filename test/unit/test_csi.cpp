@@ -231,7 +231,7 @@ TEST_CASE("request paths must be absolute, plain and bounded") {
   CHECK(path_problem("/") != "");
 }
 
-TEST_CASE("a disk that cannot be read is never taken for blank; serials and claims of what is no disk") {
+TEST_CASE("a disk that cannot be read is never taken for blank, and what is no disk has no serial or claim") {
   CHECK_THROWS_WITH_AS(check_disk_reads("/nonexistent/vd-none"), doctest::Contains("not formatted"),
                        std::runtime_error);
   CHECK_THROWS_AS(probe_filesystem("/nonexistent/vd-none"), std::runtime_error);
